@@ -1,0 +1,389 @@
+"""The channel ABI: shared-region layout, event signatures and the record codec.
+
+This module is the executable form of docs/abi.md and is shared by the guest
+(stdlib-only, Python >= 3.8) and the host. Everything is little-endian and
+fixed-offset; nothing here depends on Python-specific encodings.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+ABI_MAJOR = 1
+ABI_MINOR = 0
+MAGIC = 0x4543415254505948  # b"HYPTRACE" read as a little-endian u64
+PAGE = 4096
+HEADER_SIZE = PAGE
+
+# --- region header (written by the host; the guest only reads it) ---------
+HDR_MAGIC = 0            # u64
+HDR_ABI_MAJOR = 8        # u16
+HDR_ABI_MINOR = 10       # u16
+HDR_HEADER_SIZE = 12     # u32
+HDR_REGION_SIZE = 16     # u64
+HDR_SESSION_ID = 24      # u8[16]
+HDR_NAME = 40            # char[32], NUL padded
+HDR_N_RINGS = 72         # u32
+HDR_RING_SIZE = 76       # u32
+HDR_MAX_EVENTS = 80      # u32
+HDR_MODE = 84            # u32
+HDR_BLOCK_TIMEOUT = 88   # u64 ns
+HDR_ENABLE_OFF = 96      # u64
+HDR_DECL_OFF = 104       # u64
+HDR_DESC_OFF = 112       # u64
+HDR_DATA_OFF = 120       # u64
+HDR_COLLECTOR = 128      # u32 collector state
+HDR_FLAGS = 132          # u32, reserved (0)
+HDR_HEARTBEAT = 136      # u64, bumped by the collector on every poll
+NAME_LEN = 32
+
+HEADER_STRUCT = struct.Struct("<QHHIQ16s32sIIIIQQQQQ")  # offsets 0..127
+
+COLLECTOR_NONE = 0
+COLLECTOR_RUNNING = 1
+COLLECTOR_STOPPED = 2
+
+MODE_DISCARD = 0
+MODE_BLOCK = 1
+MODE_OVERWRITE = 2
+MODES = {"discard": MODE_DISCARD, "block": MODE_BLOCK, "overwrite": MODE_OVERWRITE}
+MODE_NAMES = {v: k for k, v in MODES.items()}
+
+# --- event declaration slots ---------------------------------------------
+DECL_SLOT = 512
+DECL_STATE = 0           # u32: 0 empty, 1 valid
+DECL_LEN = 4             # u32: text length in bytes
+DECL_TEXT = 8            # UTF-8 signature text, DECL_SLOT - 8 bytes at most
+DECL_TEXT_MAX = DECL_SLOT - DECL_TEXT
+DECL_EMPTY = 0
+DECL_VALID = 1
+
+# --- ring descriptors -----------------------------------------------------
+DESC_SIZE = 256
+# producer cache line
+D_COMMIT = 0             # u64 byte position up to which records are complete
+D_EMITTED = 8            # u64 records attempted (committed + discarded)
+D_FIRST = 16             # u64 overwrite mode: position of the oldest intact record
+D_DISCARDED = 24         # u64 records dropped by the producer (discard/block)
+# consumer cache line
+D_CONSUMED = 64          # u64 byte position the collector has read up to
+# identity (written by the producer when it claims the ring)
+D_STATE = 128            # u32
+D_GENERATION = 132       # u32
+D_PID = 136              # u32
+D_TID = 140              # u32
+D_CLAIM_TS = 144         # u64 guest clock
+D_THREAD_NAME = 152      # char[16]
+THREAD_NAME_LEN = 16
+
+RING_FREE = 0
+RING_ACTIVE = 1
+RING_RELEASED = 2
+
+# --- records --------------------------------------------------------------
+REC_HEADER = struct.Struct("<HHIQ")  # event id, size|flags, seq, timestamp
+REC_HEADER_SIZE = 16
+REC_ALIGN = 8
+REC_MAX = 0xFFF8
+REC_SIZE_MASK = 0xFFF8
+REC_FLAG_TRUNCATED = 1
+PAD_ID = 0xFFFF
+MAX_EVENT_ID = 0xFFFE
+
+STR_MAX = 1024           # bytes kept of a string or bytes argument
+MAX_FIELDS = 32
+
+DEFAULT_RINGS = 32
+DEFAULT_RING_SIZE = 512 * 1024
+DEFAULT_MAX_EVENTS = 256
+DEFAULT_BLOCK_TIMEOUT_NS = 1_000_000_000
+
+
+def align(value: int, to: int) -> int:
+    return (value + to - 1) & -to
+
+
+class Layout(NamedTuple):
+    """Offsets of the region's parts, derived from its three sizing parameters."""
+
+    n_rings: int
+    ring_size: int
+    max_events: int
+    enable_off: int
+    decl_off: int
+    desc_off: int
+    data_off: int
+    region_size: int
+
+    def desc(self, ring: int) -> int:
+        return self.desc_off + ring * DESC_SIZE
+
+    def data(self, ring: int) -> int:
+        return self.data_off + ring * self.ring_size
+
+    def decl(self, event_id: int) -> int:
+        return self.decl_off + event_id * DECL_SLOT
+
+
+def make_layout(n_rings: int = DEFAULT_RINGS, ring_size: int = DEFAULT_RING_SIZE,
+                max_events: int = DEFAULT_MAX_EVENTS) -> Layout:
+    """Lay out a region; the total is rounded up to a power of two (ivshmem needs one)."""
+    if not 1 <= n_rings <= 4096:
+        raise ValueError("n_rings must be within 1..4096")
+    if ring_size < PAGE or ring_size & (ring_size - 1) or ring_size > 1 << 30:
+        raise ValueError("ring size must be a power of two between 4 KiB and 1 GiB")
+    if not 1 <= max_events <= MAX_EVENT_ID:
+        raise ValueError("max_events must be within 1..%d" % MAX_EVENT_ID)
+    enable_off = HEADER_SIZE
+    decl_off = align(enable_off + max_events, PAGE)
+    desc_off = align(decl_off + max_events * DECL_SLOT, PAGE)
+    data_off = align(desc_off + n_rings * DESC_SIZE, PAGE)
+    end = data_off + n_rings * ring_size
+    size = 1 << (end - 1).bit_length()
+    return Layout(n_rings, ring_size, max_events, enable_off, decl_off, desc_off, data_off, size)
+
+
+class Header(NamedTuple):
+    magic: int
+    abi_major: int
+    abi_minor: int
+    header_size: int
+    region_size: int
+    session_id: bytes
+    name: str
+    n_rings: int
+    ring_size: int
+    max_events: int
+    mode: int
+    block_timeout_ns: int
+    enable_off: int
+    decl_off: int
+    desc_off: int
+    data_off: int
+
+
+class ABIError(ValueError):
+    """The region is not a hypertrace region, or not one this code understands."""
+
+
+def parse_header(buf, expect_size: Optional[int] = None) -> Tuple[Header, Layout]:
+    """Copy and validate a region header; the layout must match the sizing fields."""
+    raw = bytes(buf[:HEADER_STRUCT.size])
+    if len(raw) < HEADER_STRUCT.size:
+        raise ABIError("region smaller than its header")
+    f = list(HEADER_STRUCT.unpack(raw))
+    f[6] = f[6].split(b"\0", 1)[0].decode("ascii", "replace")
+    hdr = Header(*f)
+    if hdr.magic != MAGIC:
+        raise ABIError("bad magic: not a hypertrace region")
+    if hdr.abi_major != ABI_MAJOR:
+        raise ABIError("ABI major version %d, this code speaks %d" % (hdr.abi_major, ABI_MAJOR))
+    try:
+        lay = make_layout(hdr.n_rings, hdr.ring_size, hdr.max_events)
+    except ValueError as e:
+        raise ABIError("bad sizing fields: %s" % e) from None
+    got = (hdr.enable_off, hdr.decl_off, hdr.desc_off, hdr.data_off)
+    if got != (lay.enable_off, lay.decl_off, lay.desc_off, lay.data_off):
+        raise ABIError("region offsets disagree with its sizing fields")
+    if hdr.region_size < lay.data_off + lay.n_rings * lay.ring_size:
+        raise ABIError("region_size too small for its rings")
+    if expect_size is not None and hdr.region_size > expect_size:
+        raise ABIError("region_size %d exceeds the mapping (%d)" % (hdr.region_size, expect_size))
+    if hdr.mode not in MODE_NAMES:
+        raise ABIError("unknown mode %d" % hdr.mode)
+    return hdr, lay
+
+
+def pack_header(buf, lay: Layout, session_id: bytes, name: str, mode: int,
+                block_timeout_ns: int) -> None:
+    nm = name.encode("ascii")
+    if len(nm) >= NAME_LEN or not re.fullmatch(rb"[A-Za-z0-9_.-]*", nm):
+        raise ValueError("channel name must be < 32 characters of [A-Za-z0-9_.-]")
+    HEADER_STRUCT.pack_into(
+        buf, 0, MAGIC, ABI_MAJOR, ABI_MINOR, HEADER_SIZE, lay.region_size, session_id,
+        nm, lay.n_rings, lay.ring_size, lay.max_events, mode, block_timeout_ns,
+        lay.enable_off, lay.decl_off, lay.desc_off, lay.data_off)
+
+
+# --- event signatures (QEMU trace-events grammar) --------------------------
+class FieldType(NamedTuple):
+    kind: str        # "int", "bool", "float", "str", "bytes"
+    code: str        # struct code for fixed-size kinds, "" for str/bytes
+    size: int        # bytes in the record (0 for variable)
+    signed: bool
+    hex: bool        # pointers: shown in base 16
+
+
+def _int(code: str, hexa: bool = False) -> FieldType:
+    return FieldType("int", code, struct.calcsize("<" + code), code.islower(), hexa)
+
+
+_TYPES: Dict[str, FieldType] = {
+    "int8_t": _int("b"), "uint8_t": _int("B"), "int16_t": _int("h"), "uint16_t": _int("H"),
+    "int32_t": _int("i"), "uint32_t": _int("I"), "int64_t": _int("q"), "uint64_t": _int("Q"),
+    "char": _int("b"), "signed char": _int("b"), "unsigned char": _int("B"),
+    "short": _int("h"), "unsigned short": _int("H"),
+    "int": _int("i"), "signed": _int("i"), "unsigned": _int("I"), "unsigned int": _int("I"),
+    "long": _int("q"), "unsigned long": _int("Q"),
+    "long long": _int("q"), "unsigned long long": _int("Q"),
+    "size_t": _int("Q"), "ssize_t": _int("q"), "off_t": _int("q"),
+    "hwaddr": _int("Q", True), "vaddr": _int("Q", True), "ram_addr_t": _int("Q", True),
+    "bool": FieldType("bool", "?", 1, False, False),
+    "float": FieldType("float", "f", 4, True, False),
+    "double": FieldType("float", "d", 8, True, False),
+    "const char *": FieldType("str", "", 0, False, False),
+    "char *": FieldType("str", "", 0, False, False),
+    "bytes": FieldType("bytes", "", 0, False, False),
+}
+_POINTER = _int("Q", True)
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# names that would clash with CTF metadata keywords or the record header
+_RESERVED = {"id", "timestamp", "seq", "size_flags", "v", "align", "enum", "event", "integer",
+             "floating_point", "string", "struct", "typealias", "typedef", "variant", "sequence",
+             "clock", "env", "stream", "trace", "callsite", "const", "char", "double", "float",
+             "int", "long", "short", "signed", "unsigned", "void", "_Bool", "_Complex",
+             "_Imaginary"}
+_LINE = re.compile(r"\s*(disable\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*(\".*\")?\s*\Z")
+
+
+class EventDecl(NamedTuple):
+    name: str
+    fields: Tuple[Tuple[str, str, FieldType], ...]   # (arg name, canonical C type, type)
+    disabled: bool = False
+    fmt: str = ""
+
+    @property
+    def signature(self) -> str:
+        """Canonical text stored in the region's declaration slot."""
+        return "%s(%s)" % (self.name, ", ".join(
+            (t + a if t.endswith("*") else t + " " + a) for a, t, _ in self.fields) or "void")
+
+
+def _canon_type(text: str) -> str:
+    """`const  char*` -> `const char *`: single spaces, stars separated by one space."""
+    return " ".join(text.replace("*", " * ").split()).replace("* *", "**")
+
+
+def parse_args(args: str, where: str = "") -> Tuple[Tuple[str, str, FieldType], ...]:
+    """Parse `type name, ...` as in QEMU trace-events; raises ValueError naming the problem."""
+    args = args.strip()
+    if args in ("", "void"):
+        return ()
+    out = []
+    seen = set()
+    for part in args.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(.*?[\s*])([A-Za-z_][A-Za-z0-9_]*)", part)
+        if not m or not m.group(1).strip():
+            raise ValueError("%sbad argument %r: expected 'type name'" % (where, part))
+        ctype, name = _canon_type(m.group(1)), m.group(2)
+        ft = _TYPES.get(ctype)
+        if ft is None:
+            if ctype.endswith("*"):
+                ft = _POINTER
+            else:
+                raise ValueError("%sunsupported type %r for argument %r" % (where, ctype, name))
+        if name in _RESERVED:
+            raise ValueError("%sargument name %r is reserved" % (where, name))
+        if name in seen:
+            raise ValueError("%sduplicate argument %r" % (where, name))
+        seen.add(name)
+        out.append((name, ctype, ft))
+    if len(out) > MAX_FIELDS:
+        raise ValueError("%stoo many arguments (%d > %d)" % (where, len(out), MAX_FIELDS))
+    return tuple(out)
+
+
+def make_decl(name: str, args: str, disabled: bool = False, fmt: str = "") -> EventDecl:
+    if not _IDENT.match(name) or len(name) > 128:
+        raise ValueError("bad event name %r: must be a C identifier of at most 128 characters"
+                         % name)
+    decl = EventDecl(name, parse_args(args, "event %s: " % name), disabled, fmt)
+    if len(decl.signature.encode()) > DECL_TEXT_MAX:
+        raise ValueError("event %s: signature longer than %d bytes" % (name, DECL_TEXT_MAX))
+    return decl
+
+
+def parse_signature(text: str) -> EventDecl:
+    """Parse a declaration slot's text (`name(type a, ...)`); ValueError if malformed."""
+    m = _LINE.match(text)
+    if not m or m.group(1) or m.group(4):
+        raise ValueError("malformed signature %r" % text[:80])
+    return make_decl(m.group(2), m.group(3))
+
+
+def parse_trace_events(text: str, source: str = "<string>") -> List[EventDecl]:
+    """Parse a QEMU trace-events file: `[disable] name(type arg, ...) "format"` lines."""
+    decls = []
+    names = set()
+    for lineno, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        where = "%s:%d: " % (source, lineno)
+        m = _LINE.match(s)
+        if not m:
+            raise ValueError(where + "expected 'name(type arg, ...) \"format\"', got %r" % s[:80])
+        try:
+            d = make_decl(m.group(2), m.group(3), bool(m.group(1)),
+                          (m.group(4) or '""')[1:-1])
+        except ValueError as e:
+            raise ValueError(where + str(e)) from None
+        if d.name in names:
+            raise ValueError(where + "event %r declared twice" % d.name)
+        names.add(d.name)
+        decls.append(d)
+    return decls
+
+
+# --- record codec ----------------------------------------------------------
+class Codec:
+    """Decodes one event's payload; built from its declaration (host and tests)."""
+
+    def __init__(self, decl: EventDecl):
+        self.decl = decl
+        self.names = [a for a, _, _ in decl.fields]
+        # split the payload into runs of fixed-size fields and variable fields
+        self.steps: List[Tuple[str, object]] = []
+        run = ""
+        for _, _, ft in decl.fields:
+            if ft.kind in ("str", "bytes"):
+                if run:
+                    self.steps.append(("fixed", struct.Struct("<" + run)))
+                    run = ""
+                self.steps.append((ft.kind, None))
+            else:
+                run += ft.code
+        if run:
+            self.steps.append(("fixed", struct.Struct("<" + run)))
+        var = any(k != "fixed" for k, _ in self.steps)
+        fixed = sum(s.size for k, s in self.steps if k == "fixed")  # type: ignore[union-attr]
+        #: total record size when the event has no variable field, else None
+        self.fixed_size = None if var else align(REC_HEADER_SIZE + fixed, REC_ALIGN)
+
+    def decode(self, buf, off: int, end: int) -> Tuple[list, int]:
+        """Decode the payload at buf[off:end]; returns (values, payload end).
+
+        Raises ValueError when a length runs past `end` (the record's size).
+        """
+        vals: list = []
+        for kind, st in self.steps:
+            if kind == "fixed":
+                n = st.size  # type: ignore[union-attr]
+                if off + n > end:
+                    raise ValueError("payload overruns record")
+                vals.extend(st.unpack_from(buf, off))  # type: ignore[union-attr]
+                off += n
+            else:
+                if off + 2 > end:
+                    raise ValueError("payload overruns record")
+                ln = buf[off] | buf[off + 1] << 8
+                off += 2
+                if ln > STR_MAX or off + ln > end:
+                    raise ValueError("string length %d overruns record" % ln)
+                raw = bytes(buf[off:off + ln])
+                off += ln
+                vals.append(raw.decode("utf-8", "replace") if kind == "str" else raw)
+        return vals, off

@@ -1,0 +1,62 @@
+"""Per-event counts and rates, and per-stream losses, from a session's index."""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+from ..session import Session
+
+
+def compute(s: Session) -> dict:
+    events: Dict[str, int] = {}
+    streams: List[dict] = []
+    t0 = t1 = None
+    for st in s.streams:
+        for name, n in st.get("per_event", {}).items():
+            events[name] = events.get(name, 0) + n
+        if st.get("first_ts") is not None:
+            a = st["first_ts"] + s.offset(st["domain"])
+            b = st["last_ts"] + s.offset(st["domain"])
+            t0 = a if t0 is None else min(t0, a)
+            t1 = b if t1 is None else max(t1, b)
+        streams.append({k: st.get(k) for k in (
+            "file", "domain", "ring", "pid", "tid", "thread", "recorded", "discarded",
+            "malformed", "torn", "clamped", "emitted")})
+    dur = (t1 - t0) / 1e9 if t0 is not None and t1 > t0 else 0.0
+    total = sum(events.values())
+    return {
+        "session": s.path,
+        "duration_s": dur,
+        "events": {k: {"count": v, "rate_per_s": (v / dur if dur else None)}
+                   for k, v in sorted(events.items())},
+        "streams": streams,
+        "totals": {
+            "recorded": total,
+            "discarded": sum(x["discarded"] or 0 for x in streams),
+            "malformed": sum(x["malformed"] or 0 for x in streams),
+            "torn": sum(x["torn"] or 0 for x in streams),
+            "rate_per_s": total / dur if dur else None,
+        },
+    }
+
+
+def format_text(st: dict) -> str:
+    lines = ["session %s: %d events in %.3f s" % (st["session"], st["totals"]["recorded"],
+                                                  st["duration_s"])]
+    lines.append("")
+    lines.append("%-32s %12s %14s" % ("event", "count", "rate/s"))
+    for name, e in st["events"].items():
+        rate = "%.0f" % e["rate_per_s"] if e["rate_per_s"] else "-"
+        lines.append("%-32s %12d %14s" % (name, e["count"], rate))
+    lines.append("")
+    lines.append("%-18s %-8s %8s %8s %-16s %10s %10s %9s %5s" % (
+        "stream", "domain", "pid", "tid", "thread", "recorded", "discarded", "malformed", "torn"))
+    for x in st["streams"]:
+        lines.append("%-18s %-8s %8s %8s %-16s %10d %10d %9d %5d" % (
+            x["file"] or "(none)", x["domain"], x["pid"], x["tid"], (x["thread"] or "")[:16],
+            x["recorded"], x["discarded"], x["malformed"], x["torn"]))
+    t = st["totals"]
+    lines.append("")
+    lines.append("total: %d recorded, %d discarded, %d malformed, %d torn" % (
+        t["recorded"], t["discarded"], t["malformed"], t["torn"]))
+    return "\n".join(lines)

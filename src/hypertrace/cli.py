@@ -1,0 +1,158 @@
+"""The `hypertrace` command: argument parsing only; the work lives in host/, analysis/."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from typing import List, Optional
+
+from . import abi
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().rstrip("ib").rstrip("b")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError("bad size %r (e.g. 512K, 4M)" % text) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hypertrace", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("record", help="record a session: run COMMAND, or serve a channel")
+    r.add_argument("-o", "--output", required=True, help="session directory (a CTF trace)")
+    r.add_argument("--channel", help="attach mode: serve shm:/dev/shm/NAME until Ctrl-C")
+    r.add_argument("--name", default="local", help="domain name of the producers (default local)")
+    r.add_argument("--buffer-size", type=_size, default=abi.DEFAULT_RING_SIZE,
+                   help="bytes per ring, a power of two (default 512K)")
+    r.add_argument("--rings", type=int, default=abi.DEFAULT_RINGS,
+                   help="rings in the channel: producing threads at once (default 32)")
+    r.add_argument("--max-events", type=int, default=abi.DEFAULT_MAX_EVENTS)
+    r.add_argument("--mode", choices=sorted(abi.MODES), default="discard",
+                   help="when a ring is full: drop the newest (discard), wait then drop "
+                        "(block), or overwrite the oldest (overwrite: flight recorder)")
+    r.add_argument("--block-timeout", type=float, default=1000.0, metavar="MS",
+                   help="block mode: longest wait for room before dropping (default 1000 ms)")
+    r.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+
+    for name, hlp in (("report", "print every event in time order"),
+                      ("stats", "event counts, rates and losses")):
+        x = sub.add_parser(name, help=hlp)
+        x.add_argument("dir")
+        x.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("snapshot", help="overwrite mode: write the rings' current contents")
+    s.add_argument("dir")
+
+    sub.add_parser("guest-path", help="print a PYTHONPATH entry holding only the guest library")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return globals()["cmd_" + args.cmd.replace("-", "_")](args)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    sys.stderr.write("hypertrace: error: %s\n" % msg)
+    return code
+
+
+def cmd_record(a) -> int:
+    from .host.record import RecordError, record, summary
+    cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
+    if not cmd and not a.channel:
+        return _fail("give a COMMAND after --, or --channel to serve producers that attach")
+    try:
+        col = record(a.output, cmd, channel=a.channel, mode=a.mode, ring_size=a.buffer_size,
+                     rings=a.rings, max_events=a.max_events, block_timeout_ms=a.block_timeout,
+                     name=a.name)
+    except RecordError as e:
+        return _fail(str(e))
+    sys.stdout.write(summary(col) + "\n")
+    sys.stdout.write("trace: %s (CTF 1.8: babeltrace2 %s)\n" % (os.path.abspath(a.output),
+                                                              a.output))
+    return col.exit_code
+
+
+def _session(path: str):
+    from .session import Session, SessionError
+    try:
+        return Session(path)
+    except SessionError as e:
+        sys.stderr.write("hypertrace: error: %s\n" % e)
+        sys.exit(2)
+
+
+def cmd_report(a) -> int:
+    s = _session(a.dir)
+    w = sys.stdout.write
+    for e in s.events():
+        if a.json:
+            w(json.dumps(e.to_json()) + "\n")
+        else:
+            f = " ".join("%s=%s" % (k, _show(v)) for k, v in e.fields.items())
+            w("%d %s/%s %s %s%s\n" % (e.ts, e.domain, e.stream, e.name, f,
+                                      " [truncated]" if e.truncated else ""))
+    for msg in s.warnings:
+        sys.stderr.write("hypertrace: warning: %s\n" % msg)
+    return 0
+
+
+def _show(v) -> str:
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, bytes):
+        return v.hex()
+    return str(v)
+
+
+def cmd_stats(a) -> int:
+    from .analysis import stats
+    st = stats.compute(_session(a.dir))
+    sys.stdout.write((json.dumps(st, indent=1) if a.json else stats.format_text(st)) + "\n")
+    return 0
+
+
+def cmd_snapshot(a) -> int:
+    pidfile = os.path.join(a.dir, ".hypertrace", "collector.pid")
+    idx = os.path.join(a.dir, ".hypertrace", "session.json")
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+        before = os.stat(idx).st_mtime_ns if os.path.exists(idx) else 0
+        os.kill(pid, signal.SIGUSR1)
+    except (OSError, ValueError) as e:
+        return _fail("no live recording in %s (%s)" % (a.dir, e))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if os.path.exists(idx) and os.stat(idx).st_mtime_ns != before:
+            print("snapshot written to %s" % a.dir)
+            return 0
+        time.sleep(0.02)
+    return _fail("the collector (pid %d) did not answer within 10 s" % pid)
+
+
+def cmd_guest_path(_a) -> int:
+    from .host.guestpath import guest_path
+    print(guest_path())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

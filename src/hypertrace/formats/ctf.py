@@ -1,0 +1,143 @@
+"""CTF 1.8 writer: the metadata text and the packets of data stream files.
+
+Records are copied into packets verbatim: the event header below describes the
+ring record header (docs/abi.md). Its 64-bit alignment makes the reader skip
+each record's tail padding, and the record's size_flags/seq words fall in the
+alignment gap between `id` and `timestamp`, which a CTF reader skips.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import uuid as _uuid
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+from .. import abi
+
+PACKET_MAGIC = 0xC1FC1FC1
+# packet header (magic, uuid, stream class id, stream instance id) + context (6 x u64)
+PACKET_HEAD = struct.Struct("<I16sIQQQQQQQ")
+assert PACKET_HEAD.size == 80
+
+
+@dataclass
+class Domain:
+    """A clock domain: one CTF stream class and one clock class."""
+
+    name: str
+    stream_id: int
+    clock_offset_ns: int = 0         # added to raw timestamps to get ns since the epoch
+    description: str = ""
+    events: Dict[int, abi.EventDecl] = field(default_factory=dict)
+
+
+def _int(bits: int, signed: bool, align: int = 8, base: int = 10, extra: str = "") -> str:
+    return "integer { size = %d; align = %d; signed = %s; base = %d;%s }" % (
+        bits, align, "true" if signed else "false", base, extra)
+
+
+def _field_decl(name: str, ft: abi.FieldType) -> List[str]:
+    n = "_" + name  # babeltrace2 strips one leading underscore in CTF 1.8 names
+    if ft.kind == "int":
+        return ["%s %s;" % (_int(ft.size * 8, ft.signed, base=16 if ft.hex else 10), n)]
+    if ft.kind == "bool":
+        return ["%s %s;" % (_int(8, False), n)]
+    if ft.kind == "float":
+        exp, mant = (8, 24) if ft.size == 4 else (11, 53)
+        return ["floating_point { exp_dig = %d; mant_dig = %d; align = 8; } %s;" % (exp, mant, n)]
+    ln = "__%s_length" % name
+    elem = _int(8, False, extra=" encoding = UTF8;" if ft.kind == "str" else "")
+    return ["%s %s;" % (_int(16, False), ln), "%s %s[%s];" % (elem, n, ln)]
+
+
+def _escape(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+
+
+def metadata(trace_uuid: bytes, domains: List[Domain], env: Dict[str, object]) -> str:
+    u = str(_uuid.UUID(bytes=trace_uuid))
+    out = ["/* CTF 1.8 */", "",
+           "trace {", "\tmajor = 1;", "\tminor = 8;", '\tuuid = "%s";' % u, "\tbyte_order = le;",
+           "\tpacket.header := struct {",
+           "\t\t%s magic;" % _int(32, False, 32, 16),
+           "\t\t%s uuid[16];" % _int(8, False),
+           "\t\t%s stream_id;" % _int(32, False, 32),
+           "\t\t%s stream_instance_id;" % _int(64, False, 64),
+           "\t};", "};", "", "env {"]
+    for k, v in env.items():
+        out.append('\t%s = %s;' % (k, v if isinstance(v, int) else '"%s"' % _escape(str(v))))
+    out += ["};", ""]
+    for d in domains:
+        off_s, off_ns = divmod(d.clock_offset_ns, 1_000_000_000)
+        ck = "clock_" + d.name
+        out += ["clock {", "\tname = %s;" % ck,
+                '\tdescription = "%s";' % _escape(d.description or d.name + " clock"),
+                "\tfreq = 1000000000;", "\tprecision = 1;",
+                "\toffset_s = %d;" % off_s, "\toffset = %d;" % off_ns,
+                "\tabsolute = FALSE;", "};", ""]
+        ts = _int(64, False, 64, extra=" map = clock.%s.value;" % ck)
+        out += ["stream {", "\tid = %d;" % d.stream_id,
+                "\tpacket.context := struct {",
+                "\t\t%s timestamp_begin;" % ts,
+                "\t\t%s timestamp_end;" % ts,
+                "\t\t%s content_size;" % _int(64, False, 64),
+                "\t\t%s packet_size;" % _int(64, False, 64),
+                "\t\t%s packet_seq_num;" % _int(64, False, 64),
+                "\t\t%s events_discarded;" % _int(64, False, 64),
+                "\t};",
+                "\tevent.header := struct {",
+                # the record's size_flags and seq words sit in the alignment gap
+                # before the 64-bit timestamp: CTF readers skip them as padding
+                "\t\t%s id;" % _int(16, False, 64),
+                "\t\t%s timestamp;" % ts,
+                "\t};", "};", ""]
+        for eid in sorted(d.events):
+            ev = d.events[eid]
+            out += ["event {", '\tname = "%s";' % ev.name, "\tid = %d;" % eid,
+                    "\tstream_id = %d;" % d.stream_id, "\tfields := struct {"]
+            for name, _ctype, ft in ev.fields:
+                out += ["\t\t" + x for x in _field_decl(name, ft)]
+            out += ["\t};", "};", ""]
+    return "\n".join(out)
+
+
+def write_metadata(path: str, text: str) -> None:
+    tmp = os.path.join(os.path.dirname(path), ".metadata.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class StreamFile:
+    """A data stream file: packets of verbatim records with their timestamp range."""
+
+    def __init__(self, path: str, trace_uuid: bytes, stream_id: int, instance_id: int):
+        self.path = path
+        self.f = open(path, "wb")
+        self.uuid = trace_uuid
+        self.stream_id = stream_id
+        self.instance = instance_id
+        self.seq = 0
+        self.bytes = 0
+
+    def packet(self, content, ts_begin: int, ts_end: int, discarded_total: int,
+               tail_pad: int = 0) -> None:
+        """Write one packet; `tail_pad` bytes after the last event's payload are padding."""
+        size = (PACKET_HEAD.size + len(content)) * 8
+        head = PACKET_HEAD.pack(PACKET_MAGIC, self.uuid, self.stream_id, self.instance,
+                                ts_begin, ts_end, size - tail_pad * 8, size, self.seq,
+                                discarded_total)
+        self.f.write(head)
+        self.f.write(content)
+        self.seq += 1
+        self.bytes += len(head) + len(content)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()

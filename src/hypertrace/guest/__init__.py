@@ -1,0 +1,159 @@
+"""Guest-side tracing API (standard library only, Python >= 3.8).
+
+    from hypertrace import guest
+    tick = guest.event("app_tick", "uint64_t n, int32_t delta, const char *msg")
+    tick(1, -2, "hello")            # no-op unless a channel is connected and enabled
+
+    ev = guest.load("trace-events")  # QEMU trace-events syntax
+    ev.app_tick(1, -2, "hello")
+
+The channel comes from $HYPERTRACE_CHANNEL (set by `hypertrace record`) or
+from guest.connect(spec, clock=...). With no channel, tracepoints stay
+disabled and never raise.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+from .. import abi
+from .channel import Channel, ChannelError, resolve, warn
+from .tracepoint import TraceArgumentError, build, set_cell
+
+__all__ = ["event", "load", "connect", "disconnect", "connected", "Events", "ChannelError",
+           "TraceArgumentError"]
+
+_lock = threading.Lock()
+_tls = threading.local()
+_tracepoints: Dict[str, Callable] = {}
+_channel: Optional[Channel] = None
+_env_checked = False
+_default_clock = time.monotonic_ns
+
+
+def _claim():
+    ch = _channel
+    if ch is None:
+        return None
+    return ch.claim(_tls)
+
+
+class Events:
+    """The tracepoints of a trace-events file, one attribute per event."""
+
+    def __init__(self, tps: List[Callable]):
+        self._list = tps
+        for tp in tps:
+            setattr(self, tp.name, tp)
+
+    def __iter__(self):
+        return iter(self._list)
+
+    def __len__(self) -> int:
+        return len(self._list)
+
+
+def event(name: str, args: str = "void", disabled: bool = False) -> Callable:
+    """Declare an event (`args` in C syntax as in QEMU trace-events); returns its tracepoint."""
+    return _register(abi.make_decl(name, args, disabled))
+
+
+def load(path: str) -> Events:
+    """Declare every event of a QEMU-style trace-events file."""
+    with open(path, encoding="utf-8") as f:
+        decls = abi.parse_trace_events(f.read(), path)
+    return Events([_register(d) for d in decls])
+
+
+def _register(decl: abi.EventDecl) -> Callable:
+    _connect_from_env()
+    with _lock:
+        tp = _tracepoints.get(decl.name)
+        if tp is not None:
+            if tp.signature != decl.signature:
+                raise ValueError("event %s already declared as %s" % (decl.name, tp.signature))
+            return tp
+        tp = build(decl, _tls, _claim, _default_clock)
+        _tracepoints[decl.name] = tp
+        if _channel is not None:
+            _channel.attach(tp)
+        return tp
+
+
+def connect(spec: Optional[str] = None, clock: Optional[Callable[[], int]] = None) -> Channel:
+    """Connect to a channel; `clock` returns the guest time in ns (CLOCK_MONOTONIC by default)."""
+    global _channel, _env_checked
+    _env_checked = True
+    spec = spec or os.environ.get("HYPERTRACE_CHANNEL")
+    if not spec:
+        raise ChannelError("no channel given and HYPERTRACE_CHANNEL is not set")
+    with _lock:
+        if _channel is not None:
+            raise ChannelError("already connected to %s; disconnect() first" % _channel.path)
+        ch = Channel(resolve(spec), clock or _default_clock)
+        for tp in _tracepoints.values():
+            ch.attach(tp)
+        _channel = ch
+        ch.start_poller()
+    return ch
+
+
+def disconnect() -> None:
+    """Release this process's rings and disable every tracepoint."""
+    global _channel
+    with _lock:
+        ch, _channel = _channel, None
+        if ch is None:
+            return
+        ch.close()
+        for tp in _tracepoints.values():
+            set_cell(tp, "_on", False)
+            tp.enabled = False
+        _release_thread()
+
+
+def connected() -> bool:
+    return _channel is not None
+
+
+def _release_thread() -> None:
+    w = getattr(_tls, "w", None)
+    if w is not None:
+        w.release()
+        del _tls.w
+        del _tls.holder
+
+
+def _connect_from_env() -> None:
+    global _env_checked
+    if _env_checked:
+        return
+    _env_checked = True
+    spec = os.environ.get("HYPERTRACE_CHANNEL")
+    if spec and _channel is None:
+        try:
+            connect(spec)
+        except (ChannelError, OSError, ValueError) as e:
+            warn("tracing disabled: %s" % e)
+
+
+def _after_fork_in_child() -> None:
+    # the child must never write into the parent's rings: forget this thread's
+    # writer (without releasing it: the parent still owns it) and restart the poller
+    for attr in ("w", "holder"):
+        if hasattr(_tls, attr):
+            if attr == "holder":
+                _tls.holder.w = _tls.holder.w  # keep reference; __del__ checks the pid
+            delattr(_tls, attr)
+    ch = _channel
+    if ch is not None and not ch.closed:
+        ch.start_poller()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_release_thread)

@@ -1,0 +1,127 @@
+"""One producer's ring: the slow paths of the emit protocol (room, wrap, loss, release).
+
+The fast path (reserve, write, commit) is generated inline into each tracepoint
+by tracepoint.py; it only calls make_room() when the record does not fit.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+
+from .. import abi
+
+_Q = struct.Struct("<Q")
+_QQ = struct.Struct("<QQ")
+_PAD = struct.Struct("<HH")
+
+
+class RingWriter:
+    """State of the calling thread's ring; only that thread touches it."""
+
+    __slots__ = ("ch", "mm", "index", "desc", "base", "size", "mask", "pos", "seq", "tail",
+                 "mode", "discarded", "pid", "generation", "blocked_heartbeat")
+
+    def __init__(self, ch, index: int, generation: int, pid: int, seq: int, discarded: int):
+        lay = ch.layout
+        self.ch = ch
+        self.mm = ch.mm
+        self.index = index
+        self.desc = lay.desc(index)
+        self.base = lay.data(index)
+        self.size = lay.ring_size
+        self.mask = lay.ring_size - 1
+        self.pos = 0
+        self.seq = seq
+        self.tail = 0          # consumed position (discard/block) or first intact (overwrite)
+        self.mode = ch.header.mode
+        self.discarded = discarded
+        self.pid = pid
+        self.generation = generation
+        self.blocked_heartbeat = -1
+
+    # -- slow path: the record does not fit before the ring end or the reader --
+    def make_room(self, size: int) -> int:
+        """Make room for `size` bytes; returns the write position or -1 if dropped."""
+        pos = self.pos
+        off = pos & self.mask
+        pad = self.size - off if off + size > self.size else 0
+        need = pad + size
+        if self.mode == abi.MODE_OVERWRITE:
+            self._overwrite(pos + need)
+        elif pos + need - self.tail > self.size:
+            self.tail = self._consumed(pos)
+            if pos + need - self.tail > self.size:
+                if self.mode == abi.MODE_BLOCK:
+                    self._block(pos + need)
+                if pos + need - self.tail > self.size:
+                    return self._drop()
+        if pad:
+            _PAD.pack_into(self.mm, self.base + off, abi.PAD_ID, pad)
+            pos += pad
+            self.pos = pos
+        return pos
+
+    def _consumed(self, pos: int) -> int:
+        c = _Q.unpack_from(self.mm, self.desc + abi.D_CONSUMED)[0]
+        # a consumed position outside [pos - size, pos] is nonsense: treat the ring as full
+        return c if pos - self.size <= c <= pos else pos - self.size
+
+    def _block(self, end: int) -> None:
+        ch = self.ch
+        deadline = time.monotonic() + ch.header.block_timeout_ns / 1e9
+        delay = 20e-6
+        while end - self.tail > self.size:
+            hb = ch.heartbeat()
+            if ch.collector_state() != abi.COLLECTOR_RUNNING or hb == self.blocked_heartbeat:
+                return  # no collector, or it stalled through our whole last wait: don't wait
+            if time.monotonic() >= deadline:
+                self.blocked_heartbeat = hb
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 1e-3)
+            self.tail = self._consumed(self.pos)
+        self.blocked_heartbeat = -1
+
+    def _overwrite(self, end: int) -> None:
+        # advance `first` past the oldest records until `end` fits; publish it before
+        # the bytes are overwritten so that a concurrent reader can detect the overlap
+        first = self.tail
+        mm, base, mask = self.mm, self.base, self.mask
+        while end - first > self.size:
+            sz = (mm[base + (first & mask) + 2] | mm[base + (first & mask) + 3] << 8) & 0xFFF8
+            first += sz if sz else self.size  # a zero size cannot happen; never spin
+        if first != self.tail:
+            self.tail = first
+            _Q.pack_into(mm, self.desc + abi.D_FIRST, first)
+
+    def _drop(self) -> int:
+        self.seq += 1
+        self.discarded += 1
+        _QQ.pack_into(self.mm, self.desc + abi.D_EMITTED, self.seq, 0)
+        _Q.pack_into(self.mm, self.desc + abi.D_DISCARDED, self.discarded)
+        return -1
+
+    def release(self) -> None:
+        """Hand the ring back (thread or process exit); only its owning process may."""
+        import os
+        try:
+            if os.getpid() != self.pid or self.ch.mm is not self.mm or self.mm.closed:
+                return
+            st, gen = struct.unpack_from("<II", self.mm, self.desc + abi.D_STATE)
+            if st == abi.RING_ACTIVE and gen == self.generation:
+                struct.pack_into("<I", self.mm, self.desc + abi.D_STATE, abi.RING_RELEASED)
+        except (ValueError, OSError):
+            pass
+
+
+class _Holder:
+    """Kept in the thread-local; releases the ring when the thread's locals die."""
+
+    __slots__ = ("w",)
+
+    def __init__(self, w: RingWriter):
+        self.w = w
+
+    def __del__(self):
+        self.w.release()

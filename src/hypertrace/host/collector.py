@@ -1,0 +1,252 @@
+"""The collector: drains every ring of every region into one CTF session directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import time
+from dataclasses import asdict
+from typing import Dict, List, Optional
+
+from .. import __version__, abi
+from ..formats import ctf
+from .reader import EventTable, RingReader
+from .region import Region
+
+SESSION_DIR = ".hypertrace"          # side files: babeltrace2 ignores hidden folders' files
+PID_CHECK_S = 0.5
+
+
+def clock_offset_ns() -> int:
+    """CLOCK_REALTIME - CLOCK_MONOTONIC, from the tightest of a few samples."""
+    best = None
+    for _ in range(9):
+        a = time.monotonic_ns()
+        r = time.time_ns()
+        b = time.monotonic_ns()
+        if best is None or b - a < best[0]:
+            best = (b - a, r - (a + b) // 2)
+    return best[1]
+
+
+class Source:
+    """One region being served: its event table, rings and CTF stream class."""
+
+    def __init__(self, region: Region, domain: ctf.Domain, pid_check: bool):
+        self.region = region
+        self.domain = domain
+        self.events = EventTable(region)
+        self.readers: List[Optional[RingReader]] = [None] * region.layout.n_rings
+        self.pid_check = pid_check
+        self.next_pid_check = 0.0
+        self.finished: List[RingReader] = []
+
+
+class Collector:
+    def __init__(self, outdir: str):
+        self.outdir = outdir
+        os.makedirs(os.path.join(outdir, SESSION_DIR), exist_ok=True)
+        self.trace_uuid = os.urandom(16)
+        self.sources: List[Source] = []
+        self.files: Dict[int, ctf.StreamFile] = {}
+        self.stream_info: Dict[int, dict] = {}
+        self.next_instance = 0
+        self.beats = 0
+        self.started_ns = time.time_ns()
+        self.snapshots = 0
+        self.errors: List[str] = []
+
+    # -- setup -----------------------------------------------------------------
+    def add_region(self, region: Region, domain: str, pid_check: bool = True,
+                   clock_offset: Optional[int] = None, description: str = "") -> Source:
+        dom = ctf.Domain(domain, len(self.sources),
+                         clock_offset_ns() if clock_offset is None else clock_offset,
+                         description or "CLOCK_MONOTONIC of domain %s" % domain)
+        src = Source(region, dom, pid_check)
+        self.sources.append(src)
+        region.set_collector(abi.COLLECTOR_RUNNING)
+        self.write_metadata()
+        return src
+
+    # -- the loop body --------------------------------------------------------------
+    def poll(self, drain_overwrite: bool = False) -> int:
+        """One pass over every ring; returns the number of records taken."""
+        n = 0
+        self.beats += 1
+        now = time.monotonic()
+        for src in self.sources:
+            src.region.beat(self.beats)
+            check = src.pid_check and now >= src.next_pid_check
+            if check:
+                src.next_pid_check = now + PID_CHECK_S
+            for i in range(src.region.layout.n_rings):
+                n += self._poll_ring(src, i, check, drain_overwrite)
+            if src.events.changed:
+                src.events.changed = False
+                self.write_metadata()
+        return n
+
+    def _identity(self, src: Source, i: int) -> dict:
+        d = src.region.layout.desc(i) + abi.D_STATE
+        raw = bytes(src.region.mm[d:d + 40])
+        state, gen, pid, tid, claim_ts = struct.unpack_from("<IIIIQ", raw)
+        name = raw[24:40].split(b"\0", 1)[0].decode("utf-8", "replace")
+        name = "".join(c if c.isprintable() else "?" for c in name)
+        return {"state": state, "generation": gen, "pid": pid, "tid": tid,
+                "claim_ts": claim_ts, "thread": name}
+
+    def _poll_ring(self, src: Source, i: int, check_pids: bool, drain_overwrite: bool) -> int:
+        ident = self._identity(src, i)
+        state = ident["state"]
+        r = src.readers[i]
+        if r is None and state not in (abi.RING_ACTIVE, abi.RING_RELEASED):
+            return 0
+        if r is not None and (r.generation != ident["generation"] or state == abi.RING_FREE):
+            self._finish(src, r, gone=False)     # reclaimed behind our back
+            r = None
+        if r is None:
+            r = src.readers[i] = RingReader(src.region, src.events, i, ident["generation"],
+                                            ident, self._sink)
+            r.stream_key = None
+        gone = state == abi.RING_RELEASED or (
+            check_pids and state == abi.RING_ACTIVE and not _alive(ident["pid"]))
+        n = 0
+        if gone or not r.overwrite or drain_overwrite:
+            n = r.drain()
+        if gone:
+            self._finish(src, r, gone=True)
+            src.readers[i] = None
+            # free the ring for the next claim: consumed back to 0 first
+            d = src.region.layout.desc(i)
+            struct.pack_into("<Q", src.region.mm, d + abi.D_CONSUMED, 0)
+            struct.pack_into("<I", src.region.mm, d + abi.D_STATE, abi.RING_FREE)
+        return n
+
+    def _finish(self, src: Source, r: RingReader, gone: bool) -> None:
+        r.finish(gone)
+        src.finished.append(r)
+        f = self.files.get(id(r))
+        if f is not None:
+            f.flush()
+
+    def _sink(self, r: RingReader, content: bytes, ts_begin: int, ts_end: int,
+              discarded: int, tail_pad: int) -> None:
+        f = self.files.get(id(r))
+        if f is None:
+            src = next(s for s in self.sources if s.region is r.region)
+            inst = self.next_instance
+            self.next_instance += 1
+            name = "%s-%04d" % (src.domain.name, inst)
+            f = self.files[id(r)] = ctf.StreamFile(os.path.join(self.outdir, name),
+                                                   self.trace_uuid, src.domain.stream_id, inst)
+            self.stream_info[id(r)] = {"file": name, "domain": src.domain.name,
+                                       "ring": r.index, "reader": r}
+        f.packet(content, ts_begin, ts_end, discarded, tail_pad)
+
+    def flush(self) -> None:
+        for src in self.sources:
+            for r in src.readers:
+                if r is not None:
+                    r.flush()
+        for f in self.files.values():
+            f.flush()
+
+    def snapshot(self) -> int:
+        """Overwrite mode: write the rings' current contents into the session."""
+        n = self.poll(drain_overwrite=True)
+        self.flush()
+        self.snapshots += 1
+        self.write_index()
+        return n
+
+    # -- the end --------------------------------------------------------------------
+    def stop(self) -> None:
+        """Drain everything committed, account for every producer, write the index."""
+        for src in self.sources:
+            src.events.refresh()
+            for i, r in enumerate(src.readers):
+                ident = self._identity(src, i)
+                if r is None:
+                    if ident["state"] not in (abi.RING_ACTIVE, abi.RING_RELEASED):
+                        continue
+                    r = src.readers[i] = RingReader(src.region, src.events, i,
+                                                    ident["generation"], ident, self._sink)
+                r.drain()
+                gone = ident["state"] == abi.RING_RELEASED or not (
+                    src.pid_check and _alive(ident["pid"]))
+                self._finish(src, r, gone)
+                src.readers[i] = None
+            src.region.set_collector(abi.COLLECTOR_STOPPED)
+        for f in self.files.values():
+            f.close()
+        self.write_metadata()
+        self.write_index()
+
+    # -- session files ------------------------------------------------------------------
+    def write_metadata(self) -> None:
+        for src in self.sources:
+            src.domain.events = dict(src.events.decls)
+        env = {"tracer_name": "hypertrace", "tracer_version": __version__,
+               "hostname": socket.gethostname(), "trace_name": os.path.basename(
+                   os.path.abspath(self.outdir))}
+        ctf.write_metadata(os.path.join(self.outdir, "metadata"),
+                           ctf.metadata(self.trace_uuid, [s.domain for s in self.sources], env))
+
+    def streams(self) -> List[dict]:
+        out = []
+        for key, info in self.stream_info.items():
+            r = info["reader"]
+            st = asdict(r.stats)
+            st["per_event"] = {r.events.decls[k].name: v for k, v in st["per_event"].items()
+                               if k in r.events.decls}
+            out.append({"file": info["file"], "domain": info["domain"], "ring": info["ring"],
+                        **{k: r.identity[k] for k in ("pid", "tid", "thread", "generation")},
+                        **st})
+        # producers that never got a packet (everything lost) still count
+        for src in self.sources:
+            for r in src.finished:
+                if id(r) not in self.stream_info and (r.stats.discarded or r.stats.malformed
+                                                      or r.stats.torn):
+                    st = asdict(r.stats)
+                    st["per_event"] = {}
+                    out.append({"file": None, "domain": src.domain.name, "ring": r.index,
+                                **{k: r.identity[k] for k in ("pid", "tid", "thread",
+                                                              "generation")}, **st})
+        return out
+
+    def write_index(self) -> None:
+        doms = []
+        for src in self.sources:
+            h = src.region.header
+            doms.append({
+                "name": src.domain.name, "stream_id": src.domain.stream_id,
+                "clock_offset_ns": src.domain.clock_offset_ns,
+                "channel": src.region.path, "mode": abi.MODE_NAMES[h.mode],
+                "rings": h.n_rings, "ring_size": h.ring_size,
+                "events": {str(i): {"name": d.name, "signature": d.signature}
+                           for i, d in sorted(src.events.decls.items())},
+                "rejected_declarations": {str(k): v for k, v in src.events.bad.items()},
+            })
+        index = {"format": "hypertrace-session", "version": 1, "hypertrace": __version__,
+                 "trace_uuid": self.trace_uuid.hex(), "started_ns": self.started_ns,
+                 "stopped_ns": time.time_ns(), "snapshots": self.snapshots,
+                 "domains": doms, "streams": self.streams(), "errors": self.errors}
+        path = os.path.join(self.outdir, SESSION_DIR, "session.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=1)
+        os.replace(tmp, path)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True

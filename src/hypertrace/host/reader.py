@@ -1,0 +1,267 @@
+"""Reads one ring: copy committed bytes out, then validate every record before use.
+
+The guest can write anything, at any time, into its region. Nothing is decoded
+from shared memory in place: committed bytes are copied first, then walked with
+every size, id, length, sequence number and timestamp checked. Bad records are
+counted and skipped; valid ones are appended to the stream's packet buffer.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from .. import abi
+
+_HDR = abi.REC_HEADER
+_Q = struct.Struct("<Q")
+PACKET_TARGET = 256 * 1024
+
+
+@dataclass
+class StreamStats:
+    recorded: int = 0
+    discarded: int = 0       # sequence gaps and trailing drops: events the producer lost
+    malformed: int = 0       # records rejected by validation
+    torn: int = 0            # a record left half-written by a producer that died
+    clamped: int = 0         # timestamps raised to keep the stream monotonic
+    emitted: int = 0         # the producer's own count, at the end
+    first_ts: Optional[int] = None
+    last_ts: Optional[int] = None
+    per_event: Dict[int, int] = field(default_factory=dict)
+
+
+class EventTable:
+    """The host's copy of a region's declarations: parsed once, then trusted."""
+
+    def __init__(self, region):
+        self.region = region
+        self.decls: Dict[int, abi.EventDecl] = {}
+        self.codecs: Dict[int, abi.Codec] = {}
+        self.bad: Dict[int, str] = {}
+        # per id: fixed record size, 0 for variable-size events, -1 unknown
+        self.sizes: List[int] = [-1] * region.layout.max_events
+        self.changed = False
+
+    def refresh(self) -> None:
+        for i in range(self.region.layout.max_events):
+            if self.sizes[i] != -1 or i in self.bad:
+                continue
+            try:
+                d = self.region.declaration(i)
+            except ValueError as e:
+                self.bad[i] = str(e)
+                continue
+            if d is None:
+                break  # slots fill in order
+            if any(d.name == x.name for x in self.decls.values()):
+                self.bad[i] = "duplicate event name %s" % d.name
+                continue
+            c = abi.Codec(d)
+            self.decls[i], self.codecs[i] = d, c
+            self.sizes[i] = c.fixed_size or 0
+            self.changed = True
+
+
+class RingReader:
+    """Host-side state of one claim of one ring (one producer thread = one stream)."""
+
+    def __init__(self, region, events: EventTable, index: int, generation: int,
+                 identity: dict, sink: Callable):
+        self.region = region
+        self.mm = region.mm
+        self.lay = region.layout
+        self.events = events
+        self.index = index
+        self.generation = generation
+        self.identity = identity
+        self.desc = self.lay.desc(index)
+        self.base = self.lay.data(index)
+        self.consumed = 0        # our own copy: the guest could scribble on the shared one
+        self.seq = 0             # next expected sequence number (64-bit)
+        self.stats = StreamStats()
+        self.sink = sink         # sink(reader, content, ts_begin, ts_end, discarded_total)
+        self.buf = bytearray()
+        self.pkt_begin: Optional[int] = None
+        self.pkt_end = 0
+        self.last_rec = 0
+        self.overwrite = region.header.mode == abi.MODE_OVERWRITE
+
+    # -- draining ------------------------------------------------------------
+    def drain(self) -> int:
+        """Copy and validate everything committed since the last call; returns records."""
+        size = self.lay.ring_size
+        commit, _emitted, first = struct.unpack_from("<QQQ", self.mm, self.desc)
+        start = self.consumed
+        if commit == start:
+            return 0
+        if self.overwrite:
+            start = max(start, commit - size, first if first <= commit else commit)
+        if commit < start or commit - start > size:
+            # nonsense positions: skip to the producer's commit, counting the damage
+            self.stats.malformed += 1
+            self._set_consumed(max(commit, self.consumed))
+            return 0
+        data = self._copy(start, commit)
+        for _ in range(8):
+            if not self.overwrite:
+                break
+            # bytes below the producer's `first` may have been overwritten while we
+            # copied them: retry from the new `first` (a record boundary)
+            first2 = _Q.unpack_from(self.mm, self.desc + abi.D_FIRST)[0]
+            if first2 <= start:
+                break
+            start = min(first2, commit)
+            data = self._copy(start, commit)
+        else:
+            if self.overwrite:
+                data = []      # the producer kept lapping us: take nothing this time
+        n = 0
+        for _pos, piece in data:
+            n += self._walk(piece)
+        self._set_consumed(commit)
+        return n
+
+    def _copy(self, start: int, end: int) -> list:
+        """Copy [start, end) out of the ring in one or two pieces (split at the ring end)."""
+        size, mask = self.lay.ring_size, self.lay.ring_size - 1
+        a = start & mask
+        n = end - start
+        if n <= 0:
+            return []
+        b = self.base
+        if a + n <= size:
+            return [(start, bytearray(self.mm[b + a:b + a + n]))]
+        k = size - a
+        return [(start, bytearray(self.mm[b + a:b + size])),
+                (start + k, bytearray(self.mm[b:b + n - k]))]
+
+    def _set_consumed(self, pos: int) -> None:
+        self.consumed = pos
+        _Q.pack_into(self.mm, self.desc + abi.D_CONSUMED, pos)
+
+    def _walk(self, buf) -> int:
+        """Validate the records of one piece and append the good ones to the packet."""
+        n = len(buf)
+        off = 0
+        st = self.stats
+        sizes = self.events.sizes
+        nsizes = len(sizes)
+        per = st.per_event
+        last_ts = st.last_ts if st.last_ts is not None else 0
+        exp = self.seq
+        run_start = 0          # start of the current run of accepted records
+        count = 0              # records in the current run
+        lastrec = 0
+        total = 0
+        unpack = _HDR.unpack_from
+        while off < n:
+            if n - off < abi.REC_HEADER_SIZE:
+                if not (n - off >= 4 and buf[off] | buf[off + 1] << 8 == abi.PAD_ID):
+                    st.malformed += 1
+                break
+            eid, sf, seq, ts = unpack(buf, off)
+            size = sf & 0xFFF8
+            if eid == abi.PAD_ID:
+                if off + size != n:
+                    st.malformed += 1  # padding must fill the piece up to the ring end
+                break
+            if size < abi.REC_HEADER_SIZE or off + size > n:
+                st.malformed += 1      # cannot find the next record: give up this piece
+                break
+            want = sizes[eid] if eid < nsizes else -2
+            if want == -1:
+                self.events.refresh()
+                want = sizes[eid]
+            ok = want == size if want > 0 else (want == 0 and self._var_ok(eid, buf, off, size))
+            gap = (seq - exp) & 0xFFFFFFFF
+            if not ok or gap >= 0x80000000:   # bad record, or sequence went backwards
+                st.malformed += 1
+                total += self._emit_run(buf, run_start, off, count, last_ts, lastrec)
+                count = 0
+                off += size
+                run_start = off
+                continue
+            if gap:
+                # records were lost before this one: end the packet here to place the loss
+                total += self._emit_run(buf, run_start, off, count, last_ts, lastrec)
+                count = 0
+                run_start = off
+                self._close_packet()
+                st.discarded += gap
+                exp += gap
+            if ts < last_ts:
+                _Q.pack_into(buf, off + 8, last_ts)
+                st.clamped += 1
+                ts = last_ts
+            if self.pkt_begin is None:
+                self.pkt_begin = ts
+            last_ts = ts
+            lastrec = off
+            exp += 1
+            count += 1
+            per[eid] = per.get(eid, 0) + 1
+            off += size
+        total += self._emit_run(buf, run_start, min(off, n), count, last_ts, lastrec)
+        self.seq = exp
+        return total
+
+    def _var_ok(self, eid: int, buf, off: int, size: int) -> bool:
+        try:
+            _vals, end = self.events.codecs[eid].decode(buf, off + abi.REC_HEADER_SIZE, off + size)
+        except (ValueError, KeyError):
+            return False
+        return abi.align(end - off, abi.REC_ALIGN) == size
+
+    def _emit_run(self, buf, a: int, b: int, count: int, last_ts: int, lastrec: int) -> int:
+        if count == 0:
+            return 0
+        st = self.stats
+        self.last_rec = len(self.buf) + lastrec - a
+        self.buf += memoryview(buf)[a:b]
+        st.recorded += count
+        if st.first_ts is None:
+            st.first_ts = self.pkt_begin
+        st.last_ts = self.pkt_end = last_ts
+        if len(self.buf) >= PACKET_TARGET:
+            self._close_packet()
+        return count
+
+    def _close_packet(self) -> None:
+        if not self.buf:
+            return
+        # CTF readers expect content_size to end exactly after the last event's
+        # payload, not after its padding: find that end by decoding the last record
+        eid, sf = struct.unpack_from("<HH", self.buf, self.last_rec)
+        payload = self.last_rec + abi.REC_HEADER_SIZE
+        _vals, end = self.events.codecs[eid].decode(self.buf, payload, self.last_rec + (sf & 0xFFF8))
+        self.sink(self, bytes(self.buf), self.pkt_begin or 0, self.pkt_end, self.stats.discarded,
+                  len(self.buf) - end)
+        self.buf.clear()
+        self.pkt_begin = None
+
+    def flush(self) -> None:
+        self._close_packet()
+
+    # -- the end of this claim --------------------------------------------------
+    def finish(self, producer_gone: bool) -> None:
+        """Final accounting once the producer released the ring or died, then drained."""
+        st = self.stats
+        commit, emitted = struct.unpack_from("<QQ", self.mm, self.desc)
+        if producer_gone and commit == self.consumed:
+            # a record written but never committed: count it, never decode it
+            raw = bytes(self.mm[self.base + (commit & (self.lay.ring_size - 1)):][:16])
+            if len(raw) == 16:
+                eid, sf, seq, _ts = _HDR.unpack(raw)
+                sz = sf & 0xFFF8
+                if (seq == emitted & 0xFFFFFFFF and eid < len(self.events.sizes)
+                        and self.events.sizes[eid] >= 0 and sz >= 16):
+                    st.torn += 1
+        st.emitted = emitted
+        self._close_packet()
+        if emitted > self.seq and emitted - self.seq < 1 << 48:
+            st.discarded += emitted - self.seq   # dropped after the last recorded record
+            self.seq = emitted
+            ts = st.last_ts if st.last_ts is not None else self.identity.get("claim_ts", 0)
+            self.sink(self, b"", ts, ts, st.discarded, 0)  # an empty packet carries the count

@@ -1,0 +1,96 @@
+"""The host's view of a shared region: create it, map it, read its untrusted parts."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import uuid
+from dataclasses import dataclass
+
+from .. import abi
+
+_U32 = struct.Struct("<I")
+_Q = struct.Struct("<Q")
+
+
+@dataclass
+class Region:
+    path: str
+    mm: mmap.mmap
+    layout: abi.Layout
+    header: abi.Header
+    owned: bool          # created by us: removed when the recording ends
+
+    @classmethod
+    def create(cls, path: str, name: str, mode: int = abi.MODE_DISCARD,
+               n_rings: int = abi.DEFAULT_RINGS, ring_size: int = abi.DEFAULT_RING_SIZE,
+               max_events: int = abi.DEFAULT_MAX_EVENTS,
+               block_timeout_ns: int = abi.DEFAULT_BLOCK_TIMEOUT_NS) -> "Region":
+        lay = abi.make_layout(n_rings, ring_size, max_events)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            os.ftruncate(fd, lay.region_size)
+            mm = mmap.mmap(fd, lay.region_size)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
+        abi.pack_header(mm, lay, uuid.uuid4().bytes, name, mode, block_timeout_ns)
+        hdr, lay = abi.parse_header(mm, lay.region_size)
+        return cls(path, mm, lay, hdr, True)
+
+    @classmethod
+    def open(cls, path: str) -> "Region":
+        fd = os.open(path, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            if size < abi.HEADER_SIZE:
+                raise abi.ABIError("%s is too small to be a hypertrace region" % path)
+            mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        hdr, lay = abi.parse_header(mm, size)
+        return cls(path, mm, lay, hdr, False)
+
+    # -- host-written fields ---------------------------------------------------
+    def set_collector(self, state: int) -> None:
+        _U32.pack_into(self.mm, abi.HDR_COLLECTOR, state)
+
+    def beat(self, n: int) -> None:
+        _Q.pack_into(self.mm, abi.HDR_HEARTBEAT, n)
+
+    def set_enabled(self, event_id: int, on: bool) -> None:
+        self.mm[self.layout.enable_off + event_id] = 1 if on else 0
+
+    def enabled(self, event_id: int) -> bool:
+        return self.mm[self.layout.enable_off + event_id] != 0
+
+    # -- guest-written, untrusted ------------------------------------------------
+    def declaration(self, event_id: int):
+        """Copy and parse one declaration slot: None if empty, ValueError if malformed."""
+        off = self.layout.decl(event_id)
+        raw = bytes(self.mm[off:off + abi.DECL_SLOT])
+        state, ln = struct.unpack_from("<II", raw)
+        if state != abi.DECL_VALID:
+            return None
+        if ln > abi.DECL_TEXT_MAX:
+            raise ValueError("declaration %d: length %d out of bounds" % (event_id, ln))
+        try:
+            text = raw[abi.DECL_TEXT:abi.DECL_TEXT + ln].decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError("declaration %d: not ASCII" % event_id) from None
+        return abi.parse_signature(text)
+
+    def close(self, remove: bool = True) -> None:
+        if remove and self.owned:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        try:
+            self.mm.close()
+        except BufferError:
+            pass  # a memoryview still refers to it; the mapping dies with the process

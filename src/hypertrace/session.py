@@ -1,0 +1,112 @@
+"""Reading a recorded session directory: its index, its streams, its events in time order."""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional
+
+from . import abi
+from .formats import ctf
+
+
+class SessionError(Exception):
+    """The directory is not a readable hypertrace session (the message says why)."""
+
+
+@dataclass
+class Event:
+    ts: int            # ns on the session's host timeline (since the Unix epoch)
+    raw_ts: int        # the producer's own clock
+    domain: str
+    stream: str
+    name: str
+    fields: Dict[str, object]
+    truncated: bool = False
+
+    def to_json(self) -> dict:
+        f = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in self.fields.items()}
+        d = {"ts": self.ts, "raw_ts": self.raw_ts, "domain": self.domain, "stream": self.stream,
+             "name": self.name, "fields": f}
+        if self.truncated:
+            d["truncated"] = True
+        return d
+
+
+class Session:
+    def __init__(self, path: str):
+        self.path = path
+        idx = os.path.join(path, ".hypertrace", "session.json")
+        if not os.path.isdir(path):
+            raise SessionError("%s: no such directory" % path)
+        if not os.path.exists(idx):
+            raise SessionError("%s: not a hypertrace session (no .hypertrace/session.json)" % path)
+        try:
+            with open(idx, encoding="utf-8") as f:
+                self.index = json.load(f)
+        except (OSError, ValueError) as e:
+            raise SessionError("%s: unreadable session index: %s" % (idx, e)) from None
+        if self.index.get("format") != "hypertrace-session":
+            raise SessionError("%s: not a hypertrace session index" % idx)
+        self.domains = {d["name"]: d for d in self.index["domains"]}
+        self.codecs: Dict[str, Dict[int, abi.Codec]] = {}
+        for d in self.index["domains"]:
+            self.codecs[d["name"]] = {int(i): abi.Codec(abi.parse_signature(e["signature"]))
+                                      for i, e in d["events"].items()}
+        self.streams = self.index["streams"]
+        self.warnings: List[str] = []
+
+    def offset(self, domain: str) -> int:
+        return int(self.domains[domain]["clock_offset_ns"])
+
+    def stream_events(self, st: dict) -> Iterator[Event]:
+        """Decode one stream file; damage ends the stream with a warning."""
+        if not st.get("file"):
+            return
+        path = os.path.join(self.path, st["file"])
+        dom = st["domain"]
+        codecs = self.codecs[dom]
+        off_ns = self.offset(dom)
+        name = st["file"]
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            self.warnings.append("%s: %s" % (path, e.strerror))
+            return
+        pos = 0
+        head = ctf.PACKET_HEAD
+        while pos < len(data):
+            if len(data) - pos < head.size:
+                self.warnings.append("%s: truncated packet header at byte %d" % (name, pos))
+                return
+            magic, _u, _sid, _inst, _b, _e, csize, psize, _seq, _disc = head.unpack_from(data, pos)
+            if magic != ctf.PACKET_MAGIC or psize < head.size * 8 or csize > psize:
+                self.warnings.append("%s: bad packet at byte %d" % (name, pos))
+                return
+            end = pos + psize // 8
+            if end > len(data):
+                self.warnings.append("%s: truncated packet at byte %d" % (name, pos))
+                return
+            off = pos + head.size
+            cend = pos + csize // 8
+            while off + abi.REC_HEADER_SIZE <= cend:
+                eid, sf, _sq, ts = abi.REC_HEADER.unpack_from(data, off)
+                size = sf & abi.REC_SIZE_MASK
+                c = codecs.get(eid)
+                if c is None or size < abi.REC_HEADER_SIZE:
+                    self.warnings.append("%s: undecodable record at byte %d" % (name, off))
+                    return
+                vals, _ = c.decode(data, off + abi.REC_HEADER_SIZE, off + size)
+                yield Event(ts + off_ns, ts, dom, name, c.decl.name, dict(zip(c.names, vals)),
+                            bool(sf & abi.REC_FLAG_TRUNCATED))
+                off += size
+            pos = end
+
+    def events(self, domain: Optional[str] = None) -> Iterator[Event]:
+        """Every event of the session in host-timeline order."""
+        its = [self.stream_events(s) for s in self.streams
+               if domain is None or s["domain"] == domain]
+        return heapq.merge(*its, key=lambda e: e.ts)
