@@ -239,12 +239,6 @@ _TYPES: Dict[str, FieldType] = {
 }
 _POINTER = _int("Q", True)
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-# names that would clash with CTF metadata keywords or the record header
-_RESERVED = {"id", "timestamp", "seq", "size_flags", "v", "align", "enum", "event", "integer",
-             "floating_point", "string", "struct", "typealias", "typedef", "variant", "sequence",
-             "clock", "env", "stream", "trace", "callsite", "const", "char", "double", "float",
-             "int", "long", "short", "signed", "unsigned", "void", "_Bool", "_Complex",
-             "_Imaginary"}
 _LINE = re.compile(r"\s*(disable\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*(\".*\")?\s*\Z")
 
 
@@ -285,12 +279,17 @@ def parse_args(args: str, where: str = "") -> Tuple[Tuple[str, str, FieldType], 
                 ft = _POINTER
             else:
                 raise ValueError("%sunsupported type %r for argument %r" % (where, ctype, name))
-        if name in _RESERVED:
-            raise ValueError("%sargument name %r is reserved" % (where, name))
         if name in seen:
             raise ValueError("%sduplicate argument %r" % (where, name))
+        if name.startswith("__"):
+            raise ValueError("%sargument names must not start with '__': %r" % (where, name))
         seen.add(name)
         out.append((name, ctype, ft))
+    for name, _, ft in out:
+        # CTF names fields _NAME and the length of a string NAME __NAME_length
+        if ft.kind in ("str", "bytes") and "_%s_length" % name in seen:
+            raise ValueError("%sargument _%s_length clashes with the length of %s"
+                             % (where, name, name))
     if len(out) > MAX_FIELDS:
         raise ValueError("%stoo many arguments (%d > %d)" % (where, len(out), MAX_FIELDS))
     return tuple(out)

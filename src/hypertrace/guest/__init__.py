@@ -42,6 +42,14 @@ def _claim():
     return ch.claim(_tls)
 
 
+def _fresh_tls() -> None:
+    """Forget every thread's ring (connect, disconnect): writers never outlive a channel."""
+    global _tls
+    _tls = threading.local()
+    for tp in _tracepoints.values():
+        set_cell(tp, "_tls", _tls)
+
+
 class Events:
     """The tracepoints of a trace-events file, one attribute per event."""
 
@@ -80,7 +88,7 @@ def _register(decl: abi.EventDecl) -> Callable:
         tp = build(decl, _tls, _claim, _default_clock)
         _tracepoints[decl.name] = tp
         if _channel is not None:
-            _channel.attach(tp)
+            _channel.attach(tp, _tls)
         return tp
 
 
@@ -95,8 +103,9 @@ def connect(spec: Optional[str] = None, clock: Optional[Callable[[], int]] = Non
         if _channel is not None:
             raise ChannelError("already connected to %s; disconnect() first" % _channel.path)
         ch = Channel(resolve(spec), clock or _default_clock)
+        _fresh_tls()
         for tp in _tracepoints.values():
-            ch.attach(tp)
+            ch.attach(tp, _tls)
         _channel = ch
         ch.start_poller()
     return ch
@@ -114,6 +123,7 @@ def disconnect() -> None:
             set_cell(tp, "_on", False)
             tp.enabled = False
         _release_thread()
+        _fresh_tls()
 
 
 def connected() -> bool:
@@ -146,9 +156,7 @@ def _after_fork_in_child() -> None:
     # writer (without releasing it: the parent still owns it) and restart the poller
     for attr in ("w", "holder"):
         if hasattr(_tls, attr):
-            if attr == "holder":
-                _tls.holder.w = _tls.holder.w  # keep reference; __del__ checks the pid
-            delattr(_tls, attr)
+            delattr(_tls, attr)   # the holder's release() sees another pid: a no-op
     ch = _channel
     if ch is not None and not ch.closed:
         ch.start_poller()

@@ -3,7 +3,7 @@
 Claims and declarations are rare and serialised by an exclusive flock() on the
 region file (a C emitter must take the same lock); the emit path never locks.
 A daemon thread mirrors the host-written enable table into the tracepoints'
-closure cells every few milliseconds so that a disabled tracepoint costs one
+globals every few milliseconds so that a disabled tracepoint costs one
 function call.
 """
 
@@ -55,7 +55,10 @@ class Channel:
             size = os.fstat(self.fd).st_size
             if size < abi.HEADER_SIZE:
                 raise ChannelError("%s is too small to be a hypertrace region" % path)
-            self.mm = mmap.mmap(self.fd, size)
+            # populate the page tables now: a first-touch fault per page on the emit
+            # path costs more than the emit itself (worse under nested virtualisation)
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            self.mm = mmap.mmap(self.fd, size, flags=flags)
             try:
                 self.header, self.layout = abi.parse_header(self.mm, size)
             except abi.ABIError as e:
@@ -63,6 +66,8 @@ class Channel:
         except BaseException:
             os.close(self.fd)
             raise
+        self.q = memoryview(self.mm).cast("Q")   # 8-byte words: the commit stores
+        self.closed_mm = False
         self.lock_fd = self.fd
         self.lock_pid = os.getpid()
         self.tracepoints: list = []
@@ -120,10 +125,11 @@ class Channel:
         raise ValueError("channel %s: no room for event %s (max_events %d)"
                          % (self.path, decl.name, lay.max_events))
 
-    def attach(self, fn: Callable) -> None:
+    def attach(self, fn: Callable, tls) -> None:
         fn.event_id = self.declare(fn.decl)
-        set_cell(fn, "_id", fn.event_id)
-        set_cell(fn, "_clock", self.clock)
+        for k, v in (("_id", fn.event_id), ("_clock", self.clock), ("_tls", tls),
+                     ("_mm", self.mm), ("_cq", self.q)):
+            set_cell(fn, k, v)
         self.tracepoints.append(fn)
         self.sync_enables(force=True)
 
@@ -172,6 +178,7 @@ class Channel:
             drops = getattr(tls, "drops", 0)
             gen = (_U32.unpack_from(self.mm, d + abi.D_GENERATION)[0] + 1) & 0xFFFFFFFF
             struct.pack_into("<QQQQ", self.mm, d, 0, drops, 0, drops)
+            _Q.pack_into(self.mm, d + abi.D_CONSUMED, 0)
             struct.pack_into("<IIIQ16s", self.mm, d + abi.D_GENERATION, gen, pid, tid,
                              self.clock() & 0xFFFFFFFFFFFFFFFF, name)
             _U32.pack_into(self.mm, d + abi.D_STATE, abi.RING_ACTIVE)

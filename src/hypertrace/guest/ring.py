@@ -1,26 +1,35 @@
 """One producer's ring: the slow paths of the emit protocol (room, wrap, loss, release).
 
-The fast path (reserve, write, commit) is generated inline into each tracepoint
-by tracepoint.py; it only calls make_room() when the record does not fit.
+The fast path, generated inline into each tracepoint by tracepoint.py, is:
+
+    if pos + size > w.lim: pos = w.make_room(size)    # rare
+    pack the record at mapping offset pos + w.delta
+    w.pos = pos + size; w.seq += 1; commit word = pos + size
+
+`lim` is the furthest position the producer may write to without looking at
+anything else: the end of the current lap of the ring, and (discard/block)
+the collector's consumed position plus the ring size, or (overwrite) the
+oldest intact record plus the ring size.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 
 from .. import abi
 
 _Q = struct.Struct("<Q")
-_QQ = struct.Struct("<QQ")
 _PAD = struct.Struct("<HH")
 
 
 class RingWriter:
     """State of the calling thread's ring; only that thread touches it."""
 
-    __slots__ = ("ch", "mm", "index", "desc", "base", "size", "mask", "pos", "seq", "tail",
-                 "mode", "discarded", "pid", "generation", "blocked_heartbeat")
+    __slots__ = ("ch", "mm", "index", "desc", "ci", "base", "size", "mask", "pos", "lim",
+                 "delta", "seq", "tail", "mode", "discarded", "pid", "generation",
+                 "blocked_heartbeat")
 
     def __init__(self, ch, index: int, generation: int, pid: int, seq: int, discarded: int):
         lay = ch.layout
@@ -28,17 +37,25 @@ class RingWriter:
         self.mm = ch.mm
         self.index = index
         self.desc = lay.desc(index)
+        self.ci = (self.desc + abi.D_COMMIT) // 8   # index of the commit word in ch.q
         self.base = lay.data(index)
         self.size = lay.ring_size
         self.mask = lay.ring_size - 1
         self.pos = 0
+        self.delta = self.base      # mapping offset of position p is p + delta (this lap)
         self.seq = seq
-        self.tail = 0          # consumed position (discard/block) or first intact (overwrite)
+        self.tail = 0               # consumed (discard/block) or first intact (overwrite)
+        self.lim = self.size
         self.mode = ch.header.mode
         self.discarded = discarded
         self.pid = pid
         self.generation = generation
         self.blocked_heartbeat = -1
+
+    def _set_lim(self) -> None:
+        lap_end = (self.pos | self.mask) + 1
+        self.lim = min(lap_end, self.tail + self.size)
+        self.delta = self.base - (self.pos & ~self.mask)
 
     # -- slow path: the record does not fit before the ring end or the reader --
     def make_room(self, size: int) -> int:
@@ -47,19 +64,21 @@ class RingWriter:
         off = pos & self.mask
         pad = self.size - off if off + size > self.size else 0
         need = pad + size
+        if size > self.size >> 1:
+            return self._drop()       # a record larger than half the ring never fits
         if self.mode == abi.MODE_OVERWRITE:
             self._overwrite(pos + need)
         elif pos + need - self.tail > self.size:
             self.tail = self._consumed(pos)
+            if pos + need - self.tail > self.size and self.mode == abi.MODE_BLOCK:
+                self._block(pos + need)
             if pos + need - self.tail > self.size:
-                if self.mode == abi.MODE_BLOCK:
-                    self._block(pos + need)
-                if pos + need - self.tail > self.size:
-                    return self._drop()
+                return self._drop()
         if pad:
             _PAD.pack_into(self.mm, self.base + off, abi.PAD_ID, pad)
             pos += pad
             self.pos = pos
+        self._set_lim()
         return pos
 
     def _consumed(self, pos: int) -> int:
@@ -84,30 +103,35 @@ class RingWriter:
         self.blocked_heartbeat = -1
 
     def _overwrite(self, end: int) -> None:
-        # advance `first` past the oldest records until `end` fits; publish it before
-        # the bytes are overwritten so that a concurrent reader can detect the overlap
+        # advance `first` past the oldest records until `end` fits, plus an eighth of
+        # the ring so that this slow path runs rarely; publish it before the bytes
+        # are overwritten so that a concurrent reader can detect the overlap
         first = self.tail
+        if end - first <= self.size:
+            return
+        goal = end + (self.size >> 3)
         mm, base, mask = self.mm, self.base, self.mask
-        while end - first > self.size:
-            sz = (mm[base + (first & mask) + 2] | mm[base + (first & mask) + 3] << 8) & 0xFFF8
+        while goal - first > self.size and first < self.pos:
+            o = base + (first & mask)
+            sz = (mm[o + 2] | mm[o + 3] << 8) & 0xFFF8
             first += sz if sz else self.size  # a zero size cannot happen; never spin
-        if first != self.tail:
-            self.tail = first
-            _Q.pack_into(mm, self.desc + abi.D_FIRST, first)
+        first = min(first, self.pos)
+        self.tail = first
+        _Q.pack_into(mm, self.desc + abi.D_FIRST, first)
 
     def _drop(self) -> int:
         self.seq += 1
         self.discarded += 1
-        _QQ.pack_into(self.mm, self.desc + abi.D_EMITTED, self.seq, 0)
+        _Q.pack_into(self.mm, self.desc + abi.D_EMITTED, self.seq)
         _Q.pack_into(self.mm, self.desc + abi.D_DISCARDED, self.discarded)
         return -1
 
     def release(self) -> None:
         """Hand the ring back (thread or process exit); only its owning process may."""
-        import os
         try:
-            if os.getpid() != self.pid or self.ch.mm is not self.mm or self.mm.closed:
+            if os.getpid() != self.pid or self.ch.closed_mm or self.mm.closed:
                 return
+            _Q.pack_into(self.mm, self.desc + abi.D_EMITTED, self.seq)
             st, gen = struct.unpack_from("<II", self.mm, self.desc + abi.D_STATE)
             if st == abi.RING_ACTIVE and gen == self.generation:
                 struct.pack_into("<I", self.mm, self.desc + abi.D_STATE, abi.RING_RELEASED)

@@ -196,7 +196,7 @@ class Collector:
 
     def streams(self) -> List[dict]:
         out = []
-        for key, info in self.stream_info.items():
+        for info in self.stream_info.values():
             r = info["reader"]
             st = asdict(r.stats)
             st["per_event"] = {r.events.decls[k].name: v for k, v in st["per_event"].items()

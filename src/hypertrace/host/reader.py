@@ -12,11 +12,15 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
+import numpy as np
+
 from .. import abi
+from . import walk as vwalk
 
 _HDR = abi.REC_HEADER
 _Q = struct.Struct("<Q")
 PACKET_TARGET = 256 * 1024
+VECTOR_MIN = 2048          # pieces at least this large take the numpy walk
 
 
 @dataclass
@@ -42,6 +46,7 @@ class EventTable:
         self.bad: Dict[int, str] = {}
         # per id: fixed record size, 0 for variable-size events, -1 unknown
         self.sizes: List[int] = [-1] * region.layout.max_events
+        self.np_sizes = np.full(region.layout.max_events, -1, dtype=np.int64)
         self.changed = False
 
     def refresh(self) -> None:
@@ -60,7 +65,7 @@ class EventTable:
                 continue
             c = abi.Codec(d)
             self.decls[i], self.codecs[i] = d, c
-            self.sizes[i] = c.fixed_size or 0
+            self.sizes[i] = self.np_sizes[i] = c.fixed_size or 0
             self.changed = True
 
 
@@ -119,9 +124,45 @@ class RingReader:
                 data = []      # the producer kept lapping us: take nothing this time
         n = 0
         for _pos, piece in data:
-            n += self._walk(piece)
+            n += self._walk_fast(piece) if len(piece) >= VECTOR_MIN else self._walk(piece)
         self._set_consumed(commit)
         return n
+
+    def _walk_fast(self, buf) -> int:
+        ev = self.events
+        st = self.stats
+        last = st.last_ts if st.last_ts is not None else 0
+        res = vwalk.walk(buf, ev.np_sizes, ev.codecs, self.seq, last)
+        if res is None:
+            ev.refresh()
+            res = vwalk.walk(buf, ev.np_sizes, ev.codecs, self.seq, last)
+            if res is None:
+                return self._walk(buf)   # odd input: the scalar walk handles every case
+        st.malformed += res.malformed
+        st.clamped += res.clamped
+        total = 0
+        mv = memoryview(buf)
+        for r in res.runs:
+            if r.gap_before:
+                self._close_packet()
+                st.discarded += r.gap_before
+            if self.pkt_begin is None:
+                self.pkt_begin = r.first_ts
+            if st.first_ts is None:
+                st.first_ts = r.first_ts
+            self.last_rec = len(self.buf) + r.last_rec - r.start
+            self.buf += mv[r.start:r.end]
+            st.recorded += r.count
+            total += r.count
+            st.last_ts = self.pkt_end = r.last_ts
+            if len(self.buf) >= PACKET_TARGET:
+                self._close_packet()
+        self.seq = res.next_seq
+        if res.per_event is not None:
+            per = st.per_event
+            for e in np.flatnonzero(res.per_event):
+                per[int(e)] = per.get(int(e), 0) + int(res.per_event[e])
+        return total
 
     def _copy(self, start: int, end: int) -> list:
         """Copy [start, end) out of the ring in one or two pieces (split at the ring end)."""
@@ -131,11 +172,12 @@ class RingReader:
         if n <= 0:
             return []
         b = self.base
-        if a + n <= size:
-            return [(start, bytearray(self.mm[b + a:b + a + n]))]
-        k = size - a
-        return [(start, bytearray(self.mm[b + a:b + size])),
-                (start + k, bytearray(self.mm[b:b + n - k]))]
+        with memoryview(self.mm) as mv:   # one copy, straight out of the mapping
+            if a + n <= size:
+                return [(start, bytearray(mv[b + a:b + a + n]))]
+            k = size - a
+            return [(start, bytearray(mv[b + a:b + size])),
+                    (start + k, bytearray(mv[b:b + n - k]))]
 
     def _set_consumed(self, pos: int) -> None:
         self.consumed = pos
@@ -235,7 +277,8 @@ class RingReader:
         # payload, not after its padding: find that end by decoding the last record
         eid, sf = struct.unpack_from("<HH", self.buf, self.last_rec)
         payload = self.last_rec + abi.REC_HEADER_SIZE
-        _vals, end = self.events.codecs[eid].decode(self.buf, payload, self.last_rec + (sf & 0xFFF8))
+        rec_end = self.last_rec + (sf & 0xFFF8)
+        _vals, end = self.events.codecs[eid].decode(self.buf, payload, rec_end)
         self.sink(self, bytes(self.buf), self.pkt_begin or 0, self.pkt_end, self.stats.discarded,
                   len(self.buf) - end)
         self.buf.clear()
@@ -251,14 +294,17 @@ class RingReader:
         commit, emitted = struct.unpack_from("<QQ", self.mm, self.desc)
         if producer_gone and commit == self.consumed:
             # a record written but never committed: count it, never decode it
-            raw = bytes(self.mm[self.base + (commit & (self.lay.ring_size - 1)):][:16])
+            a = self.base + (commit & (self.lay.ring_size - 1))
+            raw = bytes(self.mm[a:a + 16])
             if len(raw) == 16:
                 eid, sf, seq, _ts = _HDR.unpack(raw)
                 sz = sf & 0xFFF8
-                if (seq == emitted & 0xFFFFFFFF and eid < len(self.events.sizes)
+                if (seq == self.seq & 0xFFFFFFFF and eid < len(self.events.sizes)
                         and self.events.sizes[eid] >= 0 and sz >= 16):
                     st.torn += 1
-        st.emitted = emitted
+        # the producer publishes `emitted` when it drops or releases, so it may lag
+        # behind the records it committed since: take the larger
+        st.emitted = max(emitted, self.seq)
         self._close_packet()
         if emitted > self.seq and emitted - self.seq < 1 << 48:
             st.discarded += emitted - self.seq   # dropped after the last recorded record

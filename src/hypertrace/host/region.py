@@ -26,13 +26,17 @@ class Region:
     def create(cls, path: str, name: str, mode: int = abi.MODE_DISCARD,
                n_rings: int = abi.DEFAULT_RINGS, ring_size: int = abi.DEFAULT_RING_SIZE,
                max_events: int = abi.DEFAULT_MAX_EVENTS,
-               block_timeout_ns: int = abi.DEFAULT_BLOCK_TIMEOUT_NS) -> "Region":
+               block_timeout_ns: int = abi.DEFAULT_BLOCK_TIMEOUT_NS) -> Region:
         lay = abi.make_layout(n_rings, ring_size, max_events)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.fchmod(fd, 0o600)  # whatever the umask
             os.ftruncate(fd, lay.region_size)
-            mm = mmap.mmap(fd, lay.region_size)
+            try:
+                os.posix_fallocate(fd, 0, lay.region_size)  # allocate the pages up front
+            except OSError:
+                pass
+            mm = mmap.mmap(fd, lay.region_size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
         except BaseException:
             os.close(fd)
             os.unlink(path)
@@ -43,7 +47,7 @@ class Region:
         return cls(path, mm, lay, hdr, True)
 
     @classmethod
-    def open(cls, path: str) -> "Region":
+    def open(cls, path: str) -> Region:
         fd = os.open(path, os.O_RDWR)
         try:
             size = os.fstat(fd).st_size

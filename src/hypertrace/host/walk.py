@@ -1,0 +1,215 @@
+"""Vectorised validation of a piece of ring data (numpy): the collector's fast path.
+
+A piece is a copy of committed ring bytes. Finding record boundaries is a
+chain (each record's size gives the next start), so it is computed for every
+8-byte word at once and the chain from word 0 is extracted by pointer
+doubling. Every record on the chain is then checked with array operations:
+known event id, exact size, string lengths inside the record, sequence
+numbers (gaps are losses, backwards is malformed) and timestamps (clamped to
+stay monotonic). The result says which byte runs are good, where losses sit,
+and how many records were bad; RingReader turns it into CTF packets.
+"""
+
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional
+
+import numpy as np
+
+from .. import abi
+
+PAD = abi.PAD_ID
+WINDOW = 4096             # words per pointer-doubling pass (32 KiB)
+UNIFORM_MIN = 32
+
+
+class Run(NamedTuple):
+    start: int          # byte offset of the first record in the piece
+    end: int            # byte offset after the last record
+    count: int
+    gap_before: int     # records lost just before this run
+    first_ts: int
+    last_ts: int
+    last_rec: int       # byte offset of the last record (for the packet's content end)
+
+
+class WalkResult(NamedTuple):
+    runs: List[Run]
+    malformed: int
+    clamped: int
+    next_seq: int
+    last_ts: int
+    per_event: Optional[np.ndarray]   # counts indexed by event id
+
+
+def chain(w: np.ndarray, limit: int) -> tuple:
+    """Record starts (word indices) on the chain from word 0, walking at most `limit` words.
+
+    Returns (starts, stop): `stop` is None when the chain ends exactly at the
+    end of `w`, else the word index of the first record that is structurally
+    bad or does not end within `limit` words (the caller decides which).
+    """
+    n = min(len(w), limit)
+    h = w[:n]
+    eid = (h & np.uint64(0xFFFF)).astype(np.int32)
+    szw = ((h >> np.uint64(16)) & np.uint64(0xFFF8)).astype(np.int32) >> 3
+    nxt = np.arange(n, dtype=np.int32) + szw
+    bad = (szw < 2) & ~((eid == PAD) & (szw >= 1))
+    nxt[bad | (nxt > n)] = n + 1
+    nxt = np.concatenate([nxt, np.array([n, n + 1], dtype=np.int32)])
+    tables = [nxt]
+    k = 2
+    while k < n:               # a record is at least 2 words: the chain has <= n/2 links
+        j = tables[-1]
+        tables.append(j[j])
+        k <<= 1
+    s = np.zeros(1, dtype=np.int32)
+    for j in reversed(tables):
+        s = np.concatenate([s, j[s]])
+        s = s[s < n]
+    s = np.sort(s)             # positions on a chain are distinct: no duplicates
+    if len(s) and nxt[s[-1]] == n + 1:
+        return s[:-1], int(s[-1])
+    return s, (None if n == len(w) else n)
+
+
+def _uniform(w: np.ndarray, base: int):
+    """Speculate that records from `base` all have the same size (a hot loop emitting
+    one event type): returns their starts if at least UNIFORM_MIN do, else None."""
+    hdr = int(w[base])
+    szw = ((hdr >> 16) & 0xFFF8) >> 3
+    if szw < 2 or (hdr & 0xFFFF) == PAD:
+        return None
+    cand = w[base::szw]
+    if len(cand) < UNIFORM_MIN:
+        return None
+    same = ((cand >> np.uint64(16)) & np.uint64(0xFFF8)) == np.uint64(szw << 3)
+    k = len(cand) if same.all() else int(np.argmin(same))
+    if base + k * szw > len(w):
+        k -= 1                 # the last candidate would run past the piece
+    if k < UNIFORM_MIN:
+        return None
+    return np.arange(base, base + k * szw, szw, dtype=np.int64)
+
+
+def walk(buf: bytearray, sizes: np.ndarray, codecs: dict, seq: int, last_ts: int) -> Optional[
+        WalkResult]:
+    """Validate one piece; None means 'use the scalar walk' (rare, odd cases)."""
+    nbytes = len(buf) & ~7
+    if nbytes != len(buf):
+        return None
+    w = np.frombuffer(buf, dtype="<u8")
+    parts = []
+    malformed = 0
+    base = 0
+    n = len(w)
+    while True:
+        run = _uniform(w, base)
+        if run is not None:
+            parts.append(run)
+            base = int(run[-1]) + int((w[run[-1]] >> np.uint64(16)) & np.uint64(0xFFF8)) // 8
+            if base >= n:
+                break
+            continue
+        starts, stop = chain(w[base:], WINDOW)
+        parts.append(starts + base)
+        if stop is None:
+            break
+        stop += base
+        if stop >= len(w):
+            break
+        hdr0 = int(w[stop])
+        sz = (hdr0 >> 16) & 0xFFF8
+        if sz < abi.REC_HEADER_SIZE and not ((hdr0 & 0xFFFF) == PAD and sz >= 8):
+            malformed += 1         # a size that cannot be: the rest of the piece is lost
+            break
+        if stop * 8 + sz > nbytes:
+            malformed += 1         # runs past the committed data
+            break
+        base = stop                # the record straddles the window: continue from it
+    starts = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    if len(starts) == 0:
+        return WalkResult([], malformed, 0, seq, last_ts, None)
+    hdr = w[starts]
+    eid = (hdr & np.uint64(0xFFFF)).astype(np.int64)
+    size = ((hdr >> np.uint64(16)) & np.uint64(0xFFF8)).astype(np.int64)
+    # padding may only end the piece
+    pad = eid == PAD
+    if pad.any():
+        if pad[:-1].any():
+            malformed += int(pad[:-1].sum())
+        keep = ~pad
+        starts, hdr, eid, size = starts[keep], hdr[keep], eid[keep], size[keep]
+        if len(starts) == 0:
+            return WalkResult([], malformed, 0, seq, last_ts, None)
+    want = np.where(eid < len(sizes), sizes[np.minimum(eid, len(sizes) - 1)], -2)
+    if (want == -1).any():
+        return None                 # an event the table has not loaded yet: refresh first
+    ok = (want > 0) & (want == size)
+    var = want == 0
+    if var.any():
+        ok |= var & _var_ok(buf, starts * 8, size, eid, var, codecs)
+    nbad = int((~ok).sum())
+    malformed += nbad
+    if nbad:
+        starts, hdr, eid, size = starts[ok], hdr[ok], eid[ok], size[ok]
+        if len(starts) == 0:
+            return WalkResult([], malformed, 0, seq, last_ts, None)
+    # sequence numbers: gaps are losses; anything going backwards is left to the scalar walk
+    sq = (hdr >> np.uint64(32)).astype(np.int64)
+    prev = np.empty_like(sq)
+    prev[0] = seq & 0xFFFFFFFF
+    prev[1:] = (sq[:-1] + 1) & 0xFFFFFFFF
+    gap = (sq - prev) & 0xFFFFFFFF
+    if (gap >= 0x80000000).any():
+        return None
+    # timestamps: clamp to stay monotonic, writing the fix into the copy
+    ts = w[starts + 1]
+    mono = np.maximum.accumulate(np.maximum(ts, np.uint64(last_ts)))
+    fix = mono != ts
+    clamped = int(fix.sum())
+    if clamped:
+        wr = np.frombuffer(buf, dtype="<u8")
+        wr[starts[fix] + 1] = mono[fix]
+    # runs: consecutive good records, split where a bad record was dropped or a loss sits
+    bstart = starts * 8
+    bend = bstart + size
+    brk = np.flatnonzero((bstart[1:] != bend[:-1]) | (gap[1:] != 0)) + 1
+    edges = np.concatenate([[0], brk, [len(starts)]])
+    runs = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        runs.append(Run(int(bstart[a]), int(bend[b - 1]), int(b - a), int(gap[a]),
+                        int(mono[a]), int(mono[b - 1]), int(bstart[b - 1])))
+    total_gap = int(gap.sum())
+    next_seq = seq + total_gap + len(starts)
+    per = np.bincount(eid, minlength=0)
+    return WalkResult(runs, malformed, clamped, next_seq, int(mono[-1]), per)
+
+
+def _var_ok(buf, off0, size, eid, var, codecs) -> np.ndarray:
+    """Check string/bytes lengths of variable-size records, one event type at a time."""
+    b = np.frombuffer(buf, dtype=np.uint8)
+    nb = len(b)
+    ok = np.zeros(len(off0), dtype=bool)
+    for e in np.unique(eid[var]):
+        idx = np.flatnonzero(eid == e)
+        c = codecs.get(int(e))
+        if c is None:
+            continue
+        start = off0[idx]
+        end = start + size[idx]
+        off = start + abi.REC_HEADER_SIZE
+        good = np.ones(len(idx), dtype=bool)
+        for kind, st in c.steps:
+            if kind == "fixed":
+                off = off + st.size
+                continue
+            good &= off + 2 <= end
+            o = np.minimum(off, nb - 2)
+            ln = b[o].astype(np.int64) | (b[o + 1].astype(np.int64) << 8)
+            good &= ln <= abi.STR_MAX
+            off = off + 2 + ln
+            good &= off <= end
+        good &= ((off - start + 7) & ~7) == size[idx]
+        ok[idx] = good
+    return ok
