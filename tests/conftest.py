@@ -1,0 +1,82 @@
+"""Shared helpers: run the real `hypertrace` CLI and the real babeltrace2 on its output."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC = os.path.join(ROOT, "src")
+TIMEOUT = 600
+
+BT_LINE = re.compile(r"^\[[^\]]+\] \(\+[^)]+\) \S+ (\w+): \{ ?(.*?) ?\}$")
+BT_FIELD = re.compile(r'(\w+) = ("(?:[^"\\]|\\.)*"|[^,]+)(?:, |$)')
+BT_DISCARDED = re.compile(r"Tracer discarded (\d+) events? .* within stream \"([^\"]+)\"")
+
+
+def env(**extra) -> dict:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = SRC + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    e.pop("HYPERTRACE_CHANNEL", None)
+    e.update(extra)
+    return e
+
+
+def hypertrace(*args, check: bool = True, timeout: float = TIMEOUT, **kw):
+    """Run the real command line; returns the CompletedProcess."""
+    r = subprocess.run([sys.executable, "-m", "hypertrace.cli", *args], capture_output=True,
+                       text=True, env=kw.pop("env", None) or env(), timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError("hypertrace %s failed (%d):\n%s\n%s" % (
+            " ".join(args), r.returncode, r.stdout[-3000:], r.stderr[-3000:]))
+    return r
+
+
+def record(out: str, *command: str, opts=(), **kw):
+    return hypertrace("record", "-o", out, *opts, "--", *command, **kw)
+
+
+def stats(out: str) -> dict:
+    return json.loads(hypertrace("stats", out, "--json").stdout)
+
+
+def babeltrace(path: str, allow_discarded: bool = False):
+    """Run babeltrace2; returns (events, discarded per stream path). Fails on any
+    error or warning other than babeltrace2's report of discarded events."""
+    bt = shutil.which("babeltrace2")
+    assert bt, "babeltrace2 is not installed: run ./test.sh (apt-get install babeltrace2)"
+    r = subprocess.run([bt, path], capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    discarded: dict = {}
+    for line in r.stderr.splitlines():
+        m = BT_DISCARDED.search(line)
+        if m and allow_discarded:
+            discarded[m.group(2)] = discarded.get(m.group(2), 0) + int(m.group(1))
+        elif line.strip():
+            raise AssertionError("babeltrace2 said: %s" % line)
+    events = []
+    for line in r.stdout.splitlines():
+        m = BT_LINE.match(line)
+        assert m, "unexpected babeltrace2 line: %r" % line
+        fields = {}
+        for k, v in BT_FIELD.findall(m.group(2)):
+            fields[k] = json.loads(v) if v.startswith('"') else v
+        events.append((m.group(1), fields))
+    return events, discarded
+
+
+@pytest.fixture
+def session(tmp_path):
+    return str(tmp_path / "session")
+
+
+def write(tmp_path, name: str, text: str) -> str:
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)

@@ -1,0 +1,204 @@
+"""End to end: `hypertrace record` around real producer processes, read back by babeltrace2."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from conftest import ROOT, babeltrace, hypertrace, record, stats
+
+WORKLOAD = os.path.join(ROOT, "tests", "apps", "workload.py")
+
+
+def check_job_fields(f: dict) -> None:
+    p, t, i = int(f["proc"]), int(f["thread"]), int(f["i"])
+    assert int(f["neg"]) == -i
+    assert float(f["half"]) == i / 2
+    assert int(f["odd"]) == i % 2
+    assert f["tag"] == "p%d-t%d-%d" % (p, t, i)
+
+
+def per_thread(st: dict) -> dict:
+    out = {}
+    for s in st["streams"]:
+        out.setdefault(s["thread"], []).append(s)
+    return out
+
+
+def test_processes_and_threads_babeltrace_reads_every_event(session):
+    P, T, N = 3, 2, 2000
+    r = record(session, sys.executable, WORKLOAD, str(P), str(T), str(N))
+    assert "total: %d events recorded, 0 lost" % (P * T * N) in r.stdout
+    events, _ = babeltrace(session)
+    assert len(events) == P * T * N
+    seen = set()
+    for name, f in events:
+        assert name == "job"
+        check_job_fields(f)
+        seen.add((int(f["proc"]), int(f["thread"]), int(f["i"])))
+    assert len(seen) == P * T * N          # every event exactly once
+    st = stats(session)
+    assert st["totals"]["recorded"] == P * T * N
+    assert st["events"]["job"]["count"] == P * T * N
+    threads = per_thread(st)
+    assert sorted(threads) == sorted("w%d.%d" % (p, t) for p in range(P) for t in range(T))
+    # each producing thread is its own stream, with its own pid/tid
+    assert len({(s["pid"], s["tid"]) for s in st["streams"]}) == P * T
+
+
+def test_million_events_four_processes_two_threads(session):
+    """The acceptance run: 4 processes x 2 threads, 1 M events in total, discard mode."""
+    P, T, N = 4, 2, 125_000
+    record(session, sys.executable, WORKLOAD, str(P), str(T), str(N))
+    st = stats(session)
+    events, bt_discarded = babeltrace(session, allow_discarded=True)
+    assert len(events) == st["totals"]["recorded"]
+    for s in st["streams"]:
+        # exact reconciliation per producer: emitted = recorded + discarded
+        assert s["recorded"] + s["discarded"] == N, s
+        assert s["emitted"] == N
+        assert s["malformed"] == 0 and s["torn"] == 0
+        assert bt_discarded.get(os.path.join(session, s["file"]), 0) == s["discarded"]
+    assert st["totals"]["recorded"] + st["totals"]["discarded"] == P * T * N
+    for _name, f in events:
+        check_job_fields(f)
+    print("1M run: recorded %d, discarded %d" % (st["totals"]["recorded"],
+                                                 st["totals"]["discarded"]))
+
+
+def test_discard_under_pressure_reconciles_exactly(session):
+    P, T, N = 2, 2, 20_000
+    record(session, sys.executable, WORKLOAD, str(P), str(T), str(N),
+           opts=("--buffer-size", "4K"))
+    st = stats(session)
+    assert st["totals"]["discarded"] > 0, "a 4 KiB ring should overflow"
+    events, bt_discarded = babeltrace(session, allow_discarded=True)
+    assert len(events) == st["totals"]["recorded"]
+    for s in st["streams"]:
+        assert s["recorded"] + s["discarded"] == N
+        assert bt_discarded.get(os.path.join(session, s["file"]), 0) == s["discarded"]
+    for _name, f in events:
+        check_job_fields(f)
+
+
+def test_block_mode_loses_nothing_with_a_tiny_ring(session):
+    P, T, N = 2, 2, 10_000
+    record(session, sys.executable, WORKLOAD, str(P), str(T), str(N),
+           opts=("--buffer-size", "4K", "--mode", "block", "--block-timeout", "5000"))
+    st = stats(session)
+    assert st["totals"]["discarded"] == 0
+    assert st["totals"]["recorded"] == P * T * N
+    events, _ = babeltrace(session)
+    assert len(events) == P * T * N
+
+
+def test_report_is_time_ordered_and_json(session):
+    record(session, sys.executable, WORKLOAD, "2", "2", "300")
+    lines = hypertrace("report", session, "--json").stdout.splitlines()
+    import json
+    evs = [json.loads(x) for x in lines]
+    assert len(evs) == 1200
+    assert [e["ts"] for e in evs] == sorted(e["ts"] for e in evs)
+    e = evs[0]
+    assert set(e) >= {"ts", "domain", "stream", "name", "fields"}
+    assert e["domain"] == "local" and e["name"] == "job"
+    assert set(e["fields"]) == {"proc", "thread", "i", "neg", "half", "odd", "tag"}
+    text = hypertrace("report", session).stdout.splitlines()
+    assert len(text) == 1200
+    first = text[0].split()
+    assert int(first[0]) == evs[0]["ts"] and first[2] == "job"
+    assert 'tag="p' in text[0]
+    # the host timeline is absolute: within a day of now
+    import time
+    assert abs(evs[0]["ts"] / 1e9 - time.time()) < 86400
+
+
+def test_stats_text_and_json(session):
+    record(session, sys.executable, WORKLOAD, "1", "2", "500")
+    st = stats(session)
+    assert st["events"]["job"]["count"] == 1000
+    assert st["events"]["job"]["rate_per_s"] > 0
+    assert {"recorded", "discarded", "malformed", "torn"} <= set(st["totals"])
+    text = hypertrace("stats", session).stdout
+    assert "job" in text and "1000" in text and "discarded" in text
+
+
+def test_exit_right_after_last_emit_loses_nothing(session, tmp_path):
+    app = tmp_path / "app.py"
+    app.write_text(
+        "import os\nfrom hypertrace import guest\n"
+        "tp = guest.event('last', 'uint64_t i')\n"
+        "for i in range(5000):\n    tp(i)\n"
+        "os._exit(0)  # no atexit, no ring release: only what was committed\n")
+    record(session, sys.executable, str(app))
+    st = stats(session)
+    assert st["totals"]["recorded"] == 5000 and st["totals"]["discarded"] == 0
+    events, _ = babeltrace(session)
+    assert [int(f["i"]) for _, f in events] == list(range(5000))
+
+
+def test_trace_events_file_and_all_types(session, tmp_path):
+    te = tmp_path / "trace-events"
+    te.write_text(
+        "# a QEMU-style trace-events file\n\n"
+        "ints(int8_t a, uint8_t b, int16_t c, uint16_t d, int32_t e, uint32_t f, int64_t g, "
+        "uint64_t h) \"a=%d\"\n"
+        "misc(bool yes, double d, float f, void *ptr, const char *s, bytes blob) \"s=%s\"\n"
+        "disable quiet(int x)\n"
+        "nothing(void)\n")
+    app = tmp_path / "app.py"
+    app.write_text(
+        "import sys\nfrom hypertrace import guest\n"
+        "ev = guest.load(sys.argv[1])\n"
+        "assert ev.quiet.enabled is False and ev.ints.enabled is True\n"
+        "ev.ints(-128, 255, -32768, 65535, -2**31, 2**32-1, -2**63, 2**64-1)\n"
+        "ev.misc(True, 2.5, 0.25, 0xdeadbeef, 'h\u00e9llo \u2603', b'\\x00\\x01\\xff')\n"
+        "ev.quiet(1)\n"
+        "ev.nothing()\n"
+        "ev.misc(False, -1.0, 1.0, 0, 'x' * 5000, b'y' * 3000)\n")
+    record(session, sys.executable, str(app), str(te))
+    events, _ = babeltrace(session)
+    names = [n for n, _ in events]
+    assert names == ["ints", "misc", "nothing", "misc"]      # quiet was disabled
+    ints = events[0][1]
+    assert [int(ints[k]) for k in "abcdefgh"] == [-128, 255, -32768, 65535, -2**31, 2**32 - 1,
+                                                  -2**63, 2**64 - 1]
+    misc = events[1][1]
+    assert int(misc["yes"]) == 1 and float(misc["d"]) == 2.5 and float(misc["f"]) == 0.25
+    assert misc["ptr"].lower() == "0xdeadbeef"
+    assert misc["s"] == "h\u00e9llo \u2603"
+    import json
+    rep = [json.loads(x) for x in hypertrace("report", session, "--json").stdout.splitlines()]
+    assert rep[1]["fields"]["blob"] == "0001ff"
+    assert rep[1]["fields"]["s"] == "h\u00e9llo \u2603"
+    big = rep[3]
+    assert big["truncated"] is True
+    assert big["fields"]["s"] == "x" * 1024 and big["fields"]["blob"] == "79" * 1024
+
+
+def test_channel_file_is_private(session, tmp_path):
+    app = tmp_path / "app.py"
+    app.write_text("import os, stat\np = os.environ['HYPERTRACE_CHANNEL'][4:]\n"
+                   "st = os.stat(p)\nassert stat.S_IMODE(st.st_mode) == 0o600, oct(st.st_mode)\n"
+                   "assert st.st_uid == os.getuid()\nprint('PRIVATE', p)\n")
+    r = record(session, sys.executable, str(app))
+    assert "PRIVATE /dev/shm/hypertrace-" in r.stdout
+    path = r.stdout.split("PRIVATE ")[1].split()[0]
+    assert not os.path.exists(path), "the channel is removed when the recording ends"
+
+
+def test_record_refuses_an_existing_trace_and_bad_commands(session):
+    record(session, sys.executable, "-c", "pass")
+    r = hypertrace("record", "-o", session, "--", sys.executable, "-c", "pass", check=False)
+    assert r.returncode == 2 and "already holds a trace" in r.stderr
+    r = hypertrace("record", "-o", session + "2", "--", "/nonexistent/cmd", check=False)
+    assert r.returncode == 2 and "cannot run /nonexistent/cmd" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = hypertrace("record", "-o", session + "3", "--buffer-size", "3000", "--", "true",
+                   check=False)
+    assert r.returncode == 2 and "power of two" in r.stderr
+
+
+def test_command_exit_code_is_passed_through(session):
+    r = record(session, sys.executable, "-c", "raise SystemExit(7)", check=False)
+    assert r.returncode == 7
