@@ -21,7 +21,7 @@ def compute(s: Session) -> dict:
             t1 = b if t1 is None else max(t1, b)
         streams.append({k: st.get(k) for k in (
             "file", "domain", "ring", "pid", "tid", "thread", "recorded", "discarded",
-            "malformed", "torn", "clamped", "emitted")})
+            "malformed", "torn", "clamped", "emitted", "per_event")})
     dur = (t1 - t0) / 1e9 if t0 is not None and t1 > t0 else 0.0
     total = sum(events.values())
     return {

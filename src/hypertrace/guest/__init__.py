@@ -24,7 +24,7 @@ from .. import abi
 from .channel import Channel, ChannelError, resolve, warn
 from .tracepoint import TraceArgumentError, build, set_cell
 
-__all__ = ["event", "load", "connect", "disconnect", "connected", "Events", "ChannelError",
+__all__ = ["event", "load", "connect", "disconnect", "connected", "channel", "Events", "ChannelError",
            "TraceArgumentError"]
 
 _lock = threading.Lock()
@@ -128,6 +128,12 @@ def disconnect() -> None:
 
 def connected() -> bool:
     return _channel is not None
+
+
+def channel() -> Optional[Channel]:
+    """The connected channel (connecting from $HYPERTRACE_CHANNEL if set), or None."""
+    _connect_from_env()
+    return _channel
 
 
 def _release_thread() -> None:

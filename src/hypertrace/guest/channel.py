@@ -208,6 +208,8 @@ class Channel:
 
 
 def _alive(pid: int) -> bool:
+    if not 0 < pid < 1 << 22:      # PID_MAX_LIMIT: anything else is scribble
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -143,6 +143,10 @@ class Collector:
                                                    self.trace_uuid, src.domain.stream_id, inst)
             self.stream_info[id(r)] = {"file": name, "domain": src.domain.name,
                                        "ring": r.index, "reader": r}
+            if discarded:
+                # babeltrace2 can only place losses between two packets: open the
+                # stream with an empty packet that has lost nothing yet
+                f.packet(b"", ts_begin, ts_begin, 0)
         f.packet(content, ts_begin, ts_end, discarded, tail_pad)
 
     def flush(self) -> None:
@@ -242,6 +246,8 @@ class Collector:
 
 def _alive(pid: int) -> bool:
     if pid <= 0:
+        return False
+    if not 0 < pid < 1 << 22:      # PID_MAX_LIMIT: anything else is scribble
         return False
     try:
         os.kill(pid, 0)

@@ -111,7 +111,9 @@ def walk(buf: bytearray, sizes: np.ndarray, codecs: dict, seq: int, last_ts: int
             if base >= n:
                 break
             continue
-        starts, stop = chain(w[base:], WINDOW)
+        # the window must hold at least the first record, or nothing would progress
+        first_words = int((w[base] >> np.uint64(16)) & np.uint64(0xFFF8)) >> 3
+        starts, stop = chain(w[base:], max(WINDOW, first_words + 1))
         parts.append(starts + base)
         if stop is None:
             break
@@ -125,6 +127,9 @@ def walk(buf: bytearray, sizes: np.ndarray, codecs: dict, seq: int, last_ts: int
             break
         if stop * 8 + sz > nbytes:
             malformed += 1         # runs past the committed data
+            break
+        if stop <= base:
+            malformed += 1         # cannot happen: never loop without progress
             break
         base = stop                # the record straddles the window: continue from it
     starts = np.concatenate(parts) if len(parts) > 1 else parts[0]
