@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+import pytest
 from conftest import ROOT, babeltrace, hypertrace, record, stats
 
 WORKLOAD = os.path.join(ROOT, "tests", "apps", "workload.py")
@@ -46,10 +47,11 @@ def test_processes_and_threads_babeltrace_reads_every_event(session):
     assert len({(s["pid"], s["tid"]) for s in st["streams"]}) == P * T
 
 
-def test_million_events_four_processes_two_threads(session):
-    """The acceptance run: 4 processes x 2 threads, 1 M events in total, discard mode."""
+@pytest.mark.parametrize("mode", ["discard", "block"])
+def test_million_events_four_processes_two_threads(session, mode):
+    """The acceptance run: 4 processes x 2 threads, 1 M events in total."""
     P, T, N = 4, 2, 125_000
-    record(session, sys.executable, WORKLOAD, str(P), str(T), str(N))
+    record(session, sys.executable, WORKLOAD, str(P), str(T), str(N), opts=("--mode", mode))
     st = stats(session)
     events, bt_discarded = babeltrace(session, allow_discarded=True)
     assert len(events) == st["totals"]["recorded"]
@@ -60,9 +62,14 @@ def test_million_events_four_processes_two_threads(session):
         assert s["malformed"] == 0 and s["torn"] == 0
         assert bt_discarded.get(os.path.join(session, s["file"]), 0) == s["discarded"]
     assert st["totals"]["recorded"] + st["totals"]["discarded"] == P * T * N
+    if mode == "block":
+        assert st["totals"]["recorded"] == P * T * N      # every one of them
+    seen = set()
     for _name, f in events:
         check_job_fields(f)
-    print("1M run: recorded %d, discarded %d" % (st["totals"]["recorded"],
+        seen.add((int(f["proc"]), int(f["thread"]), int(f["i"])))
+    assert len(seen) == len(events)
+    print("1M run (%s): recorded %d, discarded %d" % (mode, st["totals"]["recorded"],
                                                  st["totals"]["discarded"]))
 
 
@@ -202,3 +209,41 @@ def test_record_refuses_an_existing_trace_and_bad_commands(session):
 def test_command_exit_code_is_passed_through(session):
     r = record(session, sys.executable, "-c", "raise SystemExit(7)", check=False)
     assert r.returncode == 7
+
+
+QEMU_USER_APP = r"""
+import sys, threading
+from hypertrace import guest
+tp = guest.event("user_mode", "uint32_t thread, uint64_t i, const char *who")
+
+def run(t):
+    for i in range(3000):
+        tp(t, i, "qemu-user t%d" % t)
+
+ts = [threading.Thread(target=run, args=(t,), name="emu%d" % t) for t in range(2)]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join()
+print("CONNECTED", guest.connected())
+"""
+
+
+def test_qemu_user_mode_process_emits_into_the_channel(session, tmp_path):
+    import shutil
+    qemu = shutil.which("qemu-x86_64")
+    assert qemu, "qemu-x86_64 is not installed: run ./test.sh (apt-get install qemu-user)"
+    app = tmp_path / "app.py"
+    app.write_text(QEMU_USER_APP)
+    gp = hypertrace("guest-path").stdout.strip()
+    # the emulated /usr/bin/python3 gets only the stdlib-only guest library
+    r = record(session, qemu, "-E", "PYTHONPATH=" + gp, "/usr/bin/python3", str(app))
+    assert "CONNECTED True" in r.stdout
+    st = stats(session)
+    assert sorted(s["thread"] for s in st["streams"]) == ["emu0", "emu1"]
+    assert st["totals"]["recorded"] == 6000 and st["totals"]["discarded"] == 0
+    events, _ = babeltrace(session)
+    for t in (0, 1):
+        mine = [f for _, f in events if int(f["thread"]) == t]
+        assert [int(f["i"]) for f in mine] == list(range(3000))
+        assert {f["who"] for f in mine} == {"qemu-user t%d" % t}

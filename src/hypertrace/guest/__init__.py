@@ -24,8 +24,8 @@ from .. import abi
 from .channel import Channel, ChannelError, resolve, warn
 from .tracepoint import TraceArgumentError, build, set_cell
 
-__all__ = ["event", "load", "connect", "disconnect", "connected", "channel", "Events", "ChannelError",
-           "TraceArgumentError"]
+__all__ = ["event", "load", "connect", "disconnect", "connected", "channel", "Events",
+           "ChannelError", "TraceArgumentError"]
 
 _lock = threading.Lock()
 _tls = threading.local()

@@ -200,14 +200,24 @@ class RingReader:
         unpack = _HDR.unpack_from
         while off < n:
             if n - off < abi.REC_HEADER_SIZE:
-                if not (n - off >= 4 and buf[off] | buf[off + 1] << 8 == abi.PAD_ID):
+                # only padding that exactly fills the rest of the piece fits here
+                if not (n - off >= 4 and buf[off] | buf[off + 1] << 8 == abi.PAD_ID
+                        and (buf[off + 2] | buf[off + 3] << 8) & 0xFFF8 == n - off):
                     st.malformed += 1
                 break
             eid, sf, seq, ts = unpack(buf, off)
             size = sf & 0xFFF8
             if eid == abi.PAD_ID:
+                if size < abi.REC_ALIGN or off + size > n:
+                    st.malformed += 1
+                    break
                 if off + size != n:
                     st.malformed += 1  # padding must fill the piece up to the ring end
+                    total += self._emit_run(buf, run_start, off, count, last_ts, lastrec)
+                    count = 0
+                    off += size
+                    run_start = off
+                    continue
                 break
             if size < abi.REC_HEADER_SIZE or off + size > n:
                 st.malformed += 1      # cannot find the next record: give up this piece
