@@ -92,6 +92,7 @@ REC_FLAG_TRUNCATED = 1
 PAD_ID = 0xFFFF
 MAX_EVENT_ID = 0xFFFE
 
+MAX_TS = 1 << 62         # larger timestamps are rejected: ns + clock offset must fit in i64
 STR_MAX = 1024           # bytes kept of a string or bytes argument
 MAX_FIELDS = 32
 

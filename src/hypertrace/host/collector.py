@@ -17,6 +17,7 @@ from .region import Region
 
 SESSION_DIR = ".hypertrace"          # side files: babeltrace2 ignores hidden folders' files
 PID_CHECK_S = 0.5
+MAX_STREAMS = 4096                   # claims per region served: a guest cannot make more
 
 
 def clock_offset_ns() -> int:
@@ -42,6 +43,8 @@ class Source:
         self.pid_check = pid_check
         self.next_pid_check = 0.0
         self.finished: List[RingReader] = []
+        self.claims = 0
+        self.refused = 0
 
 
 class Collector:
@@ -78,6 +81,7 @@ class Collector:
         now = time.monotonic()
         for src in self.sources:
             src.region.beat(self.beats)
+            src.events.refresh()
             check = src.pid_check and now >= src.next_pid_check
             if check:
                 src.next_pid_check = now + PID_CHECK_S
@@ -107,9 +111,12 @@ class Collector:
             self._finish(src, r, gone=False)     # reclaimed behind our back
             r = None
         if r is None:
+            if src.claims >= MAX_STREAMS:
+                src.refused += 1           # a guest cycling claims: stop serving new ones
+                return 0
+            src.claims += 1
             r = src.readers[i] = RingReader(src.region, src.events, i, ident["generation"],
                                             ident, self._sink)
-            r.stream_key = None
         gone = state == abi.RING_RELEASED or (
             check_pids and state == abi.RING_ACTIVE and not _alive(ident["pid"]))
         n = 0
@@ -232,6 +239,7 @@ class Collector:
                 "events": {str(i): {"name": d.name, "signature": d.signature}
                            for i, d in sorted(src.events.decls.items())},
                 "rejected_declarations": {str(k): v for k, v in src.events.bad.items()},
+                "claims": src.claims, "claims_refused": src.refused,
             })
         index = {"format": "hypertrace-session", "version": 1, "hypertrace": __version__,
                  "trace_uuid": self.trace_uuid.hex(), "started_ns": self.started_ns,

@@ -46,20 +46,25 @@ class EventTable:
         self.bad: Dict[int, str] = {}
         # per id: fixed record size, 0 for variable-size events, -1 unknown
         self.sizes: List[int] = [-1] * region.layout.max_events
-        self.np_sizes = np.full(region.layout.max_events, -1, dtype=np.int64)
+        # the vector walk's lookup table, indexed by any u16 id: -2 beyond max_events
+        self.np_sizes = np.full(1 << 16, -2, dtype=np.int32)
+        self.np_sizes[:region.layout.max_events] = -1
         self.changed = False
+        self.next = 0            # first slot not yet seen valid
 
     def refresh(self) -> None:
-        for i in range(self.region.layout.max_events):
-            if self.sizes[i] != -1 or i in self.bad:
-                continue
+        """Read declarations added since the last call (slots fill in order)."""
+        while self.next < self.region.layout.max_events:
+            i = self.next
             try:
                 d = self.region.declaration(i)
             except ValueError as e:
                 self.bad[i] = str(e)
+                self.next += 1
                 continue
             if d is None:
-                break  # slots fill in order
+                return
+            self.next += 1
             if any(d.name == x.name for x in self.decls.values()):
                 self.bad[i] = "duplicate event name %s" % d.name
                 continue
@@ -228,7 +233,7 @@ class RingReader:
                 want = sizes[eid]
             ok = want == size if want > 0 else (want == 0 and self._var_ok(eid, buf, off, size))
             gap = (seq - exp) & 0xFFFFFFFF
-            if not ok or gap >= 0x80000000:   # bad record, or sequence went backwards
+            if not ok or gap >= 0x80000000 or ts > abi.MAX_TS:   # bad, or seq went backwards
                 st.malformed += 1
                 total += self._emit_run(buf, run_start, off, count, last_ts, lastrec)
                 count = 0
@@ -320,4 +325,5 @@ class RingReader:
             st.discarded += emitted - self.seq   # dropped after the last recorded record
             self.seq = emitted
             ts = st.last_ts if st.last_ts is not None else self.identity.get("claim_ts", 0)
+            ts = ts if ts <= abi.MAX_TS else 0
             self.sink(self, b"", ts, ts, st.discarded, 0)  # an empty packet carries the count

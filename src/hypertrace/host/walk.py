@@ -136,32 +136,36 @@ def walk(buf: bytearray, sizes: np.ndarray, codecs: dict, seq: int, last_ts: int
     if len(starts) == 0:
         return WalkResult([], malformed, 0, seq, last_ts, None)
     hdr = w[starts]
-    eid = (hdr & np.uint64(0xFFFF)).astype(np.int64)
-    size = ((hdr >> np.uint64(16)) & np.uint64(0xFFF8)).astype(np.int64)
+    h16 = hdr.view(np.uint16)              # no copies: strided views of the headers
+    eid = h16[0::4]
+    size = h16[1::4] & np.uint16(0xFFF8)
     # padding may only end the piece
     pad = eid == PAD
     if pad.any():
         if pad[:-1].any():
             malformed += int(pad[:-1].sum())
         keep = ~pad
-        starts, hdr, eid, size = starts[keep], hdr[keep], eid[keep], size[keep]
+        starts, hdr = starts[keep], hdr[keep]
+        h16 = hdr.view(np.uint16)
+        eid, size = h16[0::4], h16[1::4] & np.uint16(0xFFF8)
         if len(starts) == 0:
             return WalkResult([], malformed, 0, seq, last_ts, None)
-    want = np.where(eid < len(sizes), sizes[np.minimum(eid, len(sizes) - 1)], -2)
+    want = sizes[eid]                       # a 65536-entry table: -2 beyond max_events
     if (want == -1).any():
         return None                 # an event the table has not loaded yet: refresh first
-    ok = (want > 0) & (want == size)
+    ts_ok = w[starts + 1] <= np.uint64(abi.MAX_TS)
+    ok = (want > 0) & (want == size) & ts_ok
     var = want == 0
     if var.any():
-        ok |= var & _var_ok(buf, starts * 8, size, eid, var, codecs)
+        ok |= var & ts_ok & _var_ok(buf, starts * 8, size.astype(np.int64), eid, var, codecs)
     nbad = int((~ok).sum())
     malformed += nbad
     if nbad:
-        starts, hdr, eid, size = starts[ok], hdr[ok], eid[ok], size[ok]
+        starts, hdr, eid, size = starts[ok], hdr[ok], eid[ok], size[ok].astype(np.int64)
         if len(starts) == 0:
             return WalkResult([], malformed, 0, seq, last_ts, None)
     # sequence numbers: gaps are losses; anything going backwards is left to the scalar walk
-    sq = (hdr >> np.uint64(32)).astype(np.int64)
+    sq = hdr.view(np.uint32)[1::2].astype(np.int64)
     prev = np.empty_like(sq)
     prev[0] = seq & 0xFFFFFFFF
     prev[1:] = (sq[:-1] + 1) & 0xFFFFFFFF
@@ -178,7 +182,7 @@ def walk(buf: bytearray, sizes: np.ndarray, codecs: dict, seq: int, last_ts: int
         wr[starts[fix] + 1] = mono[fix]
     # runs: consecutive good records, split where a bad record was dropped or a loss sits
     bstart = starts * 8
-    bend = bstart + size
+    bend = bstart + size.astype(np.int64)
     brk = np.flatnonzero((bstart[1:] != bend[:-1]) | (gap[1:] != 0)) + 1
     edges = np.concatenate([[0], brk, [len(starts)]])
     runs = []
@@ -187,7 +191,7 @@ def walk(buf: bytearray, sizes: np.ndarray, codecs: dict, seq: int, last_ts: int
                         int(mono[a]), int(mono[b - 1]), int(bstart[b - 1])))
     total_gap = int(gap.sum())
     next_seq = seq + total_gap + len(starts)
-    per = np.bincount(eid, minlength=0)
+    per = np.bincount(eid)
     return WalkResult(runs, malformed, clamped, next_seq, int(mono[-1]), per)
 
 
