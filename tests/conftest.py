@@ -46,9 +46,21 @@ def stats(out: str) -> dict:
     return json.loads(hypertrace("stats", out, "--json").stdout)
 
 
-def babeltrace(path: str, allow_discarded: bool = False):
+def local(st: dict, domain: str = "local") -> list:
+    """The streams of one domain in `stats --json` (the host domain holds the
+    collector's own records: clock samples and the host side of sync points)."""
+    return [s for s in st["streams"] if s["domain"] == domain]
+
+
+def totals(st: dict, domain: str = "local") -> dict:
+    ss = local(st, domain)
+    return {k: sum(s[k] for s in ss) for k in ("recorded", "discarded", "malformed", "torn")}
+
+
+def babeltrace(path: str, allow_discarded: bool = False, internal: bool = False):
     """Run babeltrace2; returns (events, discarded per stream path). Fails on any
-    error or warning other than babeltrace2's report of discarded events."""
+    error or warning other than babeltrace2's report of discarded events.
+    hypertrace's own records (hypertrace_*) are left out unless `internal`."""
     bt = shutil.which("babeltrace2")
     assert bt, "babeltrace2 is not installed: run ./test.sh (apt-get install babeltrace2)"
     r = subprocess.run([bt, path], capture_output=True, text=True, timeout=TIMEOUT)
@@ -67,7 +79,8 @@ def babeltrace(path: str, allow_discarded: bool = False):
         fields = {}
         for k, v in BT_FIELD.findall(m.group(2)):
             fields[k] = json.loads(v) if v.startswith('"') else v
-        events.append((m.group(1), fields))
+        if internal or not m.group(1).startswith("hypertrace_"):
+            events.append((m.group(1), fields))
     return events, discarded
 
 

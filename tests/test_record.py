@@ -6,7 +6,7 @@ import os
 import sys
 
 import pytest
-from conftest import ROOT, babeltrace, hypertrace, record, stats
+from conftest import ROOT, babeltrace, hypertrace, local, record, stats, totals
 
 WORKLOAD = os.path.join(ROOT, "tests", "apps", "workload.py")
 
@@ -21,7 +21,7 @@ def check_job_fields(f: dict) -> None:
 
 def per_thread(st: dict) -> dict:
     out = {}
-    for s in st["streams"]:
+    for s in local(st):
         out.setdefault(s["thread"], []).append(s)
     return out
 
@@ -29,7 +29,7 @@ def per_thread(st: dict) -> dict:
 def test_processes_and_threads_babeltrace_reads_every_event(session):
     P, T, N = 3, 2, 2000
     r = record(session, sys.executable, WORKLOAD, str(P), str(T), str(N))
-    assert "total: %d events recorded, 0 lost" % (P * T * N) in r.stdout
+    assert "local: %d events recorded, 0 lost" % (P * T * N) in r.stdout
     events, _ = babeltrace(session)
     assert len(events) == P * T * N
     seen = set()
@@ -39,12 +39,13 @@ def test_processes_and_threads_babeltrace_reads_every_event(session):
         seen.add((int(f["proc"]), int(f["thread"]), int(f["i"])))
     assert len(seen) == P * T * N          # every event exactly once
     st = stats(session)
-    assert st["totals"]["recorded"] == P * T * N
+    assert totals(st)["recorded"] == P * T * N
     assert st["events"]["job"]["count"] == P * T * N
+    assert st["clocks"]["local"]["causality_violations"] == 0
     threads = per_thread(st)
     assert sorted(threads) == sorted("w%d.%d" % (p, t) for p in range(P) for t in range(T))
     # each producing thread is its own stream, with its own pid/tid
-    assert len({(s["pid"], s["tid"]) for s in st["streams"]}) == P * T
+    assert len({(s["pid"], s["tid"]) for s in local(st)}) == P * T
 
 
 @pytest.mark.parametrize("mode", ["discard", "block"])
@@ -54,23 +55,23 @@ def test_million_events_four_processes_two_threads(session, mode):
     record(session, sys.executable, WORKLOAD, str(P), str(T), str(N), opts=("--mode", mode))
     st = stats(session)
     events, bt_discarded = babeltrace(session, allow_discarded=True)
-    assert len(events) == st["totals"]["recorded"]
-    for s in st["streams"]:
+    assert len(events) == totals(st)["recorded"]
+    for s in local(st):
         # exact reconciliation per producer: emitted = recorded + discarded
         assert s["recorded"] + s["discarded"] == N, s
         assert s["emitted"] == N
         assert s["malformed"] == 0 and s["torn"] == 0
         assert bt_discarded.get(os.path.join(session, s["file"]), 0) == s["discarded"]
-    assert st["totals"]["recorded"] + st["totals"]["discarded"] == P * T * N
+    assert totals(st)["recorded"] + totals(st)["discarded"] == P * T * N
     if mode == "block":
-        assert st["totals"]["recorded"] == P * T * N      # every one of them
+        assert totals(st)["recorded"] == P * T * N      # every one of them
     seen = set()
     for _name, f in events:
         check_job_fields(f)
         seen.add((int(f["proc"]), int(f["thread"]), int(f["i"])))
     assert len(seen) == len(events)
-    print("1M run (%s): recorded %d, discarded %d" % (mode, st["totals"]["recorded"],
-                                                 st["totals"]["discarded"]))
+    print("1M run (%s): recorded %d, discarded %d" % (mode, totals(st)["recorded"],
+                                                 totals(st)["discarded"]))
 
 
 def test_discard_under_pressure_reconciles_exactly(session):
@@ -78,10 +79,10 @@ def test_discard_under_pressure_reconciles_exactly(session):
     record(session, sys.executable, WORKLOAD, str(P), str(T), str(N),
            opts=("--buffer-size", "4K"))
     st = stats(session)
-    assert st["totals"]["discarded"] > 0, "a 4 KiB ring should overflow"
+    assert totals(st)["discarded"] > 0, "a 4 KiB ring should overflow"
     events, bt_discarded = babeltrace(session, allow_discarded=True)
-    assert len(events) == st["totals"]["recorded"]
-    for s in st["streams"]:
+    assert len(events) == totals(st)["recorded"]
+    for s in local(st):
         assert s["recorded"] + s["discarded"] == N
         assert bt_discarded.get(os.path.join(session, s["file"]), 0) == s["discarded"]
     for _name, f in events:
@@ -93,25 +94,28 @@ def test_block_mode_loses_nothing_with_a_tiny_ring(session):
     record(session, sys.executable, WORKLOAD, str(P), str(T), str(N),
            opts=("--buffer-size", "4K", "--mode", "block", "--block-timeout", "5000"))
     st = stats(session)
-    assert st["totals"]["discarded"] == 0
-    assert st["totals"]["recorded"] == P * T * N
+    assert totals(st)["discarded"] == 0
+    assert totals(st)["recorded"] == P * T * N
     events, _ = babeltrace(session)
     assert len(events) == P * T * N
 
 
 def test_report_is_time_ordered_and_json(session):
     record(session, sys.executable, WORKLOAD, "2", "2", "300")
-    lines = hypertrace("report", session, "--json").stdout.splitlines()
     import json
+    lines = hypertrace("report", session, "--json", "--domain", "local").stdout.splitlines()
     evs = [json.loads(x) for x in lines]
     assert len(evs) == 1200
+    assert all("raw_ts" in e and e["ts_uncertainty_ns"] >= 0 for e in evs)
     assert [e["ts"] for e in evs] == sorted(e["ts"] for e in evs)
     e = evs[0]
     assert set(e) >= {"ts", "domain", "stream", "name", "fields"}
     assert e["domain"] == "local" and e["name"] == "job"
     assert set(e["fields"]) == {"proc", "thread", "i", "neg", "half", "odd", "tag"}
-    text = hypertrace("report", session).stdout.splitlines()
+    text = hypertrace("report", session, "--domain", "local").stdout.splitlines()
     assert len(text) == 1200
+    alltext = hypertrace("report", session).stdout.splitlines()
+    assert len(alltext) > 1200 and any("hypertrace_clock_sample" in x for x in alltext)
     first = text[0].split()
     assert int(first[0]) == evs[0]["ts"] and first[2] == "job"
     assert 'tag="p' in text[0]
@@ -139,7 +143,7 @@ def test_exit_right_after_last_emit_loses_nothing(session, tmp_path):
         "os._exit(0)  # no atexit, no ring release: only what was committed\n")
     record(session, sys.executable, str(app))
     st = stats(session)
-    assert st["totals"]["recorded"] == 5000 and st["totals"]["discarded"] == 0
+    assert totals(st)["recorded"] == 5000 and totals(st)["discarded"] == 0
     events, _ = babeltrace(session)
     assert [int(f["i"]) for _, f in events] == list(range(5000))
 
@@ -175,7 +179,8 @@ def test_trace_events_file_and_all_types(session, tmp_path):
     assert misc["ptr"].lower() == "0xdeadbeef"
     assert misc["s"] == "h\u00e9llo \u2603"
     import json
-    rep = [json.loads(x) for x in hypertrace("report", session, "--json").stdout.splitlines()]
+    rep = [json.loads(x) for x in hypertrace("report", session, "--json", "--domain",
+                                             "local").stdout.splitlines()]
     assert rep[1]["fields"]["blob"] == "0001ff"
     assert rep[1]["fields"]["s"] == "h\u00e9llo \u2603"
     big = rep[3]
@@ -183,15 +188,23 @@ def test_trace_events_file_and_all_types(session, tmp_path):
     assert big["fields"]["s"] == "x" * 1024 and big["fields"]["blob"] == "79" * 1024
 
 
-def test_channel_file_is_private(session, tmp_path):
+def test_channel_files_and_control_socket_are_private(session, tmp_path):
     app = tmp_path / "app.py"
-    app.write_text("import os, stat\np = os.environ['HYPERTRACE_CHANNEL'][4:]\n"
-                   "st = os.stat(p)\nassert stat.S_IMODE(st.st_mode) == 0o600, oct(st.st_mode)\n"
-                   "assert st.st_uid == os.getuid()\nprint('PRIVATE', p)\n")
+    app.write_text(
+        "import os, stat\n"
+        "spec = os.environ['HYPERTRACE_CHANNEL']\n"
+        "region, ctl = spec[4:].split(',control=unix:')\n"
+        "host = os.environ['HYPERTRACE_HOST_CHANNEL'][4:]\n"
+        "for p in (region, ctl, host):\n"
+        "    st = os.stat(p)\n"
+        "    assert stat.S_IMODE(st.st_mode) == 0o600, (p, oct(st.st_mode))\n"
+        "    assert st.st_uid == os.getuid()\n"
+        "print('PRIVATE', region, ctl, host)\n")
     r = record(session, sys.executable, str(app))
     assert "PRIVATE /dev/shm/hypertrace-" in r.stdout
-    path = r.stdout.split("PRIVATE ")[1].split()[0]
-    assert not os.path.exists(path), "the channel is removed when the recording ends"
+    paths = r.stdout.split("PRIVATE ")[1].split()[:3]
+    for p in paths:
+        assert not os.path.exists(p), "%s is removed when the recording ends" % p
 
 
 def test_record_refuses_an_existing_trace_and_bad_commands(session):
@@ -240,8 +253,8 @@ def test_qemu_user_mode_process_emits_into_the_channel(session, tmp_path):
     r = record(session, qemu, "-E", "PYTHONPATH=" + gp, "/usr/bin/python3", str(app))
     assert "CONNECTED True" in r.stdout
     st = stats(session)
-    assert sorted(s["thread"] for s in st["streams"]) == ["emu0", "emu1"]
-    assert st["totals"]["recorded"] == 6000 and st["totals"]["discarded"] == 0
+    assert sorted(s["thread"] for s in local(st)) == ["emu0", "emu1"]
+    assert totals(st)["recorded"] == 6000 and totals(st)["discarded"] == 0
     events, _ = babeltrace(session)
     for t in (0, 1):
         mine = [f for _, f in events if int(f["thread"]) == t]

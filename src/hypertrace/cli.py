@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
         x = sub.add_parser(name, help=hlp)
         x.add_argument("dir")
         x.add_argument("--json", action="store_true")
+        if name == "report":
+            x.add_argument("--domain", help="only this domain's events")
 
     s = sub.add_parser("snapshot", help="overwrite mode: write the rings' current contents")
     s.add_argument("dir")
@@ -101,8 +103,11 @@ def _session(path: str):
 
 def cmd_report(a) -> int:
     s = _session(a.dir)
+    if a.domain and a.domain not in s.domains:
+        return _fail("no domain %r in %s (domains: %s)" % (a.domain, a.dir,
+                                                          ", ".join(s.domains)))
     w = sys.stdout.write
-    for e in s.events():
+    for e in s.events(a.domain):
         if a.json:
             w(json.dumps(e.to_json()) + "\n")
         else:

@@ -10,6 +10,7 @@ from typing import Dict, Iterator, List, Optional
 
 from . import abi
 from .formats import ctf
+from .host import clock
 
 
 class SessionError(Exception):
@@ -25,11 +26,14 @@ class Event:
     name: str
     fields: Dict[str, object]
     truncated: bool = False
+    ts_uncertainty: Optional[int] = None   # ns, for domains mapped by clock exchanges
 
     def to_json(self) -> dict:
         f = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in self.fields.items()}
         d = {"ts": self.ts, "raw_ts": self.raw_ts, "domain": self.domain, "stream": self.stream,
              "name": self.name, "fields": f}
+        if self.ts_uncertainty is not None:
+            d["ts_uncertainty_ns"] = self.ts_uncertainty
         if self.truncated:
             d["truncated"] = True
         return d
@@ -57,9 +61,28 @@ class Session:
                                       for i, e in d["events"].items()}
         self.streams = self.index["streams"]
         self.warnings: List[str] = []
+        self.clocks = self.index.get("clocks", {})
+        host_off = self.index.get("host_clock_offset_ns")
+        self.mappers = {}
+        for name, d in self.domains.items():
+            summ = self.clocks.get(name, {})
+            segs = clock.segments_from(summ) if summ.get("kind") == "estimated" else []
+            off = int(host_off if host_off is not None else d["clock_offset_ns"])
+            self.mappers[name] = self._mapper(segs, off)
 
-    def offset(self, domain: str) -> int:
-        return int(self.domains[domain]["clock_offset_ns"])
+    @staticmethod
+    def _mapper(segs, off: int):
+        if not segs:
+            return lambda raw: (raw + off, None)
+
+        def m(raw: int):
+            h, unc = clock.map_time(segs, raw)
+            return int(round(h)) + off, int(-(-unc // 1))
+        return m
+
+    def to_host(self, domain: str, raw: int) -> int:
+        """A domain's raw timestamp on the session's host timeline (ns since the epoch)."""
+        return self.mappers[domain](raw)[0]
 
     def stream_events(self, st: dict) -> Iterator[Event]:
         """Decode one stream file; damage ends the stream with a warning."""
@@ -68,7 +91,7 @@ class Session:
         path = os.path.join(self.path, st["file"])
         dom = st["domain"]
         codecs = self.codecs[dom]
-        off_ns = self.offset(dom)
+        mapper = self.mappers[dom]
         name = st["file"]
         try:
             with open(path, "rb") as f:
@@ -100,8 +123,9 @@ class Session:
                     self.warnings.append("%s: undecodable record at byte %d" % (name, off))
                     return
                 vals, _ = c.decode(data, off + abi.REC_HEADER_SIZE, off + size)
-                yield Event(ts + off_ns, ts, dom, name, c.decl.name, dict(zip(c.names, vals)),
-                            bool(sf & abi.REC_FLAG_TRUNCATED))
+                host_ts, unc = mapper(ts)
+                yield Event(host_ts, ts, dom, name, c.decl.name, dict(zip(c.names, vals)),
+                            bool(sf & abi.REC_FLAG_TRUNCATED), unc)
                 off += size
             pos = end
 

@@ -15,8 +15,8 @@ def compute(s: Session) -> dict:
         for name, n in st.get("per_event", {}).items():
             events[name] = events.get(name, 0) + n
         if st.get("first_ts") is not None:
-            a = st["first_ts"] + s.offset(st["domain"])
-            b = st["last_ts"] + s.offset(st["domain"])
+            a = s.to_host(st["domain"], st["first_ts"])
+            b = s.to_host(st["domain"], st["last_ts"])
             t0 = a if t0 is None else min(t0, a)
             t1 = b if t1 is None else max(t1, b)
         streams.append({k: st.get(k) for k in (
@@ -30,6 +30,10 @@ def compute(s: Session) -> dict:
         "events": {k: {"count": v, "rate_per_s": (v / dur if dur else None)}
                    for k, v in sorted(events.items())},
         "streams": streams,
+        "clocks": {k: {x: v.get(x) for x in (
+            "kind", "offset_ns", "drift_ppm", "uncertainty_ns", "samples",
+            "causality_violations", "min_rtt_ns", "segments")} for k, v in s.clocks.items()},
+        "sync_points": _sync_latency(s),
         "totals": {
             "recorded": total,
             "discarded": sum(x["discarded"] or 0 for x in streams),
@@ -55,8 +59,42 @@ def format_text(st: dict) -> str:
         lines.append("%-18s %-8s %8s %8s %-16s %10d %10d %9d %5d" % (
             x["file"] or "(none)", x["domain"], x["pid"], x["tid"], (x["thread"] or "")[:16],
             x["recorded"], x["discarded"], x["malformed"], x["torn"]))
+    if st.get("clocks"):
+        lines.append("")
+        lines.append("%-12s %-20s %14s %12s %14s %8s %10s" % (
+            "domain", "clock", "offset ns", "drift ppm", "uncertainty ns", "samples",
+            "violations"))
+        for dom, c in st["clocks"].items():
+            lines.append("%-12s %-20s %14s %12s %14s %8s %10s" % (
+                dom, c["kind"], _n(c["offset_ns"]), _n(c["drift_ppm"], "%.3f"),
+                _n(c["uncertainty_ns"]), c["samples"], c["causality_violations"]))
     t = st["totals"]
     lines.append("")
     lines.append("total: %d recorded, %d discarded, %d malformed, %d torn" % (
         t["recorded"], t["discarded"], t["malformed"], t["torn"]))
     return "\n".join(lines)
+
+
+def _sync_latency(s: Session) -> dict:
+    """Per domain: guest->host latency of sync points (host receive - mapped guest send)
+    and their round trips on the guest clock."""
+    out = {}
+    host_off = s.index.get("host_clock_offset_ns", 0)
+    for dom, syncs in s.index.get("syncs", {}).items():
+        if not syncs:
+            continue
+        lat = sorted(x["host_recv"] + host_off - s.to_host(dom, x["guest_send"]) for x in syncs)
+        rtt = sorted(x["guest_recv"] - x["guest_send"] for x in syncs if "guest_recv" in x)
+        out[dom] = {"count": len(lat), "latency_ns": _pct(lat), "rtt_ns": _pct(rtt)}
+    return out
+
+
+def _pct(v: list):
+    if not v:
+        return None
+    return {"min": v[0], "p50": v[len(v) // 2], "p99": v[min(len(v) - 1, len(v) * 99 // 100)],
+            "max": v[-1]}
+
+
+def _n(v, fmt: str = "%d") -> str:
+    return "-" if v is None else fmt % v

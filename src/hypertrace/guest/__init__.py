@@ -21,16 +21,19 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from .. import abi
-from .channel import Channel, ChannelError, resolve, warn
+from .channel import Channel, ChannelError, parse_spec, warn
+from .control import Control, ControlError
 from .tracepoint import TraceArgumentError, build, set_cell
 
-__all__ = ["event", "load", "connect", "disconnect", "connected", "channel", "Events",
-           "ChannelError", "TraceArgumentError"]
+__all__ = ["event", "load", "connect", "disconnect", "connected", "channel", "sync_point",
+           "Events", "ChannelError", "ControlError", "TraceArgumentError"]
 
 _lock = threading.Lock()
 _tls = threading.local()
 _tracepoints: Dict[str, Callable] = {}
 _channel: Optional[Channel] = None
+_control: Optional[Control] = None
+_sync_tp: Optional[Callable] = None
 _env_checked = False
 _default_clock = time.monotonic_ns
 
@@ -92,28 +95,62 @@ def _register(decl: abi.EventDecl) -> Callable:
         return tp
 
 
-def connect(spec: Optional[str] = None, clock: Optional[Callable[[], int]] = None) -> Channel:
-    """Connect to a channel; `clock` returns the guest time in ns (CLOCK_MONOTONIC by default)."""
-    global _channel, _env_checked
+def connect(spec: Optional[str] = None, clock: Optional[Callable[[], int]] = None,
+            sync_interval: float = 1.0) -> Channel:
+    """Connect to a channel; `clock` returns the guest time in ns (CLOCK_MONOTONIC by default).
+
+    `spec` is `shm:/dev/shm/NAME[,control=unix:PATH]`; with a control address, a
+    daemon thread runs clock exchanges every `sync_interval` seconds and
+    sync_point() is available.
+    """
+    global _channel, _env_checked, _control, _sync_tp
     _env_checked = True
     spec = spec or os.environ.get("HYPERTRACE_CHANNEL")
     if not spec:
         raise ChannelError("no channel given and HYPERTRACE_CHANNEL is not set")
+    path, options = parse_spec(spec)
+    clock = clock or _default_clock
     with _lock:
         if _channel is not None:
             raise ChannelError("already connected to %s; disconnect() first" % _channel.path)
-        ch = Channel(resolve(spec), clock or _default_clock)
+        ch = Channel(path, clock)
         _fresh_tls()
         for tp in _tracepoints.values():
             ch.attach(tp, _tls)
         _channel = ch
         ch.start_poller()
+    if "control" in options:
+        _sync_tp = event("hypertrace_sync",
+                         "const char *name, uint64_t sync_id, uint64_t t_send, const char *args")
+        try:
+            _control = Control(options["control"], clock, ch.header.session_id, sync_interval,
+                               on_sync=lambda n, i, t, a: _sync_tp(n, i, t, a))
+        except ControlError:
+            disconnect()
+            raise
+        _control.start()
     return ch
 
 
+def sync_point(name: str, *args) -> int:
+    """A synchronous reference point: recorded in this guest's stream (guest clock) and
+    in the host's stream (host clock); blocks until the host acknowledges and
+    returns the round trip in ns of the guest clock. Raises ControlError without a
+    control channel or when the host does not answer."""
+    _connect_from_env()
+    ctl = _control
+    if ctl is None:
+        raise ControlError("sync_point needs a channel with a control connection "
+                           "(spec ...,control=unix:PATH, as `hypertrace record` sets)")
+    return ctl.sync(str(name), args)
+
+
 def disconnect() -> None:
-    """Release this process's rings and disable every tracepoint."""
-    global _channel
+    """Final clock exchanges, then release this process's rings and disable every tracepoint."""
+    global _channel, _control
+    ctl, _control = _control, None
+    if ctl is not None:
+        ctl.close()
     with _lock:
         ch, _channel = _channel, None
         if ch is None:
@@ -170,4 +207,11 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_release_thread)
+def _at_exit() -> None:
+    ctl = _control
+    if ctl is not None:
+        ctl.close()           # the closing burst of clock exchanges
+    _release_thread()
+
+
+atexit.register(_at_exit)

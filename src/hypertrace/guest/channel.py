@@ -31,6 +31,18 @@ class ChannelError(OSError):
     """The channel could not be opened or is not a usable hypertrace region."""
 
 
+def parse_spec(spec: str) -> tuple:
+    """`shm:/dev/shm/NAME[,control=unix:PATH]` -> (region path, {option: value})."""
+    head, *opts = spec.split(",")
+    options = {}
+    for o in opts:
+        k, sep, v = o.partition("=")
+        if not sep or k not in ("control",):
+            raise ChannelError("bad channel option %r in %r (known: control=ADDRESS)" % (o, spec))
+        options[k] = v
+    return resolve(head), options
+
+
 def resolve(spec: str) -> str:
     """Map a channel spec (`shm:/dev/shm/NAME`, `shm:NAME`, a path) to a file path."""
     if spec.startswith("shm:"):

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from typing import List, Optional
 
 import numpy as np
-from scipy.optimize import linprog
 
 PPM = 1e-6
 MAX_DRIFT_PPM = 10_000.0       # 1 %: far beyond any real clock
@@ -79,6 +78,7 @@ def _bounds(x1, x4, U, L):
 
 def _fit(t1, t2, t3, t4) -> Optional[Segment]:
     """Fit one segment; None when no line satisfies every exchange."""
+    from scipy.optimize import linprog   # only the collector needs it, not readers
     g0 = int(t1[0])
     x1 = (t1 - g0).astype(np.float64)
     x4 = (t4 - g0).astype(np.float64)
@@ -160,6 +160,11 @@ def pick(segments: List[Segment], g: int) -> Optional[Segment]:
         if g <= s.g_end:
             return s
     return segments[-1]
+
+
+def segments_from(summary: dict) -> List[Segment]:
+    """Segments back from a session index's clock summary."""
+    return [Segment(**s) for s in summary.get("segments", [])]
 
 
 def map_time(segments: List[Segment], g: int) -> tuple:

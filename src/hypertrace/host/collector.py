@@ -12,6 +12,8 @@ from typing import Dict, List, Optional
 
 from .. import __version__, abi
 from ..formats import ctf
+from . import clock as clockfit
+from .control import DomainClock
 from .reader import EventTable, RingReader
 from .region import Region
 
@@ -60,12 +62,15 @@ class Collector:
         self.started_ns = time.time_ns()
         self.snapshots = 0
         self.errors: List[str] = []
+        self.host_offset = clock_offset_ns()       # CLOCK_REALTIME - CLOCK_MONOTONIC
+        self.clocks: Dict[str, DomainClock] = {}   # domains whose clock is estimated
+        self.clock_summary: Dict[str, dict] = {}
 
     # -- setup -----------------------------------------------------------------
     def add_region(self, region: Region, domain: str, pid_check: bool = True,
                    clock_offset: Optional[int] = None, description: str = "") -> Source:
         dom = ctf.Domain(domain, len(self.sources),
-                         clock_offset_ns() if clock_offset is None else clock_offset,
+                         self.host_offset if clock_offset is None else clock_offset,
                          description or "CLOCK_MONOTONIC of domain %s" % domain)
         src = Source(region, dom, pid_check)
         self.sources.append(src)
@@ -192,8 +197,35 @@ class Collector:
             src.region.set_collector(abi.COLLECTOR_STOPPED)
         for f in self.files.values():
             f.close()
+        self.fit_clocks()
         self.write_metadata()
         self.write_index()
+
+    def fit_clocks(self) -> None:
+        """Map every domain onto the host clock; CTF clocks get the offset (not the drift)."""
+        for src in self.sources:
+            name = src.domain.name
+            dc = self.clocks.get(name)
+            if name == "host":
+                summ = {"kind": "host", "offset_ns": 0, "drift_ppm": 0.0, "uncertainty_ns": 0,
+                        "samples": 0, "causality_violations": 0, "segments": []}
+            elif dc is None or not dc.samples:
+                # no exchanges: a same-host producer shares the host's CLOCK_MONOTONIC
+                summ = {"kind": "assumed-host-clock", "offset_ns": 0, "drift_ppm": 0.0,
+                        "uncertainty_ns": None, "samples": 0, "causality_violations": 0,
+                        "segments": []}
+            else:
+                fit = clockfit.fit(name, dc.samples)
+                summ = dict(fit.summary(), kind="estimated")
+                src.domain.clock_offset_ns = self.host_offset + summ["offset_ns"]
+                src.domain.description = (
+                    "domain %s clock: host offset %d ns, drift %.3f ppm (not expressible "
+                    "in CTF 1.8), uncertainty %d ns" % (name, summ["offset_ns"],
+                                                        summ["drift_ppm"], summ["uncertainty_ns"]))
+            if dc is not None:
+                summ.update(rejected_samples=dc.rejected_samples, control_errors=dc.errors,
+                            control_connections=dc.connections, sync_points=len(dc.syncs))
+            self.clock_summary[name] = summ
 
     # -- session files ------------------------------------------------------------------
     def write_metadata(self) -> None:
@@ -244,6 +276,9 @@ class Collector:
         index = {"format": "hypertrace-session", "version": 1, "hypertrace": __version__,
                  "trace_uuid": self.trace_uuid.hex(), "started_ns": self.started_ns,
                  "stopped_ns": time.time_ns(), "snapshots": self.snapshots,
+                 "host_clock_offset_ns": self.host_offset,
+                 "clocks": self.clock_summary,
+                 "syncs": {k: v.syncs for k, v in self.clocks.items()},
                  "domains": doms, "streams": self.streams(), "errors": self.errors}
         path = os.path.join(self.outdir, SESSION_DIR, "session.json")
         tmp = path + ".tmp"

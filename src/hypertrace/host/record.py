@@ -10,9 +10,10 @@ import time
 import uuid
 from typing import List, Optional
 
-from .. import abi
+from .. import abi, guest
 from ..guest.channel import ChannelError, resolve
 from .collector import SESSION_DIR, Collector
+from .control import ControlServer, DomainClock
 from .region import Region
 
 IDLE_SLEEP_S = 0.001
@@ -46,6 +47,11 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
     os.makedirs(outdir, exist_ok=True)
     col = Collector(outdir)
     col.add_region(region, name)
+    try:
+        host, server, ctl = _host_side(col, region, path, name)
+    except (OSError, ValueError) as e:
+        region.close(remove=region.owned)
+        raise RecordError("cannot set up the host side: %s" % e) from None
     with open(os.path.join(outdir, SESSION_DIR, "collector.pid"), "w") as f:
         f.write(str(os.getpid()))
 
@@ -62,27 +68,55 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
     child = None
     old = {s: signal.signal(s, on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_usr1)
-    spec = "shm:" + path
+    spec = "shm:%s,control=%s" % (path, ctl)
     try:
         if command:
-            env = dict(os.environ, HYPERTRACE_CHANNEL=spec)
+            env = dict(os.environ, HYPERTRACE_CHANNEL=spec,
+                       HYPERTRACE_HOST_CHANNEL="shm:" + host.path)
             try:
                 child = subprocess.Popen(command, env=env)
             except OSError as e:
                 raise RecordError("cannot run %s: %s" % (command[0], e.strerror)) from None
         else:
-            out.write("hypertrace: serving channel %s (HYPERTRACE_CHANNEL=%s); "
-                      "Ctrl-C to stop\n" % (path, spec))
+            out.write("hypertrace: serving channel %s; producers use HYPERTRACE_CHANNEL=%s, "
+                      "host-side producers HYPERTRACE_HOST_CHANNEL=shm:%s; Ctrl-C to stop\n"
+                      % (path, spec, host.path))
             out.flush()
         _loop(col, child, flags)
     finally:
+        server.close()
+        guest.disconnect()
         col.stop()
         region.close(remove=region.owned)
+        host.close()
         for s, h in old.items():
             signal.signal(s, h)
     rc = child.wait() if child is not None else 0
     col.exit_code = rc
     return col
+
+
+def _host_side(col: Collector, region: Region, path: str, name: str):
+    """The host domain (a region for host-side producers, the collector among them)
+    and the control server that answers this region's sync points and clock exchanges."""
+    host = Region.create(path + "-host", "host", n_rings=64, ring_size=256 * 1024)
+    col.add_region(host, "host", description="the host's CLOCK_MONOTONIC")
+    dc = col.clocks[name] = DomainClock(name, region.header.session_id)
+    guest.connect("shm:" + host.path)
+    sync_host = guest.event("hypertrace_sync_host", "const char *domain, const char *name, "
+                            "uint64_t sync_id, uint64_t guest_send, const char *args")
+    sample = guest.event("hypertrace_clock_sample", "const char *domain, uint64_t t1, "
+                         "uint64_t t2, uint64_t t3, uint64_t t4")
+    ctl = "unix:" + path + ".ctl"
+    try:
+        os.unlink(path + ".ctl")      # a stale socket from a crashed collector
+    except FileNotFoundError:
+        pass
+    server = ControlServer(
+        ctl, [dc],
+        on_sync=lambda d, n, sid, t1, t2, args: sync_host(d.name, n, sid, t1, args),
+        on_sample=lambda d, t1, t2, t3, t4: sample(d.name, t1, t2, t3, t4))
+    return host, server, ctl
 
 
 def _loop(col: Collector, child, flags: dict) -> None:
@@ -118,7 +152,16 @@ def summary(col: Collector) -> str:
         lines.append("%-16s %8d %8d %-16s %10d %10d %9d %5d" % (
             s["file"] or "(none)", s["pid"], s["tid"], s["thread"][:16], s["recorded"],
             s["discarded"], s["malformed"], s["torn"]))
-    tot = [sum(s[k] for s in streams) for k in ("recorded", "discarded", "malformed", "torn")]
-    lines.append("total: %d events recorded, %d lost (discarded), %d malformed, %d torn, "
-                 "from %d producer streams" % (*tot, len(streams)))
+    for dom in dict.fromkeys(src.domain.name for src in col.sources):
+        mine = [s for s in streams if s["domain"] == dom]
+        tot = [sum(s[k] for s in mine) for k in ("recorded", "discarded", "malformed", "torn")]
+        line = "%s: %d events recorded, %d lost (discarded), %d malformed, %d torn, " \
+               "from %d producer streams" % (dom, *tot, len(mine))
+        c = col.clock_summary.get(dom, {})
+        if c.get("kind") == "estimated":
+            line += "; clock: offset %+d ns, drift %+.3f ppm, uncertainty %d ns, %d samples, " \
+                    "%d causality violations" % (c["offset_ns"], c["drift_ppm"],
+                                                 c["uncertainty_ns"], c["samples"],
+                                                 c["causality_violations"])
+        lines.append(line)
     return "\n".join(lines)

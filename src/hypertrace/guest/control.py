@@ -1,0 +1,185 @@
+"""The guest end of the control channel: sync points and clock exchanges.
+
+One connection per process (a forked child opens its own), used by the
+caller's sync_point() and by a daemon thread that runs clock exchanges: a
+burst when the channel opens, one every `interval` seconds, a burst at close.
+Nothing here touches the emit path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from typing import Callable, Optional
+
+from .. import abi
+
+TIMEOUT_S = 5.0
+BURST = 16
+
+
+class ControlError(OSError):
+    """The control channel failed: no answer in time, an error from the host, or I/O."""
+
+
+def open_transport(address: str) -> socket.socket:
+    """Open a control transport: `unix:PATH` (the QEMU issue adds virtio-serial, vsock)."""
+    if address.startswith("unix:"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(address[5:])
+        except OSError as e:
+            s.close()
+            raise ControlError("cannot connect to control socket %s: %s"
+                               % (address[5:], e.strerror)) from None
+        return s
+    raise ControlError("unknown control address %r (expected unix:PATH)" % address)
+
+
+class Control:
+    def __init__(self, address: str, clock: Callable[[], int], session_id: bytes,
+                 interval: float = 1.0, on_sync: Optional[Callable] = None):
+        self.address = address
+        self.clock = clock
+        self.session_id = session_id
+        self.interval = interval
+        self.on_sync = on_sync          # emits the guest-side sync record
+        self.lock = threading.Lock()
+        self.sock: Optional[socket.socket] = None
+        self.pid = -1
+        self.req = 0
+        self.next_sync = 1
+        self.reader = abi.FrameReader()
+        self.domain = ""
+        self.closed = threading.Event()
+        self.thread: Optional[threading.Thread] = None
+        self.exchanges = 0
+        self.failures = 0
+        with self.lock:
+            self._ensure()
+
+    # -- connection ----------------------------------------------------------------
+    def _ensure(self) -> None:
+        if self.sock is not None and self.pid == os.getpid():
+            return
+        if self.sock is not None:
+            # a forked child: the socket is the parent's; leave it to the parent
+            try:
+                self.sock.detach()
+            except OSError:
+                pass
+        self.sock = None
+        s = open_transport(self.address)
+        s.settimeout(TIMEOUT_S)
+        self.sock, self.pid, self.reader = s, os.getpid(), abi.FrameReader()
+        payload = self.session_id + abi.pack_u64s(os.getpid())
+        reply = self._request(abi.MSG_HELLO, payload, abi.MSG_HELLO_OK)
+        self.domain = abi.unpack_str(reply, 0)[0]
+
+    def _drop(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = None
+
+    def _request(self, mtype: int, payload: bytes, expect: int) -> bytes:
+        """Send one request and wait for its reply (the caller holds the lock)."""
+        self.req = (self.req + 1) & 0xFFFFFFFF
+        rid = self.req
+        try:
+            self.sock.sendall(abi.frame(mtype, rid, payload))
+            while True:
+                for rtype, rrid, body in self.reader.feed(self._recv()):
+                    if rtype == abi.MSG_ERROR:
+                        raise ControlError("host refused %s: %s" % (
+                            abi.MSG_NAMES[mtype], abi.unpack_str(body, 0)[0]))
+                    if rrid == rid and rtype == expect:
+                        return body
+        except (OSError, abi.ProtocolError) as e:
+            self._drop()
+            if isinstance(e, ControlError):
+                raise
+            raise ControlError("control channel %s: %s" % (self.address, e)) from None
+
+    def _recv(self) -> bytes:
+        try:
+            data = self.sock.recv(65536)
+        except socket.timeout:
+            raise ControlError("the host did not answer within %.0f s" % TIMEOUT_S) from None
+        if not data:
+            raise ControlError("the host closed the control channel")
+        return data
+
+    def _send(self, mtype: int, payload: bytes) -> None:
+        self.req = (self.req + 1) & 0xFFFFFFFF
+        try:
+            self.sock.sendall(abi.frame(mtype, self.req, payload))
+        except OSError as e:
+            self._drop()
+            raise ControlError("control channel %s: %s" % (self.address, e)) from None
+
+    # -- exchanges -------------------------------------------------------------------
+    def exchange(self) -> int:
+        """One 4-timestamp clock exchange; returns its round trip in guest ns."""
+        with self.lock:
+            self._ensure()
+            t1 = self.clock()
+            body = self._request(abi.MSG_CLOCK, abi.pack_u64s(t1), abi.MSG_CLOCK_OK)
+            t4 = self.clock()
+            t2, t3 = abi.unpack_u64s(body, 2)
+            self._send(abi.MSG_SAMPLE, abi.pack_u64s(t1, t2, t3, t4, 0))
+            self.exchanges += 1
+            return t4 - t1
+
+    def sync(self, name: str, args: tuple) -> int:
+        """A synchronous reference point recorded on both sides; returns the round trip."""
+        text = json.dumps(list(args), default=str)[:1000]
+        with self.lock:
+            self._ensure()
+            sid = self.next_sync
+            self.next_sync += 1
+            t1 = self.clock()
+            if self.on_sync is not None:
+                self.on_sync(name, sid, t1, text)
+            payload = abi.pack_u64s(sid, t1) + abi.pack_str(name, 256) + abi.pack_str(text)
+            body = self._request(abi.MSG_SYNC, payload, abi.MSG_SYNC_OK)
+            t4 = self.clock()
+            t2, t3 = abi.unpack_u64s(body, 2)
+            self._send(abi.MSG_SAMPLE, abi.pack_u64s(t1, t2, t3, t4, sid))
+            return t4 - t1
+
+    # -- the background thread ---------------------------------------------------------
+    def start(self) -> None:
+        def run():
+            try:
+                for _ in range(BURST):
+                    self.exchange()
+                while not self.closed.wait(self.interval):
+                    self.exchange()
+            except ControlError as e:
+                self.failures += 1
+                if not self.closed.is_set():
+                    import sys
+                    sys.stderr.write("hypertrace: clock exchanges stopped: %s\n" % e)
+        self.thread = threading.Thread(target=run, name="hypertrace-clock", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        """A final burst of exchanges, then goodbye (only from the owning process)."""
+        self.closed.set()
+        if self.pid != os.getpid() or self.sock is None:
+            return
+        try:
+            for _ in range(BURST // 2):
+                self.exchange()
+            with self.lock:
+                self._send(abi.MSG_BYE, b"")
+        except ControlError:
+            pass
+        with self.lock:
+            self._drop()
+

@@ -1,0 +1,196 @@
+"""The host end of the control channel: answers clock exchanges and sync points.
+
+One thread per connection. Host timestamps are taken as close to the socket
+operations as Python allows: t2 right after recv() returns, t3 right before
+sendall(). Only the host's own t2/t3 are trusted: a sample is accepted when it
+echoes a (t1, t2, t3) that this connection really answered. Every message is
+bounded and checked (abi.FrameReader); a peer that breaks the rules gets an
+ERROR message and is disconnected, and the other peers carry on.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from .. import abi
+
+PARTIAL_TIMEOUT_S = 5.0        # a message started but not finished within this: drop the peer
+MAX_CONNECTIONS = 256
+MAX_PENDING = 64
+MAX_SAMPLES = 200_000
+
+
+@dataclass
+class DomainClock:
+    """What the control channel learns about one domain's clock."""
+
+    name: str
+    session_id: bytes
+    samples: List[tuple] = field(default_factory=list)    # (t1, t2, t3, t4)
+    syncs: List[dict] = field(default_factory=list)
+    errors: List[str] = field(default_factory=list)
+    rejected_samples: int = 0
+    connections: int = 0
+
+
+class ControlServer:
+    def __init__(self, address: str, domains: List[DomainClock],
+                 on_sync: Optional[Callable] = None, on_sample: Optional[Callable] = None):
+        if not address.startswith("unix:"):
+            raise ValueError("control address must be unix:PATH")
+        self.path = address[5:]
+        self.domains = {d.session_id: d for d in domains}
+        self.on_sync = on_sync
+        self.on_sample = on_sample
+        self.errors: List[str] = []
+        self.stopping = threading.Event()
+        self.threads: List[threading.Thread] = []
+        self.active = 0
+        old = os.umask(0o177)            # the socket is created 0600
+        try:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.bind(self.path)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.acceptor = threading.Thread(target=self._accept, name="hypertrace-ctl", daemon=True)
+        self.acceptor.start()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if self.active >= MAX_CONNECTIONS:
+                self._error(conn, 0, "too many control connections")
+                conn.close()
+                continue
+            self.active += 1
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True,
+                                 name="hypertrace-ctl-conn")
+            self.threads.append(t)
+            t.start()
+
+    def _error(self, conn, rid: int, text: str) -> None:
+        try:
+            conn.sendall(abi.frame(abi.MSG_ERROR, rid, abi.pack_str(text, 512)))
+        except OSError:
+            pass
+
+    def _serve(self, conn: socket.socket) -> None:
+        reader = abi.FrameReader()
+        dom: Optional[DomainClock] = None
+        pending: Dict[tuple, int] = {}     # (t2, t3) we answered -> the guest's t1
+        partial_since = None
+        conn.settimeout(0.25)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    data = conn.recv(65536)
+                    t_recv = time.monotonic_ns()
+                except socket.timeout:
+                    if reader.pending and partial_since is not None and (
+                            time.monotonic() - partial_since > PARTIAL_TIMEOUT_S):
+                        raise abi.ProtocolError("incomplete message for %.0f s"
+                                                % PARTIAL_TIMEOUT_S) from None
+                    continue
+                if not data:
+                    return
+                frames = reader.feed(data)
+                partial_since = time.monotonic() if reader.pending else None
+                for mtype, rid, body in frames:
+                    if dom is None:
+                        dom = self._hello(conn, mtype, rid, body)
+                        continue
+                    if mtype == abi.MSG_CLOCK:
+                        (t1,) = abi.unpack_u64s(body, 1)
+                        t3 = time.monotonic_ns()
+                        conn.sendall(abi.frame(abi.MSG_CLOCK_OK, rid,
+                                               abi.pack_u64s(t_recv, t3)))
+                        self._remember(pending, t_recv, t3, t1)
+                    elif mtype == abi.MSG_SYNC:
+                        sid, t1 = abi.unpack_u64s(body, 2)
+                        name, off = abi.unpack_str(body, 16)
+                        args, _ = abi.unpack_str(body, off)
+                        if self.on_sync is not None:
+                            self.on_sync(dom, name, sid, t1, t_recv, args)
+                        t3 = time.monotonic_ns()
+                        conn.sendall(abi.frame(abi.MSG_SYNC_OK, rid,
+                                               abi.pack_u64s(t_recv, t3)))
+                        self._remember(pending, t_recv, t3, t1)
+                        dom.syncs.append({"sync_id": sid, "name": name, "guest_send": t1,
+                                          "host_recv": t_recv, "host_send": t3})
+                        del dom.syncs[:-MAX_SAMPLES]
+                    elif mtype == abi.MSG_SAMPLE:
+                        t1, t2, t3, t4, sid = abi.unpack_u64s(body, 5)
+                        if pending.pop((t2, t3), None) != t1 or t4 < t1:
+                            dom.rejected_samples += 1   # not an exchange we answered
+                            continue
+                        if len(dom.samples) < MAX_SAMPLES:
+                            dom.samples.append((t1, t2, t3, t4))
+                            if sid:
+                                for s in reversed(dom.syncs):
+                                    if s["sync_id"] == sid and s["host_recv"] == t2:
+                                        s["guest_recv"] = t4
+                                        break
+                            if self.on_sample is not None:
+                                self.on_sample(dom, t1, t2, t3, t4)
+                        else:
+                            dom.rejected_samples += 1
+                    elif mtype == abi.MSG_BYE:
+                        return
+                    else:
+                        raise abi.ProtocolError("unexpected %s message from a guest"
+                                                % abi.MSG_NAMES[mtype])
+        except abi.ProtocolError as e:
+            msg = "control peer dropped: %s" % e
+            (dom.errors if dom else self.errors).append(msg)
+            self._error(conn, 0, str(e))
+        except OSError as e:
+            (dom.errors if dom else self.errors).append("control peer I/O: %s" % e)
+        finally:
+            conn.close()
+            self.active -= 1
+
+    def _hello(self, conn, mtype: int, rid: int, body: bytes) -> DomainClock:
+        if mtype != abi.MSG_HELLO:
+            raise abi.ProtocolError("the first message must be hello, not %s"
+                                    % abi.MSG_NAMES[mtype])
+        if len(body) < 24:
+            raise abi.ProtocolError("hello too short")
+        dom = self.domains.get(bytes(body[:16]))
+        if dom is None:
+            raise abi.ProtocolError("hello names no session served here")
+        dom.connections += 1
+        conn.sendall(abi.frame(abi.MSG_HELLO_OK, rid, abi.pack_str(dom.name)))
+        return dom
+
+    @staticmethod
+    def _remember(pending: dict, t2: int, t3: int, t1: int) -> None:
+        pending[(t2, t3)] = t1
+        while len(pending) > MAX_PENDING:
+            pending.pop(next(iter(pending)))
+
+    def close(self) -> None:
+        self.stopping.set()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.acceptor.join(timeout=2)
+        for t in self.threads:
+            t.join(timeout=2)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
