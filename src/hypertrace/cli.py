@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(block), or overwrite the oldest (overwrite: flight recorder)")
     r.add_argument("--block-timeout", type=float, default=1000.0, metavar="MS",
                    help="block mode: longest wait for room before dropping (default 1000 ms)")
+    r.add_argument("--sync-interval", type=float, default=1.0, metavar="S",
+                   help="seconds between clock exchanges of each producer process (default 1)")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
 
     for name, hlp in (("report", "print every event in time order"),
@@ -83,7 +85,7 @@ def cmd_record(a) -> int:
     try:
         col = record(a.output, cmd, channel=a.channel, mode=a.mode, ring_size=a.buffer_size,
                      rings=a.rings, max_events=a.max_events, block_timeout_ms=a.block_timeout,
-                     name=a.name)
+                     name=a.name, sync_interval=a.sync_interval)
     except RecordError as e:
         return _fail(str(e))
     sys.stdout.write(summary(col) + "\n")

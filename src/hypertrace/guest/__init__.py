@@ -96,7 +96,7 @@ def _register(decl: abi.EventDecl) -> Callable:
 
 
 def connect(spec: Optional[str] = None, clock: Optional[Callable[[], int]] = None,
-            sync_interval: float = 1.0) -> Channel:
+            sync_interval: Optional[float] = None) -> Channel:
     """Connect to a channel; `clock` returns the guest time in ns (CLOCK_MONOTONIC by default).
 
     `spec` is `shm:/dev/shm/NAME[,control=unix:PATH]`; with a control address, a
@@ -110,6 +110,11 @@ def connect(spec: Optional[str] = None, clock: Optional[Callable[[], int]] = Non
         raise ChannelError("no channel given and HYPERTRACE_CHANNEL is not set")
     path, options = parse_spec(spec)
     clock = clock or _default_clock
+    if sync_interval is None:
+        try:
+            sync_interval = float(os.environ.get("HYPERTRACE_SYNC_INTERVAL", "1.0"))
+        except ValueError:
+            raise ChannelError("HYPERTRACE_SYNC_INTERVAL must be a number of seconds") from None
     with _lock:
         if _channel is not None:
             raise ChannelError("already connected to %s; disconnect() first" % _channel.path)

@@ -78,7 +78,7 @@ def _bounds(x1, x4, U, L):
 
 def _fit(t1, t2, t3, t4) -> Optional[Segment]:
     """Fit one segment; None when no line satisfies every exchange."""
-    from scipy.optimize import linprog   # only the collector needs it, not readers
+    from scipy.optimize import linprog  # only the collector needs it, not readers
     g0 = int(t1[0])
     x1 = (t1 - g0).astype(np.float64)
     x4 = (t4 - g0).astype(np.float64)

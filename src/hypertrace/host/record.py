@@ -27,7 +27,7 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
            mode: str = "discard", ring_size: int = abi.DEFAULT_RING_SIZE,
            rings: int = abi.DEFAULT_RINGS, max_events: int = abi.DEFAULT_MAX_EVENTS,
            block_timeout_ms: float = 1000.0, name: str = "local",
-           out=sys.stdout) -> Collector:
+           sync_interval: float = 1.0, out=sys.stdout) -> Collector:
     if os.path.exists(os.path.join(outdir, "metadata")):
         raise RecordError("%s already holds a trace; choose a new output directory" % outdir)
     if mode not in abi.MODES:
@@ -72,7 +72,8 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
     try:
         if command:
             env = dict(os.environ, HYPERTRACE_CHANNEL=spec,
-                       HYPERTRACE_HOST_CHANNEL="shm:" + host.path)
+                       HYPERTRACE_HOST_CHANNEL="shm:" + host.path,
+                       HYPERTRACE_SYNC_INTERVAL=str(sync_interval))
             try:
                 child = subprocess.Popen(command, env=env)
             except OSError as e:

@@ -1,0 +1,260 @@
+"""Clock correlation: simulated guest clocks over the real control socket, and real runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+from conftest import ROOT, babeltrace, env, hypertrace, local, record, stats
+
+from hypertrace import abi
+from hypertrace.host import clock
+from hypertrace.session import Session
+
+SIM = os.path.join(ROOT, "tests", "apps", "simclock.py")
+
+
+@pytest.mark.parametrize("offset_s,ppm,pause", [(5, 200, 0.0), (-3, -200, 0.0), (2, 150, 0.4)],
+                         ids=["+5s+200ppm", "-3s-200ppm", "+2s+150ppm-paused"])
+def test_simulated_clock_is_mapped_within_the_reported_uncertainty(session, offset_s, ppm,
+                                                                    pause):
+    r = record(session, sys.executable, SIM, str(offset_s * 10**9), str(ppm), "2.5", "1.2",
+               str(pause), opts=("--sync-interval", "0.05"))
+    pause_g = int(r.stdout.split("PAUSE_G ")[1].split()[0]) if pause else None
+    s = Session(session)
+    host_off = s.index["host_clock_offset_ns"]
+    c = s.clocks["local"]
+    assert c["kind"] == "estimated" and c["causality_violations"] == 0
+    assert c["samples"] > 40
+    assert len(c["segments"]) == (2 if pause else 1), c["segments"]
+    # the drift is known as well as the samples allow: within the band they leave
+    main = max(c["segments"], key=lambda x: x["samples"])
+    tol = 2e6 * main["uncertainty_ns"] / (main["g_end"] - main["g_start"]) + 1
+    assert abs(c["drift_ppm"] - ppm) <= tol, (c["drift_ppm"], tol)
+    worst = 0.0
+    n = 0
+    for e in s.events("local"):
+        g = e.raw_ts
+        truth = (g - offset_s * 10**9) / (1 + ppm * 1e-6)
+        if pause_g is not None and g > pause_g:
+            truth += pause * 1e9
+        err = abs(e.ts - (truth + host_off))
+        assert err <= e.ts_uncertainty + 2, (e.name, g, err, e.ts_uncertainty)
+        worst = max(worst, err)
+        n += 1
+    assert n > 1000
+    st = stats(session)
+    sp = st["sync_points"]["local"]
+    # a sync point's mapped send never follows its host receive
+    assert sp["count"] >= 5 and sp["latency_ns"]["min"] >= -c["uncertainty_ns"]
+    print("sim %+ds %+dppm pause %.1fs: %d events, worst error %.0f ns, reported uncertainty "
+          "%d ns, drift %.2f ppm" % (offset_s, ppm, pause, n, worst, c["uncertainty_ns"],
+                                      c["drift_ppm"]))
+
+
+def test_estimator_on_synthetic_exchanges():
+    rng = np.random.default_rng(3)
+    h1 = np.sort(rng.uniform(1e9, 9e9, 400)).astype(np.int64)
+    h1 = h1[(h1 < 4e9) | (h1 > 5e9)]                    # the guest was paused for 1 s at 4 s
+    n = len(h1)
+
+    def g(h):
+        return np.where(h > 4e9, h - 10**9, h) * (1 - 80e-6) + 7 * 10**9
+
+    t2 = h1 + rng.exponential(30_000, n).astype(np.int64) + 2_000
+    t3 = t2 + 500
+    h4 = t3 + rng.exponential(30_000, n).astype(np.int64) + 2_000
+    samples = list(zip(g(h1).astype(np.int64), t2, t3, g(h4).astype(np.int64)))
+    fit = clock.fit("sim", samples)
+    summ = fit.summary()
+    assert len(fit.segments) == 2 and summ["causality_violations"] == 0
+    assert abs(summ["drift_ppm"] + 80) < 5
+    for h in rng.uniform(1.1e9, 8.9e9, 2000):
+        if 3.9e9 < h < 5.1e9:
+            continue
+        m, unc = clock.map_time(fit.segments, int(g(np.int64(h))))
+        assert abs(m - h) <= unc + 1
+
+
+def test_same_host_offset_is_zero_within_the_uncertainty(session):
+    record(session, sys.executable, os.path.join(ROOT, "tests", "apps", "workload.py"), "2",
+           "1", "20000", opts=("--sync-interval", "0.02"))
+    c = stats(session)["clocks"]["local"]
+    assert c["kind"] == "estimated" and c["causality_violations"] == 0
+    assert abs(c["offset_ns"]) <= c["uncertainty_ns"], c
+    print("same host: offset %d ns, uncertainty %d ns, %d samples, min rtt %d ns" % (
+        c["offset_ns"], c["uncertainty_ns"], c["samples"], c["min_rtt_ns"]))
+
+
+PINGPONG = r"""
+import os, subprocess, sys, time
+from hypertrace import guest
+OFF = 7 * 10**9
+guest.connect(clock=lambda: time.monotonic_ns() + OFF, sync_interval=0.05)
+ping = guest.event("ping", "uint32_t i")
+ack = guest.event("ping_ack", "uint32_t i")
+hostenv = dict(os.environ, HYPERTRACE_CHANNEL=os.environ["HYPERTRACE_HOST_CHANNEL"])
+p = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env=hostenv,
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+for i in range(200):
+    ping(i)
+    p.stdin.write("%d\n" % i)
+    p.stdin.flush()
+    assert int(p.stdout.readline()) == i
+    ack(i)
+p.stdin.close()
+p.wait()
+"""
+PONG = r"""
+import sys
+from hypertrace import guest
+pong = guest.event("pong", "uint32_t i")
+for line in sys.stdin:
+    pong(int(line))
+    print(line.strip(), flush=True)
+"""
+
+
+def test_guest_and_host_events_interleave_in_causal_order(session, tmp_path):
+    app = tmp_path / "pingpong.py"
+    app.write_text(PINGPONG)
+    record(session, sys.executable, str(app), PONG, opts=("--sync-interval", "0.05"))
+    evs = [json.loads(x) for x in hypertrace("report", session, "--json").stdout.splitlines()]
+    order = [(e["name"], e["fields"]["i"]) for e in evs if e["name"] in ("ping", "pong",
+                                                                          "ping_ack")]
+    assert len(order) == 600
+    assert order == [(n, i) for i in range(200) for n in ("ping", "pong", "ping_ack")]
+    doms = {e["name"]: e["domain"] for e in evs}
+    assert doms["ping"] == "local" and doms["pong"] == "host"
+    # babeltrace2 orders them too: the domain's CTF clock carries the 7 s offset
+    events, _ = babeltrace(session)
+    bt = [(n, int(f["i"])) for n, f in events if n in ("ping", "pong", "ping_ack")]
+    assert bt == order
+    # raw guest time is 7 s ahead of the host timeline
+    ping0 = next(e for e in evs if e["name"] == "ping")
+    assert abs((ping0["raw_ts"] - 7 * 10**9) + Session(session).index["host_clock_offset_ns"]
+               - ping0["ts"]) <= ping0["ts_uncertainty_ns"] + 1
+
+
+SYNCER = r"""
+import sys
+from hypertrace import guest
+rtts = [guest.sync_point("mark", i, "label %d" % i) for i in range(20)]
+assert all(r > 0 for r in rtts)
+print("RTT_MIN", min(rtts))
+"""
+
+
+def test_sync_points_are_recorded_on_both_sides(session, tmp_path):
+    app = tmp_path / "syncer.py"
+    app.write_text(SYNCER)
+    r = record(session, sys.executable, str(app))
+    assert int(r.stdout.split("RTT_MIN ")[1].split()[0]) > 0
+    events, _ = babeltrace(session, internal=True)
+    guest_side = [f for n, f in events if n == "hypertrace_sync"]
+    host_side = [f for n, f in events if n == "hypertrace_sync_host"]
+    assert [int(f["sync_id"]) for f in guest_side] == list(range(1, 21))
+    assert [int(f["sync_id"]) for f in host_side] == list(range(1, 21))
+    assert all(f["name"] == "mark" for f in guest_side + host_side)
+    assert json.loads(guest_side[3]["args"]) == [3, "label 3"]
+    # both timestamps: the host record carries the guest's send time
+    assert [int(f["guest_send"]) for f in host_side] == [int(f["t_send"]) for f in guest_side]
+    s = Session(session)
+    syncs = s.index["syncs"]["local"]
+    assert len(syncs) == 20
+    off = s.index["host_clock_offset_ns"]
+    for x in syncs:
+        # never received before it was sent, on the one timeline
+        assert s.to_host("local", x["guest_send"]) <= x["host_recv"] + off + \
+            s.clocks["local"]["uncertainty_ns"]
+        assert x["guest_recv"] > x["guest_send"]
+    st = stats(session)
+    assert st["sync_points"]["local"]["count"] == 20
+
+
+def _ctl_path(proc_out: str) -> str:
+    return proc_out.split("control=unix:")[1].split()[0].rstrip(",;")
+
+
+def test_hostile_control_peers_are_dropped_and_others_carry_on(tmp_path):
+    out = str(tmp_path / "attach")
+    chan = "/dev/shm/ht-ctl-%s" % uuid.uuid4().hex[:8]
+    col = subprocess.Popen([sys.executable, "-m", "hypertrace.cli", "record", "-o", out,
+                            "--channel", "shm:" + chan], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=env())
+    try:
+        line = col.stdout.readline()
+        ctl = chan + ".ctl"
+        assert "control=unix:" + ctl in line, line
+        good = tmp_path / "good.py"
+        good.write_text(SYNCER)
+        gp = subprocess.Popen([sys.executable, str(good)], stdout=subprocess.PIPE, text=True,
+                              env=env(HYPERTRACE_CHANNEL="shm:%s,control=unix:%s" % (chan, ctl)))
+        replies = {}
+
+        def peer(name, data, wait=0.5, close=True):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(ctl)
+            s.sendall(data)
+            s.settimeout(wait)
+            got = b""
+            try:
+                while True:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    got += chunk
+            except socket.timeout:
+                pass
+            replies[name] = got
+            s.close()
+
+        sid = b"\0" * 16
+        peer("garbage", os.urandom(64))
+        peer("oversize", abi.CTL_HEADER.pack(abi.CTL_MAGIC, 1, abi.MSG_HELLO, 1, 10**6))
+        peer("unknown_type", abi.CTL_HEADER.pack(abi.CTL_MAGIC, 1, 77, 1, 0))
+        peer("no_hello", abi.frame(abi.MSG_CLOCK, 1, abi.pack_u64s(5)))
+        peer("bad_session", abi.frame(abi.MSG_HELLO, 1, sid + abi.pack_u64s(1)))
+        peer("truncated", abi.frame(abi.MSG_HELLO, 1, b"x" * 40)[:20], wait=7.0)
+        assert gp.wait(timeout=120) == 0
+        assert "RTT_MIN" in gp.stdout.read()
+    finally:
+        col.send_signal(2)
+        outp, err = col.communicate(timeout=60)
+    assert col.returncode == 0, err
+    for name, got in replies.items():
+        frames = abi.FrameReader().feed(got)
+        assert frames and frames[0][0] == abi.MSG_ERROR, (name, got)
+        text = abi.unpack_str(frames[0][2], 0)[0]
+        print(name, "->", text)
+    assert "incomplete" in abi.unpack_str(abi.FrameReader().feed(replies["truncated"])[0][2],
+                                          0)[0]
+    st = stats(out)
+    assert st["sync_points"]["local"]["count"] == 20     # the good peer got through
+    assert sum(s["recorded"] for s in local(st)) == 20
+
+
+def test_a_host_that_never_answers_is_a_clear_timeout(tmp_path):
+    from hypertrace.host.region import Region
+    path = "/dev/shm/ht-mute-%s" % uuid.uuid4().hex[:8]
+    region = Region.create(path, "mute", n_rings=2, ring_size=4096)
+    mute = socket.socket(socket.AF_UNIX)
+    mute.bind(path + ".ctl")
+    mute.listen(1)
+    code = ("from hypertrace import guest\n"
+            "try:\n    guest.connect()\nexcept guest.ControlError as e:\n    print('ERR', e)\n")
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=env(HYPERTRACE_CHANNEL="shm:%s,control=unix:%s.ctl" % (path, path)))
+    mute.close()
+    os.unlink(path + ".ctl")
+    region.close()
+    assert "ERR the host did not answer within 5 s" in r.stdout, r.stdout + r.stderr
+    assert time.monotonic() - t < 30 and "Traceback" not in r.stderr
