@@ -207,7 +207,7 @@ class Channel:
             state, _gen, pid = struct.unpack_from("<III", self.mm, d + abi.D_STATE)
             if state == abi.RING_FREE and _Q.unpack_from(self.mm, d + abi.D_CONSUMED)[0] == 0:
                 return i
-            if state == abi.RING_ACTIVE and dead is None and not _alive(pid):
+            if state == abi.RING_ACTIVE and dead is None and not pid_alive(pid):
                 dead = i
         if dead is not None:
             # a producer died without releasing: hand its ring to the collector,
@@ -219,7 +219,8 @@ class Channel:
         self.closed = True
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a local process exists (pids outside 1..2**22 are scribble: no)."""
     if not 0 < pid < 1 << 22:      # PID_MAX_LIMIT: anything else is scribble
         return False
     try:

@@ -10,8 +10,11 @@ import time
 from dataclasses import asdict
 from typing import Dict, List, Optional
 
+import numpy as np
+
 from .. import __version__, abi
 from ..formats import ctf
+from ..guest.channel import pid_alive as _alive
 from . import clock as clockfit
 from .control import DomainClock
 from .reader import EventTable, RingReader
@@ -90,12 +93,23 @@ class Collector:
             check = src.pid_check and now >= src.next_pid_check
             if check:
                 src.next_pid_check = now + PID_CHECK_S
-            for i in range(src.region.layout.n_rings):
+            for i in self._busy_rings(src):
                 n += self._poll_ring(src, i, check, drain_overwrite)
             if src.events.changed:
                 src.events.changed = False
                 self.write_metadata()
         return n
+
+    @staticmethod
+    def _busy_rings(src: Source):
+        """Rings worth a look: claimed ones and ones we still read (one copy of the
+        descriptor table instead of a read per ring)."""
+        lay = src.region.layout
+        raw = src.region.mm[lay.desc_off:lay.desc_off + lay.n_rings * abi.DESC_SIZE]
+        state = np.frombuffer(raw, dtype="<u4")[abi.D_STATE // 4::abi.DESC_SIZE // 4]
+        busy = set(np.flatnonzero(state != abi.RING_FREE).tolist())
+        busy.update(i for i, r in enumerate(src.readers) if r is not None)
+        return sorted(busy)
 
     def _identity(self, src: Source, i: int) -> dict:
         d = src.region.layout.desc(i) + abi.D_STATE
@@ -286,16 +300,3 @@ class Collector:
             json.dump(index, f, indent=1)
         os.replace(tmp, path)
 
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    if not 0 < pid < 1 << 22:      # PID_MAX_LIMIT: anything else is scribble
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
