@@ -4,10 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES="babeltrace2 qemu-user python3"
+APT_PACKAGES="babeltrace2 qemu-user qemu-system-x86 linux-image-amd64 busybox-static python3"
 missing=""
 command -v babeltrace2 >/dev/null || missing=1
 command -v qemu-x86_64 >/dev/null || missing=1
+command -v qemu-system-x86_64 >/dev/null || missing=1
+ls /boot/vmlinuz-* >/dev/null 2>&1 || missing=1
+[ -x /bin/busybox ] || missing=1
 [ -x /usr/bin/python3 ] || missing=1
 if [ -n "$missing" ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("record", help="record a session: run COMMAND, or serve a channel")
     r.add_argument("-o", "--output", required=True, help="session directory (a CTF trace)")
     r.add_argument("--channel", help="attach mode: serve shm:/dev/shm/NAME until Ctrl-C")
+    r.add_argument("--qemu", metavar="NAME",
+                   help="serve QEMU guest NAME started with `hypertrace qemu-args --name NAME`")
     r.add_argument("--name", default="local", help="domain name of the producers (default local)")
     r.add_argument("--buffer-size", type=_size, default=abi.DEFAULT_RING_SIZE,
                    help="bytes per ring, a power of two (default 512K)")
@@ -53,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         x.add_argument("--json", action="store_true")
         if name == "report":
             x.add_argument("--domain", help="only this domain's events")
+
+    q = sub.add_parser("qemu-args", help="print the QEMU options for one traced guest")
+    q.add_argument("--name", required=True, help="guest name: [A-Za-z0-9_.-], < 32 characters")
+    q.add_argument("--buffer-size", type=_size, default=abi.DEFAULT_RING_SIZE)
+    q.add_argument("--rings", type=int, default=abi.DEFAULT_RINGS)
+    q.add_argument("--max-events", type=int, default=abi.DEFAULT_MAX_EVENTS)
 
     s = sub.add_parser("snapshot", help="overwrite mode: write the rings' current contents")
     s.add_argument("dir")
@@ -80,12 +88,15 @@ def _fail(msg: str, code: int = 2) -> int:
 def cmd_record(a) -> int:
     from .host.record import RecordError, record, summary
     cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
-    if not cmd and not a.channel:
-        return _fail("give a COMMAND after --, or --channel to serve producers that attach")
+    if not cmd and not a.channel and not a.qemu:
+        return _fail("give a COMMAND after --, --channel to serve producers that attach, "
+                     "or --qemu NAME to serve a QEMU guest")
+    if a.qemu and a.channel:
+        return _fail("--qemu and --channel are exclusive")
     try:
         col = record(a.output, cmd, channel=a.channel, mode=a.mode, ring_size=a.buffer_size,
                      rings=a.rings, max_events=a.max_events, block_timeout_ms=a.block_timeout,
-                     name=a.name, sync_interval=a.sync_interval)
+                     name=a.name, sync_interval=a.sync_interval, qemu=a.qemu)
     except RecordError as e:
         return _fail(str(e))
     sys.stdout.write(summary(col) + "\n")
@@ -153,6 +164,19 @@ def cmd_snapshot(a) -> int:
             return 0
         time.sleep(0.02)
     return _fail("the collector (pid %d) did not answer within 10 s" % pid)
+
+
+def cmd_qemu_args(a) -> int:
+    import re
+
+    from .host.record import qemu_args
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,31}", a.name):
+        return _fail("guest name must be 1-31 characters of [A-Za-z0-9_.-]")
+    try:
+        print(qemu_args(a.name, a.buffer_size, a.rings, a.max_events))
+    except ValueError as e:
+        return _fail(str(e))
+    return 0
 
 
 def cmd_guest_path(_a) -> int:

@@ -124,6 +124,12 @@ def connect(spec: Optional[str] = None, clock: Optional[Callable[[], int]] = Non
             ch.attach(tp, _tls)
         _channel = ch
         ch.start_poller()
+    if "control" not in options and spec.split(",")[0].split(":")[0] == "ivshmem":
+        # in a QEMU guest the control path is the virtio-serial port named after the region
+        from .devices import PORT_PREFIX, find_port
+        port = find_port(PORT_PREFIX + ch.header.name)
+        if port:
+            options["control"] = "virtio:" + port
     if "control" in options:
         _sync_tp = event("hypertrace_sync",
                          "const char *name, uint64_t sync_id, uint64_t t_send, const char *args")

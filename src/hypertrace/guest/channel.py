@@ -44,7 +44,14 @@ def parse_spec(spec: str) -> tuple:
 
 
 def resolve(spec: str) -> str:
-    """Map a channel spec (`shm:/dev/shm/NAME`, `shm:NAME`, a path) to a file path."""
+    """Map a channel spec (`shm:/dev/shm/NAME`, `shm:NAME`, a path, or `ivshmem[:NAME]`
+    inside a QEMU guest) to a file path."""
+    if spec == "ivshmem" or spec.startswith("ivshmem:"):
+        from .devices import find_ivshmem
+        try:
+            return find_ivshmem(spec[8:] or None)
+        except OSError as e:
+            raise ChannelError(str(e)) from None
     if spec.startswith("shm:"):
         spec = spec[4:]
         return spec if "/" in spec else "/dev/shm/" + spec
@@ -52,7 +59,8 @@ def resolve(spec: str) -> str:
         return spec[5:]
     if spec.startswith("/"):
         return spec
-    raise ChannelError("unknown channel spec %r (expected shm:/dev/shm/NAME or a path)" % spec)
+    raise ChannelError("unknown channel spec %r (expected shm:/dev/shm/NAME, ivshmem[:NAME] "
+                       "or a path)" % spec)
 
 
 class Channel:

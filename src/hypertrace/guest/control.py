@@ -8,10 +8,13 @@ Nothing here touches the emit path.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import select
 import socket
 import threading
+import time
 from typing import Callable, Optional
 
 from .. import abi
@@ -24,8 +27,58 @@ class ControlError(OSError):
     """The control channel failed: no answer in time, an error from the host, or I/O."""
 
 
-def open_transport(address: str) -> socket.socket:
-    """Open a control transport: `unix:PATH` (the QEMU issue adds virtio-serial, vsock)."""
+class PortTransport:
+    """A virtio-serial port (/dev/vportNpM) with the socket methods Control uses.
+
+    A port can be open in one process at a time, so the owner closes it after
+    every operation and others retry while it is busy (EBUSY)."""
+
+    per_operation = True
+
+    def __init__(self, path: str, timeout: float = TIMEOUT_S):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+                break
+            except OSError as e:
+                if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise ControlError("cannot open control port %s: %s"
+                                       % (path, e.strerror)) from None
+                time.sleep(0.0005)
+        self.timeout = timeout
+
+    def settimeout(self, t: float) -> None:
+        self.timeout = t
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            _, w, _ = select.select([], [self.fd], [], self.timeout)
+            if not w:
+                raise socket.timeout("control port not writable")
+            n = os.write(self.fd, view)
+            view = view[n:]
+
+    def recv(self, n: int) -> bytes:
+        r, _, _ = select.select([self.fd], [], [], self.timeout)
+        if not r:
+            raise socket.timeout("no answer on the control port")
+        return os.read(self.fd, n)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def detach(self) -> None:
+        self.fd = -1
+
+
+def open_transport(address: str):
+    """Open a control transport: `unix:PATH`, or `virtio:/dev/vportNpM` in a QEMU guest."""
+    if address.startswith("virtio:"):
+        return PortTransport(address[7:])
     if address.startswith("unix:"):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -35,7 +88,8 @@ def open_transport(address: str) -> socket.socket:
             raise ControlError("cannot connect to control socket %s: %s"
                                % (address[5:], e.strerror)) from None
         return s
-    raise ControlError("unknown control address %r (expected unix:PATH)" % address)
+    raise ControlError("unknown control address %r (expected unix:PATH or virtio:DEVICE)"
+                       % address)
 
 
 class Control:
@@ -59,6 +113,7 @@ class Control:
         self.failures = 0
         with self.lock:
             self._ensure()
+            self._release()
 
     # -- connection ----------------------------------------------------------------
     def _ensure(self) -> None:
@@ -71,6 +126,9 @@ class Control:
             except OSError:
                 pass
         self.sock = None
+        if self.pid != os.getpid():
+            # sync ids are unique per process: a forked child must not reuse its parent's
+            self.next_sync = (os.getpid() << 32) + 1
         s = open_transport(self.address)
         s.settimeout(TIMEOUT_S)
         self.sock, self.pid, self.reader = s, os.getpid(), abi.FrameReader()
@@ -127,11 +185,14 @@ class Control:
         """One 4-timestamp clock exchange; returns its round trip in guest ns."""
         with self.lock:
             self._ensure()
-            t1 = self.clock()
-            body = self._request(abi.MSG_CLOCK, abi.pack_u64s(t1), abi.MSG_CLOCK_OK)
-            t4 = self.clock()
-            t2, t3 = abi.unpack_u64s(body, 2)
-            self._send(abi.MSG_SAMPLE, abi.pack_u64s(t1, t2, t3, t4, 0))
+            try:
+                t1 = self.clock()
+                body = self._request(abi.MSG_CLOCK, abi.pack_u64s(t1), abi.MSG_CLOCK_OK)
+                t4 = self.clock()
+                t2, t3 = abi.unpack_u64s(body, 2)
+                self._send(abi.MSG_SAMPLE, abi.pack_u64s(t1, t2, t3, t4, 0))
+            finally:
+                self._release()
             self.exchanges += 1
             return t4 - t1
 
@@ -146,11 +207,19 @@ class Control:
             if self.on_sync is not None:
                 self.on_sync(name, sid, t1, text)
             payload = abi.pack_u64s(sid, t1) + abi.pack_str(name, 256) + abi.pack_str(text)
-            body = self._request(abi.MSG_SYNC, payload, abi.MSG_SYNC_OK)
-            t4 = self.clock()
-            t2, t3 = abi.unpack_u64s(body, 2)
-            self._send(abi.MSG_SAMPLE, abi.pack_u64s(t1, t2, t3, t4, sid))
+            try:
+                body = self._request(abi.MSG_SYNC, payload, abi.MSG_SYNC_OK)
+                t4 = self.clock()
+                t2, t3 = abi.unpack_u64s(body, 2)
+                self._send(abi.MSG_SAMPLE, abi.pack_u64s(t1, t2, t3, t4, sid))
+            finally:
+                self._release()
             return t4 - t1
+
+    def _release(self) -> None:
+        """Per-operation transports (a virtio port) are handed back after each use."""
+        if getattr(self.sock, "per_operation", False):
+            self._drop()
 
     # -- the background thread ---------------------------------------------------------
     def start(self) -> None:
@@ -171,13 +240,14 @@ class Control:
     def close(self) -> None:
         """A final burst of exchanges, then goodbye (only from the owning process)."""
         self.closed.set()
-        if self.pid != os.getpid() or self.sock is None:
+        if self.pid != os.getpid():
             return
         try:
             for _ in range(BURST // 2):
                 self.exchange()
             with self.lock:
-                self._send(abi.MSG_BYE, b"")
+                if self.sock is not None:
+                    self._send(abi.MSG_BYE, b"")
         except ControlError:
             pass
         with self.lock:

@@ -109,8 +109,10 @@ class ControlServer:
                 frames = reader.feed(data)
                 partial_since = time.monotonic() if reader.pending else None
                 for mtype, rid, body in frames:
-                    if dom is None:
+                    if dom is None or mtype == abi.MSG_HELLO:
+                        # a virtio port carries one process after another: each says hello
                         dom = self._hello(conn, mtype, rid, body)
+                        pending.clear()
                         continue
                     if mtype == abi.MSG_CLOCK:
                         (t1,) = abi.unpack_u64s(body, 1)

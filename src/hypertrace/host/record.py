@@ -27,17 +27,25 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
            mode: str = "discard", ring_size: int = abi.DEFAULT_RING_SIZE,
            rings: int = abi.DEFAULT_RINGS, max_events: int = abi.DEFAULT_MAX_EVENTS,
            block_timeout_ms: float = 1000.0, name: str = "local",
-           sync_interval: float = 1.0, out=sys.stdout) -> Collector:
+           sync_interval: float = 1.0, qemu: Optional[str] = None,
+           out=sys.stdout) -> Collector:
     if os.path.exists(os.path.join(outdir, "metadata")):
         raise RecordError("%s already holds a trace; choose a new output directory" % outdir)
     if mode not in abi.MODES:
         raise RecordError("unknown mode %r (discard, block or overwrite)" % mode)
-    if channel:
+    if qemu:
+        path = qemu_region_path(qemu)
+        name = qemu
+    elif channel:
         path = resolve(channel)
     else:
         path = "/dev/shm/hypertrace-%s" % uuid.uuid4().hex[:12]
     try:
-        if channel and os.path.exists(path):
+        if qemu:
+            region = Region.create_or_attach(
+                path, name, mode=abi.MODES[mode], n_rings=rings, ring_size=ring_size,
+                max_events=max_events, block_timeout_ns=int(block_timeout_ms * 1e6))
+        elif channel and os.path.exists(path):
             region = Region.open(path)
         else:
             region = Region.create(path, name, abi.MODES[mode], rings, ring_size, max_events,
@@ -46,7 +54,9 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
         raise RecordError("cannot set up channel %s: %s" % (path, e)) from None
     os.makedirs(outdir, exist_ok=True)
     col = Collector(outdir)
-    col.add_region(region, name)
+    # a VM's pids mean nothing here: its dead producers are found by the guest library
+    col.add_region(region, name, pid_check=not qemu,
+                   description="CLOCK_MONOTONIC of QEMU guest %s" % name if qemu else "")
     try:
         host, server, ctl = _host_side(col, region, path, name)
     except (OSError, ValueError) as e:
@@ -95,6 +105,26 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
     rc = child.wait() if child is not None else 0
     col.exit_code = rc
     return col
+
+
+def qemu_region_path(name: str) -> str:
+    return "/dev/shm/hypertrace-%s" % name
+
+
+def qemu_args(name: str, ring_size: int = abi.DEFAULT_RING_SIZE, rings: int = abi.DEFAULT_RINGS,
+              max_events: int = abi.DEFAULT_MAX_EVENTS) -> str:
+    """QEMU options wiring guest NAME to `hypertrace record --qemu NAME`: stock devices only.
+    The chardev is a client that reconnects, so either side may start first."""
+    lay = abi.make_layout(rings, ring_size, max_events)
+    p = qemu_region_path(name)
+    return " ".join([
+        "-object memory-backend-file,id=htmem-%s,share=on,mem-path=%s,size=%d"
+        % (name, p, lay.region_size),
+        "-device ivshmem-plain,memdev=htmem-%s" % name,
+        "-device virtio-serial-pci,id=htserial-%s" % name,
+        "-chardev socket,id=htctl-%s,path=%s.ctl,reconnect=1" % (name, p),
+        "-device virtserialport,bus=htserial-%s.0,chardev=htctl-%s,name=org.hypertrace.%s"
+        % (name, name, name)])
 
 
 def _host_side(col: Collector, region: Region, path: str, name: str):

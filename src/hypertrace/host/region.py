@@ -47,6 +47,37 @@ class Region:
         return cls(path, mm, lay, hdr, True)
 
     @classmethod
+    def create_or_attach(cls, path: str, name: str, **kw) -> Region:
+        """For a QEMU guest: QEMU may have created the file already (mem-path), zeroed.
+        A file without a valid header is formatted in place; one with a header is attached."""
+        if not os.path.exists(path):
+            return cls.create(path, name, **kw)
+        lay = abi.make_layout(kw.get("n_rings", abi.DEFAULT_RINGS),
+                              kw.get("ring_size", abi.DEFAULT_RING_SIZE),
+                              kw.get("max_events", abi.DEFAULT_MAX_EVENTS))
+        fd = os.open(path, os.O_RDWR)
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.getuid():
+                raise OSError("%s belongs to another user" % path)
+            os.fchmod(fd, 0o600)
+            if st.st_size < lay.region_size:
+                os.ftruncate(fd, lay.region_size)
+            mm = mmap.mmap(fd, max(st.st_size, lay.region_size))
+        finally:
+            os.close(fd)
+        try:
+            hdr, lay2 = abi.parse_header(mm, len(mm))
+            return cls(path, mm, lay2, hdr, False)
+        except abi.ABIError:
+            pass
+        abi.pack_header(mm, lay, uuid.uuid4().bytes, name,
+                        kw.get("mode", abi.MODE_DISCARD),
+                        kw.get("block_timeout_ns", abi.DEFAULT_BLOCK_TIMEOUT_NS))
+        hdr, lay = abi.parse_header(mm, len(mm))
+        return cls(path, mm, lay, hdr, False)
+
+    @classmethod
     def open(cls, path: str) -> Region:
         fd = os.open(path, os.O_RDWR)
         try:
