@@ -31,8 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("record", help="record a session: run COMMAND, or serve a channel")
     r.add_argument("-o", "--output", required=True, help="session directory (a CTF trace)")
     r.add_argument("--channel", help="attach mode: serve shm:/dev/shm/NAME until Ctrl-C")
-    r.add_argument("--qemu", metavar="NAME",
-                   help="serve QEMU guest NAME started with `hypertrace qemu-args --name NAME`")
+    r.add_argument("--qemu", metavar="NAME", action="append",
+                   help="serve QEMU guest NAME started with `hypertrace qemu-args --name NAME` "
+                        "(repeat for several guests in one session)")
     r.add_argument("--name", default="local", help="domain name of the producers (default local)")
     r.add_argument("--buffer-size", type=_size, default=abi.DEFAULT_RING_SIZE,
                    help="bytes per ring, a power of two (default 512K)")

@@ -79,6 +79,23 @@ def open_transport(address: str):
     """Open a control transport: `unix:PATH`, or `virtio:/dev/vportNpM` in a QEMU guest."""
     if address.startswith("virtio:"):
         return PortTransport(address[7:])
+    if address.startswith("vsock:"):
+        # vsock:CID:PORT (the host is CID 2); needs vhost-vsock on the host
+        try:
+            cid, port = (int(x) for x in address[6:].split(":"))
+        except ValueError:
+            raise ControlError("bad vsock address %r (vsock:CID:PORT)" % address) from None
+        try:
+            s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        except (AttributeError, OSError) as e:
+            raise ControlError("AF_VSOCK is not available here: %s" % e) from None
+        try:
+            s.connect((cid, port))
+        except OSError as e:
+            s.close()
+            raise ControlError("cannot connect to vsock %d:%d: %s" % (cid, port, e.strerror)
+                               ) from None
+        return s
     if address.startswith("unix:"):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -88,8 +105,8 @@ def open_transport(address: str):
             raise ControlError("cannot connect to control socket %s: %s"
                                % (address[5:], e.strerror)) from None
         return s
-    raise ControlError("unknown control address %r (expected unix:PATH or virtio:DEVICE)"
-                       % address)
+    raise ControlError("unknown control address %r (expected unix:PATH, virtio:DEVICE or "
+                       "vsock:CID:PORT)" % address)
 
 
 class Control:
@@ -126,7 +143,7 @@ class Control:
             except OSError:
                 pass
         self.sock = None
-        if self.pid != os.getpid():
+        if self.pid not in (-1, os.getpid()):
             # sync ids are unique per process: a forked child must not reuse its parent's
             self.next_sync = (os.getpid() << 32) + 1
         s = open_transport(self.address)

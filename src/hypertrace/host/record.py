@@ -27,40 +27,48 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
            mode: str = "discard", ring_size: int = abi.DEFAULT_RING_SIZE,
            rings: int = abi.DEFAULT_RINGS, max_events: int = abi.DEFAULT_MAX_EVENTS,
            block_timeout_ms: float = 1000.0, name: str = "local",
-           sync_interval: float = 1.0, qemu: Optional[str] = None,
+           sync_interval: float = 1.0, qemu: Optional[List[str]] = None,
            out=sys.stdout) -> Collector:
     if os.path.exists(os.path.join(outdir, "metadata")):
         raise RecordError("%s already holds a trace; choose a new output directory" % outdir)
     if mode not in abi.MODES:
         raise RecordError("unknown mode %r (discard, block or overwrite)" % mode)
     if qemu:
-        path = qemu_region_path(qemu)
-        name = qemu
+        targets = [(qemu_region_path(n), n) for n in qemu]
     elif channel:
-        path = resolve(channel)
+        targets = [(resolve(channel), name)]
     else:
-        path = "/dev/shm/hypertrace-%s" % uuid.uuid4().hex[:12]
+        targets = [("/dev/shm/hypertrace-%s" % uuid.uuid4().hex[:12], name)]
+    if len({n for _, n in targets}) != len(targets):
+        raise RecordError("guest names must be distinct")
+    regions: List[Region] = []
+    kw = dict(mode=abi.MODES[mode], n_rings=rings, ring_size=ring_size,
+              max_events=max_events, block_timeout_ns=int(block_timeout_ms * 1e6))
     try:
-        if qemu:
-            region = Region.create_or_attach(
-                path, name, mode=abi.MODES[mode], n_rings=rings, ring_size=ring_size,
-                max_events=max_events, block_timeout_ns=int(block_timeout_ms * 1e6))
-        elif channel and os.path.exists(path):
-            region = Region.open(path)
-        else:
-            region = Region.create(path, name, abi.MODES[mode], rings, ring_size, max_events,
-                                   int(block_timeout_ms * 1e6))
+        for path, nm in targets:
+            if qemu:
+                regions.append(Region.create_or_attach(path, nm, **kw))
+            elif channel and os.path.exists(path):
+                regions.append(Region.open(path))
+            else:
+                regions.append(Region.create(path, nm, **kw))
     except (OSError, ValueError, ChannelError) as e:
+        for r in regions:
+            r.close(remove=r.owned)
         raise RecordError("cannot set up channel %s: %s" % (path, e)) from None
     os.makedirs(outdir, exist_ok=True)
     col = Collector(outdir)
-    # a VM's pids mean nothing here: its dead producers are found by the guest library
-    col.add_region(region, name, pid_check=not qemu,
-                   description="CLOCK_MONOTONIC of QEMU guest %s" % name if qemu else "")
+    for region, (_, nm) in zip(regions, targets):
+        # a VM's pids mean nothing here: its dead producers are found by the guest library
+        col.add_region(region, nm, pid_check=not qemu,
+                       description="CLOCK_MONOTONIC of QEMU guest %s" % nm if qemu else "")
+    path, name = targets[0]
     try:
-        host, server, ctl = _host_side(col, region, path, name)
+        host, servers, ctl = _host_side(col, regions, [t[0] for t in targets],
+                                        [t[1] for t in targets])
     except (OSError, ValueError) as e:
-        region.close(remove=region.owned)
+        for r in regions:
+            r.close(remove=r.owned)
         raise RecordError("cannot set up the host side: %s" % e) from None
     with open(os.path.join(outdir, SESSION_DIR, "collector.pid"), "w") as f:
         f.write(str(os.getpid()))
@@ -95,10 +103,12 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
             out.flush()
         _loop(col, child, flags)
     finally:
-        server.close()
+        for server in servers:
+            server.close()
         guest.disconnect()
         col.stop()
-        region.close(remove=region.owned)
+        for r in regions:
+            r.close(remove=r.owned)
         host.close()
         for s, h in old.items():
             signal.signal(s, h)
@@ -127,27 +137,35 @@ def qemu_args(name: str, ring_size: int = abi.DEFAULT_RING_SIZE, rings: int = ab
         % (name, name, name)])
 
 
-def _host_side(col: Collector, region: Region, path: str, name: str):
-    """The host domain (a region for host-side producers, the collector among them)
-    and the control server that answers this region's sync points and clock exchanges."""
-    host = Region.create(path + "-host", "host", n_rings=64, ring_size=256 * 1024)
+def _host_side(col: Collector, regions: List[Region], paths: List[str], names: List[str]):
+    """The host domain (a region for host-side producers, the collector among them) and
+    one control server per region, answering its sync points and clock exchanges."""
+    host = Region.create(paths[0] + "-host", "host", n_rings=64, ring_size=256 * 1024)
     col.add_region(host, "host", description="the host's CLOCK_MONOTONIC")
-    dc = col.clocks[name] = DomainClock(name, region.header.session_id)
     guest.connect("shm:" + host.path)
     sync_host = guest.event("hypertrace_sync_host", "const char *domain, const char *name, "
                             "uint64_t sync_id, uint64_t guest_send, const char *args")
     sample = guest.event("hypertrace_clock_sample", "const char *domain, uint64_t t1, "
                          "uint64_t t2, uint64_t t3, uint64_t t4")
-    ctl = "unix:" + path + ".ctl"
+    servers = []
     try:
-        os.unlink(path + ".ctl")      # a stale socket from a crashed collector
-    except FileNotFoundError:
-        pass
-    server = ControlServer(
-        ctl, [dc],
-        on_sync=lambda d, n, sid, t1, t2, args: sync_host(d.name, n, sid, t1, args),
-        on_sample=lambda d, t1, t2, t3, t4: sample(d.name, t1, t2, t3, t4))
-    return host, server, ctl
+        for region, path, name in zip(regions, paths, names):
+            dc = col.clocks[name] = DomainClock(name, region.header.session_id)
+            try:
+                os.unlink(path + ".ctl")      # a stale socket from a crashed collector
+            except FileNotFoundError:
+                pass
+            servers.append(ControlServer(
+                "unix:" + path + ".ctl", [dc],
+                on_sync=lambda d, n, sid, t1, t2, args: sync_host(d.name, n, sid, t1, args),
+                on_sample=lambda d, t1, t2, t3, t4: sample(d.name, t1, t2, t3, t4)))
+    except BaseException:
+        for srv in servers:
+            srv.close()
+        guest.disconnect()
+        host.close()
+        raise
+    return host, servers, "unix:" + paths[0] + ".ctl"
 
 
 def _loop(col: Collector, child, flags: dict) -> None:
