@@ -7,82 +7,21 @@ timeout (nested KVM hangs on this machine class) it falls back to TCG.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 
+from apps import vmboot
 from conftest import ROOT, SRC, babeltrace, env, hypertrace, local, stats
-
-KVM_BOOT_TIMEOUT = 60
-TCG_BOOT_TIMEOUT = 240
-RUN_TIMEOUT = 600
-
-
-def kernel() -> str:
-    ks = sorted(glob.glob("/boot/vmlinuz-*"))
-    assert ks, "no kernel in /boot: run ./test.sh (apt-get install linux-image-amd64)"
-    return ks[-1]
-
-
-def vng() -> str:
-    v = shutil.which("vng") or os.path.join(os.path.dirname(sys.executable), "vng")
-    assert os.path.exists(v), "virtme-ng is not installed: run ./test.sh"
-    return v
-
-
-def boot(qemu_opts: str, command: str, kvm: bool) -> tuple:
-    """Boot, run `command` in the guest; returns (stdout lines, mode) or None if the
-    guest never reached user space within the boot timeout."""
-    args = [vng(), "--run", kernel(), "--force-9p", "--cpus", "2", "--memory", "1G",
-            "--qemu-opts=" + qemu_opts, "--exec", command]
-    if not kvm:
-        args.insert(3, "--disable-kvm")
-    path = os.path.dirname(vng()) + os.pathsep + os.environ["PATH"]
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env=env(PATH=path), start_new_session=True)
-    lines: list = []
-    booted = threading.Event()
-
-    def read():
-        for line in p.stdout:
-            lines.append(line.rstrip("\n"))
-            if "HT-BOOTED" in line:
-                booted.set()
-    t = threading.Thread(target=read, daemon=True)
-    t.start()
-    if not booted.wait(KVM_BOOT_TIMEOUT if kvm else TCG_BOOT_TIMEOUT):
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-        return None
-    try:
-        p.wait(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        raise
-    t.join(timeout=10)
-    return lines, "KVM" if kvm else "TCG"
-
-
-_KVM = {"works": None}      # learned once per test run: a hanging KVM costs a boot timeout
 
 
 def run_guest(name: str, command: str) -> tuple:
-    opts = hypertrace("qemu-args", "--name", name).stdout.strip()
-    if os.path.exists("/dev/kvm") and _KVM["works"] is not False:
-        r = boot(opts, command, kvm=True)
-        _KVM["works"] = r is not None
-        if r is not None:
-            return r
-        print("KVM guest did not boot within %d s: falling back to TCG" % KVM_BOOT_TIMEOUT)
-    r = boot(opts, command, kvm=False)
-    assert r is not None, "the TCG guest did not boot within %d s" % TCG_BOOT_TIMEOUT
-    return r
+    return vmboot.run_guest(hypertrace("qemu-args", "--name", name).stdout.strip(), command,
+                            env())
 
 
 def test_booted_guest_two_processes_events_and_sync_points(tmp_path):
