@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -130,13 +131,35 @@ def test_guest_and_host_events_interleave_in_causal_order(session, tmp_path):
     order = [(e["name"], e["fields"]["i"]) for e in evs if e["name"] in ("ping", "pong",
                                                                           "ping_ack")]
     assert len(order) == 600
-    assert order == [(n, i) for i in range(200) for n in ("ping", "pong", "ping_ack")]
+    # causality holds up to the stated uncertainty: an effect is never placed before its
+    # cause by more than the guest timestamps' uncertainty (events closer than that may
+    # legitimately swap; on a quiet machine none do)
+    at = {(e["name"], e["fields"]["i"]): e for e in evs if e["name"] in ("ping", "pong",
+                                                                          "ping_ack")}
+    swapped = 0
+    for i in range(200):
+        ping, pong, ack = at[("ping", i)], at[("pong", i)], at[("ping_ack", i)]
+        assert ping["ts"] <= pong["ts"] + ping["ts_uncertainty_ns"]
+        assert pong["ts"] <= ack["ts"] + ack["ts_uncertainty_ns"]
+        swapped += not (ping["ts"] <= pong["ts"] <= ack["ts"])
     doms = {e["name"]: e["domain"] for e in evs}
     assert doms["ping"] == "local" and doms["pong"] == "host"
-    # babeltrace2 orders them too: the domain's CTF clock carries the 7 s offset
-    events, _ = babeltrace(session)
-    bt = [(n, int(f["i"])) for n, f in events if n in ("ping", "pong", "ping_ack")]
-    assert bt == order
+    # babeltrace2 places them with the CTF clock offset (no drift): the same events, each
+    # within uncertainty + drift over the run of where report puts it
+    bt = subprocess.run(["babeltrace2", "--clock-seconds", session], capture_output=True,
+                        text=True, check=True).stdout.splitlines()
+    c = stats(session)["clocks"]["local"]
+    slack = c["uncertainty_ns"] + abs(c["drift_ppm"]) * 1e-6 * 3e9 + 1000
+    n = 0
+    for line in bt:
+        m = re.match(r"\[(\d+)\.(\d{9})\] .* (ping|pong|ping_ack): \{ i = (\d+) \}", line)
+        if m:
+            ts = int(m.group(1)) * 10**9 + int(m.group(2))
+            assert abs(ts - at[(m.group(3), int(m.group(4)))]["ts"]) <= slack
+            n += 1
+    assert n == 600
+    print("ping/pong: %d of 200 round trips placed out of order within the uncertainty"
+          % swapped)
     # raw guest time is 7 s ahead of the host timeline
     ping0 = next(e for e in evs if e["name"] == "ping")
     assert abs((ping0["raw_ts"] - 7 * 10**9) + Session(session).index["host_clock_offset_ns"]

@@ -57,6 +57,19 @@ def _parser() -> argparse.ArgumentParser:
         if name == "report":
             x.add_argument("--domain", help="only this domain's events")
 
+    e = sub.add_parser("export", help="write the session as Chrome JSON or Parquet")
+    e.add_argument("dir")
+    e.add_argument("--format", required=True, choices=["json", "parquet"])
+    e.add_argument("-o", "--output", help="file (json) or directory (parquet)")
+
+    sq = sub.add_parser("sql", help="DuckDB SQL over the session (views: events, streams, "
+                                    "clocks, sync, lost, event_<domain>_<name>)")
+    sq.add_argument("dir")
+    sq.add_argument("query")
+    fmt = sq.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true")
+    fmt.add_argument("--json", action="store_true")
+
     q = sub.add_parser("qemu-args", help="print the QEMU options for one traced guest")
     q.add_argument("--name", required=True, help="guest name: [A-Za-z0-9_.-], < 32 characters")
     q.add_argument("--buffer-size", type=_size, default=abi.DEFAULT_RING_SIZE)
@@ -145,6 +158,48 @@ def cmd_stats(a) -> int:
     from .analysis import stats
     st = stats.compute(_session(a.dir))
     sys.stdout.write((json.dumps(st, indent=1) if a.json else stats.format_text(st)) + "\n")
+    return 0
+
+
+def cmd_export(a) -> int:
+    s = _session(a.dir)
+    if a.format == "json":
+        from .formats import chrome_json
+        out = a.output or os.path.join(a.dir.rstrip("/") + ".json")
+        with open(out, "w", encoding="utf-8") as f:
+            n = chrome_json.write(s, f)
+    else:
+        from .formats import parquet
+        out = a.output or a.dir.rstrip("/") + "-parquet"
+        n = parquet.write(s, out)
+    for msg in s.warnings:
+        sys.stderr.write("hypertrace: warning: %s\n" % msg)
+    print("%s: %d %s written" % (out, n, "trace events" if a.format == "json" else "events"))
+    return 0
+
+
+def cmd_sql(a) -> int:
+    import csv
+
+    from .analysis import sql
+    s = _session(a.dir)
+    try:
+        cols, rows = sql.query(s, a.query)
+    except Exception as e:  # duckdb raises its own exception types for bad SQL
+        return _fail("SQL error: %s" % str(e).splitlines()[0])
+    if a.json:
+        for r in rows:
+            print(json.dumps(dict(zip(cols, r)), default=str))
+    elif a.csv:
+        w = csv.writer(sys.stdout)
+        w.writerow(cols)
+        w.writerows(rows)
+    else:
+        widths = [max([len(str(c))] + [len(str(r[i])) for r in rows]) for i, c in
+                  enumerate(cols)]
+        print("  ".join(str(c).ljust(wd) for c, wd in zip(cols, widths)))
+        for r in rows:
+            print("  ".join(str(v).ljust(wd) for v, wd in zip(r, widths)))
     return 0
 
 

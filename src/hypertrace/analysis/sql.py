@@ -1,0 +1,49 @@
+"""`hypertrace sql`: DuckDB over a session's Parquet export.
+
+Views: events (every event, fields as JSON), event_<domain>_<name> (typed
+columns f_<arg>), streams, clocks, sync, lost (streams that lost or rejected
+records). The export is cached in DIR/.hypertrace/parquet and redone when the
+session index is newer.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import duckdb
+
+from ..formats import parquet
+from ..session import Session
+
+
+def cache(s: Session) -> str:
+    out = os.path.join(s.path, ".hypertrace", "parquet")
+    idx = os.path.join(s.path, ".hypertrace", "session.json")
+    stamp = os.path.join(out, ".done")
+    if not (os.path.exists(stamp) and os.path.getmtime(stamp) >= os.path.getmtime(idx)):
+        for f in glob.glob(os.path.join(out, "*.parquet")):
+            os.unlink(f)
+        parquet.write(s, out)
+        open(stamp, "w").close()
+    return out
+
+
+def connect(s: Session) -> duckdb.DuckDBPyConnection:
+    d = cache(s)
+    con = duckdb.connect()
+    for f in sorted(glob.glob(os.path.join(d, "*.parquet"))):
+        view = os.path.basename(f)[:-len(".parquet")]
+        con.execute('CREATE VIEW "%s" AS SELECT * FROM read_parquet(\'%s\')'
+                    % (view, f.replace("'", "''")))
+    con.execute("CREATE VIEW lost AS SELECT file, domain, pid, tid, thread, discarded, malformed,"
+                " torn FROM streams WHERE discarded > 0 OR malformed > 0 OR torn > 0")
+    return con
+
+
+def query(s: Session, sql: str):
+    """(column names, rows) of `sql` over the session."""
+    con = connect(s)
+    cur = con.execute(sql)
+    cols = [d[0] for d in cur.description] if cur.description else []
+    return cols, cur.fetchall()
