@@ -84,3 +84,20 @@ def test_bad_directories_and_queries_are_clear_errors(tmp_path):
     s = _session(tmp_path)
     r = hypertrace("sql", s, "select nope from nowhere", check=False)
     assert r.returncode == 2 and "SQL error" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_stats_pairs_spans(tmp_path):
+    s = _session(tmp_path)
+    st = json.loads(hypertrace("stats", s, "--json").stdout)
+    sp = st["spans"]["local/request"]
+    assert sp["count"] == 300 and sp["unmatched"] == 0
+    assert 0 < sp["min"] <= sp["p50"] <= sp["p99"] <= sp["max"]
+    # the same durations from the Chrome export's B/E pairs
+    hypertrace("export", s, "--format", "json", "-o", str(tmp_path / "t.json"))
+    evs = json.loads((tmp_path / "t.json").read_text())["traceEvents"]
+    b = [e["ts"] for e in evs if e["ph"] == "B"]
+    e = [x["ts"] for x in evs if x["ph"] == "E"]
+    d = sorted(round((y - x) * 1000) for x, y in zip(b, e))
+    # JSON timestamps are µs doubles since the epoch: about 0.25 µs of resolution
+    assert abs(d[0] - sp["min"]) <= 500 and abs(d[-1] - sp["max"]) <= 500
+    assert "local/request" in hypertrace("stats", s).stdout

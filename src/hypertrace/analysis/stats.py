@@ -34,6 +34,7 @@ def compute(s: Session) -> dict:
             "kind", "offset_ns", "drift_ppm", "uncertainty_ns", "samples",
             "causality_violations", "min_rtt_ns", "segments")} for k, v in s.clocks.items()},
         "sync_points": _sync_latency(s),
+        "spans": spans(s),
         "totals": {
             "recorded": total,
             "discarded": sum(x["discarded"] or 0 for x in streams),
@@ -59,6 +60,13 @@ def format_text(st: dict) -> str:
         lines.append("%-18s %-8s %8s %8s %-16s %10d %10d %9d %5d" % (
             x["file"] or "(none)", x["domain"], x["pid"], x["tid"], (x["thread"] or "")[:16],
             x["recorded"], x["discarded"], x["malformed"], x["torn"]))
+    if st.get("spans"):
+        lines.append("")
+        lines.append("%-32s %8s %12s %12s %12s %12s" % ("span", "count", "min ns", "p50 ns",
+                                                       "p99 ns", "max ns"))
+        for k, v in st["spans"].items():
+            lines.append("%-32s %8d %12d %12d %12d %12d" % (k, v["count"], v["min"], v["p50"],
+                                                           v["p99"], v["max"]))
     if st.get("clocks"):
         lines.append("")
         lines.append("%-12s %-20s %14s %12s %14s %8s %10s" % (
@@ -73,6 +81,31 @@ def format_text(st: dict) -> str:
     lines.append("total: %d recorded, %d discarded, %d malformed, %d torn" % (
         t["recorded"], t["discarded"], t["malformed"], t["torn"]))
     return "\n".join(lines)
+
+
+def spans(s: Session) -> dict:
+    """Durations of NAME_begin/NAME_end pairs, matched per stream (nesting allowed),
+    keyed "domain/NAME": count, min, p50, p99, max in ns, and unmatched ends."""
+    open_: Dict[tuple, list] = {}
+    dur: Dict[str, list] = {}
+    unmatched: Dict[str, int] = {}
+    for e in s.events():
+        span, _, edge = e.name.rpartition("_")
+        if edge not in ("begin", "end") or not span:
+            continue
+        key = "%s/%s" % (e.domain, span)
+        stack = open_.setdefault((e.stream, span), [])
+        if edge == "begin":
+            stack.append(e.ts)
+        elif stack:
+            dur.setdefault(key, []).append(e.ts - stack.pop())
+        else:
+            unmatched[key] = unmatched.get(key, 0) + 1
+    out = {}
+    for key, v in sorted(dur.items()):
+        v.sort()
+        out[key] = dict(_pct(v), count=len(v), unmatched=unmatched.get(key, 0))
+    return out
 
 
 def _sync_latency(s: Session) -> dict:
