@@ -198,40 +198,41 @@ class Control:
             raise ControlError("control channel %s: %s" % (self.address, e)) from None
 
     # -- exchanges -------------------------------------------------------------------
+    def _timed(self, mtype: int, expect: int, sync_id: int, build: Callable[[int], bytes]) -> int:
+        """One timed round trip (the caller holds the lock and has called _ensure):
+        t1, the request built from it, the reply's t2/t3, t4, then the SAMPLE handing
+        all four to the host. Returns t4 - t1 in guest ns."""
+        try:
+            t1 = self.clock()
+            body = self._request(mtype, build(t1), expect)
+            t4 = self.clock()
+            t2, t3 = abi.unpack_u64s(body, 2)
+            self._send(abi.MSG_SAMPLE, abi.pack_u64s(t1, t2, t3, t4, sync_id))
+        finally:
+            self._release()
+        return t4 - t1
+
     def exchange(self) -> int:
         """One 4-timestamp clock exchange; returns its round trip in guest ns."""
         with self.lock:
             self._ensure()
-            try:
-                t1 = self.clock()
-                body = self._request(abi.MSG_CLOCK, abi.pack_u64s(t1), abi.MSG_CLOCK_OK)
-                t4 = self.clock()
-                t2, t3 = abi.unpack_u64s(body, 2)
-                self._send(abi.MSG_SAMPLE, abi.pack_u64s(t1, t2, t3, t4, 0))
-            finally:
-                self._release()
+            rtt = self._timed(abi.MSG_CLOCK, abi.MSG_CLOCK_OK, 0, abi.pack_u64s)
             self.exchanges += 1
-            return t4 - t1
+            return rtt
 
     def sync(self, name: str, args: tuple) -> int:
         """A synchronous reference point recorded on both sides; returns the round trip."""
         text = json.dumps(list(args), default=str)[:1000]
         with self.lock:
-            self._ensure()
+            self._ensure()          # first: a forked child gets its own sync ids here
             sid = self.next_sync
             self.next_sync += 1
-            t1 = self.clock()
-            if self.on_sync is not None:
-                self.on_sync(name, sid, t1, text)
-            payload = abi.pack_u64s(sid, t1) + abi.pack_str(name, 256) + abi.pack_str(text)
-            try:
-                body = self._request(abi.MSG_SYNC, payload, abi.MSG_SYNC_OK)
-                t4 = self.clock()
-                t2, t3 = abi.unpack_u64s(body, 2)
-                self._send(abi.MSG_SAMPLE, abi.pack_u64s(t1, t2, t3, t4, sid))
-            finally:
-                self._release()
-            return t4 - t1
+
+            def build(t1: int) -> bytes:
+                if self.on_sync is not None:
+                    self.on_sync(name, sid, t1, text)   # the guest-side record, at t1
+                return abi.pack_u64s(sid, t1) + abi.pack_str(name, 256) + abi.pack_str(text)
+            return self._timed(abi.MSG_SYNC, abi.MSG_SYNC_OK, sid, build)
 
     def _release(self) -> None:
         """Per-operation transports (a virtio port) are handed back after each use."""
