@@ -62,7 +62,7 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
         # a VM's pids mean nothing here: its dead producers are found by the guest library
         col.add_region(region, nm, pid_check=not qemu,
                        description="CLOCK_MONOTONIC of QEMU guest %s" % nm if qemu else "")
-    path, name = targets[0]
+    path = targets[0][0]
     try:
         host, servers, ctl = _host_side(col, regions, [t[0] for t in targets],
                                         [t[1] for t in targets])
