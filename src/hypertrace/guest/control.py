@@ -20,6 +20,7 @@ from typing import Callable, Optional
 from .. import abi
 
 TIMEOUT_S = 5.0
+PORT_OPEN_TIMEOUT_S = 30.0      # a port busy in other processes of a slow (TCG) guest
 BURST = 16
 
 
@@ -36,7 +37,7 @@ class PortTransport:
     per_operation = True
 
     def __init__(self, path: str, timeout: float = TIMEOUT_S):
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + PORT_OPEN_TIMEOUT_S
         while True:
             try:
                 self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
@@ -240,11 +241,17 @@ class Control:
             self._drop()
 
     # -- the background thread ---------------------------------------------------------
+    def _yield_port(self, rtt: int) -> None:
+        """Between the exchanges of a burst, leave a shared port free for about one round
+        trip: re-opening at once would starve other processes waiting on EBUSY."""
+        if self.address.startswith("virtio:"):
+            time.sleep(min(rtt, 50_000_000) / 1e9)
+
     def start(self) -> None:
         def run():
             try:
                 for _ in range(BURST):
-                    self.exchange()
+                    self._yield_port(self.exchange())
                 while not self.closed.wait(self.interval):
                     self.exchange()
             except ControlError as e:
@@ -262,7 +269,7 @@ class Control:
             return
         try:
             for _ in range(BURST // 2):
-                self.exchange()
+                self._yield_port(self.exchange())
             with self.lock:
                 if self.sock is not None:
                     self._send(abi.MSG_BYE, b"")
