@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -57,10 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         if name == "report":
             x.add_argument("--domain", help="only this domain's events")
 
-    e = sub.add_parser("export", help="write the session as Chrome JSON or Parquet")
+    e = sub.add_parser("export", help="write the session as Perfetto protobuf, Chrome JSON, "
+                                      "Parquet or a self-contained HTML timeline")
     e.add_argument("dir")
-    e.add_argument("--format", required=True, choices=["json", "parquet"])
-    e.add_argument("-o", "--output", help="file (json) or directory (parquet)")
+    e.add_argument("--format", required=True, choices=sorted(EXPORTS))
+    e.add_argument("-o", "--output", help="file (perfetto, json, html) or directory (parquet)")
 
     sq = sub.add_parser("sql", help="DuckDB SQL over the session (views: events, streams, "
                                     "clocks, sync, lost, event_<domain>_<name>)")
@@ -161,20 +163,44 @@ def cmd_stats(a) -> int:
     return 0
 
 
+EXPORTS = {"perfetto": "perfetto", "json": "chrome_json", "parquet": "parquet",
+           "html": "html"}      # --format name -> module in hypertrace.formats
+
+
+def _progress(s, what: str):
+    """A progress bar on stderr (tqdm; silent when stderr is not a terminal)."""
+    from tqdm import tqdm
+    total = sum(int(st.get("recorded") or 0) for st in s.streams if st.get("file"))
+    return tqdm(total=total, unit="ev", unit_scale=True, desc=what, disable=None,
+                file=sys.stderr, leave=False)
+
+
 def cmd_export(a) -> int:
+    import importlib
+
+    from .columns import Columns
     s = _session(a.dir)
-    if a.format == "json":
-        from .formats import chrome_json
-        out = a.output or os.path.join(a.dir.rstrip("/") + ".json")
-        with open(out, "w", encoding="utf-8") as f:
-            n = chrome_json.write(s, f)
-    else:
-        from .formats import parquet
-        out = a.output or a.dir.rstrip("/") + "-parquet"
-        n = parquet.write(s, out)
+    mod = importlib.import_module(".formats." + EXPORTS[a.format], __package__)
+    out = a.output or a.dir.rstrip("/") + mod.SUFFIX
+    part = out + ".partial"      # renamed when complete: a failed export leaves no half file
+    bar = _progress(s, a.format)
+    try:
+        n = mod.write(Columns(s), part, bar.update)
+        if os.path.isdir(out):
+            shutil.rmtree(out)
+        os.replace(part, out)
+    except OSError as e:
+        return _fail("cannot write %s: %s" % (out, e.strerror or e))
+    finally:
+        bar.close()
+        if os.path.isdir(part):
+            shutil.rmtree(part, ignore_errors=True)
+        elif os.path.exists(part):
+            os.unlink(part)
     for msg in s.warnings:
-        sys.stderr.write("hypertrace: warning: %s\n" % msg)
-    print("%s: %d %s written" % (out, n, "trace events" if a.format == "json" else "events"))
+        sys.stderr.write("hypertrace: warning: %s (the rest of that stream was skipped)\n"
+                         % msg)
+    print("%s: %d events written (%s)" % (out, n, a.format))
     return 0
 
 

@@ -64,10 +64,12 @@ class Session:
         self.clocks = self.index.get("clocks", {})
         host_off = self.index.get("host_clock_offset_ns")
         self.mappers = {}
+        self.clock_params = {}      # domain -> (clock segments, offset to the epoch)
         for name, d in self.domains.items():
             summ = self.clocks.get(name, {})
             segs = clock.segments_from(summ) if summ.get("kind") == "estimated" else []
             off = int(host_off if host_off is not None else d["clock_offset_ns"])
+            self.clock_params[name] = (segs, off)
             self.mappers[name] = self._mapper(segs, off)
 
     @staticmethod

@@ -13,6 +13,7 @@ import os
 
 import duckdb
 
+from ..columns import Columns
 from ..formats import parquet
 from ..session import Session
 
@@ -24,7 +25,7 @@ def cache(s: Session) -> str:
     if not (os.path.exists(stamp) and os.path.getmtime(stamp) >= os.path.getmtime(idx)):
         for f in glob.glob(os.path.join(out, "*.parquet")):
             os.unlink(f)
-        parquet.write(s, out)
+        parquet.write(Columns(s), out)
         open(stamp, "w").close()
     return out
 

@@ -3,65 +3,120 @@
 A process per domain, a thread per stream; events are instants with their
 fields as args; `X_begin`/`X_end` pairs become B/E slices; each sync point is a
 flow from the guest's `hypertrace_sync` to the host's `hypertrace_sync_host`.
-Timestamps are µs on the host timeline.
+Timestamps are µs since `time_origin_ns` (the session's first second on the
+host timeline, in the `hypertrace` metadata event), printed with ns digits, so
+a JSON double keeps ns resolution. Lines are built a batch and an event type
+at a time with array operations.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-from typing import IO, Dict
+from typing import Callable, Dict, Optional
 
-from ..session import Session
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from ..columns import Batch, Columns
+from . import jsonfields
+
+SUFFIX = ".json"
 SYNC_GUEST = "hypertrace_sync"
 SYNC_HOST = "hypertrace_sync_host"
 
 
-def _args(fields: dict) -> dict:
-    return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in fields.items()}
+def span_edge(name: str):
+    """('span', 'B'|'E') for X_begin / X_end event names, else None."""
+    for suffix, ph in (("_begin", "B"), ("_end", "E")):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[:-len(suffix)], ph
+    return None
 
 
-def write(s: Session, out: IO[str]) -> int:
-    """Write the whole session; returns the number of trace events written."""
-    pids: Dict[str, int] = {}
-    tids: Dict[str, int] = {}
+def _us(ts: np.ndarray) -> pa.Array:
+    """ns -> µs text with three decimals, exactly (no float rounding)."""
+    whole = pc.cast(pa.array(ts // 1000), pa.string())
+    frac = pc.utf8_lpad(pc.cast(pa.array(ts % 1000), pa.string()), 3, "0")
+    return pc.binary_join_element_wise(whole, frac, ".")
+
+
+def _lines(c: Columns, b: Batch, pids: Dict[str, int], origin: int) -> pa.Array:
+    parts, where = [], []
+    for k in np.unique(b.kind):
+        kind = c.kinds[int(k)]
+        sel = np.flatnonzero(b.kind == k)
+        edge = span_edge(kind.name)
+        head = ('{"ph":"%s",%s"name":%s,"cat":%s,"pid":%d,"tid":' % (
+            edge[1] if edge else "i", "" if edge else '"s":"t",',
+            json.dumps(edge[0] if edge else kind.name), json.dumps(kind.domain),
+            pids[kind.domain]))
+        args = jsonfields.objects(kind.codec.decl, b.fields[int(k)], len(sel))
+        tid = pc.cast(pa.array(b.stream[sel] + 1), pa.string())
+        parts.append(pc.binary_join_element_wise(
+            pa.scalar(",\n" + head), tid, pa.scalar(',"ts":'), _us(b.ts[sel] - origin),
+            pa.scalar(',"args":'), args, pa.scalar("}"), ""))
+        where.append(sel)
+    order = np.argsort(np.concatenate(where), kind="stable")
+    return pa.concat_arrays(parts).take(pa.array(order))
+
+
+def _flows(c: Columns, b: Batch, pids: Dict[str, int], origin: int) -> list:
+    """A flow per sync point: it starts at the guest's record and ends at the host's."""
+    out = []
+    for k in np.unique(b.kind):
+        kind = c.kinds[int(k)]
+        if kind.name not in (SYNC_GUEST, SYNC_HOST):
+            continue
+        names = kind.codec.names
+        sel = np.flatnonzero(b.kind == k)
+        rows = list(zip(*[col.to_pylist() for col in b.fields[int(k)]]))
+        for i in sel:
+            f = dict(zip(names, rows[b.pos[i]]))
+            dom = kind.domain if kind.name == SYNC_GUEST else f.get("domain", "")
+            ev = {"ph": "s" if kind.name == SYNC_GUEST else "f", "name": "sync", "cat": "sync",
+                  "id": "%s:%s" % (dom, f.get("sync_id")), "pid": pids[kind.domain],
+                  "tid": int(b.stream[i]) + 1, "ts": (int(b.ts[i]) - origin) / 1000.0}
+            if kind.name == SYNC_HOST:
+                ev["bp"] = "e"
+            out.append(json.dumps(ev, separators=(",", ":")))
+    return out
+
+
+def _text(a: pa.Array) -> memoryview:
+    """The bytes of a string array's values, back to back (no per-row Python objects)."""
+    a = a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+    offs = np.frombuffer(a.buffers()[1], dtype=np.int32, count=len(a) + 1, offset=a.offset * 4)
+    return memoryview(a.buffers()[2])[offs[0]:offs[-1]]
+
+
+def write(c: Columns, path: str, progress: Optional[Callable[[int], None]] = None) -> int:
+    """Write the whole session to `path`; returns the number of events written."""
+    pids = {d: i for i, d in enumerate(c.s.domains, 1)}
     n = 0
-    out.write('{"displayTimeUnit": "ns", "traceEvents": [\n')
-    first = True
-
-    def emit(ev: dict) -> None:
-        nonlocal first, n
-        out.write(("" if first else ",\n") + json.dumps(ev, separators=(",", ":")))
-        first = False
-        n += 1
-
-    for i, d in enumerate(s.domains, 1):
-        pids[d] = i
-        emit({"ph": "M", "name": "process_name", "pid": i, "tid": 0, "args": {"name": d}})
-    for j, st in enumerate(s.streams, 1):
-        if not st.get("file"):
-            continue
-        tids[st["file"]] = j
-        emit({"ph": "M", "name": "thread_name", "pid": pids[st["domain"]], "tid": j,
-              "args": {"name": "%s %s (pid %s tid %s)" % (st["file"], st.get("thread", ""),
-                                                         st.get("pid"), st.get("tid"))}})
-    for e in s.events():
-        base = {"pid": pids[e.domain], "tid": tids[e.stream], "ts": e.ts / 1000.0}
-        args = _args(e.fields)
-        if e.name.endswith("_begin") or e.name.endswith("_end"):
-            span, _, edge = e.name.rpartition("_")
-            emit(dict(base, ph="B" if edge == "begin" else "E", name=span, cat=e.domain,
-                      args=args))
-            continue
-        emit(dict(base, ph="i", s="t", name=e.name, cat=e.domain, args=args))
-        if e.name == SYNC_GUEST:
-            emit(dict(base, ph="s", name="sync", cat="sync", id=_flow_id(e.domain, args)))
-        elif e.name == SYNC_HOST:
-            emit(dict(base, ph="f", bp="e", name="sync", cat="sync",
-                      id=_flow_id(args.get("domain", ""), args)))
-    out.write("\n]}\n")
+    batches = c.batches()
+    first = next(batches, None)
+    origin = int(first.ts[0]) // 10**9 * 10**9 if first is not None else 0
+    with open(path, "wb") as out:
+        meta = [{"ph": "M", "name": "process_name", "pid": i, "tid": 0, "args": {"name": d}}
+                for d, i in pids.items()]
+        for j, st in enumerate(c.streams, 1):
+            meta.append({"ph": "M", "name": "thread_name", "pid": pids[st["domain"]], "tid": j,
+                         "args": {"name": "%s %s (pid %s tid %s)" % (
+                             st["file"], st.get("thread", ""), st.get("pid"), st.get("tid"))}})
+        # every event line starts with ",\n": the metadata goes first and is never empty
+        meta.append({"ph": "M", "name": "hypertrace", "pid": 0, "tid": 0,
+                     "args": {"session": c.s.index.get("trace_uuid", ""),
+                              "time_origin_ns": origin}})
+        out.write(b'{"displayTimeUnit":"ns","traceEvents":[\n')
+        out.write(",\n".join(json.dumps(m, separators=(",", ":")) for m in meta).encode())
+        for b in itertools.chain([first] if first is not None else [], batches):
+            out.write(_text(_lines(c, b, pids, origin)))
+            for f in _flows(c, b, pids, origin):
+                out.write((",\n" + f).encode())
+            n += len(b)
+            if progress is not None:
+                progress(len(b))
+        out.write(b"\n]}\n")
     return n
-
-
-def _flow_id(domain: str, args: dict) -> str:
-    return "%s:%s" % (domain, args.get("sync_id"))

@@ -9,17 +9,19 @@ pandas or Spark read as is.
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Dict, List
+from typing import Callable, Dict, Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import abi
+from ..columns import Columns
 from ..session import Session
+from . import jsonfields
 
-BATCH = 65536
+SUFFIX = "-parquet"
 _INT = {("int", 1, True): pa.int8(), ("int", 1, False): pa.uint8(),
         ("int", 2, True): pa.int16(), ("int", 2, False): pa.uint16(),
         ("int", 4, True): pa.int32(), ("int", 4, False): pa.uint32(),
@@ -38,63 +40,57 @@ def _arrow_type(ft: abi.FieldType) -> pa.DataType:
             "bytes": pa.binary()}[ft.kind]
 
 
-class _Table:
-    def __init__(self, path: str, schema: pa.Schema):
-        self.schema = schema
-        self.w = pq.ParquetWriter(path, schema)
-        self.cols: List[list] = [[] for _ in schema]
-
-    def add(self, row) -> None:
-        for c, v in zip(self.cols, row):
-            c.append(v)
-        if len(self.cols[0]) >= BATCH:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.cols[0]:
-            self.w.write_batch(pa.record_batch(self.cols, schema=self.schema))
-            self.cols = [[] for _ in self.schema]
-
-    def close(self) -> None:
-        self.flush()
-        self.w.close()
+def _typed_schema(decl: abi.EventDecl) -> pa.Schema:
+    return pa.schema([("domain", pa.string()), ("stream", pa.string()), ("ts", pa.int64()),
+                      ("raw_ts", pa.uint64())] +
+                     [("f_" + a, _arrow_type(ft)) for a, _, ft in decl.fields])
 
 
-def write(s: Session, outdir: str, progress=None) -> int:
+def write(c: Columns, outdir: str, progress: Optional[Callable[[int], None]] = None) -> int:
+    """Write the session's tables into `outdir`; returns the number of events."""
     os.makedirs(outdir, exist_ok=True)
-    sess = s.index.get("trace_uuid", "")
-    events = _Table(os.path.join(outdir, "events.parquet"), EVENTS)
-    typed: Dict[tuple, _Table] = {}
+    sess = c.s.index.get("trace_uuid", "")
+    files = pa.array([st["file"] for st in c.streams], pa.string())
+    events = pq.ParquetWriter(os.path.join(outdir, "events.parquet"), EVENTS)
+    typed: Dict[int, pq.ParquetWriter] = {}
     n = 0
-    for e in s.events():
-        f = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in e.fields.items()}
-        events.add((sess, e.domain, e.stream, e.name, e.ts, e.raw_ts, e.ts_uncertainty,
-                    e.truncated, json.dumps(f)))
-        key = (e.domain, e.name)
-        t = typed.get(key)
-        if t is None:
-            decl = s.codecs[e.domain][_event_id(s, e.domain, e.name)].decl
-            schema = pa.schema([("domain", pa.string()), ("stream", pa.string()),
-                                ("ts", pa.int64()), ("raw_ts", pa.uint64())] +
-                               [("f_" + a, _arrow_type(ft)) for a, _, ft in decl.fields])
-            name = "event_%s_%s.parquet" % (e.domain, e.name)
-            t = typed[key] = _Table(os.path.join(outdir, name), schema)
-        t.add([e.domain, e.stream, e.ts, e.raw_ts] + list(e.fields.values()))
-        n += 1
-        if progress is not None and n % BATCH == 0:
-            progress(n)
+    for b in c.batches():
+        kinds = pa.array(b.kind)
+        names = pa.array([k.name for k in c.kinds], pa.string())
+        doms = pa.array([k.domain for k in c.kinds], pa.string())
+        fields, where = [], []
+        for k in np.unique(b.kind):
+            k = int(k)
+            kind = c.kinds[k]
+            sel = np.flatnonzero(b.kind == k)
+            fields.append(jsonfields.objects(kind.codec.decl, b.fields[k], len(sel)))
+            where.append(sel)
+            w = typed.get(k)
+            if w is None:
+                w = typed[k] = pq.ParquetWriter(
+                    os.path.join(outdir, "event_%s_%s.parquet" % (kind.domain, kind.name)),
+                    _typed_schema(kind.codec.decl))
+            w.write_batch(pa.record_batch(
+                [pa.array([kind.domain] * len(sel), pa.string()),
+                 files.take(pa.array(b.stream[sel])), pa.array(b.ts[sel]),
+                 pa.array(b.raw_ts[sel])] +
+                [col.cast(_arrow_type(ft)) for (_, _, ft), col in
+                 zip(kind.codec.decl.fields, b.fields[k])], schema=w.schema))
+        order = pa.array(np.argsort(np.concatenate(where), kind="stable"))
+        unc = pa.array(b.unc, mask=b.unc < 0)
+        events.write_batch(pa.record_batch(
+            [pa.array([sess] * len(b), pa.string()), doms.take(kinds),
+             files.take(pa.array(b.stream)), names.take(kinds), pa.array(b.ts),
+             pa.array(b.raw_ts), unc, pa.array(b.truncated),
+             pa.concat_arrays(fields).take(order)], schema=EVENTS))
+        n += len(b)
+        if progress is not None:
+            progress(len(b))
     events.close()
-    for t in typed.values():
-        t.close()
-    _index_tables(s, outdir)
+    for w in typed.values():
+        w.close()
+    _index_tables(c.s, outdir)
     return n
-
-
-def _event_id(s: Session, domain: str, name: str) -> int:
-    for i, c in s.codecs[domain].items():
-        if c.decl.name == name:
-            return i
-    raise KeyError(name)
 
 
 def _index_tables(s: Session, outdir: str) -> None:
