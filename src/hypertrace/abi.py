@@ -12,7 +12,7 @@ import struct
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 ABI_MAJOR = 1
-ABI_MINOR = 0
+ABI_MINOR = 1
 MAGIC = 0x4543415254505948  # b"HYPTRACE" read as a little-endian u64
 PAGE = 4096
 HEADER_SIZE = PAGE
@@ -240,7 +240,9 @@ _TYPES: Dict[str, FieldType] = {
 }
 _POINTER = _int("Q", True)
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_LINE = re.compile(r"\s*(disable\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*(\".*\")?\s*\Z")
+# [properties] name(args) ["format"]; properties: disable, counter
+_LINE = re.compile(r"\s*((?:(?:disable|counter)\s+)*)([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*"
+                   r"(\".*\")?\s*\Z")
 
 
 class EventDecl(NamedTuple):
@@ -248,11 +250,12 @@ class EventDecl(NamedTuple):
     fields: Tuple[Tuple[str, str, FieldType], ...]   # (arg name, canonical C type, type)
     disabled: bool = False
     fmt: str = ""
+    counter: bool = False      # numeric fields are also values of counter tracks
 
     @property
     def signature(self) -> str:
         """Canonical text stored in the region's declaration slot."""
-        return "%s(%s)" % (self.name, ", ".join(
+        return "%s%s(%s)" % ("counter " if self.counter else "", self.name, ", ".join(
             (t + a if t.endswith("*") else t + " " + a) for a, t, _ in self.fields) or "void")
 
 
@@ -296,11 +299,14 @@ def parse_args(args: str, where: str = "") -> Tuple[Tuple[str, str, FieldType], 
     return tuple(out)
 
 
-def make_decl(name: str, args: str, disabled: bool = False, fmt: str = "") -> EventDecl:
+def make_decl(name: str, args: str, disabled: bool = False, fmt: str = "",
+              counter: bool = False) -> EventDecl:
     if not _IDENT.match(name) or len(name) > 128:
         raise ValueError("bad event name %r: must be a C identifier of at most 128 characters"
                          % name)
-    decl = EventDecl(name, parse_args(args, "event %s: " % name), disabled, fmt)
+    decl = EventDecl(name, parse_args(args, "event %s: " % name), disabled, fmt, counter)
+    if counter and not any(ft.kind in ("int", "float", "bool") for _, _, ft in decl.fields):
+        raise ValueError("counter event %s needs a numeric argument" % name)
     if len(decl.signature.encode()) > DECL_TEXT_MAX:
         raise ValueError("event %s: signature longer than %d bytes" % (name, DECL_TEXT_MAX))
     return decl
@@ -309,13 +315,14 @@ def make_decl(name: str, args: str, disabled: bool = False, fmt: str = "") -> Ev
 def parse_signature(text: str) -> EventDecl:
     """Parse a declaration slot's text (`name(type a, ...)`); ValueError if malformed."""
     m = _LINE.match(text)
-    if not m or m.group(1) or m.group(4):
+    if not m or m.group(1) not in ("", "counter ") or m.group(4):
         raise ValueError("malformed signature %r" % text[:80])
-    return make_decl(m.group(2), m.group(3))
+    return make_decl(m.group(2), m.group(3), counter=bool(m.group(1)))
 
 
 def parse_trace_events(text: str, source: str = "<string>") -> List[EventDecl]:
-    """Parse a QEMU trace-events file: `[disable] name(type arg, ...) "format"` lines."""
+    """Parse a QEMU trace-events file: `[disable] [counter] name(type arg, ...) "format"`
+    lines."""
     decls = []
     names = set()
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -327,8 +334,11 @@ def parse_trace_events(text: str, source: str = "<string>") -> List[EventDecl]:
         if not m:
             raise ValueError(where + "expected 'name(type arg, ...) \"format\"', got %r" % s[:80])
         try:
-            d = make_decl(m.group(2), m.group(3), bool(m.group(1)),
-                          (m.group(4) or '""')[1:-1])
+            props = m.group(1).split()
+            if len(set(props)) != len(props):
+                raise ValueError("repeated property in %r" % m.group(1).strip())
+            d = make_decl(m.group(2), m.group(3), "disable" in props,
+                          (m.group(4) or '""')[1:-1], "counter" in props)
         except ValueError as e:
             raise ValueError(where + str(e)) from None
         if d.name in names:

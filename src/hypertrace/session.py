@@ -52,14 +52,28 @@ class Session:
                 self.index = json.load(f)
         except (OSError, ValueError) as e:
             raise SessionError("%s: unreadable session index: %s" % (idx, e)) from None
-        if self.index.get("format") != "hypertrace-session":
+        if not isinstance(self.index, dict) or self.index.get("format") != "hypertrace-session":
             raise SessionError("%s: not a hypertrace session index" % idx)
+        try:
+            self._load_index()
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise SessionError("%s: malformed session index (%s: %s)" % (
+                idx, type(e).__name__, e)) from None
+
+    def _load_index(self) -> None:
         self.domains = {d["name"]: d for d in self.index["domains"]}
         self.codecs: Dict[str, Dict[int, abi.Codec]] = {}
         for d in self.index["domains"]:
             self.codecs[d["name"]] = {int(i): abi.Codec(abi.parse_signature(e["signature"]))
                                       for i, e in d["events"].items()}
         self.streams = self.index["streams"]
+        for st in self.streams:
+            f = st.get("file")
+            if f is not None and (not isinstance(f, str) or os.path.basename(f) != f
+                                  or f.startswith(".") or not f):
+                raise ValueError("stream file %r is not a file name in the session" % (f,))
+            if st["domain"] not in self.domains:
+                raise ValueError("stream of unknown domain %r" % (st["domain"],))
         self.warnings: List[str] = []
         self.clocks = self.index.get("clocks", {})
         host_off = self.index.get("host_clock_offset_ns")
@@ -117,14 +131,22 @@ class Session:
                 return
             off = pos + head.size
             cend = pos + csize // 8
+            # the file keeps the content up to the last payload byte: pad it to whole records
+            rend = off + abi.align(cend - off, abi.REC_ALIGN)
             while off + abi.REC_HEADER_SIZE <= cend:
                 eid, sf, _sq, ts = abi.REC_HEADER.unpack_from(data, off)
                 size = sf & abi.REC_SIZE_MASK
                 c = codecs.get(eid)
-                if c is None or size < abi.REC_HEADER_SIZE:
+                try:
+                    if c is None or size < abi.REC_HEADER_SIZE or off + size > rend:
+                        raise ValueError("bad header")
+                    vals, pend = c.decode(data, off + abi.REC_HEADER_SIZE,
+                                          min(off + size, len(data)))
+                    if abi.align(pend - off, abi.REC_ALIGN) != size:
+                        raise ValueError("size does not match the declaration")
+                except ValueError:
                     self.warnings.append("%s: undecodable record at byte %d" % (name, off))
                     return
-                vals, _ = c.decode(data, off + abi.REC_HEADER_SIZE, off + size)
                 host_ts, unc = mapper(ts)
                 yield Event(host_ts, ts, dom, name, c.decl.name, dict(zip(c.names, vals)),
                             bool(sf & abi.REC_FLAG_TRUNCATED), unc)

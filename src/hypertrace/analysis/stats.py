@@ -86,25 +86,18 @@ def format_text(st: dict) -> str:
 def spans(s: Session) -> dict:
     """Durations of NAME_begin/NAME_end pairs, matched per stream (nesting allowed),
     keyed "domain/NAME": count, min, p50, p99, max in ns, and unmatched ends."""
-    open_: Dict[tuple, list] = {}
+    from ..columns import Columns
+    from .spans import Pairer
+    c = Columns(s)
+    p = Pairer(c)
     dur: Dict[str, list] = {}
-    unmatched: Dict[str, int] = {}
-    for e in s.events():
-        span, _, edge = e.name.rpartition("_")
-        if edge not in ("begin", "end") or not span:
-            continue
-        key = "%s/%s" % (e.domain, span)
-        stack = open_.setdefault((e.stream, span), [])
-        if edge == "begin":
-            stack.append(e.ts)
-        elif stack:
-            dur.setdefault(key, []).append(e.ts - stack.pop())
-        else:
-            unmatched[key] = unmatched.get(key, 0) + 1
+    for b in c.batches():
+        for _, key, t0, t1 in p.feed(b):
+            dur.setdefault(key, []).append(t1 - t0)
     out = {}
     for key, v in sorted(dur.items()):
         v.sort()
-        out[key] = dict(_pct(v), count=len(v), unmatched=unmatched.get(key, 0))
+        out[key] = dict(_pct(v), count=len(v), unmatched=p.unmatched.get(key, 0))
     return out
 
 

@@ -19,20 +19,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..analysis.spans import edge as span_edge
 from ..columns import Batch, Columns
 from . import jsonfields
 
 SUFFIX = ".json"
 SYNC_GUEST = "hypertrace_sync"
 SYNC_HOST = "hypertrace_sync_host"
-
-
-def span_edge(name: str):
-    """('span', 'B'|'E') for X_begin / X_end event names, else None."""
-    for suffix, ph in (("_begin", "B"), ("_end", "E")):
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[:-len(suffix)], ph
-    return None
 
 
 def _us(ts: np.ndarray) -> pa.Array:

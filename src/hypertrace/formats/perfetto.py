@@ -16,8 +16,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from ..analysis.spans import edge as span_edge
 from ..columns import Columns, Kind
-from .chrome_json import SYNC_GUEST, SYNC_HOST, span_edge
+from .chrome_json import SYNC_GUEST, SYNC_HOST
 
 SUFFIX = ".pftrace"
 SEQ = 1                    # trusted_packet_sequence_id of every packet

@@ -68,9 +68,11 @@ class Events:
         return len(self._list)
 
 
-def event(name: str, args: str = "void", disabled: bool = False) -> Callable:
-    """Declare an event (`args` in C syntax as in QEMU trace-events); returns its tracepoint."""
-    return _register(abi.make_decl(name, args, disabled))
+def event(name: str, args: str = "void", disabled: bool = False,
+          counter: bool = False) -> Callable:
+    """Declare an event (`args` in C syntax as in QEMU trace-events); returns its tracepoint.
+    A `counter` event's numeric arguments are also drawn as counter tracks by the views."""
+    return _register(abi.make_decl(name, args, disabled, counter=counter))
 
 
 def load(path: str) -> Events:
