@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--format", required=True, choices=sorted(EXPORTS))
     e.add_argument("-o", "--output", help="file (perfetto, json, html) or directory (parquet)")
 
+    v = sub.add_parser("view", help="write a self-contained HTML timeline of the session "
+                                    "(same as export --format html) and print its path")
+    v.add_argument("dir")
+    v.add_argument("-o", "--output", help="HTML file (default DIR.html)")
+
     sq = sub.add_parser("sql", help="DuckDB SQL over the session (views: events, streams, "
                                     "clocks, sync, lost, event_<domain>_<name>)")
     sq.add_argument("dir")
@@ -202,6 +207,11 @@ def cmd_export(a) -> int:
                          % msg)
     print("%s: %d events written (%s)" % (out, n, a.format))
     return 0
+
+
+def cmd_view(a) -> int:
+    a.format = "html"
+    return cmd_export(a)
 
 
 def cmd_sql(a) -> int:

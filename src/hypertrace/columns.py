@@ -70,6 +70,8 @@ class Columns:
         self._kind_ids: Dict[Tuple[str, int], int] = {}
         self.streams = [st for st in session.streams if st.get("file")]
         self._bounds = {d: _size_bounds(cs) for d, cs in session.codecs.items()}
+        #: stream index -> [(raw time, events lost just before it)], filled while reading
+        self.losses: Dict[int, List[Tuple[int, int]]] = {}
         self.warnings = session.warnings
         self.segments = {d: (np.array([[s.g_start, s.g_end, s.g0, s.offset_ns, s.drift_ppm,
                                         s.uncertainty_ns] for s in segs], dtype=np.float64)
@@ -121,20 +123,21 @@ class Columns:
                 return
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             try:
-                yield from self._packets(mm, size, st["file"])
+                yield from self._packets(mm, size, st["file"], self.losses.setdefault(si, []))
             finally:
                 mm.close()
 
-    def _packets(self, mm, size: int, name: str) -> Iterator[np.ndarray]:
+    def _packets(self, mm, size: int, name: str, losses: list) -> Iterator[np.ndarray]:
         head = ctf.PACKET_HEAD
         parts: List[bytes] = []
         have = 0
         pos = 0
+        lost = 0
         while pos < size:
             if size - pos < head.size:
                 self.warnings.append("%s: truncated packet header at byte %d" % (name, pos))
                 break
-            magic, _u, _sid, _inst, _b, _e, csize, psize, _seq, _disc = head.unpack_from(mm, pos)
+            magic, _u, _sid, _inst, tb, _e, csize, psize, _seq, disc = head.unpack_from(mm, pos)
             if magic != ctf.PACKET_MAGIC or psize < head.size * 8 or csize > psize:
                 self.warnings.append("%s: bad packet at byte %d" % (name, pos))
                 break
@@ -142,6 +145,9 @@ class Columns:
             if end > size:
                 self.warnings.append("%s: truncated packet at byte %d" % (name, pos))
                 break
+            if disc > lost:         # a running total: it grows where events were lost
+                losses.append((tb, disc - lost))
+                lost = disc
             content = mm[pos + head.size:pos + csize // 8]
             parts.append(content + bytes(-len(content) % 8))
             have += len(parts[-1])
