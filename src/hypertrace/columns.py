@@ -26,7 +26,8 @@ from . import abi
 from .formats import ctf
 from .session import Session
 
-CHUNK_BYTES = 4 << 20          # record bytes decoded per stream per step
+CHUNK_BYTES = 1 << 20          # record bytes decoded per stream per step, at most
+BATCH_BUDGET = 8 << 20         # ... and across all streams (a batch is cut from these)
 _NP = {"b": "i1", "B": "u1", "h": "<i2", "H": "<u2", "i": "<i4", "I": "<u4", "q": "<i8",
        "Q": "<u8", "f": "<f4", "d": "<f8", "?": "u1"}
 
@@ -65,10 +66,12 @@ class Columns:
 
     def __init__(self, session: Session, chunk_bytes: int = CHUNK_BYTES):
         self.s = session
-        self.chunk_bytes = chunk_bytes
         self.kinds: List[Kind] = []
         self._kind_ids: Dict[Tuple[str, int], int] = {}
         self.streams = [st for st in session.streams if st.get("file")]
+        # each stream holds one chunk while the merge runs: bound their sum
+        self.chunk_bytes = min(chunk_bytes, max(64 << 10,
+                                                BATCH_BUDGET // max(1, len(self.streams))))
         self._bounds = {d: _size_bounds(cs) for d, cs in session.codecs.items()}
         #: stream index -> [(raw time, events lost just before it)], filled while reading
         self.losses: Dict[int, List[Tuple[int, int]]] = {}
@@ -133,6 +136,7 @@ class Columns:
         have = 0
         pos = 0
         lost = 0
+        done = 0                    # bytes of the file already handed back to the kernel
         while pos < size:
             if size - pos < head.size:
                 self.warnings.append("%s: truncated packet header at byte %d" % (name, pos))
@@ -155,6 +159,12 @@ class Columns:
             if have >= self.chunk_bytes:
                 yield np.frombuffer(b"".join(parts), dtype=np.uint8)
                 parts, have = [], 0
+                # the chunk is a copy: drop the mapped pages read so far, or the
+                # process's resident size would grow with the file
+                upto = pos - pos % mmap.PAGESIZE
+                if upto > done and hasattr(mm, "madvise"):
+                    mm.madvise(mmap.MADV_DONTNEED, done, upto - done)
+                    done = upto
         if parts:
             yield np.frombuffer(b"".join(parts), dtype=np.uint8)
 
