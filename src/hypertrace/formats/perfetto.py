@@ -22,7 +22,6 @@ from .chrome_json import SYNC_GUEST, SYNC_HOST
 
 SUFFIX = ".pftrace"
 SEQ = 1                    # trusted_packet_sequence_id of every packet
-FLUSH = 20000              # packets per write
 _NEEDS = pb.TracePacket.SEQ_NEEDS_INCREMENTAL_STATE
 _CLEARED = pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
 
@@ -33,15 +32,29 @@ def _value_attr(kind: str, signed: bool, hexa: bool) -> str:
     return {"bool": "bool_value", "float": "double_value"}.get(kind, "string_value")
 
 
+class _Reusable:
+    """One packet of one event type, kept in a one-packet Trace: each event sets its
+    timestamp, track and values and serializes the Trace again. The bytes of Trace
+    messages concatenate into one Trace, and this is ~3x cheaper than a new message
+    per event."""
+
+    def __init__(self, packet: pb.TracePacket):
+        self.trace = pb.Trace()
+        self.p = self.trace.packet.add()
+        self.p.CopyFrom(packet)
+        self.te = self.p.track_event
+        self.anns = list(self.te.debug_annotations)
+        self.serialize = self.trace.SerializeToString
+
+
 class _Writer:
     def __init__(self, c: Columns, out):
         self.c, self.out = c, out
-        self.trace = pb.Trace()
-        self.count = 0
+        self.chunks: List[bytes] = []
         self.names: Dict[str, int] = {}          # interned event names
         self.args: Dict[str, int] = {}           # interned debug annotation names
-        self.templates: Dict[int, Tuple[pb.TracePacket, list]] = {}
-        self.counters: Dict[Tuple[int, int], int] = {}
+        self.kinds: Dict[int, tuple] = {}
+        self.counters: Dict[Tuple[int, int], _Reusable] = {}
         self.flows: Dict[Tuple[str, int], int] = {}
         self.next_uuid = 1
         self.domain_uuid: Dict[str, int] = {}
@@ -52,33 +65,36 @@ class _Writer:
         self.next_uuid += 1
         return self.next_uuid
 
-    def packet(self) -> pb.TracePacket:
-        p = self.trace.packet.add()
-        self.count += 1
-        return p
+    def emit(self, packet: pb.TracePacket) -> None:
+        t = pb.Trace()
+        t.packet.append(packet)
+        self.chunks.append(t.SerializeToString())
 
     def flush(self) -> None:
-        self.out.write(self.trace.SerializeToString())
-        self.trace = pb.Trace()
+        self.out.write(b"".join(self.chunks))
+        self.chunks = []
 
     def tracks(self) -> None:
         for i, d in enumerate(self.c.s.domains, 1):
             u = self.domain_uuid[d] = self.uuid()
-            td = self.packet().track_descriptor
-            td.uuid = u
-            td.process.pid = i
-            td.process.process_name = d
+            p = pb.TracePacket()
+            p.track_descriptor.uuid = u
+            p.track_descriptor.process.pid = i
+            p.track_descriptor.process.process_name = d
+            self.emit(p)
         pids = {d: i for i, d in enumerate(self.c.s.domains, 1)}
         for j, st in enumerate(self.c.streams, 1):
             u = self.uuid()
             self.stream_uuid.append(u)
-            td = self.packet().track_descriptor
+            p = pb.TracePacket()
+            td = p.track_descriptor
             td.uuid = u
             td.parent_uuid = self.domain_uuid[st["domain"]]
             td.thread.pid = pids[st["domain"]]
             td.thread.tid = j
             td.thread.thread_name = "%s %s (pid %s tid %s)" % (
                 st["file"], st.get("thread", ""), st.get("pid"), st.get("tid"))
+            self.emit(p)
 
     def _intern(self, table: Dict[str, int], name: str, p: pb.TracePacket, field: str) -> int:
         iid = table.get(name)
@@ -88,41 +104,52 @@ class _Writer:
             e.iid, e.name = iid, name
         return iid
 
-    def template(self, k: int, p: pb.TracePacket) -> Tuple[pb.TracePacket, list]:
-        """The constant part of kind k's packets, and per field the annotation attribute;
-        interned names go into packet p (the first of the kind)."""
-        t = self.templates.get(k)
+    def kind(self, k: int) -> tuple:
+        """(reusable packet, per field (annotation, attribute, as hex)) of kind k. The
+        first packet of a kind carries the names it interns."""
+        t = self.kinds.get(k)
         if t is not None:
             return t
         kind = self.c.kinds[k]
         tpl = pb.TracePacket()
         tpl.trusted_packet_sequence_id = SEQ
-        tpl.sequence_flags = _NEEDS
+        tpl.sequence_flags = _NEEDS | (_CLEARED if self.first else 0)
+        self.first = False
         te = tpl.track_event
         edge = span_edge(kind.name)
         te.type = (pb.TrackEvent.TYPE_SLICE_BEGIN if edge and edge[1] == "B" else
                    pb.TrackEvent.TYPE_SLICE_END if edge else pb.TrackEvent.TYPE_INSTANT)
         if te.type != pb.TrackEvent.TYPE_SLICE_END:     # an end closes the open slice
-            te.name_iid = self._intern(self.names, edge[0] if edge else kind.name, p,
+            te.name_iid = self._intern(self.names, edge[0] if edge else kind.name, tpl,
                                        "event_names")
         attrs = []
         for a, _, ft in kind.codec.decl.fields:
-            ann = te.debug_annotations.add()
-            ann.name_iid = self._intern(self.args, a, p, "debug_annotation_names")
+            te.debug_annotations.add().name_iid = self._intern(
+                self.args, a, tpl, "debug_annotation_names")
             attrs.append((_value_attr(ft.kind, ft.signed, ft.hex), ft.kind == "bytes"))
-        t = self.templates[k] = (tpl, attrs)
+        r = _Reusable(tpl)
+        setters = [(ann, attr, hexed) for ann, (attr, hexed) in zip(r.anns, attrs)]
+        t = self.kinds[k] = (r, setters, kind.name in (SYNC_GUEST, SYNC_HOST),
+                             getattr(kind.codec.decl, "counter", False))
         return t
 
-    def counter_track(self, k: int, field: int, kind: Kind) -> int:
-        u = self.counters.get((k, field))
-        if u is None:
-            u = self.counters[(k, field)] = self.uuid()
-            td = self.packet().track_descriptor
+    def counter(self, k: int, field: int, kind: Kind) -> _Reusable:
+        r = self.counters.get((k, field))
+        if r is None:
+            u = self.uuid()
+            p = pb.TracePacket()
+            td = p.track_descriptor
             td.uuid = u
             td.parent_uuid = self.domain_uuid[kind.domain]
             td.name = "%s.%s" % (kind.name, kind.codec.decl.fields[field][0])
             td.counter.SetInParent()
-        return u
+            self.emit(p)
+            p = pb.TracePacket()
+            p.trusted_packet_sequence_id = SEQ
+            p.track_event.type = pb.TrackEvent.TYPE_COUNTER
+            p.track_event.track_uuid = u
+            r = self.counters[(k, field)] = _Reusable(p)
+        return r
 
     def flow(self, domain: str, sync_id) -> int:
         key = (domain, int(sync_id or 0))
@@ -137,55 +164,49 @@ class _Writer:
             k = int(k)
             cols = [col.to_pylist() for col in b.fields[k]]
             rows[k] = list(zip(*cols)) if cols else [()] * int((b.kind == k).sum())
-        ts, kinds, streams, pos = (b.ts.tolist(), b.kind.tolist(), b.stream.tolist(),
-                                   b.pos.tolist())
-        for i in range(len(ts)):
-            k = kinds[i]
-            kind = self.c.kinds[k]
-            vals = rows[k][pos[i]]
-            p = self.packet()
-            if self.first:
-                p.sequence_flags = _CLEARED
-            tpl, attrs = self.template(k, p)
-            p.MergeFrom(tpl)
-            if self.first:
-                p.sequence_flags = _CLEARED | _NEEDS
-                self.first = False
-            p.timestamp = ts[i]
-            te = p.track_event
-            te.track_uuid = self.stream_uuid[streams[i]]
-            anns = te.debug_annotations
-            for j, (attr, hexed) in enumerate(attrs):
-                v = vals[j]
-                setattr(anns[j], attr, v.hex() if hexed else v)
-            if kind.name in (SYNC_GUEST, SYNC_HOST):
-                f = dict(zip(kind.codec.names, vals))
-                if kind.name == SYNC_GUEST:
-                    te.flow_ids.append(self.flow(kind.domain, f.get("sync_id")))
-                else:
-                    te.terminating_flow_ids.append(self.flow(f.get("domain", ""),
-                                                             f.get("sync_id")))
-            if getattr(kind.codec.decl, "counter", False):
-                self.counter_values(k, kind, ts[i], vals)
-            if self.count >= FLUSH:
-                self.flush()
-                self.count = 0
+        append = self.chunks.append
+        suuid = self.stream_uuid
+        for ts, k, st, pos in zip(b.ts.tolist(), b.kind.tolist(), b.stream.tolist(),
+                                  b.pos.tolist()):
+            r, setters, sync, counter = self.kind(k)
+            vals = rows[k][pos]
+            p, te = r.p, r.te
+            p.timestamp = ts
+            te.track_uuid = suuid[st]
+            for (ann, attr, hexed), v in zip(setters, vals):
+                setattr(ann, attr, v.hex() if hexed else v)
+            if sync:
+                self.sync_flow(k, te, vals)
+            append(r.serialize())
+            if p.HasField("interned_data"):
+                p.ClearField("interned_data")
+                p.sequence_flags = _NEEDS
+            if counter:
+                self.counter_values(k, ts, vals)
+        self.flush()
 
-    def counter_values(self, k: int, kind: Kind, ts: int, vals) -> None:
+    def sync_flow(self, k: int, te, vals) -> None:
+        kind = self.c.kinds[k]
+        f = dict(zip(kind.codec.names, vals))
+        te.ClearField("flow_ids")
+        te.ClearField("terminating_flow_ids")
+        if kind.name == SYNC_GUEST:
+            te.flow_ids.append(self.flow(kind.domain, f.get("sync_id")))
+        else:
+            te.terminating_flow_ids.append(self.flow(f.get("domain", ""), f.get("sync_id")))
+
+    def counter_values(self, k: int, ts: int, vals) -> None:
+        kind = self.c.kinds[k]
         for j, (_, _, ft) in enumerate(kind.codec.decl.fields):
             if ft.kind not in ("int", "float", "bool"):
                 continue
-            u = self.counter_track(k, j, kind)
-            p = self.packet()
-            p.trusted_packet_sequence_id = SEQ
-            p.timestamp = ts
-            te = p.track_event
-            te.type = pb.TrackEvent.TYPE_COUNTER
-            te.track_uuid = u
+            r = self.counter(k, j, kind)
+            r.p.timestamp = ts
             if ft.kind == "float":
-                te.double_counter_value = vals[j]
+                r.te.double_counter_value = vals[j]
             else:
-                te.counter_value = int(vals[j])
+                r.te.counter_value = int(vals[j])
+            self.chunks.append(r.serialize())
 
 
 def write(c: Columns, path: str, progress: Optional[Callable[[int], None]] = None) -> int:
