@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import sys
 
 import duckdb
@@ -184,12 +185,63 @@ def test_columnar_decode_matches_the_scalar_decoder_even_on_damage(tmp_path):
     assert ref2 == got2 and len(ref2) < len(ref) and warn2
 
 
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
 def test_bad_directories_and_queries_are_clear_errors(tmp_path):
-    r = hypertrace("export", str(tmp_path), "--format", "json", check=False)
-    assert r.returncode == 2 and "not a hypertrace session" in r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for cmd in (("export", str(empty), "--format", "json"), ("sql", str(empty), "select 1"),
+                ("view", str(empty))):
+        r = hypertrace(*cmd, check=False)
+        assert r.returncode == 2 and "not a hypertrace session" in r.stderr, r.stderr
     s = _session(tmp_path)
     r = hypertrace("sql", s, "select nope from nowhere", check=False)
     assert r.returncode == 2 and "SQL error" in r.stderr and "Traceback" not in r.stderr
+    # foreign or damaged indexes
+    idx = os.path.join(".hypertrace", "session.json")
+    for i, (text, msg) in enumerate([
+            ("{not json", "unreadable session index"),
+            ("[]", "not a hypertrace session index"),
+            ('{"format": "hypertrace-session", "domains": 5}', "malformed session index"),
+            (None, "is not a file name in the session")]):
+        d = _copy(s, tmp_path / ("bad%d" % i))
+        if text is None:
+            doc = json.load(open(os.path.join(d, idx)))
+            doc["streams"][0]["file"] = "../../etc/passwd"
+            text = json.dumps(doc)
+        open(os.path.join(d, idx), "w").write(text)
+        for cmd in (("export", d, "--format", "perfetto", "-o", d + ".pf"), ("view", d),
+                    ("sql", d, "select count(*) from events")):
+            r = hypertrace(*cmd, check=False)
+            assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, \
+                (cmd, r.stderr)
+            assert not os.path.exists(d + ".pf")
+
+
+def test_truncated_session_gives_a_partial_result_with_warnings(tmp_path):
+    """A stream cut short (a copy taken while recording, a full disk) and a stream file
+    missing: every view exports what is intact and says what was skipped."""
+    s = _session(tmp_path)
+    full = int(hypertrace("sql", s, "select count(*) from events", "--csv").stdout.split()[-1])
+    d = _copy(s, tmp_path / "cut")
+    shutil.rmtree(os.path.join(d, ".hypertrace", "parquet"), ignore_errors=True)
+    locals_ = sorted(f for f in os.listdir(d) if f.startswith("local-"))
+    path = os.path.join(d, locals_[0])
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:len(data) * 2 // 3])
+    if len(locals_) > 1:
+        os.unlink(os.path.join(d, locals_[1]))
+    for fmt in ("perfetto", "json", "parquet", "html"):
+        r = hypertrace("export", d, "--format", fmt, "-o", str(tmp_path / ("o." + fmt)))
+        assert "warning" in r.stderr and "truncated" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+        n = int(r.stdout.split(": ")[1].split()[0])
+        assert 0 < n < full
+    r = hypertrace("sql", d, "select count(*) from events", "--csv")
+    assert 0 < int(r.stdout.split()[-1]) < full and "truncated" in r.stderr
 
 
 def test_stats_pairs_spans(tmp_path):

@@ -217,12 +217,20 @@ def cmd_view(a) -> int:
 def cmd_sql(a) -> int:
     import csv
 
+    import duckdb
+
     from .analysis import sql
     s = _session(a.dir)
     try:
         cols, rows = sql.query(s, a.query)
-    except Exception as e:  # duckdb raises its own exception types for bad SQL
+    except duckdb.Error as e:
         return _fail("SQL error: %s" % str(e).splitlines()[0])
+    except OSError as e:
+        return _fail(str(e))
+    finally:
+        for msg in s.warnings:
+            sys.stderr.write("hypertrace: warning: %s (the rest of that stream was skipped)\n"
+                             % msg)
     if a.json:
         for r in rows:
             print(json.dumps(dict(zip(cols, r)), default=str))

@@ -19,11 +19,13 @@ def edge(name: str) -> Optional[Tuple[str, str]]:
 
 class Pairer:
     """Feed batches in time order; each feed returns the spans it closed as
-    (stream index, "domain/X", begin ns, end ns)."""
+    (stream index, "domain/X", begin ns, end ns, depth): depth counts the spans of
+    any name still open in the stream when it began."""
 
     def __init__(self, c: Columns):
         self.c = c
         self.open: Dict[tuple, list] = {}
+        self.depth: Dict[int, int] = {}
         self.unmatched: Dict[str, int] = {}
         self._edges: List[Optional[Tuple[str, str]]] = []
 
@@ -46,9 +48,13 @@ class Pairer:
             key, ph = self._edges[k]
             stack = self.open.setdefault((st, key), [])
             if ph == "B":
-                stack.append(ts)
+                d = self.depth.get(st, 0)
+                stack.append((ts, d))
+                self.depth[st] = d + 1
             elif stack:
-                out.append((st, key, stack.pop(), ts))
+                t0, d = stack.pop()
+                self.depth[st] -= 1
+                out.append((st, key, t0, ts, d))
             else:
                 self.unmatched[key] = self.unmatched.get(key, 0) + 1
         return out

@@ -9,7 +9,9 @@ session index is newer.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
+from typing import Optional
 
 import duckdb
 
@@ -18,16 +20,31 @@ from ..formats import parquet
 from ..session import Session
 
 
+def _user_cache(s: Session) -> str:
+    key = hashlib.sha1(os.path.realpath(s.path).encode()).hexdigest()[:16]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "hypertrace", "sql", key)
+
+
 def cache(s: Session) -> str:
-    out = os.path.join(s.path, ".hypertrace", "parquet")
+    """The session's Parquet export, made once: in DIR/.hypertrace/parquet, or in the
+    user's cache directory when the session is read-only."""
     idx = os.path.join(s.path, ".hypertrace", "session.json")
-    stamp = os.path.join(out, ".done")
-    if not (os.path.exists(stamp) and os.path.getmtime(stamp) >= os.path.getmtime(idx)):
-        for f in glob.glob(os.path.join(out, "*.parquet")):
-            os.unlink(f)
-        parquet.write(Columns(s), out)
-        open(stamp, "w").close()
-    return out
+    err: Optional[OSError] = None
+    for out in (os.path.join(s.path, ".hypertrace", "parquet"), _user_cache(s)):
+        stamp = os.path.join(out, ".done")
+        if os.path.exists(stamp) and os.path.getmtime(stamp) >= os.path.getmtime(idx):
+            return out
+        try:
+            os.makedirs(out, exist_ok=True)
+            for f in glob.glob(os.path.join(out, "*.parquet")):
+                os.unlink(f)
+            parquet.write(Columns(s), out)
+            open(stamp, "w").close()
+            return out
+        except OSError as e:
+            err = e
+    raise OSError("cannot write the Parquet cache: %s" % err)
 
 
 def connect(s: Session) -> duckdb.DuckDBPyConnection:

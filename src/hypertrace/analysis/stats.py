@@ -94,7 +94,7 @@ def spans(s: Session) -> dict:
     p = Pairer(c)
     dur: Dict[str, list] = {}
     for b in c.batches():
-        for _, key, t0, t1 in p.feed(b):
+        for _, key, t0, t1, _ in p.feed(b):
             dur.setdefault(key, []).append(t1 - t0)
     out = {}
     for key, v in sorted(dur.items()):

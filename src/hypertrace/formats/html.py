@@ -91,10 +91,10 @@ def collect(c: Columns, progress: Optional[Callable[[int], None]] = None) -> dic
             ev_t += (b.ts[sel] - t0).tolist()
             ev_lane += b.stream[sel].tolist()
             ev_kind += [k] * len(sel)
-        for st, key, a, z in pairer.feed(b):
+        for st, key, a, z, depth in pairer.feed(b):
             span_dur.setdefault(key, []).append(z - a)
             if span_seen % stride == 0:
-                spans.append([st, key, a - t0, z - t0])
+                spans.append([st, key, a - t0, z - t0, depth])
             span_seen += 1
         if progress is not None:
             progress(n)

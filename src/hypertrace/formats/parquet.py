@@ -51,7 +51,10 @@ def write(c: Columns, outdir: str, progress: Optional[Callable[[int], None]] = N
     os.makedirs(outdir, exist_ok=True)
     sess = c.s.index.get("trace_uuid", "")
     files = pa.array([st["file"] for st in c.streams], pa.string())
-    events = pq.ParquetWriter(os.path.join(outdir, "events.parquet"), EVENTS)
+    # dictionary encoding only where values repeat: trying it on JSON text costs time
+    events = pq.ParquetWriter(os.path.join(outdir, "events.parquet"), EVENTS,
+                              use_dictionary=["session", "domain", "stream", "name"],
+                              write_statistics=[f.name for f in EVENTS if f.name != "fields"])
     typed: Dict[int, pq.ParquetWriter] = {}
     n = 0
     for b in c.batches():
@@ -69,7 +72,7 @@ def write(c: Columns, outdir: str, progress: Optional[Callable[[int], None]] = N
             if w is None:
                 w = typed[k] = pq.ParquetWriter(
                     os.path.join(outdir, "event_%s_%s.parquet" % (kind.domain, kind.name)),
-                    _typed_schema(kind.codec.decl))
+                    _typed_schema(kind.codec.decl), use_dictionary=["domain", "stream"])
             w.write_batch(pa.record_batch(
                 [pa.array([kind.domain] * len(sel), pa.string()),
                  files.take(pa.array(b.stream[sel])), pa.array(b.ts[sel]),

@@ -54,6 +54,7 @@ class _Writer:
         self.names: Dict[str, int] = {}          # interned event names
         self.args: Dict[str, int] = {}           # interned debug annotation names
         self.kinds: Dict[int, tuple] = {}
+        self.templates: Dict[int, tuple] = {}
         self.counters: Dict[Tuple[int, int], _Reusable] = {}
         self.flows: Dict[Tuple[str, int], int] = {}
         self.next_uuid = 1
@@ -127,10 +128,16 @@ class _Writer:
             te.debug_annotations.add().name_iid = self._intern(
                 self.args, a, tpl, "debug_annotation_names")
             attrs.append((_value_attr(ft.kind, ft.signed, ft.hex), ft.kind == "bytes"))
+        self.templates[k] = (tpl, attrs)
+        return self._fresh(k)
+
+    def _fresh(self, k: int) -> tuple:
+        tpl, attrs = self.templates[k]
         r = _Reusable(tpl)
         setters = [(ann, attr, hexed) for ann, (attr, hexed) in zip(r.anns, attrs)]
-        t = self.kinds[k] = (r, setters, kind.name in (SYNC_GUEST, SYNC_HOST),
-                             getattr(kind.codec.decl, "counter", False))
+        name = self.c.kinds[k].name
+        t = self.kinds[k] = (r, setters, name in (SYNC_GUEST, SYNC_HOST),
+                             getattr(self.c.kinds[k].codec.decl, "counter", False))
         return t
 
     def counter(self, k: int, field: int, kind: Kind) -> _Reusable:
@@ -181,9 +188,17 @@ class _Writer:
             if p.HasField("interned_data"):
                 p.ClearField("interned_data")
                 p.sequence_flags = _NEEDS
+                tpl = self.templates[k][0]
+                tpl.ClearField("interned_data")
+                tpl.sequence_flags = _NEEDS
             if counter:
                 self.counter_values(k, ts, vals)
         self.flush()
+        # a message keeps every string it was given until it is freed: start afresh
+        for k in list(self.kinds):
+            self._fresh(k)
+        for key, r in list(self.counters.items()):
+            self.counters[key] = _Reusable(r.p)
 
     def sync_flow(self, k: int, te, vals) -> None:
         kind = self.c.kinds[k]

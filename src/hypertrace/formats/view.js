@@ -33,11 +33,16 @@
   const maxDensity = D.density.map(function (r) { return Math.max(1, Math.max.apply(null, r)); });
 
   let v0 = 0, v1 = Math.max(1, D.span_ns);
+  // a view can be linked: #from=NS&to=NS (ns since the start of the page's timeline)
+  const hash = new URLSearchParams(location.hash.slice(1));
+  if (hash.has("from") && hash.has("to") && +hash.get("to") > +hash.get("from")) {
+    v0 = +hash.get("from"); v1 = +hash.get("to");
+  }
 
-  function hue(text) {
-    let h = 0;
-    for (let i = 0; i < text.length; i++) h = (h * 31 + text.charCodeAt(i)) >>> 0;
-    return h % 360;
+  function hue(text) {                    // FNV-1a, spread by the golden angle
+    let h = 2166136261;
+    for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 16777619) >>> 0;
+    return Math.round((h % 97) * 137.508) % 360;
   }
   const kindColour = D.kinds.map(function (k) { return "hsl(" + hue(k[1]) + ",65%,42%)"; });
 
@@ -87,9 +92,13 @@
       const i = r.lane;
       ctx.fillStyle = "#37474f"; ctx.font = "11px sans-serif";
       ctx.fillText(r.text.length > 38 ? r.text.slice(0, 37) + "…" : r.text, 12, r.y + 16);
-      // density of every event of the lane, behind the sampled marks
+      ctx.save();
+      ctx.beginPath(); ctx.rect(LABEL, r.y, w - LABEL - 8, LANE_H); ctx.clip();
+      // density of every event of the lane, behind the sampled marks (not needed when
+      // every event is drawn and a bucket is wider than a few pixels)
       const dens = D.density[i], bw = D.span_ns / D.buckets;
-      for (let b = 0; b < dens.length; b++) {
+      const showDensity = D.sampled_every > 1 || xOf(bw) - xOf(0) < 3;
+      for (let b = 0; showDensity && b < dens.length; b++) {
         if (!dens[b]) continue;
         const xa = xOf(b * bw), xb = xOf((b + 1) * bw);
         if (xb < LABEL || xa > w) continue;
@@ -101,11 +110,12 @@
       spansPerLane[i].forEach(function (s) {
         if (s[3] < v0 || s[2] > v1) return;
         const xa = Math.max(LABEL, xOf(s[2])), xb = Math.min(w, xOf(s[3]));
+        const top = r.y + 2 + 4 * Math.min(s[4], 2);      // nested spans step down
         ctx.fillStyle = "hsla(" + hue(s[1]) + ",70%,55%,0.85)";
-        ctx.fillRect(xa, r.y + 4, Math.max(1, xb - xa), 10);
+        ctx.fillRect(xa, top, Math.max(1, xb - xa), 10);
         if (xb - xa > 40) {
           ctx.fillStyle = "#000"; ctx.font = "10px sans-serif";
-          ctx.fillText(s[1].split("/").pop(), xa + 2, r.y + 12, xb - xa - 4);
+          ctx.fillText(s[1].split("/").pop(), xa + 2, top + 8, xb - xa - 4);
         }
       });
       const idx = perLane[i];
@@ -119,8 +129,12 @@
         ctx.fillStyle = kindColour[E.kind[e]];
         ctx.fillRect(x, r.y + 15, 1, 9);
       }
+      ctx.restore();
     });
     ctx.strokeStyle = "rgba(21,101,192,0.8)"; ctx.lineWidth = 1;
+    try {
+      history.replaceState(null, "", "#from=" + Math.round(v0) + "&to=" + Math.round(v1));
+    } catch (e) { /* some browsers refuse this on file: URLs; the view still works */ }
     D.syncs.forEach(function (s) {
       if (Math.max(s[1], s[3]) < v0 || Math.min(s[1], s[3]) > v1) return;
       ctx.beginPath();
