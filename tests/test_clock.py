@@ -202,6 +202,34 @@ def test_sync_points_are_recorded_on_both_sides(session, tmp_path):
     assert st["sync_points"]["local"]["count"] == 20
 
 
+FORKER = r"""
+import os, signal
+from hypertrace import guest
+guest.sync_point("parent")
+ctl = guest._control
+ctl.lock.acquire()          # held, as by the clock thread during an exchange ...
+pid = os.fork()             # ... when another thread forks
+if pid == 0:
+    signal.alarm(20)        # a deadlock would end here, with a failing status
+    guest.sync_point("child")
+    os._exit(0)
+ctl.lock.release()
+_, status = os.waitpid(pid, 0)
+print("CHILD", status)
+"""
+
+
+def test_fork_while_the_control_lock_is_held_does_not_deadlock_the_child(session, tmp_path):
+    """A process forked while its clock thread held the control lock (a worker pool
+    started during the first burst of clock exchanges) can still make sync points."""
+    app = tmp_path / "forker.py"
+    app.write_text(FORKER)
+    r = record(session, sys.executable, str(app))
+    assert "CHILD 0" in r.stdout, r.stdout + r.stderr
+    events, _ = babeltrace(session, internal=True)
+    assert sorted(f["name"] for n, f in events if n == "hypertrace_sync") == ["child", "parent"]
+
+
 def _ctl_path(proc_out: str) -> str:
     return proc_out.split("control=unix:")[1].split()[0].rstrip(",;")
 

@@ -208,6 +208,12 @@ def _connect_from_env() -> None:
 
 
 def _after_fork_in_child() -> None:
+    # Only the forking thread exists in the child: a lock another thread held at the
+    # fork (the clock thread's, during an exchange) would stay locked for ever.
+    global _lock
+    _lock = threading.Lock()
+    if _control is not None:
+        _control.after_fork()
     # the child must never write into the parent's rings: forget this thread's
     # writer (without releasing it: the parent still owns it) and restart the poller
     for attr in ("w", "holder"):

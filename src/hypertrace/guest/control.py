@@ -133,6 +133,12 @@ class Control:
             self._ensure()
             self._release()
 
+    def after_fork(self) -> None:
+        """In a forked child: new lock (the parent's may have been held by a thread that
+        does not exist here); the connection is reopened by the next use (_ensure)."""
+        self.lock = threading.Lock()
+        self.thread = None
+
     # -- connection ----------------------------------------------------------------
     def _ensure(self) -> None:
         if self.sock is not None and self.pid == os.getpid():
