@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="serve QEMU guest NAME started with `hypertrace qemu-args --name NAME` "
                         "(repeat for several guests in one session)")
     r.add_argument("--name", default="local", help="domain name of the producers (default local)")
+    r.add_argument("--triggers", metavar="RULES.toml",
+                   help="guest events that make the host act (see README: Triggers)")
     r.add_argument("--buffer-size", type=_size, default=abi.DEFAULT_RING_SIZE,
                    help="bytes per ring, a power of two (default 512K)")
     r.add_argument("--rings", type=int, default=abi.DEFAULT_RINGS,
@@ -77,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true")
     fmt.add_argument("--json", action="store_true")
 
+    c = sub.add_parser("ctl", help="control a live recording: enable/disable guest events by "
+                                   "pattern, or show its status")
+    c.add_argument("dir", help="the output directory of a running `hypertrace record`")
+    c.add_argument("action", choices=["enable", "disable", "status"])
+    c.add_argument("pattern", nargs="?", help="event name glob (enable, disable)")
+    c.add_argument("--domain", default="*", help="domain name glob (default: every domain)")
+    c.add_argument("--json", action="store_true", help="status as JSON")
+
     q = sub.add_parser("qemu-args", help="print the QEMU options for one traced guest")
     q.add_argument("--name", required=True, help="guest name: [A-Za-z0-9_.-], < 32 characters")
     q.add_argument("--buffer-size", type=_size, default=abi.DEFAULT_RING_SIZE)
@@ -117,7 +127,8 @@ def cmd_record(a) -> int:
     try:
         col = record(a.output, cmd, channel=a.channel, mode=a.mode, ring_size=a.buffer_size,
                      rings=a.rings, max_events=a.max_events, block_timeout_ms=a.block_timeout,
-                     name=a.name, sync_interval=a.sync_interval, qemu=a.qemu)
+                     name=a.name, sync_interval=a.sync_interval, qemu=a.qemu,
+                     triggers=a.triggers)
     except RecordError as e:
         return _fail(str(e))
     sys.stdout.write(summary(col) + "\n")
@@ -264,6 +275,40 @@ def cmd_snapshot(a) -> int:
             return 0
         time.sleep(0.02)
     return _fail("the collector (pid %d) did not answer within 10 s" % pid)
+
+
+def cmd_ctl(a) -> int:
+    from .host.live import LiveError, request
+    try:
+        if a.action == "status":
+            st = request(a.dir, {"cmd": "status"})["status"]
+        else:
+            if not a.pattern:
+                return _fail("ctl %s needs an event name pattern" % a.action)
+            r = request(a.dir, {"cmd": a.action, "pattern": a.pattern, "domain": a.domain})
+    except LiveError as e:
+        return _fail(str(e))
+    if a.action != "status":
+        print("%sd %s in %s: %d event(s) changed%s" % (
+            a.action, a.pattern, a.domain, len(r["changed"]),
+            (" (" + ", ".join(r["changed"]) + ")") if r["changed"] else ""))
+        return 0
+    if a.json:
+        print(json.dumps(st, indent=1))
+        return 0
+    for d in st["domains"]:
+        print("domain %s" % d["domain"])
+        print("  %-40s %-8s %10s" % ("event", "state", "recorded"))
+        for e in d["events"]:
+            print("  %-40s %-8s %10d" % (e["name"], "enabled" if e["enabled"] else "disabled",
+                                         e["recorded"]))
+        print("  %-18s %8s %8s %-16s %10s %10s %9s %5s" % (
+            "producer", "pid", "tid", "thread", "recorded", "discarded", "malformed", "torn"))
+        for p in d["producers"]:
+            print("  %-18s %8s %8s %-16s %10s %10s %9s %5s" % (
+                p["file"] or "(none)", p["pid"], p["tid"], (p["thread"] or "")[:16],
+                p["recorded"], p["discarded"], p["malformed"], p["torn"]))
+    return 0
 
 
 def cmd_qemu_args(a) -> int:

@@ -37,6 +37,7 @@ def compute(s: Session, with_spans: bool = True) -> dict:
             "causality_violations", "min_rtt_ns", "segments")} for k, v in s.clocks.items()},
         "sync_points": _sync_latency(s),
         "spans": spans(s) if with_spans else {},
+        "triggers": triggers(s),
         "totals": {
             "recorded": total,
             "discarded": sum(x["discarded"] or 0 for x in streams),
@@ -69,6 +70,17 @@ def format_text(st: dict) -> str:
         for k, v in st["spans"].items():
             lines.append("%-32s %8d %12d %12d %12d %12d" % (k, v["count"], v["min"], v["p50"],
                                                            v["p99"], v["max"]))
+    if st.get("triggers"):
+        lines.append("")
+        lines.append("%-32s %-24s %6s %6s %12s %12s" % ("trigger action", "on event", "count",
+                                                     "errors", "p50 ns", "max ns"))
+        for k, v in st["triggers"]["actions"].items():
+            lat = v["latency_ns"] or {}
+            lines.append("%-32s %-24s %6d %6d %12s %12s" % (
+                k[:32], v["event"][:24], v["count"], v["errors"], _n(lat.get("p50")),
+                _n(lat.get("max"))))
+            if v["last_error"]:
+                lines.append("    error: %s" % v["last_error"])
     if st.get("clocks"):
         lines.append("")
         lines.append("%-12s %-20s %14s %12s %14s %8s %10s" % (
@@ -101,6 +113,33 @@ def spans(s: Session) -> dict:
         v.sort()
         out[key] = dict(_pct(v), count=len(v), unmatched=p.unmatched.get(key, 0))
     return out
+
+
+def triggers(s: Session) -> dict:
+    """Per trigger action: how often it ran or failed, and its latency from the guest
+    event that fired it (event mapped onto the host timeline) to the action done."""
+    acts: Dict[str, dict] = {}
+    errors = 0
+    if "host" not in s.domains:
+        return {}
+    for e in s.events("host"):
+        if e.name != "hypertrace_trigger":
+            continue
+        f = e.fields
+        a = acts.setdefault(str(f["action"]), {"event": "%s/%s" % (f["domain"], f["event"]),
+                                               "lat": [], "errors": 0, "last_error": None})
+        if f["ok"] and f["domain"] in s.domains:
+            a["lat"].append(e.ts - s.to_host(f["domain"], f["event_ts"]))
+        elif not f["ok"]:
+            a["errors"] += 1
+            a["last_error"] = f["error"]
+            errors += 1
+    if not acts:
+        return {}
+    return {"errors": errors, "actions": {k: {
+        "event": v["event"], "count": len(v["lat"]) + v["errors"], "errors": v["errors"],
+        "last_error": v["last_error"], "latency_ns": _pct(sorted(v["lat"]))}
+        for k, v in acts.items()}}
 
 
 def _sync_latency(s: Session) -> dict:

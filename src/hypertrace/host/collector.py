@@ -8,7 +8,7 @@ import socket
 import struct
 import time
 from dataclasses import asdict
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -68,6 +68,10 @@ class Collector:
         self.host_offset = clock_offset_ns()       # CLOCK_REALTIME - CLOCK_MONOTONIC
         self.clocks: Dict[str, DomainClock] = {}   # domains whose clock is estimated
         self.clock_summary: Dict[str, dict] = {}
+        self.extra_index: Dict[str, object] = {}    # sections other parts add (control, ...)
+        #: called with (source, packet content) for every packet written (triggers)
+        self.watch: Optional[Callable[[Source, bytes], None]] = None
+        self.stream_src: Dict[int, Source] = {}
 
     # -- setup -----------------------------------------------------------------
     def add_region(self, region: Region, domain: str, pid_check: bool = True,
@@ -169,11 +173,14 @@ class Collector:
                                                    self.trace_uuid, src.domain.stream_id, inst)
             self.stream_info[id(r)] = {"file": name, "domain": src.domain.name,
                                        "ring": r.index, "reader": r}
+            self.stream_src[id(r)] = src
             if discarded:
                 # babeltrace2 can only place losses between two packets: open the
                 # stream with an empty packet that has lost nothing yet
                 f.packet(b"", ts_begin, ts_begin, 0)
         f.packet(content, ts_begin, ts_end, discarded, tail_pad)
+        if self.watch is not None and content:
+            self.watch(self.stream_src[id(r)], content)
 
     def flush(self) -> None:
         for src in self.sources:
@@ -293,7 +300,8 @@ class Collector:
                  "host_clock_offset_ns": self.host_offset,
                  "clocks": self.clock_summary,
                  "syncs": {k: v.syncs for k, v in self.clocks.items()},
-                 "domains": doms, "streams": self.streams(), "errors": self.errors}
+                 "domains": doms, "streams": self.streams(), "errors": self.errors,
+                 **{k: (v() if callable(v) else v) for k, v in self.extra_index.items()}}
         path = os.path.join(self.outdir, SESSION_DIR, "session.json")
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:

@@ -12,9 +12,14 @@ from typing import List, Optional
 
 from .. import abi, guest
 from ..guest.channel import ChannelError, resolve
+from .actions import Engine
 from .collector import SESSION_DIR, Collector
 from .control import ControlServer, DomainClock
+from .live import LiveServer, Rules
+from .qemulog import QemuLogs, qmp_alive
 from .region import Region
+from .triggers import TriggerError
+from .triggers import load as load_triggers
 
 IDLE_SLEEP_S = 0.001
 
@@ -28,11 +33,17 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
            rings: int = abi.DEFAULT_RINGS, max_events: int = abi.DEFAULT_MAX_EVENTS,
            block_timeout_ms: float = 1000.0, name: str = "local",
            sync_interval: float = 1.0, qemu: Optional[List[str]] = None,
-           out=sys.stdout) -> Collector:
+           triggers: Optional[str] = None, out=sys.stdout) -> Collector:
     if os.path.exists(os.path.join(outdir, "metadata")):
         raise RecordError("%s already holds a trace; choose a new output directory" % outdir)
     if mode not in abi.MODES:
         raise RecordError("unknown mode %r (discard, block or overwrite)" % mode)
+    rules = []
+    if triggers:
+        try:
+            rules = load_triggers(triggers)
+        except TriggerError as e:
+            raise RecordError(str(e)) from None
     if qemu:
         targets = [(qemu_region_path(n), n) for n in qemu]
     elif channel:
@@ -72,8 +83,14 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
         raise RecordError("cannot set up the host side: %s" % e) from None
     with open(os.path.join(outdir, SESSION_DIR, "collector.pid"), "w") as f:
         f.write(str(os.getpid()))
-
+    ctl_tp = guest.event("hypertrace_ctl", "const char *action, const char *pattern, "
+                         "const char *domain, uint32_t changed")
+    qlogs = _qemu_logs(col, targets[0][0], qemu) if qemu else None
+    live = LiveServer(outdir, col, Rules(col),
+                      on_change=lambda act, pat, dom, n: ctl_tp(act, pat, dom, n))
+    col.extra_index["control"] = live.log
     flags = {"stop": False, "snapshot": 0}
+    engine = _engine(rules, col, live, flags, qemu or []) if rules else None
 
     def on_stop(signum, _frame):
         flags["stop"] = True
@@ -101,8 +118,16 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
                       "host-side producers HYPERTRACE_HOST_CHANNEL=shm:%s; Ctrl-C to stop\n"
                       % (path, spec, host.path))
             out.flush()
-        _loop(col, child, flags)
+        _loop(col, child, flags, live, engine, qlogs)
     finally:
+        if qlogs is not None:
+            qlogs.poll()
+            qlogs.close()
+        if engine is not None:
+            # actions of what is committed now still run; the final drain's do not
+            col.poll()
+            engine.close()
+        live.close()
         for server in servers:
             server.close()
         guest.disconnect()
@@ -122,9 +147,11 @@ def qemu_region_path(name: str) -> str:
 
 
 def qemu_args(name: str, ring_size: int = abi.DEFAULT_RING_SIZE, rings: int = abi.DEFAULT_RINGS,
-              max_events: int = abi.DEFAULT_MAX_EVENTS) -> str:
+              max_events: int = abi.DEFAULT_MAX_EVENTS, trace: Optional[List[str]] = None) -> str:
     """QEMU options wiring guest NAME to `hypertrace record --qemu NAME`: stock devices only.
-    The chardev is a client that reconnects, so either side may start first."""
+    The chardev is a client that reconnects, so either side may start first. QEMU's
+    own trace events go to a log file the recorder ingests, stamped with the real
+    time; its QMP socket lets triggers switch them (`trace` patterns start enabled)."""
     lay = abi.make_layout(rings, ring_size, max_events)
     p = qemu_region_path(name)
     return " ".join([
@@ -134,7 +161,10 @@ def qemu_args(name: str, ring_size: int = abi.DEFAULT_RING_SIZE, rings: int = ab
         "-device virtio-serial-pci,id=htserial-%s" % name,
         "-chardev socket,id=htctl-%s,path=%s.ctl,reconnect=1" % (name, p),
         "-device virtserialport,bus=htserial-%s.0,chardev=htctl-%s,name=org.hypertrace.%s"
-        % (name, name, name)])
+        % (name, name, name),
+        "-qmp unix:%s.qmp,server=on,wait=off" % p,
+        "-D %s.qemu.log -msg timestamp=on" % p] +
+        ["-trace enable=%s" % t for t in (trace or ["hypertrace_none"])])
 
 
 def _host_side(col: Collector, regions: List[Region], paths: List[str], names: List[str]):
@@ -168,7 +198,56 @@ def _host_side(col: Collector, regions: List[Region], paths: List[str], names: L
     return host, servers, "unix:" + paths[0] + ".ctl"
 
 
-def _loop(col: Collector, child, flags: dict) -> None:
+def _engine(rules, col: Collector, live: LiveServer, flags: dict, qemu: List[str]) -> Engine:
+    """Triggers: actions run against this recording only, QMP against the triggering
+    guest's own QEMU only."""
+    trig_tp = guest.event("hypertrace_trigger", "const char *domain, const char *event, "
+                          "uint64_t event_ts, uint32_t rule, const char *action, bool ok, "
+                          "const char *error")
+    marker_tp = guest.event("hypertrace_marker", "const char *domain, const char *text")
+
+    def run_local(act, dom: str) -> None:
+        if act.kind in ("enable", "disable"):
+            live.add(act.arg, act.kind == "enable", act.domain or dom)
+        elif act.kind == "snapshot":
+            flags["snapshot"] += 1
+        elif act.kind == "stop":
+            flags["stop"] = True
+        elif act.kind == "marker":
+            marker_tp(dom, act.arg)
+
+    engine = Engine(rules, col, run_local,
+                    emit=lambda *a: trig_tp(*a),
+                    qmp_path=lambda d: qemu_region_path(d) + ".qmp" if d in qemu else None)
+    col.watch = engine.on_content
+    col.extra_index["triggers"] = engine.summary
+    col.extra_index["trigger_problems"] = engine.problems
+    return engine
+
+
+def _qemu_logs(col: Collector, base: str, names: List[str]) -> QemuLogs:
+    """Domain `qemu`: QEMU's own trace events, from each guest's -D log file."""
+    logs = {}
+    for n in names:
+        p = qemu_region_path(n)
+        if not qmp_alive(p + ".qmp"):
+            try:
+                os.unlink(p + ".qemu.log")    # a previous run's: QEMU truncates it at start
+            except FileNotFoundError:
+                pass
+        logs[n] = p + ".qemu.log"
+    region = Region.create(base + "-qemu", "qemu", n_rings=max(4, len(names)),
+                           ring_size=4 << 20)
+    col.add_region(region, "qemu", description="QEMU trace events: CLOCK_REALTIME "
+                   "(-msg timestamp=on) mapped onto the host's CLOCK_MONOTONIC")
+    q = QemuLogs(region.path, logs)
+    q.region = region
+    col.extra_index["qemu_clock"] = q.summary
+    return q
+
+
+def _loop(col: Collector, child, flags: dict, live: LiveServer,
+          engine: Optional[Engine] = None, qlogs: Optional[QemuLogs] = None) -> None:
     idle = 0
     last_flush = time.monotonic()
     snaps = 0
@@ -178,7 +257,13 @@ def _loop(col: Collector, child, flags: dict) -> None:
         if flags["snapshot"] != snaps:
             snaps = flags["snapshot"]
             col.snapshot()
+        if qlogs is not None:
+            qlogs.poll()
         n = col.poll()
+        if engine is not None:
+            engine.run_pending()
+        live.rules.apply_new()
+        live.serve()
         now = time.monotonic()
         if now - last_flush > 1.0:
             col.flush()

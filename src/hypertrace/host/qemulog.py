@@ -1,0 +1,184 @@
+"""QEMU's own trace events in the session, as domain `qemu`.
+
+QEMU built with the `log` trace backend (Debian's build) writes one line per
+event to its `-D` file; with `-msg timestamp=on` a line is
+
+    TID@SECONDS.MICROSECONDS:event_name args...
+
+stamped with CLOCK_REALTIME. The recorder tails the file of each guest it serves
+and re-emits every line as an event of domain `qemu` — one stream per guest —
+through a region like any other producer's (one mechanism: the collector does
+not know where the records came from). Each event is `name(uint32_t tid, const
+char *args)`, its timestamp mapped onto the host's CLOCK_MONOTONIC with
+CLOCK_REALTIME - CLOCK_MONOTONIC measured by the recorder (re-measured every
+second, to follow NTP; the spread of those measurements and QEMU's 1 µs
+resolution make the stated uncertainty). The file is QEMU's and unvalidated:
+lines that do not parse are counted and skipped, names must be C identifiers,
+and lines are cut at 1 KiB.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+from .. import abi
+from ..guest.channel import Channel
+from ..guest.tracepoint import build
+
+LINE = re.compile(rb"(\d{1,10})@(\d{1,12})\.(\d{6}):([A-Za-z_][A-Za-z0-9_]{0,127})(?: (.*))?\Z")
+MAX_LINE = 4096
+READ_BYTES = 1 << 20           # per poll: the collector drains between two polls
+REMEASURE_S = 1.0
+
+
+def realtime_offset(samples: int = 32) -> tuple:
+    """(CLOCK_REALTIME - CLOCK_MONOTONIC in ns, half-width of the tightest bracket)."""
+    best = None
+    for _ in range(samples):
+        a = time.monotonic_ns()
+        r = time.time_ns()
+        b = time.monotonic_ns()
+        if best is None or b - a < best[0]:
+            best = (b - a, r - (a + b) // 2)
+    return best[1], (best[0] + 1) // 2
+
+
+def qmp_alive(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(0.5)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+class QemuLogs:
+    """Tails the log files of the guests served; events go into the `qemu` region."""
+
+    def __init__(self, region_path: str, logs: Dict[str, str]):
+        self.ts = 0
+        self.ch = Channel(region_path, lambda: self.ts)
+        self.logs = logs                                  # guest name -> log path
+        self.files: Dict[str, object] = {}
+        self.pos: Dict[str, int] = {}
+        self.buf: Dict[str, bytes] = {}
+        self.tls: Dict[str, threading.local] = {g: threading.local() for g in logs}
+        self.tps: Dict[tuple, Callable] = {}
+        self.offsets: List[tuple] = []                    # (monotonic ns, offset, half-width)
+        self.next_measure = 0.0
+        self.lines = 0
+        self.events = 0
+        self.other = 0           # lines that are not trace events (QEMU's other messages)
+        self.bad = 0
+        self.measure()
+
+    def measure(self) -> None:
+        off, w = realtime_offset()
+        self.offsets.append((time.monotonic_ns(), off, w))
+        self.offset = off
+        self.next_measure = time.monotonic() + REMEASURE_S
+
+    def _tp(self, guest: str, name: str) -> Optional[Callable]:
+        tp = self.tps.get((guest, name))
+        if tp is None:
+            decl = abi.make_decl(name, "uint32_t tid, const char *args")
+            tls = self.tls[guest]
+            tp = build(decl, tls, lambda: self._claim(guest), lambda: self.ts)
+            try:
+                self.ch.attach(tp, tls)
+            except ValueError:
+                return None          # the region's declaration table is full: counted bad
+            self.tps[(guest, name)] = tp
+        return tp
+
+    def _claim(self, guest: str):
+        # the stream is named after the guest: claims record the calling thread's name
+        t = threading.current_thread()
+        old, t.name = t.name, "qemu-%s" % guest
+        try:
+            return self.ch.claim(self.tls[guest])
+        finally:
+            t.name = old
+
+    def _open(self, guest: str):
+        f = self.files.get(guest)
+        path = self.logs[guest]
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if f is not None and st.st_size < self.pos[guest]:
+            f.close()                # QEMU restarted and truncated its log: start over
+            f = None
+        if f is None:
+            try:
+                f = open(path, "rb")
+            except OSError:
+                return None
+            self.files[guest], self.pos[guest], self.buf[guest] = f, 0, b""
+        return f
+
+    def poll(self) -> int:
+        """Ingest what the logs gained since the last call; returns events emitted."""
+        if time.monotonic() >= self.next_measure:
+            self.measure()
+        n = 0
+        for guest in self.logs:
+            f = self._open(guest)
+            if f is None:
+                continue
+            data = f.read(READ_BYTES)
+            if not data:
+                continue
+            self.pos[guest] += len(data)
+            lines = (self.buf[guest] + data).split(b"\n")
+            self.buf[guest] = lines.pop()[-MAX_LINE:]
+            for ln in lines:
+                n += self._line(guest, ln)
+        return n
+
+    def _line(self, guest: str, ln: bytes) -> int:
+        self.lines += 1
+        m = LINE.match(ln[:MAX_LINE].rstrip(b"\r"))
+        if m is None:
+            self.other += 1
+            return 0
+        tid, sec, usec, name, args = m.groups()
+        tp = self._tp(guest, name.decode())
+        if tp is None:
+            self.bad += 1
+            return 0
+        # QEMU truncates to the µs: the event lies in [t, t + 1 µs)
+        real = int(sec) * 1_000_000_000 + int(usec) * 1000 + 500
+        self.ts = max(0, real - self.offset)
+        tp(int(tid) & 0xFFFFFFFF, (args or b"").decode("utf-8", "replace"))
+        self.events += 1
+        return 1
+
+    def summary(self) -> dict:
+        offs = [o for _, o, _ in self.offsets]
+        return {"kind": "realtime", "source": "QEMU -msg timestamp=on (CLOCK_REALTIME, µs)",
+                "realtime_minus_monotonic_ns": self.offset,
+                "measurements": len(offs),
+                "measured_spread_ns": (max(offs) - min(offs)) if offs else 0,
+                "uncertainty_ns": 500 + max((w for _, _, w in self.offsets), default=0) +
+                ((max(offs) - min(offs)) if offs else 0),
+                "lines": self.lines, "events": self.events, "other_lines": self.other,
+                "rejected": self.bad, "logs": dict(self.logs)}
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        for tls in self.tls.values():
+            w = getattr(tls, "w", None)
+            if w is not None:
+                w.release()          # the collector drains and accounts for the stream
+        self.ch.close()
