@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--buffer-size", type=_size, default=abi.DEFAULT_RING_SIZE)
     q.add_argument("--rings", type=int, default=abi.DEFAULT_RINGS)
     q.add_argument("--max-events", type=int, default=abi.DEFAULT_MAX_EVENTS)
+    q.add_argument("--trace", action="append", metavar="PATTERN",
+                   help="QEMU trace events enabled from the start (repeatable; triggers and "
+                        "QMP can switch any event later)")
 
     s = sub.add_parser("snapshot", help="overwrite mode: write the rings' current contents")
     s.add_argument("dir")
@@ -317,8 +320,11 @@ def cmd_qemu_args(a) -> int:
     from .host.record import qemu_args
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,31}", a.name):
         return _fail("guest name must be 1-31 characters of [A-Za-z0-9_.-]")
+    for t in a.trace or []:
+        if not re.fullmatch(r"[A-Za-z0-9_*?]+", t):
+            return _fail("bad QEMU trace event pattern %r" % t)
     try:
-        print(qemu_args(a.name, a.buffer_size, a.rings, a.max_events))
+        print(qemu_args(a.name, a.buffer_size, a.rings, a.max_events, a.trace))
     except ValueError as e:
         return _fail(str(e))
     return 0

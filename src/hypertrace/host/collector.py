@@ -69,9 +69,8 @@ class Collector:
         self.clocks: Dict[str, DomainClock] = {}   # domains whose clock is estimated
         self.clock_summary: Dict[str, dict] = {}
         self.extra_index: Dict[str, object] = {}    # sections other parts add (control, ...)
-        #: called with (source, packet content) for every packet written (triggers)
+        #: called with (source, validated records) as rings are drained (triggers)
         self.watch: Optional[Callable[[Source, bytes], None]] = None
-        self.stream_src: Dict[int, Source] = {}
 
     # -- setup -----------------------------------------------------------------
     def add_region(self, region: Region, domain: str, pid_check: bool = True,
@@ -140,6 +139,8 @@ class Collector:
             src.claims += 1
             r = src.readers[i] = RingReader(src.region, src.events, i, ident["generation"],
                                             ident, self._sink)
+            if self.watch is not None:
+                r.watch = lambda content, src=src: self.watch(src, content)
         gone = state == abi.RING_RELEASED or (
             check_pids and state == abi.RING_ACTIVE and not _alive(ident["pid"]))
         n = 0
@@ -173,14 +174,11 @@ class Collector:
                                                    self.trace_uuid, src.domain.stream_id, inst)
             self.stream_info[id(r)] = {"file": name, "domain": src.domain.name,
                                        "ring": r.index, "reader": r}
-            self.stream_src[id(r)] = src
             if discarded:
                 # babeltrace2 can only place losses between two packets: open the
                 # stream with an empty packet that has lost nothing yet
                 f.packet(b"", ts_begin, ts_begin, 0)
         f.packet(content, ts_begin, ts_end, discarded, tail_pad)
-        if self.watch is not None and content:
-            self.watch(self.stream_src[id(r)], content)
 
     def flush(self) -> None:
         for src in self.sources:

@@ -93,6 +93,9 @@ class RingReader:
         self.stats = StreamStats()
         self.sink = sink         # sink(reader, content, ts_begin, ts_end, discarded_total)
         self.buf = bytearray()
+        #: called with each run of validated records as it is taken (triggers): sooner
+        #: than packets, which are written when full or once a second
+        self.watch: Optional[Callable[[bytes], None]] = None
         self.pkt_begin: Optional[int] = None
         self.pkt_end = 0
         self.last_rec = 0
@@ -157,6 +160,8 @@ class RingReader:
                 st.first_ts = r.first_ts
             self.last_rec = len(self.buf) + r.last_rec - r.start
             self.buf += mv[r.start:r.end]
+            if self.watch is not None:
+                self.watch(bytes(mv[r.start:r.end]))
             st.recorded += r.count
             total += r.count
             st.last_ts = self.pkt_end = r.last_ts
@@ -277,6 +282,8 @@ class RingReader:
         st = self.stats
         self.last_rec = len(self.buf) + lastrec - a
         self.buf += memoryview(buf)[a:b]
+        if self.watch is not None:
+            self.watch(bytes(memoryview(buf)[a:b]))
         st.recorded += count
         if st.first_ts is None:
             st.first_ts = self.pkt_begin

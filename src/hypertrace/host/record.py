@@ -164,7 +164,7 @@ def qemu_args(name: str, ring_size: int = abi.DEFAULT_RING_SIZE, rings: int = ab
         % (name, name, name),
         "-qmp unix:%s.qmp,server=on,wait=off" % p,
         "-D %s.qemu.log -msg timestamp=on" % p] +
-        ["-trace enable=%s" % t for t in (trace or ["hypertrace_none"])])
+        ["-trace enable=%s" % t for t in (trace or [])])
 
 
 def _host_side(col: Collector, regions: List[Region], paths: List[str], names: List[str]):
