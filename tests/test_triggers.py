@@ -107,3 +107,13 @@ def test_bad_rules_files_are_clear_errors_naming_the_line(tmp_path, text, where,
     assert str(rules) + where in r.stderr and msg in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert not os.path.exists(tmp_path / "s" / "metadata")
+
+
+def test_the_example_rules_file_loads():
+    from conftest import ROOT
+
+    from hypertrace.host.triggers import load
+    ts = load(os.path.join(ROOT, "examples", "triggers.toml"))
+    assert [t.event for t in ts] == ["roi_begin", "roi_end", "request_end", "panic*"]
+    assert ts[2].when({"status": 503, "elapsed_us": 10}) and \
+        not ts[2].when({"status": 200, "elapsed_us": 10})
