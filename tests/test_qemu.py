@@ -134,7 +134,8 @@ def test_two_guests_at_once_one_hostile(tmp_path):
 ROI_RULES = """
 [[trigger]]
 event = "roi_begin"
-actions = [ { qemu_trace_enable = "virtio_console_flush_buf" }, { marker = "roi on" } ]
+actions = [ { qemu_trace_enable = "virtio_console_flush_buf" }, { marker = "roi on" },
+            { qemu_trace_enable = "no_such_qemu_event" } ]
 
 [[trigger]]
 event = "roi_end"
@@ -183,6 +184,9 @@ def test_guest_region_of_interest_steers_qemu_tracing(tmp_path):
     assert acts["qemu_trace_enable virtio_console_flush_buf"]["count"] == 1
     assert acts["qemu_trace_enable virtio_console_flush_buf"]["errors"] == 0
     assert acts["qemu_trace_disable virtio_console_flush_buf"]["errors"] == 0
+    # a command QEMU refuses is recorded with QEMU's message; recording went on
+    bad = acts["qemu_trace_enable no_such_qemu_event"]
+    assert bad["errors"] == 1 and "no_such_qemu_event" in bad["last_error"]
     lat = acts["qemu_trace_enable virtio_console_flush_buf"]["latency_ns"]
     from hypertrace.session import Session
     qc = Session(out).index["qemu_clock"]
