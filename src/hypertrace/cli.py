@@ -137,6 +137,10 @@ def cmd_record(a) -> int:
     sys.stdout.write(summary(col) + "\n")
     sys.stdout.write("trace: %s (CTF 1.8: babeltrace2 %s)\n" % (os.path.abspath(a.output),
                                                               a.output))
+    if col.write_error is not None:
+        return _fail("recording stopped: %s; the trace written up to then is kept and "
+                     "readable (%d packets could not be written)" % (col.write_error,
+                                                                      col.unwritten), 1)
     return col.exit_code
 
 

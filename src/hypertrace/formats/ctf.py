@@ -105,11 +105,18 @@ def metadata(trace_uuid: bytes, domains: List[Domain], env: Dict[str, object]) -
 
 def write_metadata(path: str, text: str) -> None:
     tmp = os.path.join(os.path.dirname(path), ".metadata.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)           # the previous metadata stays whole
+        except OSError:
+            pass
+        raise
 
 
 class StreamFile:
@@ -117,7 +124,9 @@ class StreamFile:
 
     def __init__(self, path: str, trace_uuid: bytes, stream_id: int, instance_id: int):
         self.path = path
-        self.f = open(path, "wb")
+        # unbuffered, one write per packet: a failed write (a full disk) is undone by
+        # cutting the file back to the last whole packet, so the trace stays readable
+        self.f = open(path, "wb", buffering=0)
         self.uuid = trace_uuid
         self.stream_id = stream_id
         self.instance = instance_id
@@ -131,10 +140,19 @@ class StreamFile:
         head = PACKET_HEAD.pack(PACKET_MAGIC, self.uuid, self.stream_id, self.instance,
                                 ts_begin, ts_end, size - tail_pad * 8, size, self.seq,
                                 discarded_total)
-        self.f.write(head)
-        self.f.write(content)
+        data = head + bytes(content)
+        try:
+            n = self.f.write(data)
+            if n != len(data):
+                raise OSError(28, os.strerror(28))       # a short write: the disk is full
+        except OSError:
+            try:
+                os.ftruncate(self.f.fileno(), self.bytes)
+            except OSError:
+                pass
+            raise
         self.seq += 1
-        self.bytes += len(head) + len(content)
+        self.bytes += len(data)
 
     def flush(self) -> None:
         self.f.flush()

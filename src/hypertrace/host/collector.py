@@ -69,6 +69,9 @@ class Collector:
         self.clocks: Dict[str, DomainClock] = {}   # domains whose clock is estimated
         self.clock_summary: Dict[str, dict] = {}
         self.extra_index: Dict[str, object] = {}    # sections other parts add (control, ...)
+        #: set when the trace cannot be written (a full disk): recording must stop
+        self.write_error: Optional[str] = None
+        self.unwritten = 0          # packets dropped after a write error
         #: called with (source, validated records) as rings are drained (triggers)
         self.watch: Optional[Callable[[Source, bytes], None]] = None
 
@@ -96,10 +99,11 @@ class Collector:
             check = src.pid_check and now >= src.next_pid_check
             if check:
                 src.next_pid_check = now + PID_CHECK_S
+            if src.events.changed:
+                self.write_metadata()
             for i in self._busy_rings(src):
                 n += self._poll_ring(src, i, check, drain_overwrite)
             if src.events.changed:
-                src.events.changed = False
                 self.write_metadata()
         return n
 
@@ -162,8 +166,28 @@ class Collector:
         if f is not None:
             f.flush()
 
+    def _write_failed(self, what: str, e: OSError) -> None:
+        if self.write_error is None:
+            self.write_error = "cannot write %s: %s" % (what, e.strerror or e)
+
     def _sink(self, r: RingReader, content: bytes, ts_begin: int, ts_end: int,
               discarded: int, tail_pad: int) -> None:
+        if self.write_error is not None:
+            self.unwritten += 1
+            return
+        if any(s.events.changed for s in self.sources):
+            self.write_metadata()   # before any packet that may use a new event id
+            if self.write_error is not None:
+                self.unwritten += 1
+                return
+        try:
+            self._write_packet(r, content, ts_begin, ts_end, discarded, tail_pad)
+        except OSError as e:
+            self._write_failed(self.stream_info.get(id(r), {}).get("file", "a stream"), e)
+            self.unwritten += 1
+
+    def _write_packet(self, r: RingReader, content: bytes, ts_begin: int, ts_end: int,
+                      discarded: int, tail_pad: int) -> None:
         f = self.files.get(id(r))
         if f is None:
             src = next(s for s in self.sources if s.region is r.region)
@@ -250,11 +274,16 @@ class Collector:
     def write_metadata(self) -> None:
         for src in self.sources:
             src.domain.events = dict(src.events.decls)
+            src.events.changed = False
         env = {"tracer_name": "hypertrace", "tracer_version": __version__,
                "hostname": socket.gethostname(), "trace_name": os.path.basename(
                    os.path.abspath(self.outdir))}
-        ctf.write_metadata(os.path.join(self.outdir, "metadata"),
-                           ctf.metadata(self.trace_uuid, [s.domain for s in self.sources], env))
+        try:
+            ctf.write_metadata(os.path.join(self.outdir, "metadata"),
+                               ctf.metadata(self.trace_uuid, [s.domain for s in self.sources],
+                                            env))
+        except OSError as e:
+            self._write_failed("the trace metadata", e)
 
     def streams(self) -> List[dict]:
         out = []
@@ -300,9 +329,20 @@ class Collector:
                  "syncs": {k: v.syncs for k, v in self.clocks.items()},
                  "domains": doms, "streams": self.streams(), "errors": self.errors,
                  **{k: (v() if callable(v) else v) for k, v in self.extra_index.items()}}
+        if self.write_error is not None:
+            index["write_error"] = self.write_error
+            index["packets_not_written"] = self.unwritten
         path = os.path.join(self.outdir, SESSION_DIR, "session.json")
         tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=1)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(index, f, indent=1)
+            os.replace(tmp, path)
+        except OSError as e:
+            # the previous index (a second old at most) stays in place
+            self._write_failed("the session index", e)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 

@@ -260,6 +260,8 @@ def _loop(col: Collector, child, flags: dict, live: LiveServer,
         if qlogs is not None:
             qlogs.poll()
         n = col.poll()
+        if col.write_error is not None:
+            break                  # the disk is full: keep what is written, stop cleanly
         if engine is not None:
             engine.run_pending()
         live.rules.apply_new()
@@ -269,12 +271,18 @@ def _loop(col: Collector, child, flags: dict, live: LiveServer,
             col.flush()
             col.write_index()
             last_flush = now
+            if col.write_error is not None:
+                break
         if n:
             idle = 0
         else:
             idle += 1
             time.sleep(IDLE_SLEEP_S if idle < 100 else 4 * IDLE_SLEEP_S)
-    if flags["snapshot"] != snaps:
+    if col.write_error is not None:
+        sys.stderr.write("hypertrace: error: %s; recording stopped (the traced program "
+                         "keeps running)\n" % col.write_error)
+        sys.stderr.flush()
+    elif flags["snapshot"] != snaps:
         col.snapshot()
 
 
