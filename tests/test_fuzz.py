@@ -1,0 +1,300 @@
+"""Fuzzing what the collector reads from guests (hypothesis; bounded for CI: set
+HYPERTRACE_FUZZ_EXAMPLES for longer runs, tests/fuzz_atheris.py for coverage-guided).
+
+Ring contents and descriptors, region headers, declarations and control frames,
+random or mutated from valid ones, and ring memory rewritten by another thread
+while the collector reads it. Each case checks: no exception escapes, bad input
+is counted, the honest producer next to it loses nothing, and the collector's
+buffers stay within a stated bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import struct
+import threading
+import time
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hypertrace import abi
+from hypertrace.guest.channel import Channel
+from hypertrace.guest.control import Control
+from hypertrace.guest.tracepoint import build
+from hypertrace.host import reader as reader_mod
+from hypertrace.host.collector import Collector
+from hypertrace.host.control import ControlServer, DomainClock
+from hypertrace.host.region import Region
+from hypertrace.session import Session
+
+EXAMPLES = int(os.environ.get("HYPERTRACE_FUZZ_EXAMPLES", "200"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
+                suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                       HealthCheck.too_slow, HealthCheck.data_too_large])
+RING = 8192
+HONEST = 300
+
+
+class Honest:
+    """An honest in-process producer on ring 0 of a region."""
+
+    def __init__(self, path: str):
+        self.ch = Channel(path, time.monotonic_ns)
+        self.tls = threading.local()
+        decl = abi.make_decl("honest", "uint32_t i, const char *tag")
+        self.tp = build(decl, self.tls, lambda: self.ch.claim(self.tls), time.monotonic_ns)
+        self.ch.attach(self.tp, self.tls)
+
+    def emit(self, a: int, b: int) -> None:
+        for i in range(a, b):
+            self.tp(i, "honest %d" % i)
+
+    def release(self) -> None:
+        w = getattr(self.tls, "w", None)
+        if w is not None:
+            w.release()
+        self.ch.close()
+
+
+def _setup(tmp_path, rings: int = 3):
+    path = "/dev/shm/ht-fuzz-%s" % uuid.uuid4().hex[:10]
+    region = Region.create(path, "fuzz", n_rings=rings, ring_size=RING)
+    return path, region, Honest(path)
+
+
+def _hostile_ring(region: Region, i: int, desc: bytes, data: bytes) -> None:
+    """Ring i claimed by a 'producer' that then writes whatever it likes."""
+    lay = region.layout
+    d = lay.desc(i)
+    region.mm[d:d + len(desc)] = desc
+    struct.pack_into("<III", region.mm, d + abi.D_STATE, abi.RING_ACTIVE, 7, os.getpid())
+    region.mm[lay.data(i):lay.data(i) + len(data)] = data
+
+
+def _honest_intact(out: str, n: int) -> None:
+    """The honest producer's stream (ring 0) holds exactly its events. (A hostile ring
+    may emit valid `honest` records of its own: that is its right, in its own stream.)"""
+    s = Session(out)
+    mine = {st["file"] for st in s.streams if st["ring"] == 0 and st.get("file")}
+    got = [e.fields for e in s.events() if e.name == "honest" and e.stream in mine]
+    assert [f["i"] for f in got] == list(range(n))
+    assert all(f["tag"] == "honest %d" % f["i"] for f in got)
+
+
+def _valid_records(k: int) -> bytes:
+    out = b""
+    for i in range(k):
+        body = struct.pack("<I", i) + struct.pack("<H", 5) + b"hello"
+        size = abi.align(16 + len(body), 8)
+        rec = abi.REC_HEADER.pack(0, size, i, 1000 + i) + body
+        out += rec + b"\0" * (size - len(rec))
+    return out
+
+
+ring_bytes = st.one_of(
+    st.binary(max_size=RING),
+    st.builds(lambda flips, k: (flips, k), st.lists(st.tuples(st.integers(0, 4095),
+                                                              st.integers(0, 255)),
+                                                    max_size=20), st.integers(1, 60)))
+positions = st.one_of(st.integers(0, 2 * RING), st.integers(0, 2 ** 64 - 1),
+                      st.sampled_from([0, 8, RING, RING + 8, 2 ** 63, 2 ** 64 - 8]))
+
+
+@FUZZ
+@given(data=ring_bytes, commit=positions, emitted=positions, first=positions,
+       consumed=positions)
+def test_random_and_mutated_rings_next_to_an_honest_producer(tmp_path, data, commit,
+                                                             emitted, first, consumed):
+    if isinstance(data, tuple):
+        flips, k = data
+        buf = bytearray(_valid_records(k))
+        for pos, val in flips:
+            if pos < len(buf):
+                buf[pos] = val
+        data = bytes(buf)
+        if commit > 2 * RING:
+            commit = len(data)
+    path, region, honest = _setup(tmp_path)
+    out = str(tmp_path / ("s%d" % random.getrandbits(32)))
+    try:
+        honest.emit(0, HONEST // 2)
+        desc = struct.pack("<QQQQ", commit, emitted, first, 0)
+        _hostile_ring(region, 1, desc, data)
+        struct.pack_into("<Q", region.mm, region.layout.desc(1) + abi.D_CONSUMED, consumed)
+        col = Collector(out)
+        col.add_region(region, "fuzz")
+        for _ in range(3):
+            col.poll()
+        honest.emit(HONEST // 2, HONEST)
+        honest.release()
+        col.poll()
+        col.stop()
+        # the collector's own buffers: at most a packet plus a ring per reader
+        assert all(len(r.buf) <= reader_mod.PACKET_TARGET + RING
+                   for src in col.sources for r in src.finished)
+        _honest_intact(out, HONEST)
+    finally:
+        region.close()
+
+
+@FUZZ
+@given(slots=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4),
+                                st.one_of(st.binary(max_size=40),
+                                          st.sampled_from([b"x(int a)", b"a b(c)", b"\xff(void)",
+                                                           b"honest(uint32_t i)", b"y(" * 30,
+                                                           b"counter z(void)",
+                                                           b"ok(uint8_t q, bytes r)"])),
+                                st.integers(0, 600)), max_size=8))
+def test_random_declarations_are_counted_not_fatal(tmp_path, slots):
+    path, region, honest = _setup(tmp_path)
+    out = str(tmp_path / ("s%d" % random.getrandbits(32)))
+    try:
+        lay = region.layout
+        for slot, state, text, ln in slots:
+            off = lay.decl(1 + slot)             # slot 0 is the honest producer's
+            region.mm[off + abi.DECL_TEXT:off + abi.DECL_TEXT + len(text)] = text
+            struct.pack_into("<II", region.mm, off, state, ln)
+        col = Collector(out)
+        src = col.add_region(region, "fuzz")
+        for a in range(0, HONEST, 100):         # a ring-full at most between two drains
+            honest.emit(a, a + 100)
+            col.poll()
+        honest.release()
+        col.stop()
+        assert all(isinstance(v, str) for v in src.events.bad.values())
+        _honest_intact(out, HONEST)
+    finally:
+        region.close()
+
+
+@FUZZ
+@given(offset=st.integers(0, 255), junk=st.binary(min_size=1, max_size=64))
+def test_mutated_region_headers_are_refused_or_served(tmp_path, offset, junk):
+    path = "/dev/shm/ht-fuzz-%s" % uuid.uuid4().hex[:10]
+    region = Region.create(path, "fuzz", n_rings=2, ring_size=RING)
+    try:
+        region.mm[offset:offset + len(junk)] = junk[:max(0, 4096 - offset)]
+        try:
+            r2 = Region.open(path)
+        except (abi.ABIError, ValueError) as e:
+            assert str(e)
+            return
+        col = Collector(str(tmp_path / ("h%d" % random.getrandbits(32))))
+        col.add_region(r2, "fuzz")
+        col.poll()
+        col.stop()
+        r2.close(remove=False)
+    finally:
+        region.close()
+
+
+def test_memory_rewritten_while_the_collector_reads_it(tmp_path):
+    """Time of check to time of use: another thread rewrites a hostile ring's bytes and
+    descriptor at random while the collector drains it and an honest producer writes."""
+    path, region, honest = _setup(tmp_path, rings=4)
+    out = str(tmp_path / "s")
+    stop = threading.Event()
+    rnd = random.Random(7)
+    lay = region.layout
+    d = lay.desc(2)
+    _hostile_ring(region, 2, struct.pack("<QQQQ", 0, 0, 0, 0), _valid_records(100))
+    mutations = [0]
+
+    def mutate():
+        valid = _valid_records(100)
+        while not stop.is_set():
+            for _ in range(200):
+                what = rnd.random()
+                if what < 0.4:
+                    p = rnd.randrange(RING)
+                    region.mm[lay.data(2) + p] = rnd.randrange(256)
+                elif what < 0.7:
+                    struct.pack_into("<Q", region.mm, d, rnd.choice(
+                        [rnd.randrange(4 * RING), len(valid), 2 ** 64 - 8, 0]))
+                elif what < 0.85:
+                    p = rnd.randrange(0, RING - len(valid), 8)
+                    region.mm[lay.data(2) + p:lay.data(2) + p + len(valid)] = valid
+                else:
+                    struct.pack_into("<Q", region.mm, d + abi.D_FIRST, rnd.randrange(4 * RING))
+                mutations[0] += 1
+            time.sleep(0)
+
+    col = Collector(out)
+    col.add_region(region, "fuzz")
+    t = threading.Thread(target=mutate, daemon=True)
+    t.start()
+    try:
+        n = 0
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            honest.emit(n, n + 20)
+            n += 20
+            col.poll()
+        stop.set()
+        t.join()
+        honest.release()
+        col.poll()
+        col.stop()
+        hostile = [s for s in col.streams() if s["ring"] == 2]
+        assert mutations[0] > 1000
+        assert sum(s["malformed"] + s["torn"] for s in hostile) > 0   # the damage is counted
+        _honest_intact(out, n)
+        print("concurrent mutation: %d mutations, honest %d events intact" % (mutations[0], n))
+    finally:
+        stop.set()
+        region.close()
+
+
+frames = st.lists(st.one_of(
+    st.binary(max_size=64),
+    st.builds(lambda t, rid, body: abi.CTL_HEADER.pack(abi.CTL_MAGIC, abi.CTL_VERSION, t, rid,
+                                                       len(body)) + body,
+              st.sampled_from(sorted(abi.MSG_NAMES)), st.integers(0, 2 ** 32 - 1),
+              st.binary(max_size=80)),
+    st.builds(lambda ln: abi.CTL_HEADER.pack(abi.CTL_MAGIC, abi.CTL_VERSION, abi.MSG_SYNC, 1,
+                                             ln), st.integers(0, 2 ** 32 - 1))), max_size=6)
+
+
+@pytest.fixture(scope="module")
+def server():
+    sid = os.urandom(16)
+    path = "/dev/shm/ht-fuzz-%s.ctl" % uuid.uuid4().hex[:10]
+    dc = DomainClock("fuzz", sid)
+    srv = ControlServer("unix:" + path, [dc])
+    yield srv, dc, path, sid
+    srv.close()
+
+
+@FUZZ
+@given(stream=frames, hello_first=st.booleans())
+def test_random_control_frames_drop_the_peer_only(server, stream, hello_first):
+    srv, dc, path, sid = server
+    errors = []
+    old = threading.excepthook
+    threading.excepthook = lambda a: errors.append(a)
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(2)
+        s.connect(path)
+        if hello_first:
+            s.sendall(abi.frame(abi.MSG_HELLO, 1, sid + abi.pack_u64s(1)))
+        for f in stream:
+            try:
+                s.sendall(f)
+            except OSError:
+                break
+        s.close()
+        # an honest peer is served right after
+        c = Control("unix:" + path, time.monotonic_ns, sid)
+        assert c.exchange() > 0
+        c.close()
+    finally:
+        threading.excepthook = old
+    assert not errors, errors
+    json.dumps(dc.errors)      # what is kept about bad peers is plain data
