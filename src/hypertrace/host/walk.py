@@ -99,6 +99,8 @@ def walk(buf: bytearray, sizes: np.ndarray, codecs: dict, seq: int, last_ts: int
     if nbytes != len(buf):
         return None
     w = np.frombuffer(buf, dtype="<u8")
+    if len(w) == 0:
+        return WalkResult([], 0, 0, seq, last_ts, None)
     parts = []
     malformed = 0
     base = 0

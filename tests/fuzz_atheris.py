@@ -1,0 +1,106 @@
+"""Coverage-guided fuzzing of what the collector parses, with atheris (run by hand):
+
+    .venv/bin/pip install atheris
+    .venv/bin/python tests/fuzz_atheris.py -atheris_runs=500000     # or -max_total_time=600
+
+The first input byte picks a target:
+  0  a piece of ring data through the scalar and the vectorised record walks
+     (they must agree on the records taken, and neither may raise);
+  1  a declaration slot (must parse or be refused with ValueError);
+  2  a control byte stream through the frame reader and the message decoders
+     (must yield frames or raise ProtocolError);
+  3  a region header (must parse or be refused with ABIError/ValueError).
+Anything else that escapes is a finding. Not a pytest module (no test_ prefix);
+tests/test_fuzz.py is the bounded hypothesis suite that runs in CI.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import uuid
+
+import atheris
+
+with atheris.instrument_imports():
+    import numpy as np
+
+    from hypertrace import abi
+    from hypertrace.host import walk
+    from hypertrace.host.reader import EventTable, RingReader
+    from hypertrace.host.region import Region
+
+DECLS = ["fixed(uint64_t a, int32_t b)", "one_str(uint32_t n, const char *s)",
+         "two(const char *a, bytes b, uint16_t c)", "empty(void)"]
+REGION = Region.create("/dev/shm/ht-atheris-%s" % uuid.uuid4().hex[:8], "fz", n_rings=2,
+                       ring_size=1 << 16)
+for _i, _t in enumerate(DECLS):
+    _off = REGION.layout.decl(_i)
+    REGION.mm[_off + 8:_off + 8 + len(_t)] = _t.encode()
+    struct.pack_into("<II", REGION.mm, _off, 1, len(_t))
+EVENTS = EventTable(REGION)
+EVENTS.refresh()
+IDENT = {"pid": 1, "tid": 1, "thread": "fz", "generation": 1, "state": 1}
+
+
+def _reader() -> RingReader:
+    return RingReader(REGION, EVENTS, 0, 1, IDENT, lambda *a: None)
+
+
+def ring_piece(data: bytes) -> None:
+    buf = bytearray(data[: len(data) & ~7])
+    a = _reader()
+    n_scalar = a._walk(bytearray(buf))
+    res = walk.walk(bytearray(buf), EVENTS.np_sizes, EVENTS.codecs, 0, 0)
+    if res is not None:
+        assert sum(r.count for r in res.runs) == n_scalar, (n_scalar, res)
+
+
+def declaration(data: bytes) -> None:
+    try:
+        abi.parse_signature(data.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        pass
+
+
+def control(data: bytes) -> None:
+    r = abi.FrameReader()
+    try:
+        for mtype, _rid, body in r.feed(data):
+            if mtype in (abi.MSG_SYNC,):
+                abi.unpack_u64s(body, 2)
+                _, off = abi.unpack_str(body, 16)
+                abi.unpack_str(body, off)
+            elif mtype in (abi.MSG_CLOCK, abi.MSG_SAMPLE):
+                abi.unpack_u64s(body, 1 if mtype == abi.MSG_CLOCK else 5)
+            elif mtype == abi.MSG_HELLO_OK:
+                abi.unpack_str(body, 0)
+    except abi.ProtocolError:
+        pass
+
+
+def header(data: bytes) -> None:
+    buf = bytearray(4096 * 4)
+    buf[:len(data)] = data[:len(buf)]
+    try:
+        abi.parse_header(buf, len(buf))
+    except (abi.ABIError, ValueError):
+        pass
+
+
+TARGETS = [ring_piece, declaration, control, header]
+
+
+def one_input(data: bytes) -> None:
+    if not data:
+        return
+    TARGETS[data[0] % len(TARGETS)](data[1:])
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    atheris.Setup(sys.argv, one_input)
+    try:
+        atheris.Fuzz()
+    finally:
+        REGION.close()
