@@ -88,7 +88,14 @@ class RingReader:
         self.identity = identity
         self.desc = self.lay.desc(index)
         self.base = self.lay.data(index)
-        self.consumed = 0        # our own copy: the guest could scribble on the shared one
+        self.consumed = 0        # read up to here (our own copy: the guest could scribble on
+                                 # the shared one)
+        # published to the producer as D_CONSUMED: only what is written to the trace, so
+        # a collector killed with records in its buffers leaves them in the ring, where
+        # `hypertrace recover` finds them
+        self.published = 0
+        self.piece_pos = 0       # ring position of the piece being walked
+        self.buf_end_pos: Optional[int] = None   # ring position after the last buffered run
         self.seq = 0             # next expected sequence number (64-bit)
         self.stats = StreamStats()
         self.sink = sink         # sink(reader, content, ts_begin, ts_end, discarded_total)
@@ -131,8 +138,12 @@ class RingReader:
             if self.overwrite:
                 data = []      # the producer kept lapping us: take nothing this time
         n = 0
-        for _pos, piece in data:
+        for pos, piece in data:
+            self.piece_pos = pos
             n += self._walk_fast(piece) if len(piece) >= VECTOR_MIN else self._walk(piece)
+        if self.buf and not self.overwrite and \
+                commit - self.published >= self.lay.ring_size // 2:
+            self._close_packet()     # write early: unwritten data holds the producer's room
         self._set_consumed(commit)
         return n
 
@@ -160,6 +171,7 @@ class RingReader:
                 st.first_ts = r.first_ts
             self.last_rec = len(self.buf) + r.last_rec - r.start
             self.buf += mv[r.start:r.end]
+            self.buf_end_pos = self.piece_pos + r.end
             if self.watch is not None:
                 self.watch(bytes(mv[r.start:r.end]))
             st.recorded += r.count
@@ -191,7 +203,13 @@ class RingReader:
 
     def _set_consumed(self, pos: int) -> None:
         self.consumed = pos
-        _Q.pack_into(self.mm, self.desc + abi.D_CONSUMED, pos)
+        if self.overwrite or not self.buf:
+            self._publish(pos)
+
+    def _publish(self, pos: int) -> None:
+        if pos > self.published or self.overwrite:
+            self.published = pos
+            _Q.pack_into(self.mm, self.desc + abi.D_CONSUMED, pos)
 
     def _walk(self, buf) -> int:
         """Validate the records of one piece and append the good ones to the packet."""
@@ -282,6 +300,7 @@ class RingReader:
         st = self.stats
         self.last_rec = len(self.buf) + lastrec - a
         self.buf += memoryview(buf)[a:b]
+        self.buf_end_pos = self.piece_pos + b
         if self.watch is not None:
             self.watch(bytes(memoryview(buf)[a:b]))
         st.recorded += count
@@ -305,6 +324,8 @@ class RingReader:
                   len(self.buf) - end)
         self.buf.clear()
         self.pkt_begin = None
+        if self.buf_end_pos is not None:
+            self._publish(self.buf_end_pos)    # written: the producer may reuse it
 
     def flush(self) -> None:
         self._close_packet()
