@@ -91,3 +91,73 @@ def test_other_local_users_cannot_attach_read_or_control(tmp_path):
         rec.stdin.flush()
         rec.communicate(timeout=60)
     assert rec.returncode == 0
+
+
+KILLED = r"""
+import os, sys, threading, time
+from hypertrace import guest
+tp = guest.event("work", "uint32_t thread, uint32_t i, const char *tag")
+
+def run(t, a, b):
+    for i in range(a, b):
+        tp(t, i, "t%d-%d" % (t, i))
+
+def phase(a, b):
+    ts = [threading.Thread(target=run, args=(t, a, b)) for t in range(2)]
+    for t in ts: t.start()
+    for t in ts: t.join()
+
+phase(0, 20000)
+open(sys.argv[1] + ".ready", "w").close()
+while not os.path.exists(sys.argv[1]):   # the recorder is killed meanwhile
+    time.sleep(0.01)
+phase(20000, 22000)                      # committed while no collector runs
+print("APP DONE", flush=True)
+"""
+
+
+def test_collector_killed_then_recover_loses_no_committed_event(tmp_path):
+    import signal
+    import time
+    app = tmp_path / "app.py"
+    app.write_text(KILLED)
+    flag = tmp_path / "go"
+    out = str(tmp_path / "s")
+    rec = subprocess.Popen([sys.executable, "-m", "hypertrace.cli", "record", "-o", out,
+                            "--mode", "block", "--", sys.executable, str(app), str(flag)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    deadline = time.monotonic() + 120
+    while not os.path.exists(str(flag) + ".ready"):
+        assert time.monotonic() < deadline and rec.poll() is None
+        time.sleep(0.02)
+    time.sleep(1.5)                        # an index written; records in the reader's buffers
+    os.kill(rec.pid, signal.SIGKILL)
+    rec.wait()
+    flag.write_text("")
+    deadline = time.monotonic() + 60
+    # the app (orphaned, still running) finishes into the rings
+    while any(str(app) in open("/proc/%s/cmdline" % p, "rb").read().decode(errors="replace")
+              for p in os.listdir("/proc") if p.isdigit() and _readable(p)):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    r = hypertrace("recover", out)
+    assert "recovered" in r.stdout, r.stdout + r.stderr
+    events, _ = babeltrace(out, internal=True)
+    work = [(int(f["thread"]), int(f["i"])) for n, f in events if n == "work"]
+    assert sorted(work) == [(t, i) for t in range(2) for i in range(22000)]   # each once
+    import json
+    st = json.loads(hypertrace("stats", out, "--json").stdout)
+    streams = [s for s in st["streams"] if s["domain"] == "local" and s.get("file")]
+    assert sum(s["recorded"] for s in streams) == 44000
+    assert sum(s["discarded"] for s in streams) == 0
+    assert st["clocks"]["local"]["kind"] == "estimated"
+    assert hypertrace("recover", out, check=False).returncode == 2   # only once
+    print("recover: %s" % r.stdout.strip())
+
+
+def _readable(pid: str) -> bool:
+    try:
+        open("/proc/%s/cmdline" % pid, "rb").close()
+        return True
+    except OSError:
+        return False

@@ -87,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--domain", default="*", help="domain name glob (default: every domain)")
     c.add_argument("--json", action="store_true", help="status as JSON")
 
+    rc = sub.add_parser("recover", help="finish a session whose recorder was killed: drain "
+                                        "what is still in its channel's rings")
+    rc.add_argument("dir")
+
     q = sub.add_parser("qemu-args", help="print the QEMU options for one traced guest")
     q.add_argument("--name", required=True, help="guest name: [A-Za-z0-9_.-], < 32 characters")
     q.add_argument("--buffer-size", type=_size, default=abi.DEFAULT_RING_SIZE)
@@ -315,6 +319,22 @@ def cmd_ctl(a) -> int:
             print("  %-18s %8s %8s %-16s %10s %10s %9s %5s" % (
                 p["file"] or "(none)", p["pid"], p["tid"], (p["thread"] or "")[:16],
                 p["recorded"], p["discarded"], p["malformed"], p["torn"]))
+    return 0
+
+
+def cmd_recover(a) -> int:
+    from .host.recover import RecoverError, recover
+    try:
+        r = recover(a.dir)
+    except RecoverError as e:
+        return _fail(str(e))
+    print("%s: recovered %d events in %d streams from the rings; %d streams already written "
+          "recounted; clocks: %s" % (a.dir, r["recovered_events"], r["recovered_streams"],
+                                     r["streams_recounted"], ", ".join(
+                                         "%s %s" % kv for kv in r["clocks"].items())))
+    for m in r["missing_channels"]:
+        sys.stderr.write("hypertrace: warning: channel gone, nothing to recover there: %s\n"
+                         % m)
     return 0
 
 

@@ -53,10 +53,12 @@ class Source:
 
 
 class Collector:
-    def __init__(self, outdir: str):
+    def __init__(self, outdir: str, trace_uuid: Optional[bytes] = None):
         self.outdir = outdir
         os.makedirs(os.path.join(outdir, SESSION_DIR), exist_ok=True)
-        self.trace_uuid = os.urandom(16)
+        self.trace_uuid = trace_uuid or os.urandom(16)
+        #: domains in the metadata without a region (recovery, when a channel is gone)
+        self.static_domains: List[ctf.Domain] = []
         self.sources: List[Source] = []
         self.files: Dict[int, ctf.StreamFile] = {}
         self.stream_info: Dict[int, dict] = {}
@@ -77,8 +79,9 @@ class Collector:
 
     # -- setup -----------------------------------------------------------------
     def add_region(self, region: Region, domain: str, pid_check: bool = True,
-                   clock_offset: Optional[int] = None, description: str = "") -> Source:
-        dom = ctf.Domain(domain, len(self.sources),
+                   clock_offset: Optional[int] = None, description: str = "",
+                   stream_id: Optional[int] = None) -> Source:
+        dom = ctf.Domain(domain, len(self.sources) if stream_id is None else stream_id,
                          self.host_offset if clock_offset is None else clock_offset,
                          description or "CLOCK_MONOTONIC of domain %s" % domain)
         src = Source(region, dom, pid_check)
@@ -279,9 +282,10 @@ class Collector:
                "hostname": socket.gethostname(), "trace_name": os.path.basename(
                    os.path.abspath(self.outdir))}
         try:
+            doms = sorted([s.domain for s in self.sources] + self.static_domains,
+                          key=lambda d: d.stream_id)
             ctf.write_metadata(os.path.join(self.outdir, "metadata"),
-                               ctf.metadata(self.trace_uuid, [s.domain for s in self.sources],
-                                            env))
+                               ctf.metadata(self.trace_uuid, doms, env))
         except OSError as e:
             self._write_failed("the trace metadata", e)
 

@@ -1,0 +1,224 @@
+"""`hypertrace recover DIR`: finish a session whose recorder died (kill -9, OOM, a crash).
+
+The recorder publishes a ring's consumed position only for records it has
+written to the trace, so what a dead recorder had read but not yet written is
+still in the ring, as is everything producers committed afterwards. Recovery
+re-attaches to the channel regions named in the session index, drains every
+committed record after the published position into new streams of the same
+trace (same UUID, same stream classes), recounts the streams already written
+from their packets (the index on disk is up to a second old), re-fits the clock
+mappings from the clock samples the host domain recorded, and writes metadata
+and index again. Producers still running are told the collector has stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Dict, List
+
+from .. import abi
+from ..formats import ctf
+from . import clock as clockfit
+from .collector import SESSION_DIR, Collector, _alive
+from .reader import RingReader
+from .region import Region
+
+
+class RecoverError(Exception):
+    pass
+
+
+def _file_stats(path: str, codecs: Dict[int, abi.Codec]) -> dict:
+    """Counts of a stream file already written: records, losses, per event, times."""
+    st = {"recorded": 0, "discarded": 0, "malformed": 0, "torn": 0, "clamped": 0,
+          "first_ts": None, "last_ts": None, "per_event": {}}
+    with open(path, "rb") as f:
+        data = f.read()
+    pos, head = 0, ctf.PACKET_HEAD
+    while pos + head.size <= len(data):
+        magic, _u, _sid, _inst, _tb, _te, csize, psize, _seq, disc = head.unpack_from(data, pos)
+        if magic != ctf.PACKET_MAGIC or psize < head.size * 8 or pos + psize // 8 > len(data):
+            break
+        st["discarded"] = disc
+        off, cend = pos + head.size, pos + csize // 8
+        while off + abi.REC_HEADER_SIZE <= cend:
+            eid, sf, _sq, ts = abi.REC_HEADER.unpack_from(data, off)
+            size = sf & abi.REC_SIZE_MASK
+            if size < abi.REC_HEADER_SIZE:
+                break
+            st["recorded"] += 1
+            c = codecs.get(eid)
+            name = c.decl.name if c else str(eid)
+            st["per_event"][name] = st["per_event"].get(name, 0) + 1
+            if st["first_ts"] is None:
+                st["first_ts"] = ts
+            st["last_ts"] = ts
+            off += size
+        pos += psize // 8
+    st["emitted"] = st["recorded"] + st["discarded"]
+    return st
+
+
+def _resume(r: RingReader) -> None:
+    """Start reading at the position the dead recorder published, expecting the
+    sequence number of the record found there."""
+    pos = abi_u64(r.mm, r.desc + abi.D_CONSUMED)
+    commit = abi_u64(r.mm, r.desc + abi.D_COMMIT)
+    r.consumed = r.published = pos
+    if commit > pos:
+        a = r.base + (pos & (r.lay.ring_size - 1))
+        eid, _sf, seq, _ts = abi.REC_HEADER.unpack_from(r.mm, a)
+        if eid == abi.PAD_ID:       # the lap's padding: the next record starts the lap
+            a = r.base
+            eid, _sf, seq, _ts = abi.REC_HEADER.unpack_from(r.mm, a)
+        r.seq = seq
+
+
+def abi_u64(mm, off: int) -> int:
+    return int.from_bytes(mm[off:off + 8], "little")
+
+
+def recover(outdir: str, out=None) -> dict:
+    meta = os.path.join(outdir, SESSION_DIR)
+    idx_path = os.path.join(meta, "session.json")
+    if not os.path.exists(os.path.join(outdir, "metadata")):
+        raise RecoverError("%s holds no trace (no metadata): nothing to recover" % outdir)
+    try:
+        with open(idx_path, encoding="utf-8") as f:
+            old = json.load(f)
+        domains = old["domains"]
+        trace_uuid = bytes.fromhex(old["trace_uuid"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RecoverError("%s: no usable session index (%s); the recorder died before "
+                           "writing one" % (outdir, e)) from None
+    try:
+        with open(os.path.join(meta, "collector.pid")) as f:
+            pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        pid = 0
+    if pid and pid != os.getpid() and _alive(pid) and _is_recorder(pid):
+        raise RecoverError("the recorder of %s (pid %d) is still running: stop it with "
+                           "Ctrl-C or SIGTERM instead" % (outdir, pid))
+    if old.get("recovered"):
+        raise RecoverError("%s was already recovered" % outdir)
+
+    col = Collector(outdir, trace_uuid)
+    col.started_ns = old.get("started_ns", col.started_ns)
+    col.host_offset = old.get("host_clock_offset_ns", col.host_offset)
+    existing = sorted(f for f in os.listdir(outdir) if re.fullmatch(r".+-\d{4,}", f))
+    col.next_instance = 1 + max((int(f.rsplit("-", 1)[1]) for f in existing), default=-1)
+    missing: List[str] = []
+    regions: List[Region] = []
+    for d in sorted(domains, key=lambda d: d["stream_id"]):
+        try:
+            region = Region.open(d["channel"])
+        except (OSError, ValueError) as e:
+            missing.append("%s (%s)" % (d["name"], e))
+            dom = ctf.Domain(d["name"], d["stream_id"], d["clock_offset_ns"],
+                             "domain %s (its channel is gone)" % d["name"])
+            dom.events = {int(i): abi.parse_signature(e["signature"])
+                          for i, e in d["events"].items()}
+            col.static_domains.append(dom)
+            continue
+        regions.append(region)
+        col.add_region(region, d["name"], pid_check=False, clock_offset=d["clock_offset_ns"],
+                       stream_id=d["stream_id"])
+    recovered_from: Dict[int, int] = {}
+    for src in col.sources:
+        src.events.refresh()
+        for i in range(src.region.layout.n_rings):
+            ident = col._identity(src, i)
+            if ident["state"] not in (abi.RING_ACTIVE, abi.RING_RELEASED):
+                continue
+            r = src.readers[i] = RingReader(src.region, src.events, i, ident["generation"],
+                                            ident, col._sink)
+            _resume(r)
+            recovered_from[id(r)] = r.consumed
+    col.stop()                     # drains every reader, accounts, writes metadata and index
+    new_streams = col.streams()
+    # the streams written before the crash, recounted from their packets
+    codecs = {s.domain.name: s.events.codecs for s in col.sources}
+    for dom in col.static_domains:
+        codecs[dom.name] = {i: abi.Codec(d) for i, d in dom.events.items()}
+    by_file = {s.get("file"): s for s in old.get("streams", []) if s.get("file")}
+    new_files = {s["file"] for s in new_streams if s.get("file")}
+    streams = []
+    for f in existing:
+        if f in new_files:
+            continue
+        dom = f.rsplit("-", 1)[0]
+        st = dict(by_file.get(f, {"file": f, "domain": dom, "ring": None, "pid": None,
+                                   "tid": None, "thread": "", "generation": None}))
+        st.update(_file_stats(os.path.join(outdir, f), codecs.get(dom, {})))
+        streams.append(st)
+    for s in new_streams:
+        s["recovered"] = True
+    index = _index(col, old, streams + new_streams, missing)
+    tmp = idx_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=1)
+    os.replace(tmp, idx_path)
+    for region in regions:
+        region.close(remove=True)      # the recording is over; the files are ours
+    rec = sum(s["recorded"] for s in new_streams)
+    return {"recovered_events": rec, "recovered_streams": len([s for s in new_streams
+                                                               if s.get("file")]),
+            "streams_recounted": len(streams), "missing_channels": missing,
+            "clocks": {k: v.get("kind") for k, v in index["clocks"].items()}}
+
+
+def _is_recorder(pid: int) -> bool:
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return b"hypertrace" in f.read()
+    except OSError:
+        return False
+
+
+def _index(col: Collector, old: dict, streams: List[dict], missing: List[str]) -> dict:
+    index = dict(old)
+    fresh = json.load(open(os.path.join(col.outdir, SESSION_DIR, "session.json"),
+                           encoding="utf-8"))
+    by_name = {d["name"]: d for d in fresh["domains"]}
+    index["domains"] = [by_name.get(d["name"], d) for d in old["domains"]]
+    index["streams"] = streams
+    index["stopped_ns"] = fresh["stopped_ns"]
+    index["recovered"] = {"missing_channels": missing,
+                          "recovered_events": sum(s["recorded"] for s in streams
+                                                  if s.get("recovered"))}
+    index["clocks"] = _refit(col, index, streams)
+    return index
+
+
+def _refit(col: Collector, index: dict, streams: List[dict]) -> dict:
+    """Clock mappings from the samples the host domain recorded (hypertrace_clock_sample)."""
+    from ..session import Session, SessionError
+    clocks = dict(index.get("clocks") or {})
+    tmp = dict(index, clocks={}, streams=streams)
+    path = os.path.join(col.outdir, SESSION_DIR, "session.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(tmp, f)
+    try:
+        s = Session(col.outdir)
+    except SessionError:
+        return clocks
+    samples: Dict[str, list] = {}
+    if "host" in s.domains:
+        for e in s.events("host"):
+            if e.name == "hypertrace_clock_sample":
+                f = e.fields
+                samples.setdefault(f["domain"], []).append((f["t1"], f["t2"], f["t3"], f["t4"]))
+    for d in index["domains"]:
+        name = d["name"]
+        if name in samples:
+            fit = clockfit.fit(name, samples[name])
+            clocks[name] = dict(fit.summary(), kind="estimated", refit_by="recover")
+        elif name not in clocks:
+            clocks[name] = {"kind": "host" if name == "host" else "assumed-host-clock",
+                            "offset_ns": 0, "drift_ppm": 0.0,
+                            "uncertainty_ns": 0 if name == "host" else None, "samples": 0,
+                            "causality_violations": 0, "segments": []}
+    return clocks
+
