@@ -16,6 +16,7 @@ tests/test_fuzz.py is the bounded hypothesis suite that runs in CI.
 
 from __future__ import annotations
 
+import atexit
 import struct
 import sys
 import uuid
@@ -38,6 +39,7 @@ for _i, _t in enumerate(DECLS):
     _off = REGION.layout.decl(_i)
     REGION.mm[_off + 8:_off + 8 + len(_t)] = _t.encode()
     struct.pack_into("<II", REGION.mm, _off, 1, len(_t))
+atexit.register(REGION.close)   # libFuzzer ends the process from inside Fuzz()
 EVENTS = EventTable(REGION)
 EVENTS.refresh()
 IDENT = {"pid": 1, "tid": 1, "thread": "fz", "generation": 1, "state": 1}
@@ -100,7 +102,4 @@ def one_input(data: bytes) -> None:
 if __name__ == "__main__":
     np.seterr(all="ignore")
     atheris.Setup(sys.argv, one_input)
-    try:
-        atheris.Fuzz()
-    finally:
-        REGION.close()
+    atheris.Fuzz()

@@ -140,12 +140,16 @@ def test_collector_killed_then_recover_loses_no_committed_event(tmp_path):
               for p in os.listdir("/proc") if p.isdigit() and _readable(p)):
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    import json
+    channels = [d["channel"] for d in json.load(open(os.path.join(
+        out, ".hypertrace", "session.json")))["domains"]]
+    assert all(os.path.exists(c) for c in channels)       # the dead recorder's regions
     r = hypertrace("recover", out)
     assert "recovered" in r.stdout, r.stdout + r.stderr
+    assert not any(os.path.exists(c) for c in channels)   # drained, then removed
     events, _ = babeltrace(out, internal=True)
     work = [(int(f["thread"]), int(f["i"])) for n, f in events if n == "work"]
     assert sorted(work) == [(t, i) for t in range(2) for i in range(22000)]   # each once
-    import json
     st = json.loads(hypertrace("stats", out, "--json").stdout)
     streams = [s for s in st["streams"] if s["domain"] == "local" and s.get("file")]
     assert sum(s["recorded"] for s in streams) == 44000

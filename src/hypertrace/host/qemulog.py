@@ -63,9 +63,10 @@ def qmp_alive(path: str) -> bool:
 class QemuLogs:
     """Tails the log files of the guests served; events go into the `qemu` region."""
 
-    def __init__(self, region_path: str, logs: Dict[str, str]):
+    def __init__(self, region, logs: Dict[str, str]):
         self.ts = 0
-        self.ch = Channel(region_path, lambda: self.ts)
+        self.region = region                              # the `qemu` domain's region
+        self.ch = Channel(region.path, lambda: self.ts)
         self.logs = logs                                  # guest name -> log path
         self.files: Dict[str, object] = {}
         self.pos: Dict[str, int] = {}
@@ -173,6 +174,15 @@ class QemuLogs:
                 ((max(offs) - min(offs)) if offs else 0),
                 "lines": self.lines, "events": self.events, "other_lines": self.other,
                 "rejected": self.bad, "logs": dict(self.logs)}
+
+    def remove_logs(self) -> None:
+        """A guest's log once its QEMU has exited (a running QEMU keeps writing to it)."""
+        for path in self.logs.values():
+            if not qmp_alive(path[:-len(".qemu.log")] + ".qmp"):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
 
     def close(self) -> None:
         for f in self.files.values():

@@ -135,6 +135,9 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
         for r in regions:
             r.close(remove=r.owned)
         host.close()
+        if qlogs is not None:
+            qlogs.region.close()
+            qlogs.remove_logs()
         for s, h in old.items():
             signal.signal(s, h)
     rc = child.wait() if child is not None else 0
@@ -240,8 +243,7 @@ def _qemu_logs(col: Collector, base: str, names: List[str]) -> QemuLogs:
                            ring_size=4 << 20)
     col.add_region(region, "qemu", description="QEMU trace events: CLOCK_REALTIME "
                    "(-msg timestamp=on) mapped onto the host's CLOCK_MONOTONIC")
-    q = QemuLogs(region.path, logs)
-    q.region = region
+    q = QemuLogs(region, logs)
     col.extra_index["qemu_clock"] = q.summary
     return q
 

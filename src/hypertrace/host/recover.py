@@ -161,7 +161,12 @@ def recover(outdir: str, out=None) -> dict:
         json.dump(index, f, indent=1)
     os.replace(tmp, idx_path)
     for region in regions:
-        region.close(remove=True)      # the recording is over; the files are ours
+        region.close(remove=False)
+        for leftover in (region.path, region.path + ".ctl"):
+            try:
+                os.unlink(leftover)    # the recording is over: the dead recorder's files
+            except OSError:
+                pass
     rec = sum(s["recorded"] for s in new_streams)
     return {"recovered_events": rec, "recovered_streams": len([s for s in new_streams
                                                                if s.get("file")]),
