@@ -64,8 +64,8 @@ def _file_stats(path: str, codecs: Dict[int, abi.Codec]) -> dict:
 def _resume(r: RingReader) -> None:
     """Start reading at the position the dead recorder published, expecting the
     sequence number of the record found there."""
-    pos = abi_u64(r.mm, r.desc + abi.D_CONSUMED)
-    commit = abi_u64(r.mm, r.desc + abi.D_COMMIT)
+    pos = _u64(r.mm, r.desc + abi.D_CONSUMED)
+    commit = _u64(r.mm, r.desc + abi.D_COMMIT)
     r.consumed = r.published = pos
     if commit > pos:
         a = r.base + (pos & (r.lay.ring_size - 1))
@@ -76,7 +76,7 @@ def _resume(r: RingReader) -> None:
         r.seq = seq
 
 
-def abi_u64(mm, off: int) -> int:
+def _u64(mm, off: int) -> int:
     return int.from_bytes(mm[off:off + 8], "little")
 
 
