@@ -72,7 +72,7 @@ class Columns:
         # each stream holds one chunk while the merge runs: bound their sum
         self.chunk_bytes = min(chunk_bytes, max(64 << 10,
                                                 BATCH_BUDGET // max(1, len(self.streams))))
-        self._bounds = {d: _size_bounds(cs) for d, cs in session.codecs.items()}
+        self._bounds = {d: size_bounds(cs) for d, cs in session.codecs.items()}
         #: stream index -> [(raw time, events lost just before it)], filled while reading
         self.losses: Dict[int, List[Tuple[int, int]]] = {}
         self.warnings = session.warnings
@@ -174,7 +174,7 @@ class Columns:
         dom = self.streams[si]["domain"]
         codecs = self.s.codecs[dom]
         w = b.view("<u8")
-        starts, ok = _record_starts(b, w, *self._bounds[dom])
+        starts, ok = record_starts(b, w, *self._bounds[dom])
         hdr = w[starts]
         h16 = hdr.view(np.uint16)
         eid = h16[0::4]
@@ -253,7 +253,7 @@ class Columns:
                 refill(si)
 
 
-def _size_bounds(codecs: Dict[int, abi.Codec]) -> Tuple[np.ndarray, np.ndarray]:
+def size_bounds(codecs: Dict[int, abi.Codec]) -> Tuple[np.ndarray, np.ndarray]:
     """Smallest and largest record size of each event id (0 and -1 for unknown ids)."""
     lo = np.zeros(65536, dtype=np.int32)
     hi = np.full(65536, -1, dtype=np.int32)
@@ -265,7 +265,7 @@ def _size_bounds(codecs: Dict[int, abi.Codec]) -> Tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def _record_starts(b: np.ndarray, w: np.ndarray, lo: np.ndarray, hi: np.ndarray
+def record_starts(b: np.ndarray, w: np.ndarray, lo: np.ndarray, hi: np.ndarray
                    ) -> Tuple[np.ndarray, bool]:
     """Word indices of the records in b, and whether they end exactly at its end.
 

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from .. import abi
-from ..columns import _record_starts, _size_bounds
+from ..columns import record_starts, size_bounds
 from .collector import Collector, Source
 from .triggers import Trigger, check_fields
 
@@ -58,7 +58,7 @@ class Engine:
                             trig.index, src.domain.name, d.name, why))
                         continue
                     table.setdefault(eid, []).append(trig)
-        self.tables[id(src)] = (len(decls), table, _size_bounds(src.events.codecs))
+        self.tables[id(src)] = (len(decls), table, size_bounds(src.events.codecs))
         return table
 
     def on_content(self, src: Source, content: bytes) -> None:
@@ -67,7 +67,7 @@ class Engine:
             return
         lo, hi = self.tables[id(src)][2]
         b = np.frombuffer(content + bytes(-len(content) % 8), dtype=np.uint8)
-        starts, _ = _record_starts(b, b.view("<u8"), lo, hi)
+        starts, _ = record_starts(b, b.view("<u8"), lo, hi)
         if not len(starts):
             return
         eids = b.view("<u8")[starts].view(np.uint16)[0::4]
