@@ -131,40 +131,29 @@ class Columns:
                 mm.close()
 
     def _packets(self, mm, size: int, name: str, losses: list) -> Iterator[np.ndarray]:
-        head = ctf.PACKET_HEAD
         parts: List[bytes] = []
         have = 0
-        pos = 0
         lost = 0
         done = 0                    # bytes of the file already handed back to the kernel
-        while pos < size:
-            if size - pos < head.size:
-                self.warnings.append("%s: truncated packet header at byte %d" % (name, pos))
-                break
-            magic, _u, _sid, _inst, tb, _e, csize, psize, _seq, disc = head.unpack_from(mm, pos)
-            if magic != ctf.PACKET_MAGIC or psize < head.size * 8 or csize > psize:
-                self.warnings.append("%s: bad packet at byte %d" % (name, pos))
-                break
-            end = pos + psize // 8
-            if end > size:
-                self.warnings.append("%s: truncated packet at byte %d" % (name, pos))
-                break
-            if disc > lost:         # a running total: it grows where events were lost
-                losses.append((tb, disc - lost))
-                lost = disc
-            content = mm[pos + head.size:pos + csize // 8]
-            parts.append(content + bytes(-len(content) % 8))
-            have += len(parts[-1])
-            pos = end
-            if have >= self.chunk_bytes:
-                yield np.frombuffer(b"".join(parts), dtype=np.uint8)
-                parts, have = [], 0
-                # the chunk is a copy: drop the mapped pages read so far, or the
-                # process's resident size would grow with the file
-                upto = pos - pos % mmap.PAGESIZE
-                if upto > done and hasattr(mm, "madvise"):
-                    mm.madvise(mmap.MADV_DONTNEED, done, upto - done)
-                    done = upto
+        try:
+            for p in ctf.packets(mm, size):
+                if p.discarded > lost:   # a running total: it grows where events were lost
+                    losses.append((p.ts_begin, p.discarded - lost))
+                    lost = p.discarded
+                content = mm[p.start:p.content_end]
+                parts.append(content + bytes(-len(content) % 8))
+                have += len(parts[-1])
+                if have >= self.chunk_bytes:
+                    yield np.frombuffer(b"".join(parts), dtype=np.uint8)
+                    parts, have = [], 0
+                    # the chunk is a copy: drop the mapped pages read so far, or the
+                    # process's resident size would grow with the file
+                    upto = p.end - p.end % mmap.PAGESIZE
+                    if upto > done and hasattr(mm, "madvise"):
+                        mm.madvise(mmap.MADV_DONTNEED, done, upto - done)
+                        done = upto
+        except ctf.PacketDamage as e:
+            self.warnings.append("%s: %s" % (name, e))
         if parts:
             yield np.frombuffer(b"".join(parts), dtype=np.uint8)
 

@@ -115,43 +115,31 @@ class Session:
         except OSError as e:
             self.warnings.append("%s: %s" % (path, e.strerror))
             return
-        pos = 0
-        head = ctf.PACKET_HEAD
-        while pos < len(data):
-            if len(data) - pos < head.size:
-                self.warnings.append("%s: truncated packet header at byte %d" % (name, pos))
-                return
-            magic, _u, _sid, _inst, _b, _e, csize, psize, _seq, _disc = head.unpack_from(data, pos)
-            if magic != ctf.PACKET_MAGIC or psize < head.size * 8 or csize > psize:
-                self.warnings.append("%s: bad packet at byte %d" % (name, pos))
-                return
-            end = pos + psize // 8
-            if end > len(data):
-                self.warnings.append("%s: truncated packet at byte %d" % (name, pos))
-                return
-            off = pos + head.size
-            cend = pos + csize // 8
-            # the file keeps the content up to the last payload byte: pad it to whole records
-            rend = off + abi.align(cend - off, abi.REC_ALIGN)
-            while off + abi.REC_HEADER_SIZE <= cend:
-                eid, sf, _sq, ts = abi.REC_HEADER.unpack_from(data, off)
-                size = sf & abi.REC_SIZE_MASK
-                c = codecs.get(eid)
-                try:
-                    if c is None or size < abi.REC_HEADER_SIZE or off + size > rend:
-                        raise ValueError("bad header")
-                    vals, pend = c.decode(data, off + abi.REC_HEADER_SIZE,
-                                          min(off + size, len(data)))
-                    if abi.align(pend - off, abi.REC_ALIGN) != size:
-                        raise ValueError("size does not match the declaration")
-                except ValueError:
-                    self.warnings.append("%s: undecodable record at byte %d" % (name, off))
-                    return
-                host_ts, unc = mapper(ts)
-                yield Event(host_ts, ts, dom, name, c.decl.name, dict(zip(c.names, vals)),
-                            bool(sf & abi.REC_FLAG_TRUNCATED), unc)
-                off += size
-            pos = end
+        try:
+            for p in ctf.packets(data, len(data)):
+                off, cend = p.start, p.content_end
+                # the file keeps the content up to the last payload byte: pad to whole records
+                rend = off + abi.align(cend - off, abi.REC_ALIGN)
+                while off + abi.REC_HEADER_SIZE <= cend:
+                    eid, sf, _sq, ts = abi.REC_HEADER.unpack_from(data, off)
+                    size = sf & abi.REC_SIZE_MASK
+                    c = codecs.get(eid)
+                    try:
+                        if c is None or size < abi.REC_HEADER_SIZE or off + size > rend:
+                            raise ValueError("bad header")
+                        vals, pend = c.decode(data, off + abi.REC_HEADER_SIZE,
+                                              min(off + size, len(data)))
+                        if abi.align(pend - off, abi.REC_ALIGN) != size:
+                            raise ValueError("size does not match the declaration")
+                    except ValueError:
+                        self.warnings.append("%s: undecodable record at byte %d" % (name, off))
+                        return
+                    host_ts, unc = mapper(ts)
+                    yield Event(host_ts, ts, dom, name, c.decl.name, dict(zip(c.names, vals)),
+                                bool(sf & abi.REC_FLAG_TRUNCATED), unc)
+                    off += size
+        except ctf.PacketDamage as e:
+            self.warnings.append("%s: %s" % (name, e))
 
     def events(self, domain: Optional[str] = None) -> Iterator[Event]:
         """Every event of the session in host-timeline order."""

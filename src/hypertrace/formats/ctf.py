@@ -12,7 +12,7 @@ import os
 import struct
 import uuid as _uuid
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, Iterator, List, NamedTuple
 
 from .. import abi
 
@@ -20,6 +20,36 @@ PACKET_MAGIC = 0xC1FC1FC1
 # packet header (magic, uuid, stream class id, stream instance id) + context (6 x u64)
 PACKET_HEAD = struct.Struct("<I16sIQQQQQQQ")
 assert PACKET_HEAD.size == 80
+
+
+class Packet(NamedTuple):
+    start: int          # byte offset of the content (just after the header)
+    content_end: int    # offset after the last payload byte
+    end: int            # offset after the packet
+    ts_begin: int
+    discarded: int      # events_discarded: a running total
+
+
+class PacketDamage(ValueError):
+    """A stream file is cut short or malformed here (the message names the byte)."""
+
+
+def packets(buf, size: int) -> Iterator[Packet]:
+    """The packets of a stream file held in `buf` (bytes or a mapping) of `size` bytes,
+    in order; raises PacketDamage at the first one cut short or malformed."""
+    pos = 0
+    while pos < size:
+        if size - pos < PACKET_HEAD.size:
+            raise PacketDamage("truncated packet header at byte %d" % pos)
+        magic, _u, _sid, _inst, tb, _te, csize, psize, _seq, disc = PACKET_HEAD.unpack_from(
+            buf, pos)
+        if magic != PACKET_MAGIC or psize < PACKET_HEAD.size * 8 or csize > psize:
+            raise PacketDamage("bad packet at byte %d" % pos)
+        end = pos + psize // 8
+        if end > size:
+            raise PacketDamage("truncated packet at byte %d" % pos)
+        yield Packet(pos + PACKET_HEAD.size, pos + csize // 8, end, tb, disc)
+        pos = end
 
 
 @dataclass

@@ -36,27 +36,25 @@ def _file_stats(path: str, codecs: Dict[int, abi.Codec]) -> dict:
           "first_ts": None, "last_ts": None, "per_event": {}}
     with open(path, "rb") as f:
         data = f.read()
-    pos, head = 0, ctf.PACKET_HEAD
-    while pos + head.size <= len(data):
-        magic, _u, _sid, _inst, _tb, _te, csize, psize, _seq, disc = head.unpack_from(data, pos)
-        if magic != ctf.PACKET_MAGIC or psize < head.size * 8 or pos + psize // 8 > len(data):
-            break
-        st["discarded"] = disc
-        off, cend = pos + head.size, pos + csize // 8
-        while off + abi.REC_HEADER_SIZE <= cend:
-            eid, sf, _sq, ts = abi.REC_HEADER.unpack_from(data, off)
-            size = sf & abi.REC_SIZE_MASK
-            if size < abi.REC_HEADER_SIZE:
-                break
-            st["recorded"] += 1
-            c = codecs.get(eid)
-            name = c.decl.name if c else str(eid)
-            st["per_event"][name] = st["per_event"].get(name, 0) + 1
-            if st["first_ts"] is None:
-                st["first_ts"] = ts
-            st["last_ts"] = ts
-            off += size
-        pos += psize // 8
+    try:
+        for p in ctf.packets(data, len(data)):
+            st["discarded"] = p.discarded
+            off = p.start
+            while off + abi.REC_HEADER_SIZE <= p.content_end:
+                eid, sf, _sq, ts = abi.REC_HEADER.unpack_from(data, off)
+                size = sf & abi.REC_SIZE_MASK
+                if size < abi.REC_HEADER_SIZE:
+                    break
+                st["recorded"] += 1
+                c = codecs.get(eid)
+                name = c.decl.name if c else str(eid)
+                st["per_event"][name] = st["per_event"].get(name, 0) + 1
+                if st["first_ts"] is None:
+                    st["first_ts"] = ts
+                st["last_ts"] = ts
+                off += size
+    except ctf.PacketDamage:
+        pass                       # counts stop at the damage, where every reader stops
     st["emitted"] = st["recorded"] + st["discarded"]
     return st
 
