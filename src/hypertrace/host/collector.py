@@ -27,14 +27,7 @@ MAX_STREAMS = 4096                   # claims per region served: a guest cannot 
 
 def clock_offset_ns() -> int:
     """CLOCK_REALTIME - CLOCK_MONOTONIC, from the tightest of a few samples."""
-    best = None
-    for _ in range(9):
-        a = time.monotonic_ns()
-        r = time.time_ns()
-        b = time.monotonic_ns()
-        if best is None or b - a < best[0]:
-            best = (b - a, r - (a + b) // 2)
-    return best[1]
+    return clockfit.realtime_offset(9)[0]
 
 
 class Source:

@@ -29,23 +29,12 @@ from typing import Callable, Dict, List, Optional
 from .. import abi
 from ..guest.channel import Channel
 from ..guest.tracepoint import build
+from .clock import realtime_offset
 
 LINE = re.compile(rb"(\d{1,10})@(\d{1,12})\.(\d{6}):([A-Za-z_][A-Za-z0-9_]{0,127})(?: (.*))?\Z")
 MAX_LINE = 4096
 READ_BYTES = 1 << 20           # per poll: the collector drains between two polls
 REMEASURE_S = 1.0
-
-
-def realtime_offset(samples: int = 32) -> tuple:
-    """(CLOCK_REALTIME - CLOCK_MONOTONIC in ns, half-width of the tightest bracket)."""
-    best = None
-    for _ in range(samples):
-        a = time.monotonic_ns()
-        r = time.time_ns()
-        b = time.monotonic_ns()
-        if best is None or b - a < best[0]:
-            best = (b - a, r - (a + b) // 2)
-    return best[1], (best[0] + 1) // 2
 
 
 def qmp_alive(path: str) -> bool:
@@ -82,7 +71,7 @@ class QemuLogs:
         self.measure()
 
     def measure(self) -> None:
-        off, w = realtime_offset()
+        off, w = realtime_offset(32)
         self.offsets.append((time.monotonic_ns(), off, w))
         self.offset = off
         self.next_measure = time.monotonic() + REMEASURE_S
