@@ -7,20 +7,28 @@ from typing import Dict, List
 from ..session import Session
 
 
-def compute(s: Session, with_spans: bool = True) -> dict:
-    """Counts, rates, losses, clocks and sync latency from the index; spans (a pass over
-    the events) unless with_spans is False."""
-    events: Dict[str, int] = {}
-    streams: List[dict] = []
+def time_range(s: Session) -> tuple:
+    """(first, last) event time on the host timeline, from the index; (None, None) if
+    nothing was recorded."""
     t0 = t1 = None
     for st in s.streams:
-        for name, n in st.get("per_event", {}).items():
-            events[name] = events.get(name, 0) + n
         if st.get("first_ts") is not None:
             a = s.to_host(st["domain"], st["first_ts"])
             b = s.to_host(st["domain"], st["last_ts"])
             t0 = a if t0 is None else min(t0, a)
             t1 = b if t1 is None else max(t1, b)
+    return t0, t1
+
+
+def compute(s: Session, with_spans: bool = True) -> dict:
+    """Counts, rates, losses, clocks and sync latency from the index; spans (a pass over
+    the events) unless with_spans is False."""
+    events: Dict[str, int] = {}
+    streams: List[dict] = []
+    t0, t1 = time_range(s)
+    for st in s.streams:
+        for name, n in st.get("per_event", {}).items():
+            events[name] = events.get(name, 0) + n
         streams.append({k: st.get(k) for k in (
             "file", "domain", "ring", "pid", "tid", "thread", "recorded", "discarded",
             "malformed", "torn", "clamped", "emitted", "per_event")})

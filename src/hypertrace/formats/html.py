@@ -33,21 +33,11 @@ MAX_SYNCS = 10_000
 BUCKETS = 1000
 
 
-def _range(c: Columns) -> tuple:
-    """The session's host-time range, from the index (before reading the events)."""
-    t0 = t1 = None
-    for st in c.streams:
-        if st.get("first_ts") is None:
-            continue
-        a, b = c.s.to_host(st["domain"], st["first_ts"]), c.s.to_host(st["domain"], st["last_ts"])
-        t0 = a if t0 is None else min(t0, a)
-        t1 = b if t1 is None else max(t1, b)
-    return (t0 or 0), max(t1 or 0, (t0 or 0) + 1)
-
-
 def collect(c: Columns, progress: Optional[Callable[[int], None]] = None) -> dict:
     """One pass over the events: density, a sample of events, spans, sync pairs, losses."""
-    t0, t1 = _range(c)
+    t0, t1 = stats.time_range(c.s)          # from the index, before reading the events
+    t0 = t0 or 0
+    t1 = max(t1 or 0, t0 + 1)
     total = sum(int(st.get("recorded") or 0) for st in c.streams)
     stride = max(1, math.ceil(total / MAX_EVENTS))
     nl = len(c.streams)
