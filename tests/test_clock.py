@@ -309,3 +309,59 @@ def test_a_host_that_never_answers_is_a_clear_timeout(tmp_path):
     region.close()
     assert "ERR the host did not answer within 5 s" in r.stdout, r.stdout + r.stderr
     assert time.monotonic() - t < 30 and "Traceback" not in r.stderr
+
+
+REBOOT = r"""
+import os, signal, subprocess, sys, time
+from hypertrace import guest
+from hypertrace.guest import control
+
+if len(sys.argv) == 1:          # the "machine": boot A, then boot B
+    for boot in ("a", "b"):
+        subprocess.run([sys.executable, __file__, boot])
+    sys.exit(0)
+boot = sys.argv[1]
+# what /proc/sys/kernel/random/boot_id would say in each boot of a VM, and a clock
+# that restarted: boot b's guest times overlap boot a's
+control.boot_id = lambda: bytes([ord(boot)]) * 16
+offset = {"a": 100 * 10**9, "b": 100 * 10**9 - 600 * 10**6}[boot]
+guest.connect(clock=lambda: time.monotonic_ns() + offset, sync_interval=0.05)
+tick = guest.event("boot_tick", "const char *boot, uint32_t i")
+for i in range(500):
+    tick(boot, i)
+    if i % 100 == 0:
+        guest.sync_point("boot_mark", boot, i)
+    time.sleep(0.001)
+guest.sync_point("boot_last", boot)
+if boot == "a":
+    os.kill(os.getpid(), signal.SIGKILL)      # a reboot says no goodbye
+"""
+
+
+def test_a_rebooted_guest_gets_a_domain_and_clock_per_boot(session, tmp_path):
+    """A guest's clock restarts at reboot: one mapping cannot serve both boots. The
+    second boot (another boot id in its hello) becomes domain local.boot2 with its own
+    clock; each boot's events land in order on the host timeline."""
+    app = tmp_path / "reboot.py"
+    app.write_text(REBOOT)
+    record(session, sys.executable, str(app), opts=("--sync-interval", "0.05"))
+    st = stats(session)
+    for dom, boot in (("local", "a"), ("local.boot2", "b")):
+        ss = [s for s in local(st, dom) if s["per_event"].get("boot_tick")]
+        assert sum(s["per_event"]["boot_tick"] for s in ss) == 500, (dom, st["streams"])
+        c = st["clocks"][dom]
+        assert c["kind"] == "estimated" and c["causality_violations"] == 0, c
+        assert len(c["segments"]) == 1, c["segments"]     # no step inside a boot
+        assert abs(c["offset_ns"] + (100 * 10**9 if boot == "a" else 99_400_000_000)) \
+            <= c["uncertainty_ns"] + 1, c
+    evs = [json.loads(x) for x in hypertrace("report", session, "--json").stdout.splitlines()]
+    ticks = [(e["fields"]["boot"], e["ts"], e["raw_ts"]) for e in evs if e["name"] == "boot_tick"]
+    assert [b for b, _, _ in ticks] == ["a"] * 500 + ["b"] * 500
+    raw_a = [r for b, _, r in ticks if b == "a"]
+    raw_b = [r for b, _, r in ticks if b == "b"]
+    assert min(raw_b) < max(raw_a), "the test must make the boots' raw clocks overlap"
+    events, _ = babeltrace(session)
+    assert [f["boot"] for n, f in events if n == "boot_tick"] == ["a"] * 500 + ["b"] * 500
+    idx = Session(session).index
+    retired = [d for d in idx["domains"] if d.get("retired")]
+    assert [d["name"] for d in retired] == ["local"] and retired[0]["guest"] == "local"

@@ -12,7 +12,7 @@ import struct
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 ABI_MAJOR = 1
-ABI_MINOR = 1
+ABI_MINOR = 2
 MAGIC = 0x4543415254505948  # b"HYPTRACE" read as a little-endian u64
 PAGE = 4096
 HEADER_SIZE = PAGE
@@ -405,7 +405,7 @@ CTL_VERSION = 1
 CTL_HEADER = struct.Struct("<HBBII")   # magic, version, type, request id, payload length
 CTL_MAX_PAYLOAD = 4096
 
-MSG_HELLO = 1        # g->h: session_id[16], u32 pid
+MSG_HELLO = 1        # g->h: session_id[16], u64 pid[, boot_id[16] (1.2)]
 MSG_HELLO_OK = 2     # h->g: u16 len + domain name
 MSG_SYNC = 3         # g->h: u64 sync_id, u64 t1, u16 len + name, u16 len + args
 MSG_SYNC_OK = 4      # h->g: u64 t2, u64 t3

@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--qemu", metavar="NAME", action="append",
                    help="serve QEMU guest NAME started with `hypertrace qemu-args --name NAME` "
                         "(repeat for several guests in one session)")
+    r.add_argument("--vsock-port", type=int, metavar="PORT",
+                   help="with --qemu: also serve the control channel on AF_VSOCK port PORT "
+                        "(guests: control=vsock:2:PORT; needs vhost-vsock on the host)")
     r.add_argument("--name", default="local", help="domain name of the producers (default local)")
     r.add_argument("--triggers", metavar="RULES.toml",
                    help="guest events that make the host act (see README: Triggers)")
@@ -99,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--trace", action="append", metavar="PATTERN",
                    help="QEMU trace events enabled from the start (repeatable; triggers and "
                         "QMP can switch any event later)")
+    q.add_argument("--vsock", type=int, metavar="CID",
+                   help="also give the guest a vhost-vsock device with this CID (>= 3) for "
+                        "`record --vsock-port`")
 
     s = sub.add_parser("snapshot", help="overwrite mode: write the rings' current contents")
     s.add_argument("dir")
@@ -131,11 +137,13 @@ def cmd_record(a) -> int:
                      "or --qemu NAME to serve a QEMU guest")
     if a.qemu and a.channel:
         return _fail("--qemu and --channel are exclusive")
+    if a.vsock_port is not None and not (a.qemu and 0 < a.vsock_port < 1 << 32):
+        return _fail("--vsock-port needs --qemu and a port in 1..4294967295")
     try:
         col = record(a.output, cmd, channel=a.channel, mode=a.mode, ring_size=a.buffer_size,
                      rings=a.rings, max_events=a.max_events, block_timeout_ms=a.block_timeout,
                      name=a.name, sync_interval=a.sync_interval, qemu=a.qemu,
-                     triggers=a.triggers)
+                     triggers=a.triggers, vsock_port=a.vsock_port)
     except RecordError as e:
         return _fail(str(e))
     sys.stdout.write(summary(col) + "\n")
@@ -347,8 +355,10 @@ def cmd_qemu_args(a) -> int:
     for t in a.trace or []:
         if not re.fullmatch(r"[A-Za-z0-9_*?]+", t):
             return _fail("bad QEMU trace event pattern %r" % t)
+    if a.vsock is not None and not 3 <= a.vsock < 0xFFFFFFFF:
+        return _fail("a guest CID must be in 3..4294967294")
     try:
-        print(qemu_args(a.name, a.buffer_size, a.rings, a.max_events, a.trace))
+        print(qemu_args(a.name, a.buffer_size, a.rings, a.max_events, a.trace, a.vsock))
     except ValueError as e:
         return _fail(str(e))
     return 0

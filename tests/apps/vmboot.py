@@ -33,11 +33,11 @@ def vng() -> str:
     return v
 
 
-def boot(qemu_opts: str, command: str, kvm: bool, env: dict):
+def boot(qemu_opts: str, command: str, kvm: bool, env: dict, vng_args=()):
     """Boot, run `command` in the guest; returns (output lines, mode), or None if the
     guest never reached user space within the boot timeout."""
     args = [vng(), "--run", kernel(), "--force-9p", "--cpus", "2", "--memory", "1G",
-            "--qemu-opts=" + qemu_opts, "--exec", command]
+            *vng_args, "--qemu-opts=" + qemu_opts, "--exec", command]
     if not kvm:
         args.insert(3, "--disable-kvm")
     env = dict(env, PATH=os.path.dirname(vng()) + os.pathsep + env.get("PATH", ""))
@@ -68,13 +68,22 @@ def boot(qemu_opts: str, command: str, kvm: bool, env: dict):
     return lines, "KVM" if kvm else "TCG"
 
 
-def run_guest(qemu_opts: str, command: str, env: dict) -> tuple:
+def run_guest(qemu_opts: str, command: str, env: dict, vng_args=()) -> tuple:
     if os.path.exists("/dev/kvm") and _KVM["works"] is not False:
-        r = boot(qemu_opts, command, True, env)
+        r = boot(qemu_opts, command, True, env, vng_args)
         _KVM["works"] = r is not None
         if r is not None:
             return r
         print("KVM guest did not boot within %d s: falling back to TCG" % KVM_BOOT_TIMEOUT)
-    r = boot(qemu_opts, command, False, env)
+    r = boot(qemu_opts, command, False, env, vng_args)
     assert r is not None, "the TCG guest did not boot within %d s" % TCG_BOOT_TIMEOUT
     return r
+
+
+if __name__ == "__main__":
+    # vmboot.py QEMU_OPTS COMMAND: boot, run COMMAND (which prints HT-BOOTED first), print
+    # what the guest printed (examples/vm-demo.sh uses this)
+    out, how = run_guest(sys.argv[1], sys.argv[2], dict(os.environ))
+    print("\n".join(x for x in out if "HT-BOOTED" not in x))
+    print("(guest ran under %s)" % how)
+    sys.exit(1 if any(x.startswith("HT-TIMEOUT") for x in out) else 0)

@@ -9,6 +9,7 @@ alignment gap between `id` and `timestamp`, which a CTF reader skips.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import uuid as _uuid
 from dataclasses import dataclass, field
@@ -102,6 +103,9 @@ def metadata(trace_uuid: bytes, domains: List[Domain], env: Dict[str, object]) -
     for d in domains:
         off_s, off_ns = divmod(d.clock_offset_ns, 1_000_000_000)
         ck = "clock_" + d.name
+        if not ck.isidentifier() or not ck.isascii():
+            # `vm1.boot2`: a clock name is a CTF identifier (the stream id keeps it unique)
+            ck = "clock_%d_%s" % (d.stream_id, re.sub(r"\W", "_", d.name, flags=re.ASCII))
         out += ["clock {", "\tname = %s;" % ck,
                 '\tdescription = "%s";' % _escape(d.description or d.name + " clock"),
                 "\tfreq = 1000000000;", "\tprecision = 1;",

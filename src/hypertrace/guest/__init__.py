@@ -121,27 +121,38 @@ def connect(spec: Optional[str] = None, clock: Optional[Callable[[], int]] = Non
         if _channel is not None:
             raise ChannelError("already connected to %s; disconnect() first" % _channel.path)
         ch = Channel(path, clock)
-        _fresh_tls()
-        for tp in _tracepoints.values():
-            ch.attach(tp, _tls)
-        _channel = ch
-        ch.start_poller()
     if "control" not in options and spec.split(",")[0].split(":")[0] == "ivshmem":
         # in a QEMU guest the control path is the virtio-serial port named after the region
         from .devices import PORT_PREFIX, find_port
         port = find_port(PORT_PREFIX + ch.header.name)
         if port:
             options["control"] = "virtio:" + port
+    control = None
     if "control" in options:
         _sync_tp = event("hypertrace_sync",
                          "const char *name, uint64_t sync_id, uint64_t t_send, const char *args")
+        # hello before any tracepoint is attached: the host learns this process's boot
+        # before the process claims a ring
         try:
-            _control = Control(options["control"], clock, ch.header.session_id, sync_interval,
-                               on_sync=lambda n, i, t, a: _sync_tp(n, i, t, a))
+            control = Control(options["control"], clock, ch.header.session_id, sync_interval,
+                              on_sync=lambda n, i, t, a: _sync_tp(n, i, t, a))
         except ControlError:
-            disconnect()
+            ch.close()
             raise
-        _control.start()
+    with _lock:
+        if _channel is not None:        # another thread connected meanwhile
+            ch.close()
+            if control is not None:
+                control.closed.set()
+            raise ChannelError("already connected to %s; disconnect() first" % _channel.path)
+        _fresh_tls()
+        for tp in _tracepoints.values():
+            ch.attach(tp, _tls)
+        _channel = ch
+        ch.start_poller()
+        _control = control
+    if control is not None:
+        control.start()
     return ch
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import struct
+import threading
 import time
 from dataclasses import asdict
 from typing import Callable, Dict, List, Optional
@@ -23,6 +24,7 @@ from .region import Region
 SESSION_DIR = ".hypertrace"          # side files: babeltrace2 ignores hidden folders' files
 PID_CHECK_S = 0.5
 MAX_STREAMS = 4096                   # claims per region served: a guest cannot make more
+MAX_BOOTS = 64                       # boots of one guest served in a session (one domain each)
 
 
 def clock_offset_ns() -> int:
@@ -43,6 +45,12 @@ class Source:
         self.finished: List[RingReader] = []
         self.claims = 0
         self.refused = 0
+        self.guest = domain.name             # the domain's name at its first boot
+        self.past: List[ctf.Domain] = []     # domains of earlier boots of this guest
+        self.boots_pending: List[ctf.Domain] = []   # handed over by a control thread
+
+    def all_domains(self) -> List[ctf.Domain]:
+        return self.past + [self.domain]
 
 
 class Collector:
@@ -69,6 +77,7 @@ class Collector:
         self.unwritten = 0          # packets dropped after a write error
         #: called with (source, validated records) as rings are drained (triggers)
         self.watch: Optional[Callable[[Source, bytes], None]] = None
+        self.boot_lock = threading.Lock()
 
     # -- setup -----------------------------------------------------------------
     def add_region(self, region: Region, domain: str, pid_check: bool = True,
@@ -83,6 +92,63 @@ class Collector:
         self.write_metadata()
         return src
 
+    def new_boot(self, src: Source) -> Optional[str]:
+        """A guest rebooted (its clock restarted): name the domain of its new boot, which
+        the collector loop switches to at its next pass; None past MAX_BOOTS. Called
+        from a control connection's thread."""
+        with self.boot_lock:
+            k = len(src.past) + len(src.boots_pending) + 2
+            if k > MAX_BOOTS:
+                return None
+            doms = [d for s in self.sources for d in s.all_domains() + s.boots_pending]
+            sid = 1 + max(d.stream_id for d in doms + self.static_domains)
+            name = "%s.boot%d" % (src.guest, k)
+            while any(d.name == name for d in doms + self.static_domains):
+                name += "_"            # a guest already named like that
+            dom = ctf.Domain(name, sid, self.host_offset,
+                             "CLOCK_MONOTONIC of boot %d of guest %s" % (k, src.guest))
+            src.boots_pending.append(dom)
+            return dom.name
+
+    def _switch_boot(self, src: Source) -> None:
+        """Close the previous boot's streams (its producers are gone, and their rings are
+        freed for the new boot), then serve the source as the new boot's domain."""
+        with self.boot_lock:
+            pending, src.boots_pending = src.boots_pending, []
+        for i, r in enumerate(src.readers):
+            if r is None:
+                continue
+            ident = self._identity(src, i)
+            ours = ident["generation"] == r.generation and ident["state"] != abi.RING_FREE
+            if ours:
+                r.drain()
+            self._finish(src, r, gone=True)
+            src.readers[i] = None
+            if ours:
+                d = src.region.layout.desc(i)
+                struct.pack_into("<Q", src.region.mm, d + abi.D_CONSUMED, 0)
+                struct.pack_into("<I", src.region.mm, d + abi.D_STATE, abi.RING_FREE)
+        for dom in pending:
+            src.past.append(src.domain)
+            src.domain = dom
+        self.write_metadata()
+
+    def _reader(self, src: Source, i: int, ident: dict) -> RingReader:
+        """A reader for ring i's current claim, bound to the source's current domain."""
+        r = src.readers[i] = RingReader(src.region, src.events, i, ident["generation"],
+                                        ident, self._sink)
+        r.domain = src.domain
+        if self.watch is not None:
+            r.watch = lambda content, src=src: self.watch(src, content)
+        return r
+
+    def domain_guest(self, name: str) -> str:
+        """The guest a domain belongs to (`vm1` for `vm1.boot2`)."""
+        for src in self.sources:
+            if any(d.name == name for d in src.all_domains()):
+                return src.guest
+        return name
+
     # -- the loop body --------------------------------------------------------------
     def poll(self, drain_overwrite: bool = False) -> int:
         """One pass over every ring; returns the number of records taken."""
@@ -90,6 +156,8 @@ class Collector:
         self.beats += 1
         now = time.monotonic()
         for src in self.sources:
+            if src.boots_pending:
+                self._switch_boot(src)
             src.region.beat(self.beats)
             src.events.refresh()
             check = src.pid_check and now >= src.next_pid_check
@@ -137,10 +205,7 @@ class Collector:
                 src.refused += 1           # a guest cycling claims: stop serving new ones
                 return 0
             src.claims += 1
-            r = src.readers[i] = RingReader(src.region, src.events, i, ident["generation"],
-                                            ident, self._sink)
-            if self.watch is not None:
-                r.watch = lambda content, src=src: self.watch(src, content)
+            r = self._reader(src, i, ident)
         gone = state == abi.RING_RELEASED or (
             check_pids and state == abi.RING_ACTIVE and not _alive(ident["pid"]))
         n = 0
@@ -186,13 +251,12 @@ class Collector:
                       discarded: int, tail_pad: int) -> None:
         f = self.files.get(id(r))
         if f is None:
-            src = next(s for s in self.sources if s.region is r.region)
             inst = self.next_instance
             self.next_instance += 1
-            name = "%s-%04d" % (src.domain.name, inst)
+            name = "%s-%04d" % (r.domain.name, inst)
             f = self.files[id(r)] = ctf.StreamFile(os.path.join(self.outdir, name),
-                                                   self.trace_uuid, src.domain.stream_id, inst)
-            self.stream_info[id(r)] = {"file": name, "domain": src.domain.name,
+                                                   self.trace_uuid, r.domain.stream_id, inst)
+            self.stream_info[id(r)] = {"file": name, "domain": r.domain.name,
                                        "ring": r.index, "reader": r}
             if discarded:
                 # babeltrace2 can only place losses between two packets: open the
@@ -220,14 +284,15 @@ class Collector:
     def stop(self) -> None:
         """Drain everything committed, account for every producer, write the index."""
         for src in self.sources:
+            if src.boots_pending:
+                self._switch_boot(src)
             src.events.refresh()
             for i, r in enumerate(src.readers):
                 ident = self._identity(src, i)
                 if r is None:
                     if ident["state"] not in (abi.RING_ACTIVE, abi.RING_RELEASED):
                         continue
-                    r = src.readers[i] = RingReader(src.region, src.events, i,
-                                                    ident["generation"], ident, self._sink)
+                    r = self._reader(src, i, ident)
                 r.drain()
                 gone = ident["state"] == abi.RING_RELEASED or not (
                     src.pid_check and _alive(ident["pid"]))
@@ -242,8 +307,8 @@ class Collector:
 
     def fit_clocks(self) -> None:
         """Map every domain onto the host clock; CTF clocks get the offset (not the drift)."""
-        for src in self.sources:
-            name = src.domain.name
+        for dom in [d for src in self.sources for d in src.all_domains()]:
+            name = dom.name
             dc = self.clocks.get(name)
             if name == "host":
                 summ = {"kind": "host", "offset_ns": 0, "drift_ppm": 0.0, "uncertainty_ns": 0,
@@ -256,8 +321,8 @@ class Collector:
             else:
                 fit = clockfit.fit(name, dc.samples)
                 summ = dict(fit.summary(), kind="estimated")
-                src.domain.clock_offset_ns = self.host_offset + summ["offset_ns"]
-                src.domain.description = (
+                dom.clock_offset_ns = self.host_offset + summ["offset_ns"]
+                dom.description = (
                     "domain %s clock: host offset %d ns, drift %.3f ppm (not expressible "
                     "in CTF 1.8), uncertainty %d ns" % (name, summ["offset_ns"],
                                                         summ["drift_ppm"], summ["uncertainty_ns"]))
@@ -269,13 +334,15 @@ class Collector:
     # -- session files ------------------------------------------------------------------
     def write_metadata(self) -> None:
         for src in self.sources:
-            src.domain.events = dict(src.events.decls)
+            for d in src.all_domains():
+                d.events = dict(src.events.decls)
             src.events.changed = False
         env = {"tracer_name": "hypertrace", "tracer_version": __version__,
                "hostname": socket.gethostname(), "trace_name": os.path.basename(
                    os.path.abspath(self.outdir))}
         try:
-            doms = sorted([s.domain for s in self.sources] + self.static_domains,
+            doms = sorted([d for s in self.sources for d in s.all_domains()] +
+                          self.static_domains,
                           key=lambda d: d.stream_id)
             ctf.write_metadata(os.path.join(self.outdir, "metadata"),
                                ctf.metadata(self.trace_uuid, doms, env))
@@ -299,18 +366,20 @@ class Collector:
                                                       or r.stats.torn):
                     st = asdict(r.stats)
                     st["per_event"] = {}
-                    out.append({"file": None, "domain": src.domain.name, "ring": r.index,
+                    out.append({"file": None, "domain": r.domain.name, "ring": r.index,
                                 **{k: r.identity[k] for k in ("pid", "tid", "thread",
                                                               "generation")}, **st})
         return out
 
     def write_index(self) -> None:
         doms = []
-        for src in self.sources:
+        for src, dom in [(s, d) for s in self.sources for d in s.all_domains()]:
             h = src.region.header
             doms.append({
-                "name": src.domain.name, "stream_id": src.domain.stream_id,
-                "clock_offset_ns": src.domain.clock_offset_ns,
+                "name": dom.name, "stream_id": dom.stream_id,
+                "clock_offset_ns": dom.clock_offset_ns,
+                # an earlier boot's domain: its producers are gone, its rings were freed
+                **({"guest": src.guest, "retired": True} if dom is not src.domain else {}),
                 "channel": src.region.path, "mode": abi.MODE_NAMES[h.mode],
                 "rings": h.n_rings, "ring_size": h.ring_size,
                 "events": {str(i): {"name": d.name, "signature": d.signature}
@@ -323,7 +392,8 @@ class Collector:
                  "stopped_ns": time.time_ns(), "snapshots": self.snapshots,
                  "host_clock_offset_ns": self.host_offset,
                  "clocks": self.clock_summary,
-                 "syncs": {k: v.syncs for k, v in self.clocks.items()},
+                 # a control thread may add a rebooted guest's clock meanwhile
+                 "syncs": {k: list(v.syncs) for k, v in list(self.clocks.items())},
                  "domains": doms, "streams": self.streams(), "errors": self.errors,
                  **{k: (v() if callable(v) else v) for k, v in self.extra_index.items()}}
         if self.write_error is not None:

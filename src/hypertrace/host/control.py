@@ -36,30 +36,69 @@ class DomainClock:
     errors: List[str] = field(default_factory=list)
     rejected_samples: int = 0
     connections: int = 0
+    boot_id: Optional[bytes] = None         # the guest boot this clock belongs to
+
+
+def listen(address: str) -> socket.socket:
+    """A listening socket for `unix:PATH` (created 0600) or `vsock:PORT` (any CID: a
+    guest is bound to its domain by the session id in its hello, which only its own
+    region holds)."""
+    if address.startswith("unix:"):
+        path = address[5:]
+        old = os.umask(0o177)            # the socket is created 0600
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.bind(path)
+            except OSError:
+                s.close()
+                raise
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+    elif address.startswith("vsock:"):
+        try:
+            port = int(address[6:])
+        except ValueError:
+            raise ValueError("bad vsock address %r (vsock:PORT)" % address) from None
+        if not hasattr(socket, "AF_VSOCK"):
+            raise OSError("AF_VSOCK is not supported by this Python")
+        s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        try:
+            s.bind((socket.VMADDR_CID_ANY, port))
+        except OSError as e:
+            s.close()
+            raise OSError(e.errno, "cannot listen on vsock port %d: %s" % (port, e.strerror)
+                          ) from None
+    else:
+        raise ValueError("control address must be unix:PATH or vsock:PORT")
+    s.listen(16)
+    s.settimeout(0.2)
+    return s
 
 
 class ControlServer:
-    def __init__(self, address: str, domains: List[DomainClock],
-                 on_sync: Optional[Callable] = None, on_sample: Optional[Callable] = None):
-        if not address.startswith("unix:"):
-            raise ValueError("control address must be unix:PATH")
-        self.path = address[5:]
-        self.domains = {d.session_id: d for d in domains}
+    #: one lock for every server: servers of one recording share their domain registry
+    boot_lock = threading.Lock()
+
+    def __init__(self, address: str, domains,
+                 on_sync: Optional[Callable] = None, on_sample: Optional[Callable] = None,
+                 on_boot: Optional[Callable[[DomainClock, bytes], DomainClock]] = None):
+        self.address = address
+        self.path = address[5:] if address.startswith("unix:") else None
+        #: session id -> clock; a dict given here is shared (several transports, one guest)
+        self.domains: Dict[bytes, DomainClock] = (
+            domains if isinstance(domains, dict) else {d.session_id: d for d in domains})
         self.on_sync = on_sync
         self.on_sample = on_sample
+        #: called (on a connection's thread) when a guest says hello from a new boot;
+        #: returns the clock of the domain that boot's records go to
+        self.on_boot = on_boot
         self.errors: List[str] = []
         self.stopping = threading.Event()
         self.threads: List[threading.Thread] = []
         self.active = 0
-        old = os.umask(0o177)            # the socket is created 0600
-        try:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.bind(self.path)
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o600)
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
+        self.sock = listen(address)
         self.acceptor = threading.Thread(target=self._accept, name="hypertrace-ctl", daemon=True)
         self.acceptor.start()
 
@@ -170,9 +209,22 @@ class ControlServer:
                                     % abi.MSG_NAMES[mtype])
         if len(body) < 24:
             raise abi.ProtocolError("hello too short")
-        dom = self.domains.get(bytes(body[:16]))
+        sid = bytes(body[:16])
+        dom = self.domains.get(sid)
         if dom is None:
             raise abi.ProtocolError("hello names no session served here")
+        boot = bytes(body[24:40]) if len(body) >= 40 else bytes(16)
+        if boot != bytes(16):
+            with self.boot_lock:
+                dom = self.domains[sid]
+                if dom.boot_id is None:
+                    dom.boot_id = boot
+                elif dom.boot_id != boot:
+                    if self.on_boot is None:
+                        raise abi.ProtocolError("hello from another boot of the guest")
+                    new = self.on_boot(dom, boot)    # raises ProtocolError past the limit
+                    new.boot_id = boot
+                    self.domains[sid] = dom = new
         dom.connections += 1
         conn.sendall(abi.frame(abi.MSG_HELLO_OK, rid, abi.pack_str(dom.name)))
         return dom
@@ -192,7 +244,8 @@ class ControlServer:
         self.acceptor.join(timeout=2)
         for t in self.threads:
             t.join(timeout=2)
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass

@@ -86,6 +86,7 @@ class RingReader:
         self.index = index
         self.generation = generation
         self.identity = identity
+        self.domain = None       # the CTF domain (stream class) its stream belongs to
         self.desc = self.lay.desc(index)
         self.base = self.lay.data(index)
         self.consumed = 0        # read up to here (our own copy: the guest could scribble on

@@ -33,7 +33,8 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
            rings: int = abi.DEFAULT_RINGS, max_events: int = abi.DEFAULT_MAX_EVENTS,
            block_timeout_ms: float = 1000.0, name: str = "local",
            sync_interval: float = 1.0, qemu: Optional[List[str]] = None,
-           triggers: Optional[str] = None, out=sys.stdout) -> Collector:
+           triggers: Optional[str] = None, vsock_port: Optional[int] = None,
+           out=sys.stdout) -> Collector:
     if os.path.exists(os.path.join(outdir, "metadata")):
         raise RecordError("%s already holds a trace; choose a new output directory" % outdir)
     if mode not in abi.MODES:
@@ -76,7 +77,7 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
     path = targets[0][0]
     try:
         host, servers, ctl = _host_side(col, regions, [t[0] for t in targets],
-                                        [t[1] for t in targets])
+                                        [t[1] for t in targets], vsock_port)
     except (OSError, ValueError) as e:
         for r in regions:
             r.close(remove=r.owned)
@@ -150,7 +151,8 @@ def qemu_region_path(name: str) -> str:
 
 
 def qemu_args(name: str, ring_size: int = abi.DEFAULT_RING_SIZE, rings: int = abi.DEFAULT_RINGS,
-              max_events: int = abi.DEFAULT_MAX_EVENTS, trace: Optional[List[str]] = None) -> str:
+              max_events: int = abi.DEFAULT_MAX_EVENTS, trace: Optional[List[str]] = None,
+              vsock_cid: Optional[int] = None) -> str:
     """QEMU options wiring guest NAME to `hypertrace record --qemu NAME`: stock devices only.
     The chardev is a client that reconnects, so either side may start first. QEMU's
     own trace events go to a log file the recorder ingests, stamped with the real
@@ -167,10 +169,13 @@ def qemu_args(name: str, ring_size: int = abi.DEFAULT_RING_SIZE, rings: int = ab
         % (name, name, name),
         "-qmp unix:%s.qmp,server=on,wait=off" % p,
         "-D %s.qemu.log -msg timestamp=on" % p] +
-        ["-trace enable=%s" % t for t in (trace or [])])
+        ["-trace enable=%s" % t for t in (trace or [])] +
+        # AF_VSOCK control (needs /dev/vhost-vsock on the host); the port stays too
+        (["-device vhost-vsock-pci,guest-cid=%d" % vsock_cid] if vsock_cid else []))
 
 
-def _host_side(col: Collector, regions: List[Region], paths: List[str], names: List[str]):
+def _host_side(col: Collector, regions: List[Region], paths: List[str], names: List[str],
+               vsock_port: Optional[int] = None):
     """The host domain (a region for host-side producers, the collector among them) and
     one control server per region, answering its sync points and clock exchanges."""
     host = Region.create(paths[0] + "-host", "host", n_rings=64, ring_size=256 * 1024)
@@ -181,17 +186,36 @@ def _host_side(col: Collector, regions: List[Region], paths: List[str], names: L
     sample = guest.event("hypertrace_clock_sample", "const char *domain, uint64_t t1, "
                          "uint64_t t2, uint64_t t3, uint64_t t4")
     servers = []
+
+    def on_boot(dc: DomainClock, boot: bytes) -> DomainClock:
+        # a rebooted guest's clock restarted: its new boot is a domain of its own
+        src = next(s for s in col.sources if s.region.header.session_id == dc.session_id)
+        name = col.new_boot(src)
+        if name is None:
+            raise abi.ProtocolError("guest %s rebooted too often in one session" % src.guest)
+        new = col.clocks[name] = DomainClock(name, dc.session_id)
+        return new
+    # session id -> clock, shared by every server: a guest reached over two transports
+    # (its socket and vsock) is one domain, and a reboot seen on either moves both
+    registry = {}
+    addresses = []
+    for region, path, name in zip(regions, paths, names):
+        registry[region.header.session_id] = col.clocks[name] = DomainClock(
+            name, region.header.session_id)
+        try:
+            os.unlink(path + ".ctl")      # a stale socket from a crashed collector
+        except FileNotFoundError:
+            pass
+        addresses.append("unix:" + path + ".ctl")
+    if vsock_port is not None:
+        addresses.append("vsock:%d" % vsock_port)
     try:
-        for region, path, name in zip(regions, paths, names):
-            dc = col.clocks[name] = DomainClock(name, region.header.session_id)
-            try:
-                os.unlink(path + ".ctl")      # a stale socket from a crashed collector
-            except FileNotFoundError:
-                pass
+        for address in addresses:
             servers.append(ControlServer(
-                "unix:" + path + ".ctl", [dc],
+                address, registry,
                 on_sync=lambda d, n, sid, t1, t2, args: sync_host(d.name, n, sid, t1, args),
-                on_sample=lambda d, t1, t2, t3, t4: sample(d.name, t1, t2, t3, t4)))
+                on_sample=lambda d, t1, t2, t3, t4: sample(d.name, t1, t2, t3, t4),
+                on_boot=on_boot))
     except BaseException:
         for srv in servers:
             srv.close()
@@ -221,7 +245,8 @@ def _engine(rules, col: Collector, live: LiveServer, flags: dict, qemu: List[str
 
     engine = Engine(rules, col, run_local,
                     emit=lambda *a: trig_tp(*a),
-                    qmp_path=lambda d: qemu_region_path(d) + ".qmp" if d in qemu else None)
+                    qmp_path=lambda d: (qemu_region_path(col.domain_guest(d)) + ".qmp"
+                                        if col.domain_guest(d) in qemu else None))
     col.watch = engine.on_content
     col.extra_index["triggers"] = engine.summary
     col.extra_index["trigger_problems"] = engine.problems
@@ -296,7 +321,7 @@ def summary(col: Collector) -> str:
         lines.append("%-16s %8d %8d %-16s %10d %10d %9d %5d" % (
             s["file"] or "(none)", s["pid"], s["tid"], s["thread"][:16], s["recorded"],
             s["discarded"], s["malformed"], s["torn"]))
-    for dom in dict.fromkeys(src.domain.name for src in col.sources):
+    for dom in dict.fromkeys(d.name for src in col.sources for d in src.all_domains()):
         mine = [s for s in streams if s["domain"] == dom]
         tot = [sum(s[k] for s in mine) for k in ("recorded", "discarded", "malformed", "torn")]
         line = "%s: %d events recorded, %d lost (discarded), %d malformed, %d torn, " \

@@ -111,9 +111,13 @@ def recover(outdir: str, out=None) -> dict:
     regions: List[Region] = []
     for d in sorted(domains, key=lambda d: d["stream_id"]):
         try:
+            if d.get("retired"):
+                # an earlier boot of a guest: its rings were drained and freed
+                raise ValueError("an earlier boot")
             region = Region.open(d["channel"])
         except (OSError, ValueError) as e:
-            missing.append("%s (%s)" % (d["name"], e))
+            if not d.get("retired"):
+                missing.append("%s (%s)" % (d["name"], e))
             dom = ctf.Domain(d["name"], d["stream_id"], d["clock_offset_ns"],
                              "domain %s (its channel is gone)" % d["name"])
             dom.events = {int(i): abi.parse_signature(e["signature"])
@@ -130,8 +134,7 @@ def recover(outdir: str, out=None) -> dict:
             ident = col._identity(src, i)
             if ident["state"] not in (abi.RING_ACTIVE, abi.RING_RELEASED):
                 continue
-            r = src.readers[i] = RingReader(src.region, src.events, i, ident["generation"],
-                                            ident, col._sink)
+            r = col._reader(src, i, ident)
             _resume(r)
             recovered_from[id(r)] = r.consumed
     col.stop()                     # drains every reader, accounts, writes metadata and index

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Trace a real QEMU VM, end to end, with stock QEMU devices: the recorder serves guest
+# "demovm"; a Linux guest booted with `hypertrace qemu-args` (the Debian kernel, the
+# host's root filesystem over 9p via virtme-ng, so it runs this checkout's Python) runs
+# examples/service.py on the ivshmem rings and the virtio-serial control port, while a
+# host program samples the host's CPU into the same session. Then the merged trace is
+# reported and written as an HTML timeline. KVM is tried first, TCG otherwise (a few
+# minutes). Installs what it needs like ./test.sh. Usage: examples/vm-demo.sh [OUTPUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:-vm-trace}"
+NAME=demovm
+./setup.sh
+rm -rf "$OUT"
+H=.venv/bin/hypertrace
+LOG=$(mktemp)
+
+echo "== hypertrace record -o $OUT --qemu $NAME"
+$H record -o "$OUT" --qemu "$NAME" >"$LOG" 2>&1 &
+REC=$!
+trap 'kill -INT $REC 2>/dev/null || true' EXIT
+for _ in $(seq 50); do [ -e "/dev/shm/hypertrace-$NAME-host" ] && break; sleep 0.1; done
+
+echo "== host side: examples/hostcpu.py into the host domain"
+HYPERTRACE_CHANNEL="shm:/dev/shm/hypertrace-$NAME-host" .venv/bin/python examples/hostcpu.py &
+HOSTAPP=$!
+
+echo "== boot a guest with: $H qemu-args --name $NAME"
+$H qemu-args --name "$NAME"
+GUEST_CMD="echo HT-BOOTED; HYPERTRACE_CHANNEL=ivshmem PYTHONPATH=$($H guest-path) /usr/bin/python3 $PWD/examples/service.py 2 200"
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/python tests/apps/vmboot.py "$($H qemu-args --name "$NAME")" "$GUEST_CMD"
+
+kill -TERM $HOSTAPP; wait $HOSTAPP || true
+kill -INT $REC; wait $REC || true
+trap - EXIT
+cat "$LOG"; rm -f "$LOG"
+echo
+echo "== hypertrace report $OUT (guest, host and sync events on one timeline)"
+$H report "$OUT" | grep -E "request_begin|host_cpu_busy|hypertrace_sync" | head -12
+echo
+echo "== hypertrace stats $OUT"
+$H stats "$OUT" | tail -8
+$H export "$OUT" --format html
+echo
+echo "CTF trace: $(cd "$OUT" && pwd)   (babeltrace2 reads it)"
+echo "timeline:  $(cd "$OUT" && pwd).html"

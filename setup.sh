@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install what hypertrace's tests and VM demo need: Debian packages (when missing) and
+# .venv with the package and its test extras. Sourced by test.sh and examples/vm-demo.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+APT_PACKAGES="babeltrace2 qemu-user qemu-system-x86 linux-image-amd64 busybox-static python3 chromium"
+missing=""
+command -v babeltrace2 >/dev/null || missing=1
+command -v qemu-x86_64 >/dev/null || missing=1
+command -v qemu-system-x86_64 >/dev/null || missing=1
+ls /boot/vmlinuz-* >/dev/null 2>&1 || missing=1
+[ -x /bin/busybox ] || missing=1
+[ -x /usr/bin/python3 ] || missing=1
+command -v chromium >/dev/null || missing=1
+if [ -n "$missing" ]; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    echo "== installing Debian packages: $APT_PACKAGES"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q $APT_PACKAGES
+fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    echo "== creating .venv with $($PY --version)"
+    "$PY" -m venv .venv
+fi
+echo "== installing hypertrace and test dependencies"
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -e '.[test]'
