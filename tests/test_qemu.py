@@ -253,3 +253,29 @@ def test_a_guest_rebooted_while_recorded_is_served_across_the_reboot(tmp_path):
           "(uncertainty %d): the clock restarted %.1f s later" % (
               mode, c1["offset_ns"], c1["uncertainty_ns"], c2["offset_ns"],
               c2["uncertainty_ns"], (c2["offset_ns"] - c1["offset_ns"]) / 1e9))
+
+
+def test_the_readme_vm_demo_gives_a_merged_guest_and_host_trace(tmp_path):
+    """README's "Tracing a QEMU VM" in one command: examples/vm-demo.sh records a booted
+    guest running the demo service while a host program samples the host's CPU."""
+    out = str(tmp_path / "vm-trace")
+    r = subprocess.run([os.path.join(ROOT, "examples", "vm-demo.sh"), out], cwd=ROOT,
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    assert "hypertrace_sync_host" in r.stdout and "timeline:" in r.stdout
+    st = stats(out)
+    guest_ev = {}
+    for s in local(st, "demovm"):
+        for k, v in s["per_event"].items():
+            guest_ev[k] = guest_ev.get(k, 0) + v
+    assert guest_ev.get("request_begin") == guest_ev.get("request_end") == 2 * 2 * 200
+    assert st["clocks"]["demovm"]["kind"] == "estimated"
+    assert st["clocks"]["demovm"]["causality_violations"] == 0
+    assert sum(s["per_event"].get("host_cpu_busy", 0) for s in local(st, "host")) > 10
+    evs = [json.loads(x) for x in hypertrace("report", out, "--json").stdout.splitlines()]
+    req = [e["ts"] for e in evs if e["name"] == "request_begin"]
+    host = [e["ts"] for e in evs if e["name"] == "host_cpu_busy"]
+    assert any(min(req) < t < max(req) for t in host), "host events interleave the guest's"
+    assert os.path.getsize(out + ".html") > 10_000
+    events, _ = babeltrace(out)
+    assert sum(1 for n, _ in events if n == "request_begin") == 800

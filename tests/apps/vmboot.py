@@ -19,6 +19,24 @@ KVM_BOOT_TIMEOUT = 60
 TCG_BOOT_TIMEOUT = 240
 RUN_TIMEOUT = 420
 _KVM = {"works": None}      # learned once per process: a hanging KVM costs a boot timeout
+# ... and remembered for this host boot, so the next process does not wait for it again
+KVM_VERDICT = "/tmp/hypertrace-kvm-hangs"
+
+
+def _host_boot() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _kvm_known_to_hang() -> bool:
+    try:
+        with open(KVM_VERDICT) as f:
+            return f.read().strip() == _host_boot() != ""
+    except OSError:
+        return False
 
 
 def kernel() -> str:
@@ -69,11 +87,13 @@ def boot(qemu_opts: str, command: str, kvm: bool, env: dict, vng_args=()):
 
 
 def run_guest(qemu_opts: str, command: str, env: dict, vng_args=()) -> tuple:
-    if os.path.exists("/dev/kvm") and _KVM["works"] is not False:
+    if os.path.exists("/dev/kvm") and _KVM["works"] is not False and not _kvm_known_to_hang():
         r = boot(qemu_opts, command, True, env, vng_args)
         _KVM["works"] = r is not None
         if r is not None:
             return r
+        with open(KVM_VERDICT, "w") as f:
+            f.write(_host_boot())
         print("KVM guest did not boot within %d s: falling back to TCG" % KVM_BOOT_TIMEOUT)
     r = boot(qemu_opts, command, False, env, vng_args)
     assert r is not None, "the TCG guest did not boot within %d s" % TCG_BOOT_TIMEOUT
