@@ -24,17 +24,22 @@ def run_guest(name: str, command: str) -> tuple:
                             env())
 
 
+def start_recorder(out: str, *args: str) -> subprocess.Popen:
+    """`hypertrace record -o OUT ARGS...` in the background, once it serves."""
+    rec = subprocess.Popen([sys.executable, "-m", "hypertrace.cli", "record", "-o", out, *args],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    time.sleep(1.0)
+    assert rec.poll() is None, rec.stderr.read()
+    return rec
+
+
 def test_booted_guest_two_processes_events_and_sync_points(tmp_path):
     name = "htvm%d" % os.getpid()
     out = str(tmp_path / "vm-session")
-    rec = subprocess.Popen([sys.executable, "-m", "hypertrace.cli", "record", "-o", out,
-                            "--qemu", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, env=env())
+    rec = start_recorder(out, "--qemu", name)
     gp = hypertrace("guest-path").stdout.strip()
     N = 3000
     try:
-        time.sleep(1.0)
-        assert rec.poll() is None, rec.stderr.read()
         t = time.monotonic()
         lines, mode = run_guest(name, "HYPERTRACE_CHANNEL=ivshmem PYTHONPATH=%s /usr/bin/python3 "
                                       "%s %d" % (gp, os.path.join(ROOT, "tests", "apps",
@@ -84,15 +89,11 @@ def test_two_guests_at_once_one_hostile(tmp_path):
     honest guest's stream, fields and clock are untouched; the damage is counted."""
     good, evil = "htgood%d" % os.getpid(), "htevil%d" % os.getpid()
     out = str(tmp_path / "two-vms")
-    rec = subprocess.Popen([sys.executable, "-m", "hypertrace.cli", "record", "-o", out,
-                            "--qemu", good, "--qemu", evil], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, env=env())
+    rec = start_recorder(out, "--qemu", good, "--qemu", evil)
     gp = hypertrace("guest-path").stdout.strip()
     apps = os.path.join(ROOT, "tests", "apps")
     results = {}
     try:
-        time.sleep(1.0)
-        assert rec.poll() is None, rec.stderr.read()
 
         def go(name, cmd):
             try:
@@ -151,13 +152,9 @@ def test_guest_region_of_interest_steers_qemu_tracing(tmp_path):
     out = str(tmp_path / "roi")
     rules = tmp_path / "rules.toml"
     rules.write_text(ROI_RULES)
-    rec = subprocess.Popen([sys.executable, "-m", "hypertrace.cli", "record", "-o", out,
-                            "--qemu", name, "--triggers", str(rules)], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, env=env())
+    rec = start_recorder(out, "--qemu", name, "--triggers", str(rules))
     gp = hypertrace("guest-path").stdout.strip()
     try:
-        time.sleep(1.0)
-        assert rec.poll() is None, rec.stderr.read()
         lines, mode = run_guest(name, "HYPERTRACE_CHANNEL=ivshmem HYPERTRACE_SYNC_INTERVAL=100000 "
                                       "PYTHONPATH=%s /usr/bin/python3 %s 3" % (
                                           gp, os.path.join(ROOT, "tests", "apps", "vmroi.py")))
@@ -207,14 +204,10 @@ def test_a_guest_rebooted_while_recorded_is_served_across_the_reboot(tmp_path):
     out = str(tmp_path / "reboot-session")
     state = tmp_path / "state"
     state.mkdir()
-    rec = subprocess.Popen([sys.executable, "-m", "hypertrace.cli", "record", "-o", out,
-                            "--qemu", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, env=env())
+    rec = start_recorder(out, "--qemu", name)
     gp = hypertrace("guest-path").stdout.strip()
     N = 400
     try:
-        time.sleep(1.0)
-        assert rec.poll() is None, rec.stderr.read()
         lines, mode = vmboot.run_guest(
             # stock QEMU: reset on reboot (virtme-ng asks for -no-reboot; the later wins)
             hypertrace("qemu-args", "--name", name).stdout.strip() + " -action reboot=reset",
