@@ -18,7 +18,9 @@ LOG=$(mktemp)
 echo "== hypertrace record -o $OUT --qemu $NAME"
 $H record -o "$OUT" --qemu "$NAME" >"$LOG" 2>&1 &
 REC=$!
-trap 'kill -INT $REC 2>/dev/null || true' EXIT
+HOSTAPP=""
+# whatever happens, stop the host program and the recorder (Ctrl-C flushes the trace)
+trap 'kill -TERM $HOSTAPP 2>/dev/null || true; kill -INT $REC 2>/dev/null || true' EXIT
 for _ in $(seq 50); do [ -e "/dev/shm/hypertrace-$NAME-host" ] && break; sleep 0.1; done
 
 echo "== host side: examples/hostcpu.py into the host domain"
@@ -28,12 +30,18 @@ HOSTAPP=$!
 echo "== boot a guest with: $H qemu-args --name $NAME"
 $H qemu-args --name "$NAME"
 GUEST_CMD="echo HT-BOOTED; HYPERTRACE_CHANNEL=ivshmem PYTHONPATH=$($H guest-path) /usr/bin/python3 $PWD/examples/service.py 2 200"
-PATH="$PWD/.venv/bin:$PATH" .venv/bin/python tests/apps/vmboot.py "$($H qemu-args --name "$NAME")" "$GUEST_CMD"
+status=0
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/python tests/apps/vmboot.py "$($H qemu-args --name "$NAME")" \
+    "$GUEST_CMD" || status=$?
 
 kill -TERM $HOSTAPP; wait $HOSTAPP || true
 kill -INT $REC; wait $REC || true
 trap - EXIT
 cat "$LOG"; rm -f "$LOG"
+if [ "$status" != 0 ]; then
+    echo "the guest did not finish its workload (its output is above); the trace so far: $OUT"
+    exit "$status"
+fi
 echo
 echo "== guest, host and sync events on one timeline (hypertrace sql, from the first sync point)"
 $H sql "$OUT" "select ts, domain, name, fields from events

@@ -298,3 +298,43 @@ def test_random_control_frames_drop_the_peer_only(server, stream, hello_first):
         threading.excepthook = old
     assert not errors, errors
     json.dumps(dc.errors)      # what is kept about bad peers is plain data
+
+
+@FUZZ
+@given(slots=st.lists(st.binary(min_size=abi.MBOX_SIZE, max_size=abi.MBOX_SIZE),
+                      min_size=1, max_size=abi.N_MBOX),
+       rounds=st.integers(1, 4), seed=st.integers(0, 2**32))
+def test_fuzz_clock_mailboxes(tmp_path_factory, slots, rounds, seed):
+    """Random slot contents, rewritten between polls, next to an honest guest process
+    doing real exchanges in slot 0: nothing escapes, and every sample kept satisfies
+    what a sample must (t1 <= t4 within 10 s; t2 <= t3, the host's own reading)."""
+    from hypertrace.guest.mailbox import Mailbox
+    from hypertrace.host.mailbox import MailboxServer
+    path = "/dev/shm/ht-fuzz-mbox-%d-%s" % (os.getpid(), uuid.uuid4().hex[:6])
+    region = Region.create(path, "fuzz", n_rings=2, ring_size=RING)
+    try:
+        dc = DomainClock("fuzz", region.header.session_id)
+        srv = MailboxServer({dc.session_id: dc})
+        srv.add(region)
+        srv.start()
+        rnd = random.Random(seed)
+        honest = Mailbox(region.mm, 0, time.monotonic_ns)
+        struct.pack_into("<II", region.mm, abi.MBOX_OFF, abi.MBOX_CLAIMED, os.getpid())
+        ok = 0
+        for _ in range(rounds):
+            for i, raw in enumerate(slots):
+                if i:           # slot 0 is the honest one
+                    o = abi.MBOX_OFF + i * abi.MBOX_SIZE
+                    region.mm[o:o + abi.MBOX_SIZE] = bytes(raw)
+                    if rnd.random() < 0.5:     # claimed, so the server looks at it
+                        struct.pack_into("<I", region.mm, o, abi.MBOX_CLAIMED)
+            ok += honest.exchange() is not None
+            srv.poll()
+        time.sleep(0.01)
+        srv.close()
+        assert ok == rounds, "the honest exchanges were answered"
+        assert dc.samples, "and sampled"
+        for t1, t2, t3, t4 in dc.samples:
+            assert t1 <= t4 <= t1 + 10**10 and t2 <= t3
+    finally:
+        region.close(remove=True)

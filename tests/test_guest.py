@@ -210,3 +210,53 @@ def test_layout_fits_in_its_power_of_two_and_header_roundtrips():
     buf[abi.HDR_RING_SIZE] = 7
     with pytest.raises(abi.ABIError, match="sizing"):
         abi.parse_header(buf)
+
+
+FORK_THREADS = r"""
+import os, sys, threading
+from hypertrace import guest
+tp = guest.event("who", "uint32_t pid, uint32_t thread, uint32_t i")
+tp(os.getpid(), 99, 0)            # the parent holds a ring and a lock file descriptor
+kids = []
+for k in range(24):
+    pid = os.fork()
+    if pid == 0:
+        signal_alarm = __import__("signal").alarm(60)   # a hung child fails the test
+        go = threading.Barrier(4)
+        def run(t):
+            go.wait()             # first emits (ring claims) at the same moment
+            for i in range(200):
+                tp(os.getpid(), t, i)
+        ts = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        os._exit(0)
+    kids.append(pid)
+bad = 0
+for p in kids:
+    bad += os.waitpid(p, 0)[1] != 0
+print("BAD", bad)
+"""
+
+
+def test_threads_of_a_forked_child_claim_rings_concurrently(session, tmp_path):
+    """Four threads of each fresh child claim at once: each gets a ring of its own (the
+    region lock excludes threads as well as processes) and none hangs on a lock
+    descriptor another thread swapped (a hang seen in a booted guest)."""
+    app = tmp_path / "forkthreads.py"
+    app.write_text(FORK_THREADS)
+    r = hypertrace("record", "-o", session, "--rings", "128", "--", sys.executable, str(app))
+    assert "BAD 0" in r.stdout, r.stdout + r.stderr
+    s = Session(session)
+    mine = [st for st in s.streams if st["domain"] == "local"]
+    assert len(mine) == 1 + 24 * 4
+    for st in mine:
+        evs = list(s.stream_events(st))
+        owners = {(e.fields["pid"], e.fields["thread"]) for e in evs}
+        assert len(owners) == 1, "two threads wrote one ring: %s" % owners
+        if st["pid"] != next(iter(owners))[0]:
+            raise AssertionError("a stream of pid %s holds pid %s's events" % (st["pid"],
+                                                                               owners))
+        assert len(evs) == (1 if 99 in {o[1] for o in owners} else 200)

@@ -252,8 +252,18 @@ def test_the_readme_vm_demo_gives_a_merged_guest_and_host_trace(tmp_path):
     """README's "Tracing a QEMU VM" in one command: examples/vm-demo.sh records a booted
     guest running the demo service while a host program samples the host's CPU."""
     out = str(tmp_path / "vm-trace")
-    r = subprocess.run([os.path.join(ROOT, "examples", "vm-demo.sh"), out], cwd=ROOT,
-                       capture_output=True, text=True, timeout=1200)
+    p = subprocess.Popen([os.path.join(ROOT, "examples", "vm-demo.sh"), out], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        stdout, stderr = p.communicate(timeout=1200)
+    finally:
+        # nothing of the demo may outlive it (a leftover holding our pipes would hang us)
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    r = subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert "hypertrace_sync_host" in r.stdout and "timeline:" in r.stdout
     st = stats(out)

@@ -12,7 +12,7 @@ import struct
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 ABI_MAJOR = 1
-ABI_MINOR = 2
+ABI_MINOR = 3
 MAGIC = 0x4543415254505948  # b"HYPTRACE" read as a little-endian u64
 PAGE = 4096
 HEADER_SIZE = PAGE
@@ -35,11 +35,32 @@ HDR_DECL_OFF = 104       # u64
 HDR_DESC_OFF = 112       # u64
 HDR_DATA_OFF = 120       # u64
 HDR_COLLECTOR = 128      # u32 collector state
-HDR_FLAGS = 132          # u32, reserved (0)
+HDR_FLAGS = 132          # u32, bit 0: the collector serves the clock mailboxes
 HDR_HEARTBEAT = 136      # u64, bumped by the collector on every poll
 NAME_LEN = 32
 
 HEADER_STRUCT = struct.Struct("<QHHIQ16s32sIIIIQQQQQ")  # offsets 0..127
+
+# --- clock mailboxes (ABI 1.3): clock exchanges through shared memory --------
+# In the header page, written by both sides. A guest process claims one slot
+# (like a ring) and runs 4-timestamp exchanges through it with no syscall and
+# no VM exit; while it waits it keeps rewriting t1, so whenever the host reads
+# the request, t1 is at most one loop iteration old: a band of a few µs.
+FLAG_MAILBOXES = 1
+MBOX_OFF = 1024
+MBOX_SIZE = 64
+N_MBOX = 32
+M_STATE = 0              # u32 0 free, 1 claimed (guest, under the region lock)
+M_PID = 4                # u32 the claiming process (guest)
+M_REQ = 8                # u32 sequence of the pending request, never 0 (guest)
+M_ANS = 12               # u32 the request answered (host, after t2 and t3)
+M_T1 = 16                # u64 guest clock, rewritten while the guest waits
+M_T2 = 24                # u64 host: request seen
+M_T3 = 32                # u64 host: answer written
+M_T4 = 40                # u64 guest clock, once it saw M_ANS == M_REQ
+M_DONE = 48              # u32 = M_REQ once M_T4 is written (guest)
+MBOX_FREE = 0
+MBOX_CLAIMED = 1
 
 COLLECTOR_NONE = 0
 COLLECTOR_RUNNING = 1

@@ -38,7 +38,7 @@ i = 0
 while time.monotonic() - start < SECONDS:
     if not paused and time.monotonic() - start >= PAUSE_AT:
         ctl = guest._control
-        with ctl.lock:                      # no exchange can run while "paused"
+        with ctl.lock, ctl.mbox_lock:       # no exchange can run while "paused"
             print("PAUSE_G", f(time.monotonic_ns()), flush=True)
             time.sleep(PAUSE)
             state["paused"] += int(PAUSE * 1e9)

@@ -135,7 +135,8 @@ def connect(spec: Optional[str] = None, clock: Optional[Callable[[], int]] = Non
         # before the process claims a ring
         try:
             control = Control(options["control"], clock, ch.header.session_id, sync_interval,
-                              on_sync=lambda n, i, t, a: _sync_tp(n, i, t, a))
+                              on_sync=lambda n, i, t, a: _sync_tp(n, i, t, a),
+                              mailbox=ch.claim_mailbox)
         except ControlError:
             ch.close()
             raise
@@ -231,6 +232,11 @@ def _after_fork_in_child() -> None:
         if hasattr(_tls, attr):
             delattr(_tls, attr)   # the holder's release() sees another pid: a no-op
     ch = _channel
+    if ch is not None:
+        try:
+            ch.after_fork()
+        except OSError:
+            pass                  # reopened lazily by the next claim, which reports it
     if ch is not None and not ch.closed:
         ch.start_poller()
 

@@ -90,6 +90,9 @@ class Channel:
         self.closed_mm = False
         self.lock_fd = self.fd
         self.lock_pid = os.getpid()
+        # flock() excludes other processes only (threads share the open file
+        # description): this lock excludes the other threads of this process
+        self.thread_lock = threading.Lock()
         self.tracepoints: list = []
         self.last_enable = b""
         self.closed = False
@@ -104,20 +107,35 @@ class Channel:
         return _Q.unpack_from(self.mm, abi.HDR_HEARTBEAT)[0]
 
     # -- the region lock -----------------------------------------------------
+    def after_fork(self) -> None:
+        """In a forked child, while it has one thread: a lock of its own. flock() is per
+        open file description, which the child shares with its parent, and a thread
+        lock may have been held at the fork by a thread that does not exist here."""
+        self.thread_lock = threading.Lock()
+        self.lock_fd = os.open(self.path, os.O_RDWR)
+        self.lock_pid = os.getpid()
+
     def _locked(self):
         ch = self
 
         class _L:
             def __enter__(self):
-                if ch.lock_pid != os.getpid():
-                    # flock() is per open file description, which a forked child
-                    # shares with its parent: reopen to get a lock of our own
-                    ch.lock_fd = os.open(ch.path, os.O_RDWR)
-                    ch.lock_pid = os.getpid()
-                fcntl.flock(ch.lock_fd, fcntl.LOCK_EX)
+                ch.thread_lock.acquire()
+                try:
+                    if ch.lock_pid != os.getpid():
+                        ch.lock_fd = os.open(ch.path, os.O_RDWR)   # no at-fork hook ran
+                        ch.lock_pid = os.getpid()
+                    self.fd = ch.lock_fd          # unlock the descriptor we locked
+                    fcntl.flock(self.fd, fcntl.LOCK_EX)
+                except BaseException:
+                    ch.thread_lock.release()
+                    raise
 
             def __exit__(self, *exc):
-                fcntl.flock(ch.lock_fd, fcntl.LOCK_UN)
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
+                finally:
+                    ch.thread_lock.release()
         return _L()
 
     # -- event declarations --------------------------------------------------
@@ -221,6 +239,23 @@ class Channel:
             # a producer died without releasing: hand its ring to the collector,
             # which drains it and frees it for a later claim
             _U32.pack_into(self.mm, lay.desc(dead) + abi.D_STATE, abi.RING_RELEASED)
+        return None
+
+    # -- clock mailboxes -------------------------------------------------------
+    def claim_mailbox(self):
+        """A clock mailbox for this process, or None (the host does not serve them, or
+        every slot is taken by a live process)."""
+        from .mailbox import Mailbox, serving
+        if self.closed or not serving(self.mm):
+            return None
+        with self._locked():
+            for i in range(abi.N_MBOX):
+                o = abi.MBOX_OFF + i * abi.MBOX_SIZE
+                state, pid = struct.unpack_from("<II", self.mm, o)
+                if state == abi.MBOX_CLAIMED and pid_alive(pid):
+                    continue
+                struct.pack_into("<II", self.mm, o, abi.MBOX_CLAIMED, os.getpid())
+                return Mailbox(self.mm, i, self.clock)
         return None
 
     def close(self) -> None:

@@ -328,6 +328,7 @@ class Collector:
                                                         summ["drift_ppm"], summ["uncertainty_ns"]))
             if dc is not None:
                 summ.update(rejected_samples=dc.rejected_samples, control_errors=dc.errors,
+                            mailbox_samples=dc.mailbox_samples,
                             control_connections=dc.connections, sync_points=len(dc.syncs))
             self.clock_summary[name] = summ
 

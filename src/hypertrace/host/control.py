@@ -37,6 +37,7 @@ class DomainClock:
     rejected_samples: int = 0
     connections: int = 0
     boot_id: Optional[bytes] = None         # the guest boot this clock belongs to
+    mailbox_samples: int = 0                # of `samples`, taken through the mailboxes
 
 
 def listen(address: str) -> socket.socket:

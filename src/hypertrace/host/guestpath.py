@@ -2,28 +2,56 @@
 
 Guests (VMs, `qemu-x86_64 /usr/bin/python3`, system Pythons) must not see the
 host's site-packages: they get a copy of hypertrace/{__init__,abi}.py and
-hypertrace/guest/ and nothing else.
+hypertrace/guest/ and nothing else. The directory is named after a hash of those
+files and never rewritten once complete, so guests of two checkouts (or two
+versions) never run each other's code, nor a file half copied.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import tempfile
 
 import hypertrace
 
 GUEST_FILES = ("__init__.py", "abi.py")
 
 
-def guest_path(base: str = "") -> str:
+def _sources() -> list:
     pkg = os.path.dirname(os.path.abspath(hypertrace.__file__))
-    base = base or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser(
-        "~/.cache"), "hypertrace", "guest-" + hypertrace.__version__)
-    dst = os.path.join(base, "hypertrace")
-    os.makedirs(os.path.join(dst, "guest"), exist_ok=True)
-    for name in GUEST_FILES:
-        shutil.copy2(os.path.join(pkg, name), os.path.join(dst, name))
-    for name in os.listdir(os.path.join(pkg, "guest")):
-        if name.endswith(".py"):
-            shutil.copy2(os.path.join(pkg, "guest", name), os.path.join(dst, "guest", name))
+    files = [(os.path.join(pkg, n), n) for n in GUEST_FILES]
+    files += [(os.path.join(pkg, "guest", n), os.path.join("guest", n))
+              for n in sorted(os.listdir(os.path.join(pkg, "guest"))) if n.endswith(".py")]
+    return files
+
+
+def guest_path(base: str = "") -> str:
+    files = _sources()
+    h = hashlib.sha256()
+    for src, rel in files:
+        h.update(rel.encode() + b"\0")
+        with open(src, "rb") as f:
+            h.update(f.read())
+    base = base or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hypertrace",
+        "guest-%s-%s" % (hypertrace.__version__, h.hexdigest()[:12]))
+    if os.path.isdir(os.path.join(base, "hypertrace", "guest")):
+        return base
+    parent = os.path.dirname(base)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".partial-", dir=parent)
+    try:
+        for src, rel in files:
+            dst = os.path.join(tmp, "hypertrace", rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copy2(src, dst)
+        try:
+            os.rename(tmp, base)        # complete or absent, never half written
+        except OSError:
+            if not os.path.isdir(base):  # lost a race with another copy: theirs is the same
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return base

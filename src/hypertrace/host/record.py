@@ -16,6 +16,7 @@ from .actions import Engine
 from .collector import SESSION_DIR, Collector
 from .control import ControlServer, DomainClock
 from .live import LiveServer, Rules
+from .mailbox import MailboxServer
 from .qemulog import QemuLogs, qmp_alive
 from .region import Region
 from .triggers import TriggerError
@@ -194,6 +195,7 @@ def _host_side(col: Collector, regions: List[Region], paths: List[str], names: L
         if name is None:
             raise abi.ProtocolError("guest %s rebooted too often in one session" % src.guest)
         new = col.clocks[name] = DomainClock(name, dc.session_id)
+        mbox.reset(dc.session_id)
         return new
     # session id -> clock, shared by every server: a guest reached over two transports
     # (its socket and vsock) is one domain, and a reboot seen on either moves both
@@ -209,6 +211,12 @@ def _host_side(col: Collector, regions: List[Region], paths: List[str], names: L
         addresses.append("unix:" + path + ".ctl")
     if vsock_port is not None:
         addresses.append("vsock:%d" % vsock_port)
+    # clock exchanges in shared memory, for every guest region (ABI §10)
+    mbox = MailboxServer(registry, on_sample=lambda d, t1, t2, t3, t4: sample(d.name, t1, t2,
+                                                                              t3, t4))
+    for region in regions:
+        mbox.add(region)
+    servers.append(mbox)
     try:
         for address in addresses:
             servers.append(ControlServer(
@@ -216,6 +224,7 @@ def _host_side(col: Collector, regions: List[Region], paths: List[str], names: L
                 on_sync=lambda d, n, sid, t1, t2, args: sync_host(d.name, n, sid, t1, args),
                 on_sample=lambda d, t1, t2, t3, t4: sample(d.name, t1, t2, t3, t4),
                 on_boot=on_boot))
+        mbox.start()
     except BaseException:
         for srv in servers:
             srv.close()

@@ -1,0 +1,130 @@
+"""The host end of the clock mailboxes (ABI §10): answers guests' exchanges in shared
+memory. A thread polls the claimed slots every 2 ms (every 0.2 ms while exchanges
+are under way); t2 is read just after the guest's latest t1, t3 just before the
+answer is published. Only the host's own t1/t2/t3 are kept: the guest supplies
+nothing but t4, accepted for the request this side answered and only if t4 >= t1.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+from .. import abi
+from .control import MAX_SAMPLES, DomainClock
+from .region import Region
+
+SLOT = struct.Struct("<IIIIQQQQI")        # state, pid, req, ans, t1, t2, t3, t4, done
+_Q = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+MAX_RTT_NS = 10 * 10**9                   # a slower "exchange" is a lie or a pause
+FAST_S, SLOW_S = 0.0002, 0.002
+
+
+class MailboxServer:
+    def __init__(self, registry: Dict[bytes, DomainClock],
+                 on_sample: Optional[Callable] = None):
+        self.registry = registry          # session id -> clock (shared with the sockets)
+        self.on_sample = on_sample
+        self.regions: List[Region] = []
+        self.lock = threading.Lock()
+        self.answered: Dict[Tuple[bytes, int], int] = {}
+        self.pending: Dict[Tuple[bytes, int], tuple] = {}     # -> (req, t1, t2, t3)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="hypertrace-mailbox",
+                                       daemon=True)
+
+    def add(self, region: Region) -> None:
+        """Serve this region's mailboxes and tell its guests so (the header flag)."""
+        mm = region.mm
+        mm[abi.MBOX_OFF:abi.MBOX_OFF + abi.N_MBOX * abi.MBOX_SIZE] = bytes(
+            abi.N_MBOX * abi.MBOX_SIZE)
+        flags = _U32.unpack_from(mm, abi.HDR_FLAGS)[0]
+        _U32.pack_into(mm, abi.HDR_FLAGS, flags | abi.FLAG_MAILBOXES)
+        with self.lock:
+            self.regions.append(region)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def reset(self, session_id: bytes) -> None:
+        """A guest rebooted: the slots its previous boot claimed are free again."""
+        with self.lock:
+            for region in self.regions:
+                if region.header.session_id == session_id:
+                    region.mm[abi.MBOX_OFF:abi.MBOX_OFF + abi.N_MBOX * abi.MBOX_SIZE] = bytes(
+                        abi.N_MBOX * abi.MBOX_SIZE)
+            for d in (self.answered, self.pending):
+                for k in [k for k in d if k[0] == session_id]:
+                    del d[k]
+
+    def _run(self) -> None:
+        busy_until = 0.0
+        while not self.stopping.is_set():
+            if self.poll():
+                busy_until = time.monotonic() + 0.01
+            time.sleep(FAST_S if time.monotonic() < busy_until else SLOW_S)
+
+    def poll(self) -> bool:
+        """One pass over every claimed slot; whether any exchange is under way."""
+        active = False
+        with self.lock:
+            for region in self.regions:
+                sid = region.header.session_id
+                mm = region.mm
+                raw = bytes(mm[abi.MBOX_OFF:abi.MBOX_OFF + abi.N_MBOX * abi.MBOX_SIZE])
+                for i in range(abi.N_MBOX):
+                    state, _pid, req, _ans, _t1, _t2, _t3, _t4, done = SLOT.unpack_from(
+                        raw, i * abi.MBOX_SIZE)
+                    if state != abi.MBOX_CLAIMED:
+                        continue
+                    key = (sid, i)
+                    o = abi.MBOX_OFF + i * abi.MBOX_SIZE
+                    p = self.pending.get(key)
+                    if p is not None and done == p[0]:
+                        del self.pending[key]
+                        # t4 read again now: the copy may hold the previous exchange's t4
+                        # next to this one's `done` (written after t4)
+                        self._sample(sid, p[1], p[2], p[3], _Q.unpack_from(mm, o + abi.M_T4)[0])
+                    if req and req != self.answered.get(key):
+                        self._answer(mm, o, key, req)
+                        active = True
+                    active = active or key in self.pending
+        return active
+
+    def _answer(self, mm, o: int, key: tuple, req: int) -> None:
+        t1 = _Q.unpack_from(mm, o + abi.M_T1)[0]   # the guest wrote it before we read it
+        t2 = time.monotonic_ns()
+        _Q.pack_into(mm, o + abi.M_T2, t2)
+        t3 = time.monotonic_ns()
+        _Q.pack_into(mm, o + abi.M_T3, t3)
+        _U32.pack_into(mm, o + abi.M_ANS, req)      # after t2/t3: the guest then takes t4
+        self.answered[key] = req
+        self.pending[key] = (req, t1, t2, t3)
+
+    def _sample(self, sid: bytes, t1: int, t2: int, t3: int, t4: int) -> None:
+        dc = self.registry.get(sid)
+        if dc is None:
+            return
+        if not (t1 <= t4 and t4 - t1 <= MAX_RTT_NS) or len(dc.samples) >= MAX_SAMPLES:
+            dc.rejected_samples += 1
+            return
+        dc.samples.append((t1, t2, t3, t4))
+        dc.mailbox_samples += 1
+        if self.on_sample is not None:
+            self.on_sample(dc, t1, t2, t3, t4)
+
+    def close(self) -> None:
+        """Stop answering; guests fall back to the control socket."""
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=2)
+        with self.lock:
+            for region in self.regions:
+                try:
+                    flags = _U32.unpack_from(region.mm, abi.HDR_FLAGS)[0]
+                    _U32.pack_into(region.mm, abi.HDR_FLAGS, flags & ~abi.FLAG_MAILBOXES)
+                except (ValueError, TypeError):
+                    pass            # the region is already unmapped
