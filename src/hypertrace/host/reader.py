@@ -321,7 +321,8 @@ class RingReader:
         payload = self.last_rec + abi.REC_HEADER_SIZE
         rec_end = self.last_rec + (sf & 0xFFF8)
         _vals, end = self.events.codecs[eid].decode(self.buf, payload, rec_end)
-        self.sink(self, bytes(self.buf), self.pkt_begin or 0, self.pkt_end, self.stats.discarded,
+        # the sink writes the packet before returning: it gets the buffer itself, no copy
+        self.sink(self, self.buf, self.pkt_begin or 0, self.pkt_end, self.stats.discarded,
                   len(self.buf) - end)
         self.buf.clear()
         self.pkt_begin = None
