@@ -125,9 +125,7 @@ class Collector:
             self._finish(src, r, gone=True)
             src.readers[i] = None
             if ours:
-                d = src.region.layout.desc(i)
-                struct.pack_into("<Q", src.region.mm, d + abi.D_CONSUMED, 0)
-                struct.pack_into("<I", src.region.mm, d + abi.D_STATE, abi.RING_FREE)
+                self._free_ring(src, i)
         for dom in pending:
             src.past.append(src.domain)
             src.domain = dom
@@ -214,11 +212,15 @@ class Collector:
         if gone:
             self._finish(src, r, gone=True)
             src.readers[i] = None
-            # free the ring for the next claim: consumed back to 0 first
-            d = src.region.layout.desc(i)
-            struct.pack_into("<Q", src.region.mm, d + abi.D_CONSUMED, 0)
-            struct.pack_into("<I", src.region.mm, d + abi.D_STATE, abi.RING_FREE)
+            self._free_ring(src, i)
         return n
+
+    @staticmethod
+    def _free_ring(src: Source, i: int) -> None:
+        """Hand a drained ring back for the next claim: consumed back to 0 first."""
+        d = src.region.layout.desc(i)
+        struct.pack_into("<Q", src.region.mm, d + abi.D_CONSUMED, 0)
+        struct.pack_into("<I", src.region.mm, d + abi.D_STATE, abi.RING_FREE)
 
     def _finish(self, src: Source, r: RingReader, gone: bool) -> None:
         r.finish(gone)

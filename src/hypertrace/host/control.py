@@ -39,6 +39,15 @@ class DomainClock:
     boot_id: Optional[bytes] = None         # the guest boot this clock belongs to
     mailbox_samples: int = 0                # of `samples`, taken through the mailboxes
 
+    def add_sample(self, t1: int, t2: int, t3: int, t4: int) -> bool:
+        """Keep one validated exchange; False (counted as rejected) once MAX_SAMPLES are
+        kept. The one way in for the socket and the mailbox exchanges alike."""
+        if len(self.samples) >= MAX_SAMPLES:
+            self.rejected_samples += 1
+            return False
+        self.samples.append((t1, t2, t3, t4))
+        return True
+
 
 def listen(address: str) -> socket.socket:
     """A listening socket for `unix:PATH` (created 0600) or `vsock:PORT` (any CID: a
@@ -178,8 +187,7 @@ class ControlServer:
                         if pending.pop((t2, t3), None) != t1 or t4 < t1:
                             dom.rejected_samples += 1   # not an exchange we answered
                             continue
-                        if len(dom.samples) < MAX_SAMPLES:
-                            dom.samples.append((t1, t2, t3, t4))
+                        if dom.add_sample(t1, t2, t3, t4):
                             if sid:
                                 for s in reversed(dom.syncs):
                                     if s["sync_id"] == sid and s["host_recv"] == t2:
@@ -187,8 +195,6 @@ class ControlServer:
                                         break
                             if self.on_sample is not None:
                                 self.on_sample(dom, t1, t2, t3, t4)
-                        else:
-                            dom.rejected_samples += 1
                     elif mtype == abi.MSG_BYE:
                         return
                     else:

@@ -13,7 +13,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .. import abi
-from .control import MAX_SAMPLES, DomainClock
+from .control import DomainClock
 from .region import Region
 
 SLOT = struct.Struct("<IIIIQQQQI")        # state, pid, req, ans, t1, t2, t3, t4, done
@@ -21,6 +21,12 @@ _Q = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 MAX_RTT_NS = 10 * 10**9                   # a slower "exchange" is a lie or a pause
 FAST_S, SLOW_S = 0.0002, 0.002
+AREA = slice(abi.MBOX_OFF, abi.MBOX_OFF + abi.N_MBOX * abi.MBOX_SIZE)
+
+
+def _clear(mm) -> None:
+    """Every slot free, no request pending."""
+    mm[AREA] = bytes(AREA.stop - AREA.start)
 
 
 class MailboxServer:
@@ -39,8 +45,7 @@ class MailboxServer:
     def add(self, region: Region) -> None:
         """Serve this region's mailboxes and tell its guests so (the header flag)."""
         mm = region.mm
-        mm[abi.MBOX_OFF:abi.MBOX_OFF + abi.N_MBOX * abi.MBOX_SIZE] = bytes(
-            abi.N_MBOX * abi.MBOX_SIZE)
+        _clear(mm)
         flags = _U32.unpack_from(mm, abi.HDR_FLAGS)[0]
         _U32.pack_into(mm, abi.HDR_FLAGS, flags | abi.FLAG_MAILBOXES)
         with self.lock:
@@ -54,8 +59,7 @@ class MailboxServer:
         with self.lock:
             for region in self.regions:
                 if region.header.session_id == session_id:
-                    region.mm[abi.MBOX_OFF:abi.MBOX_OFF + abi.N_MBOX * abi.MBOX_SIZE] = bytes(
-                        abi.N_MBOX * abi.MBOX_SIZE)
+                    _clear(region.mm)
             for d in (self.answered, self.pending):
                 for k in [k for k in d if k[0] == session_id]:
                     del d[k]
@@ -74,7 +78,7 @@ class MailboxServer:
             for region in self.regions:
                 sid = region.header.session_id
                 mm = region.mm
-                raw = bytes(mm[abi.MBOX_OFF:abi.MBOX_OFF + abi.N_MBOX * abi.MBOX_SIZE])
+                raw = bytes(mm[AREA])
                 for i in range(abi.N_MBOX):
                     state, _pid, req, _ans, _t1, _t2, _t3, _t4, done = SLOT.unpack_from(
                         raw, i * abi.MBOX_SIZE)
@@ -108,10 +112,11 @@ class MailboxServer:
         dc = self.registry.get(sid)
         if dc is None:
             return
-        if not (t1 <= t4 and t4 - t1 <= MAX_RTT_NS) or len(dc.samples) >= MAX_SAMPLES:
+        if not (t1 <= t4 and t4 - t1 <= MAX_RTT_NS):
             dc.rejected_samples += 1
             return
-        dc.samples.append((t1, t2, t3, t4))
+        if not dc.add_sample(t1, t2, t3, t4):
+            return
         dc.mailbox_samples += 1
         if self.on_sample is not None:
             self.on_sample(dc, t1, t2, t3, t4)

@@ -212,8 +212,9 @@ def _host_side(col: Collector, regions: List[Region], paths: List[str], names: L
     if vsock_port is not None:
         addresses.append("vsock:%d" % vsock_port)
     # clock exchanges in shared memory, for every guest region (ABI §10)
-    mbox = MailboxServer(registry, on_sample=lambda d, t1, t2, t3, t4: sample(d.name, t1, t2,
-                                                                              t3, t4))
+    def on_sample(d: DomainClock, t1: int, t2: int, t3: int, t4: int) -> None:
+        sample(d.name, t1, t2, t3, t4)     # every accepted exchange, socket or mailbox
+    mbox = MailboxServer(registry, on_sample=on_sample)
     for region in regions:
         mbox.add(region)
     servers.append(mbox)
@@ -222,8 +223,7 @@ def _host_side(col: Collector, regions: List[Region], paths: List[str], names: L
             servers.append(ControlServer(
                 address, registry,
                 on_sync=lambda d, n, sid, t1, t2, args: sync_host(d.name, n, sid, t1, args),
-                on_sample=lambda d, t1, t2, t3, t4: sample(d.name, t1, t2, t3, t4),
-                on_boot=on_boot))
+                on_sample=on_sample, on_boot=on_boot))
         mbox.start()
     except BaseException:
         for srv in servers:
