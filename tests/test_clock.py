@@ -365,3 +365,41 @@ def test_a_rebooted_guest_gets_a_domain_and_clock_per_boot(session, tmp_path):
     idx = Session(session).index
     retired = [d for d in idx["domains"] if d.get("retired")]
     assert [d["name"] for d in retired] == ["local"] and retired[0]["guest"] == "local"
+
+
+BOOTS = r"""
+import os, socket
+from hypertrace import abi
+from hypertrace.guest.channel import parse_spec, Channel
+import time
+path, opts = parse_spec(os.environ["HYPERTRACE_CHANNEL"])
+sid = Channel(path, time.monotonic_ns).header.session_id
+ok = refused = 0
+for b in range(70):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(opts["control"][5:])
+    s.sendall(abi.frame(abi.MSG_HELLO, 1, sid + abi.pack_u64s(os.getpid()) + bytes([b + 1]) * 16))
+    r = abi.FrameReader()
+    frames = []
+    while not frames:
+        data = s.recv(4096)
+        if not data:
+            break
+        frames = r.feed(data)
+    kind = frames[0][0] if frames else None
+    ok += kind == abi.MSG_HELLO_OK
+    refused += kind == abi.MSG_ERROR
+    s.close()
+print("OK", ok, "REFUSED", refused)
+"""
+
+
+def test_a_guest_cycling_boot_ids_gets_at_most_64_domains(session, tmp_path):
+    """Each new boot id is a new domain (its clock restarted); a guest that keeps
+    changing it is refused past 64 boots, and the recording goes on."""
+    app = tmp_path / "boots.py"
+    app.write_text(BOOTS)
+    r = record(session, sys.executable, str(app))
+    assert "OK 64 REFUSED 6" in r.stdout, r.stdout + r.stderr
+    doms = [d["name"] for d in Session(session).index["domains"]]
+    assert "local.boot64" in doms and "local.boot65" not in doms
