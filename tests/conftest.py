@@ -93,3 +93,39 @@ def write(tmp_path, name: str, text: str) -> str:
     p = tmp_path / name
     p.write_text(text)
     return str(p)
+
+
+class OtherUser:
+    """A throwaway local user (created by the test run, removed after): the 'another
+    local user' of docs/security.md. `run` executes a command as that user."""
+
+    def __init__(self, name: str):
+        import pwd
+        pw = pwd.getpwnam(name)
+        self.name, self.uid, self.gid = name, pw.pw_uid, pw.pw_gid
+
+    def run(self, argv, **kw) -> subprocess.CompletedProcess:
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        kw.setdefault("timeout", 120)
+        kw.setdefault("env", env())
+        return subprocess.run(["setpriv", "--reuid=%d" % self.uid, "--regid=%d" % self.gid,
+                               "--clear-groups", "--"] + list(argv), **kw)
+
+    def python(self, code: str, *args: str, **kw) -> subprocess.CompletedProcess:
+        return self.run([sys.executable, "-c", code, *args], **kw)
+
+
+@pytest.fixture
+def other_user():
+    """Root only (CI runs as root): skips elsewhere."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a throwaway user")
+    name = "htx%d" % os.getpid()
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    name], check=True, capture_output=True)
+    try:
+        yield OtherUser(name)
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+        subprocess.run(["userdel", name], capture_output=True)
