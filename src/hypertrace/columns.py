@@ -293,10 +293,13 @@ def _pieces(f, start: int, cend: int, most: int) -> Iterator[Tuple[int, int]]:
     while off + H <= cend:
         buf, i = f.window(off, H)
         if len(buf) - i < 4:
-            break
+            yield a, min(cend, off + H)
+            return
         size = int.from_bytes(buf[i + 2:i + 4], "little") & abi.REC_SIZE_MASK
         if size < H:
-            break
+            # damage: the decoder stops at this record, the rest is never read
+            yield a, min(cend, off + H)
+            return
         if off + size - a > most and off > a:
             yield a, off
             a = off

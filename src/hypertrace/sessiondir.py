@@ -44,11 +44,17 @@ def open_dir(path: str, dir_fd: Optional[int] = None, follow: bool = False) -> i
     try:
         return os.open(path, flags, dir_fd=dir_fd)
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise SessionError("%s is a symbolic link (refused: a session's files are "
-                               "never reached through one)" % path) from None
-        if e.errno == errno.ENOTDIR:
-            raise SessionError("%s is not a directory" % path) from None
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            # O_NOFOLLOW|O_DIRECTORY on a symlink fails with either, depending on the kernel
+            try:
+                link = stat.S_ISLNK(os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+            except OSError:
+                link = False
+            if link and not follow:
+                raise SessionError("%s is a symbolic link (refused: a session's files are "
+                                   "never reached through one)" % path) from None
+            raise SessionError("%s is %s, not a directory" % (path, "a symbolic link loop"
+                               if e.errno == errno.ELOOP else "a file")) from None
         raise
 
 

@@ -176,7 +176,9 @@ def validate(doc: Any) -> dict:
         _dict(st, w)
         f = st.get("file")
         if f is not None:
-            _str(f, w + ".file", STREAM_FILE)
+            if type(f) is not str or not STREAM_FILE.match(f):
+                raise IndexInvalid("%s.file: stream file %s is not a file name in the session"
+                                   % (w, _show(f)))
             if f in files:
                 raise IndexInvalid("%s.file: %r listed twice" % (w, f))
             files.add(f)
