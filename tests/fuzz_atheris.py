@@ -9,7 +9,9 @@ The first input byte picks a target:
   1  a declaration slot (must parse or be refused with ValueError);
   2  a control byte stream through the frame reader and the message decoders
      (must yield frames or raise ProtocolError);
-  3  a region header (must parse or be refused with ABIError/ValueError).
+  3  a region header (must parse or be refused with ABIError/ValueError);
+  4  a session index (must load or be refused with IndexInvalid);
+  5  a stream file's packets (must walk or raise PacketDamage).
 Anything else that escapes is a finding. Not a pytest module (no test_ prefix);
 tests/test_fuzz.py is the bounded hypothesis suite that runs in CI.
 """
@@ -26,7 +28,8 @@ import atheris
 with atheris.instrument_imports():
     import numpy as np
 
-    from hypertrace import abi
+    from hypertrace import abi, sessionindex
+    from hypertrace.formats import ctf
     from hypertrace.host import walk
     from hypertrace.host.reader import EventTable, RingReader
     from hypertrace.host.region import Region
@@ -90,7 +93,25 @@ def header(data: bytes) -> None:
         pass
 
 
-TARGETS = [ring_piece, declaration, control, header]
+def session_index(data: bytes) -> None:
+    """The read side: index bytes (depth pre-scan, parse, field checks) must load or
+    be refused with IndexInvalid."""
+    try:
+        sessionindex.validate(sessionindex.loads(data))
+    except sessionindex.IndexInvalid:
+        pass
+
+
+def stream_file(data: bytes) -> None:
+    """The read side: stream file bytes through the packet walk (PacketDamage only)."""
+    try:
+        for _p in ctf.packets(data, len(data)):
+            pass
+    except ctf.PacketDamage:
+        pass
+
+
+TARGETS = [ring_piece, declaration, control, header, session_index, stream_file]
 
 
 def one_input(data: bytes) -> None:

@@ -338,3 +338,142 @@ def test_fuzz_clock_mailboxes(tmp_path_factory, slots, rounds, seed):
             assert t1 <= t4 <= t1 + 10**10 and t2 <= t3
     finally:
         region.close(remove=True)
+
+
+# -- the read side: crafted session directories -------------------------------------------
+READ_APP = r"""
+from hypertrace import guest
+a = guest.event("req_begin", "uint32_t id, const char *path")
+b = guest.event("req_end", "uint32_t id, int32_t status")
+c = guest.event("tick", "uint64_t n, double load, bool busy, bytes raw")
+for i in range(150):
+    a(i, "/x/%d" % i)
+    c(i, i / 3, i % 2 == 0, bytes([i % 256]) * (i % 5))
+    b(i, 200)
+    if i % 50 == 0:
+        guest.sync_point("cp", i)
+"""
+
+
+@pytest.fixture(scope="module")
+def read_session(tmp_path_factory):
+    import subprocess
+    import sys
+
+    from conftest import record
+    d = tmp_path_factory.mktemp("readfuzz")
+    (d / "app.py").write_text(READ_APP)
+    out = str(d / "s")
+    record(out, sys.executable, str(d / "app.py"))
+    subprocess.run(["rm", "-rf", os.path.join(out, ".hypertrace", "parquet")], check=True)
+    return out
+
+
+_JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 70), 1 << 70),
+                       st.floats(allow_nan=False), st.text(max_size=12),
+                       st.sampled_from(["local", "host", "../x", 'a"b', "tick", "x-0001",
+                                        "estimated", "tick(uint64_t n)", "", "\x00"]))
+_JSON = st.recursive(_JSON_LEAF, lambda ch: st.one_of(
+    st.lists(ch, max_size=4), st.dictionaries(st.text(max_size=8), ch, max_size=4)), max_leaves=12)
+
+
+def _paths(doc, prefix=()):
+    """Every (container, key) in a JSON document, for mutation."""
+    out = []
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out.append((doc, k))
+            out += _paths(v)
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            out.append((doc, i))
+            out += _paths(v)
+    return out
+
+
+def _read_everything(path: str) -> None:
+    """What report, stats and the exports do, in process: only SessionError may
+    escape, and only from loading or from a file refused while being read."""
+    from hypertrace.analysis import stats
+    from hypertrace.columns import Columns
+    from hypertrace.formats import chrome_json, html, perfetto
+    from hypertrace.session import Session, SessionError
+    try:
+        s = Session(path)
+    except SessionError:
+        return
+    try:
+        n = sum(1 for _ in s.events())
+        stats.format_text(stats.compute(s))
+        out = path + ".out"
+        for mod in (perfetto, chrome_json, html):
+            assert mod.write(Columns(s), out) >= 0
+        assert n >= 0
+    except SessionError:
+        pass
+    finally:
+        s.close()
+
+
+@FUZZ
+@given(muts=st.lists(st.tuples(st.integers(0, 10 ** 6), st.sampled_from(
+    ["set", "del", "dup"]), _JSON), min_size=1, max_size=4))
+def test_fuzz_session_index(read_session, tmp_path_factory, muts):
+    """Mutated session indexes (values replaced by random JSON, keys removed, entries
+    duplicated): every reader either refuses the session with SessionError or reads
+    it; nothing else escapes."""
+    import shutil
+    d = str(tmp_path_factory.mktemp("fi") / "s")
+    shutil.copytree(read_session, d)
+    idx = os.path.join(d, ".hypertrace", "session.json")
+    doc = json.load(open(idx))
+    for where, op, val in muts:
+        spots = _paths(doc)
+        box, key = spots[where % len(spots)]
+        if op == "set":
+            box[key] = val
+        elif op == "del":
+            del box[key]
+        elif isinstance(box, list):
+            box.append(box[key])
+        else:
+            box[str(key) + "_"] = box[key]
+    open(idx, "w").write(json.dumps(doc))
+    _read_everything(d)
+
+
+@FUZZ
+@given(edits=st.lists(st.tuples(st.integers(0, 1 << 20), st.binary(min_size=1, max_size=16)),
+                      min_size=1, max_size=6),
+       cut=st.one_of(st.none(), st.integers(0, 1 << 16)), which=st.integers(0, 7))
+def test_fuzz_stream_files(read_session, tmp_path_factory, edits, cut, which):
+    """Stream files with bytes overwritten (packet headers, sizes, record headers,
+    payloads) and cut short: readers end the damaged stream with a warning, the
+    scalar and the vectorised decoders agree on the events, nothing escapes."""
+    import shutil
+
+    from hypertrace.columns import Columns
+    from hypertrace.session import Session
+    d = str(tmp_path_factory.mktemp("fs") / "s")
+    shutil.copytree(read_session, d)
+    files = sorted(f for f in os.listdir(d) if "-" in f and not f.startswith("."))
+    path = os.path.join(d, files[which % len(files)])
+    data = bytearray(open(path, "rb").read())
+    for off, b in edits:
+        off %= max(1, len(data))
+        data[off:off + len(b)] = b
+    if cut is not None:
+        data = data[:cut % (len(data) + 1)]
+    open(path, "wb").write(bytes(data))
+    with Session(d) as s:
+        ref = sorted((e.ts, e.stream, e.name, tuple(e.fields.values())) for e in s.events())
+    with Session(d) as s:
+        c = Columns(s, chunk_bytes=4096)
+        got = []
+        for b in c.batches():
+            rows = {k: list(zip(*[x.to_pylist() for x in v])) for k, v in b.fields.items()}
+            for i in range(len(b)):
+                got.append((int(b.ts[i]), c.streams[b.stream[i]]["file"],
+                            c.kinds[b.kind[i]].name, tuple(rows[int(b.kind[i])][b.pos[i]])))
+    assert ref == sorted(got)
+    _read_everything(d)

@@ -114,9 +114,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .sessiondir import SessionError
     args = _parser().parse_args(argv)
     try:
         return globals()["cmd_" + args.cmd.replace("-", "_")](args)
+    except SessionError as e:
+        # a session directory refused while being read (a file replaced by a FIFO...)
+        sys.stdout.flush()
+        return _fail(str(e))
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -14,8 +14,6 @@ declaration ends its stream with a warning (as in Session.stream_events).
 
 from __future__ import annotations
 
-import mmap
-import os
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -24,9 +22,10 @@ import pyarrow as pa
 
 from . import abi
 from .formats import ctf
-from .session import Session
+from .session import MONO_LIMIT, UNC_LIMIT, Session
 
 CHUNK_BYTES = 1 << 20          # record bytes decoded per stream per step, at most
+SPLIT_BYTES = 4 << 20          # packets with more content are read in pieces of records
 BATCH_BUDGET = 8 << 20         # ... and across all streams (a batch is cut from these)
 _NP = {"b": "i1", "B": "u1", "h": "<i2", "H": "<u2", "i": "<i4", "I": "<u4", "q": "<i8",
        "Q": "<u8", "f": "<f4", "d": "<f8", "?": "u1"}
@@ -92,8 +91,10 @@ class Columns:
     def map_time(self, domain: str, raw: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Vectorised Session.to_host: (host ns int64, uncertainty ns int64 or -1)."""
         seg, off = self.segments[domain]
+        # as Session._mapper: raw <= abi.MAX_TS and |off| < 2^62, so nothing overflows
         if seg is None:
-            return raw.astype(np.int64) + off, np.full(len(raw), -1, dtype=np.int64)
+            return (np.maximum(raw.astype(np.int64) + off, 0),
+                    np.full(len(raw), -1, dtype=np.int64))
         g = raw.astype(np.float64)
         g_start, g_end, g0, offs, drift, unc = seg.T
         # the first segment whose g_end >= g (the scalar walk's rule), else the last
@@ -107,51 +108,47 @@ class Columns:
             a = gb + offs[j] + drift[j] * 1e-6 * (gb - g0[j])
             host[between] = (a + host[between]) / 2
             u[between] = np.abs(a - host[between]) + np.maximum(unc[j], unc[i[between]])
-        return np.rint(host).astype(np.int64) + off, np.ceil(u).astype(np.int64)
+        host = np.clip(host, -MONO_LIMIT, MONO_LIMIT)
+        return (np.maximum(np.rint(host).astype(np.int64) + off, 0),
+                np.ceil(np.clip(u, 0, UNC_LIMIT)).astype(np.int64))
 
     # -- one stream -----------------------------------------------------------------------
     def _chunks(self, si: int) -> Iterator[np.ndarray]:
         """Record bytes of stream si, a few MiB at a time, each packet's content padded
-        to 8 bytes (the file keeps only up to the last payload byte)."""
+        to 8 bytes (the file keeps only up to the last payload byte). The file is read
+        in bounded pieces (Session.open_stream), whatever sizes its packets claim."""
         st = self.streams[si]
-        path = os.path.join(self.s.path, st["file"])
-        try:
-            f = open(path, "rb")
-        except OSError as e:
-            self.warnings.append("%s: %s" % (path, e.strerror))
+        f = self.s.open_stream(st, self.chunk_bytes)
+        if f is None:
             return
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                return
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            try:
-                yield from self._packets(mm, size, st["file"], self.losses.setdefault(si, []))
-            finally:
-                mm.close()
+        try:
+            yield from self._packets(f, st["file"], self.losses.setdefault(si, []))
+        finally:
+            f.drop()
 
-    def _packets(self, mm, size: int, name: str, losses: list) -> Iterator[np.ndarray]:
+    def _packets(self, f, name: str, losses: list) -> Iterator[np.ndarray]:
         parts: List[bytes] = []
         have = 0
         lost = 0
-        done = 0                    # bytes of the file already handed back to the kernel
+        # a packet may claim any size: content beyond this is cut at record boundaries
+        split = max(self.chunk_bytes, SPLIT_BYTES)
+
+        def head(off: int, n: int) -> bytes:
+            buf, i = f.window(off, n)
+            return buf[i:i + n]
         try:
-            for p in ctf.packets(mm, size):
+            for p in ctf.packets_at(head, f.size):
                 if p.discarded > lost:   # a running total: it grows where events were lost
                     losses.append((p.ts_begin, p.discarded - lost))
                     lost = p.discarded
-                content = mm[p.start:p.content_end]
-                parts.append(content + bytes(-len(content) % 8))
-                have += len(parts[-1])
-                if have >= self.chunk_bytes:
-                    yield np.frombuffer(b"".join(parts), dtype=np.uint8)
-                    parts, have = [], 0
-                    # the chunk is a copy: drop the mapped pages read so far, or the
-                    # process's resident size would grow with the file
-                    upto = p.end - p.end % mmap.PAGESIZE
-                    if upto > done and hasattr(mm, "madvise"):
-                        mm.madvise(mmap.MADV_DONTNEED, done, upto - done)
-                        done = upto
+                for a, b in _pieces(f, p.start, p.content_end, split):
+                    buf, i = f.window(a, b - a)
+                    content = buf[i:i + b - a]
+                    parts.append(content + bytes(-len(content) % 8))
+                    have += len(parts[-1])
+                    if have >= self.chunk_bytes:
+                        yield np.frombuffer(b"".join(parts), dtype=np.uint8)
+                        parts, have = [], 0
         except ctf.PacketDamage as e:
             self.warnings.append("%s: %s" % (name, e))
         if parts:
@@ -169,7 +166,8 @@ class Columns:
         eid = h16[0::4]
         size = (h16[1::4] & np.uint16(abi.REC_SIZE_MASK)).astype(np.int64)
         off = starts.astype(np.int64) * 8
-        bad = eid == abi.PAD_ID
+        # a timestamp the collector would have refused (abi.MAX_TS) is damage too
+        bad = (eid == abi.PAD_ID) | (w[starts + 1] > np.uint64(abi.MAX_TS))
         kinds = np.full(len(starts), -1, dtype=np.int32)
         ends = off + size
         tables: Dict[int, List[pa.Array]] = {}
@@ -280,6 +278,33 @@ def record_starts(b: np.ndarray, w: np.ndarray, lo: np.ndarray, hi: np.ndarray
         out.append(off >> 3)
         off += size
     return np.array(out, dtype=np.int64), off == n
+
+
+def _pieces(f, start: int, cend: int, most: int) -> Iterator[Tuple[int, int]]:
+    """[a, b) ranges of a packet's content of at most about `most` bytes each, cut at
+    record boundaries (a walk of the record sizes: only for packets larger than
+    `most`, which the collector writes only with very large rings). A size that
+    breaks the walk ends the piece there; the decoder then finds the damage."""
+    if cend - start <= most:
+        yield start, cend
+        return
+    H = abi.REC_HEADER_SIZE
+    a = off = start
+    while off + H <= cend:
+        buf, i = f.window(off, H)
+        if len(buf) - i < 4:
+            yield a, min(cend, off + H)
+            return
+        size = int.from_bytes(buf[i + 2:i + 4], "little") & abi.REC_SIZE_MASK
+        if size < H:
+            # damage: the decoder stops at this record, the rest is never read
+            yield a, min(cend, off + H)
+            return
+        if off + size - a > most and off > a:
+            yield a, off
+            a = off
+        off += size
+    yield a, cend
 
 
 def _merge(pieces) -> Batch:

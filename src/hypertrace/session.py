@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import heapq
-import json
 import os
+import struct
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional
 
-from . import abi
+from . import abi, sessiondir, sessionindex
 from .formats import ctf
 from .host import clock
+from .sessiondir import SessionError
 
+__all__ = ["Event", "Session", "SessionError"]
 
-class SessionError(Exception):
-    """The directory is not a readable hypertrace session (the message says why)."""
+MONO_LIMIT = float((1 << 62) - 4096)   # a mapped producer time, before the epoch offset
+UNC_LIMIT = float(1 << 62)
 
 
 @dataclass
@@ -40,25 +44,77 @@ class Event:
 
 
 class Session:
+    """A session directory, opened and validated: every file is reached through a
+    descriptor of the directory (sessiondir), the index is bounded and checked
+    field by field (sessionindex). Bad input raises SessionError with one line."""
+
     def __init__(self, path: str):
         self.path = path
-        idx = os.path.join(path, ".hypertrace", "session.json")
-        if not os.path.isdir(path):
-            raise SessionError("%s: no such directory" % path)
-        if not os.path.exists(idx):
-            raise SessionError("%s: not a hypertrace session (no .hypertrace/session.json)" % path)
+        idx = os.path.join(path, sessiondir.INDEX)
+        self.dir_fd = -1
         try:
-            with open(idx, encoding="utf-8") as f:
-                self.index = json.load(f)
-        except (OSError, ValueError) as e:
-            raise SessionError("%s: unreadable session index: %s" % (idx, e)) from None
-        if not isinstance(self.index, dict) or self.index.get("format") != "hypertrace-session":
-            raise SessionError("%s: not a hypertrace session index" % idx)
+            self.dir_fd = sessiondir.open_dir(path, follow=True)
+        except FileNotFoundError:
+            raise SessionError("%s: no such directory" % path) from None
+        except OSError as e:
+            raise SessionError("%s: %s" % (path, e.strerror)) from None
         try:
+            self._open_index(idx)
             self._load_index()
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise SessionError("%s: malformed session index (%s: %s)" % (
-                idx, type(e).__name__, e)) from None
+            self._check_files()
+        except sessionindex.IndexInvalid as e:
+            self.close()
+            raise SessionError("%s: malformed session index (%s)" % (idx, e)) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _open_index(self, idx: str) -> None:
+        try:
+            meta = sessiondir.open_dir(".hypertrace", self.dir_fd)
+        except FileNotFoundError:
+            raise SessionError("%s: not a hypertrace session (no .hypertrace/session.json)"
+                               % self.path) from None
+        except SessionError as e:
+            raise SessionError("%s: %s" % (self.path, e)) from None
+        except OSError as e:
+            raise SessionError("%s: %s" % (idx, e.strerror)) from None
+        try:
+            fd = sessiondir.open_regular(meta, "session.json", idx)
+            try:
+                raw = sessiondir.read_bounded(fd, sessiondir.MAX_INDEX_BYTES, idx)
+            finally:
+                os.close(fd)
+        except FileNotFoundError:
+            raise SessionError("%s: not a hypertrace session (no .hypertrace/session.json)"
+                               % self.path) from None
+        except OSError as e:
+            raise SessionError("%s: unreadable session index: %s" % (idx, e.strerror)) from None
+        finally:
+            os.close(meta)
+        try:
+            doc = sessionindex.loads(raw)
+        except sessionindex.IndexInvalid as e:
+            raise SessionError("%s: unreadable session index: %s" % (idx, e)) from None
+        if not isinstance(doc, dict) or doc.get("format") != "hypertrace-session":
+            raise SessionError("%s: not a hypertrace session index" % idx)
+        self.index = sessionindex.validate(doc)
+        #: identifies this index's content (the SQL cache is valid for one index only)
+        self.index_digest = hashlib.sha256(raw).hexdigest()
 
     def _load_index(self) -> None:
         self.domains = {d["name"]: d for d in self.index["domains"]}
@@ -67,13 +123,6 @@ class Session:
             self.codecs[d["name"]] = {int(i): abi.Codec(abi.parse_signature(e["signature"]))
                                       for i, e in d["events"].items()}
         self.streams = self.index["streams"]
-        for st in self.streams:
-            f = st.get("file")
-            if f is not None and (not isinstance(f, str) or os.path.basename(f) != f
-                                  or f.startswith(".") or not f):
-                raise ValueError("stream file %r is not a file name in the session" % (f,))
-            if st["domain"] not in self.domains:
-                raise ValueError("stream of unknown domain %r" % (st["domain"],))
         self.warnings: List[str] = []
         self.clocks = self.index.get("clocks", {})
         host_off = self.index.get("host_clock_offset_ns")
@@ -86,52 +135,78 @@ class Session:
             self.clock_params[name] = (segs, off)
             self.mappers[name] = self._mapper(segs, off)
 
+    def _check_files(self) -> None:
+        """Every stream file named in the index is a regular file or missing (a
+        warning when read): a symlink, FIFO or device refuses the whole session."""
+        for st in self.streams:
+            if st.get("file"):
+                sessiondir.check_regular(self.dir_fd, st["file"],
+                                         os.path.join(self.path, st["file"]))
+
+    def open_stream(self, st: dict, chunk: int = 1 << 20) -> Optional[sessiondir.StreamBytes]:
+        """A bounded reader of a stream's file; None (and a warning) if it is missing
+        or unreadable. SessionError if it is not a regular file."""
+        path = os.path.join(self.path, st["file"])
+        try:
+            return sessiondir.StreamBytes(self.dir_fd, st["file"], path, chunk)
+        except OSError as e:
+            self.warnings.append("%s: %s" % (path, e.strerror or errno.errorcode.get(
+                e.errno, e)))
+            return None
+
     @staticmethod
     def _mapper(segs, off: int):
+        # raw timestamps are at most abi.MAX_TS and offsets within +-2^62 (sessionindex):
+        # a mapped time always fits the signed 64-bit ns that every export writes, and
+        # nothing is placed before the epoch
         if not segs:
-            return lambda raw: (raw + off, None)
+            return lambda raw: (max(0, raw + off), None)
 
         def m(raw: int):
             h, unc = clock.map_time(segs, raw)
-            return int(round(h)) + off, int(-(-unc // 1))
+            h = min(max(h, -MONO_LIMIT), MONO_LIMIT)
+            return max(0, int(round(h)) + off), int(-(-min(unc, UNC_LIMIT) // 1))
         return m
 
     def to_host(self, domain: str, raw: int) -> int:
         """A domain's raw timestamp on the session's host timeline (ns since the epoch)."""
         return self.mappers[domain](raw)[0]
 
-    def stream_events(self, st: dict) -> Iterator[Event]:
-        """Decode one stream file; damage ends the stream with a warning."""
+    def stream_events(self, st: dict, chunk: int = 1 << 20) -> Iterator[Event]:
+        """Decode one stream file, reading it in pieces of about `chunk` bytes;
+        damage ends the stream with a warning."""
         if not st.get("file"):
             return
-        path = os.path.join(self.path, st["file"])
         dom = st["domain"]
         codecs = self.codecs[dom]
         mapper = self.mappers[dom]
         name = st["file"]
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            self.warnings.append("%s: %s" % (path, e.strerror))
+        f = self.open_stream(st, chunk)
+        if f is None:
             return
+        H = abi.REC_HEADER_SIZE
+
+        def head(off: int, n: int) -> bytes:
+            buf, i = f.window(off, n)
+            return buf[i:i + n]
         try:
-            for p in ctf.packets(data, len(data)):
+            for p in ctf.packets_at(head, f.size):
                 off, cend = p.start, p.content_end
                 # the file keeps the content up to the last payload byte: pad to whole records
                 rend = off + abi.align(cend - off, abi.REC_ALIGN)
-                while off + abi.REC_HEADER_SIZE <= cend:
-                    eid, sf, _sq, ts = abi.REC_HEADER.unpack_from(data, off)
+                while off + H <= cend:
+                    buf, i = f.window(off, H)
+                    eid, sf, _sq, ts = abi.REC_HEADER.unpack_from(buf, i)
                     size = sf & abi.REC_SIZE_MASK
                     c = codecs.get(eid)
                     try:
-                        if c is None or size < abi.REC_HEADER_SIZE or off + size > rend:
+                        if c is None or size < H or off + size > rend or ts > abi.MAX_TS:
                             raise ValueError("bad header")
-                        vals, pend = c.decode(data, off + abi.REC_HEADER_SIZE,
-                                              min(off + size, len(data)))
-                        if abi.align(pend - off, abi.REC_ALIGN) != size:
+                        buf, i = f.window(off, size)
+                        vals, pend = c.decode(buf, i + H, min(i + size, len(buf)))
+                        if abi.align(pend - i, abi.REC_ALIGN) != size:
                             raise ValueError("size does not match the declaration")
-                    except ValueError:
+                    except (ValueError, struct.error):
                         self.warnings.append("%s: undecodable record at byte %d" % (name, off))
                         return
                     host_ts, unc = mapper(ts)
@@ -140,6 +215,8 @@ class Session:
                     off += size
         except ctf.PacketDamage as e:
             self.warnings.append("%s: %s" % (name, e))
+        finally:
+            f.drop()
 
     def events(self, domain: Optional[str] = None) -> Iterator[Event]:
         """Every event of the session in host-timeline order."""

@@ -10,7 +10,7 @@ pandas or Spark read as is.
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, Optional
+from typing import BinaryIO, Callable, Dict, List, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -46,15 +46,64 @@ def _typed_schema(decl: abi.EventDecl) -> pa.Schema:
                      [("f_" + a, _arrow_type(ft)) for a, _, ft in decl.fields])
 
 
-def write(c: Columns, outdir: str, progress: Optional[Callable[[int], None]] = None) -> int:
-    """Write the session's tables into `outdir`; returns the number of events."""
-    os.makedirs(outdir, exist_ok=True)
+def typed_name(domain: str, event: str, used: set) -> str:
+    """The file name (without .parquet) of an event type's table: from names the
+    session index validated ([A-Za-z0-9_.-] domains, C identifier events), made
+    unique (domain `a_b` event `c` and domain `a` event `b_c` would share one)."""
+    base = name = "event_%s_%s" % (domain, event)
+    k = 2
+    while name in used:
+        name = "%s~%d" % (base, k)
+        k += 1
+    used.add(name)
+    return name
+
+
+class Files:
+    """Where write() puts its files: a directory by path (an export), or through
+    `opener` (the SQL cache opens them under its checked directory descriptor).
+    `names` lists every file written."""
+
+    def __init__(self, outdir: str, opener: Optional[Callable[[str], BinaryIO]] = None):
+        self.outdir, self.opener = outdir, opener
+        self.names: List[str] = []
+        self._open: List[BinaryIO] = []
+
+    def where(self, name: str):
+        self.names.append(name)
+        if self.opener is None:
+            return os.path.join(self.outdir, name)
+        f = self.opener(name)
+        self._open.append(f)
+        return f
+
+    def close(self) -> None:
+        for f in self._open:
+            f.close()
+        self._open = []
+
+
+def write(c: Columns, outdir: str, progress: Optional[Callable[[int], None]] = None,
+          files_out: Optional[Files] = None) -> int:
+    """Write the session's tables into `outdir` (or through files_out); returns the
+    number of events."""
+    out = files_out or Files(outdir)
+    if files_out is None:
+        os.makedirs(outdir, exist_ok=True)
+    try:
+        return _write(c, out, progress)
+    finally:
+        out.close()
+
+
+def _write(c: Columns, out: Files, progress: Optional[Callable[[int], None]]) -> int:
     sess = c.s.index.get("trace_uuid", "")
     files = pa.array([st["file"] for st in c.streams], pa.string())
     # dictionary encoding only where values repeat: trying it on JSON text costs time
-    events = pq.ParquetWriter(os.path.join(outdir, "events.parquet"), EVENTS,
+    events = pq.ParquetWriter(out.where("events.parquet"), EVENTS,
                               use_dictionary=["session", "domain", "stream", "name"],
                               write_statistics=[f.name for f in EVENTS if f.name != "fields"])
+    used: set = set()
     typed: Dict[int, pq.ParquetWriter] = {}
     n = 0
     for b in c.batches():
@@ -71,7 +120,7 @@ def write(c: Columns, outdir: str, progress: Optional[Callable[[int], None]] = N
             w = typed.get(k)
             if w is None:
                 w = typed[k] = pq.ParquetWriter(
-                    os.path.join(outdir, "event_%s_%s.parquet" % (kind.domain, kind.name)),
+                    out.where(typed_name(kind.domain, kind.name, used) + ".parquet"),
                     _typed_schema(kind.codec.decl), use_dictionary=["domain", "stream"])
             w.write_batch(pa.record_batch(
                 [pa.array([kind.domain] * len(sel), pa.string()),
@@ -92,23 +141,23 @@ def write(c: Columns, outdir: str, progress: Optional[Callable[[int], None]] = N
     events.close()
     for w in typed.values():
         w.close()
-    _index_tables(c.s, outdir)
+    _index_tables(c.s, out)
     return n
 
 
-def _index_tables(s: Session, outdir: str) -> None:
+def _index_tables(s: Session, out: Files) -> None:
     keys = ("file", "domain", "ring", "pid", "tid", "thread", "recorded", "discarded",
             "malformed", "torn", "emitted")
     streams = [{k: st.get(k) for k in keys} for st in s.streams]
     pq.write_table(pa.Table.from_pylist(streams) if streams else pa.table({"file": []}),
-                   os.path.join(outdir, "streams.parquet"))
+                   out.where("streams.parquet"))
     clocks = [{"domain": d, **{k: c.get(k) for k in (
         "kind", "offset_ns", "drift_ppm", "uncertainty_ns", "samples",
         "causality_violations")}} for d, c in s.clocks.items()]
     pq.write_table(pa.Table.from_pylist(clocks) if clocks else pa.table({"domain": []}),
-                   os.path.join(outdir, "clocks.parquet"))
+                   out.where("clocks.parquet"))
     cols = ("sync_id", "name", "guest_send", "host_recv", "host_send", "guest_recv")
     sync = [{"domain": d, **{k: x.get(k) for k in cols}}
             for d, xs in s.index.get("syncs", {}).items() for x in xs]
     pq.write_table(pa.Table.from_pylist(sync) if sync else pa.table(
-        {"domain": pa.array([], pa.string())}), os.path.join(outdir, "sync.parquet"))
+        {"domain": pa.array([], pa.string())}), out.where("sync.parquet"))

@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from typing import Dict, List
 
-from .. import abi
+from .. import abi, sessiondir, sessionindex
 from ..formats import ctf
 from . import clock as clockfit
 from .collector import SESSION_DIR, Collector, _alive
@@ -30,18 +31,24 @@ class RecoverError(Exception):
     pass
 
 
-def _file_stats(path: str, codecs: Dict[int, abi.Codec]) -> dict:
-    """Counts of a stream file already written: records, losses, per event, times."""
+def _file_stats(dir_fd: int, name: str, shown: str, codecs: Dict[int, abi.Codec]) -> dict:
+    """Counts of a stream file already written: records, losses, per event, times.
+    Read in bounded pieces through the session directory's descriptor (sessiondir):
+    a symlink, FIFO or device there is refused, not followed or waited on."""
     st = {"recorded": 0, "discarded": 0, "malformed": 0, "torn": 0, "clamped": 0,
           "first_ts": None, "last_ts": None, "per_event": {}}
-    with open(path, "rb") as f:
-        data = f.read()
+    f = sessiondir.StreamBytes(dir_fd, name, shown)
+
+    def head(off: int, n: int) -> bytes:
+        buf, i = f.window(off, n)
+        return buf[i:i + n]
     try:
-        for p in ctf.packets(data, len(data)):
+        for p in ctf.packets_at(head, f.size):
             st["discarded"] = p.discarded
             off = p.start
             while off + abi.REC_HEADER_SIZE <= p.content_end:
-                eid, sf, _sq, ts = abi.REC_HEADER.unpack_from(data, off)
+                buf, i = f.window(off, abi.REC_HEADER_SIZE)
+                eid, sf, _sq, ts = abi.REC_HEADER.unpack_from(buf, i)
                 size = sf & abi.REC_SIZE_MASK
                 if size < abi.REC_HEADER_SIZE:
                     break
@@ -57,6 +64,47 @@ def _file_stats(path: str, codecs: Dict[int, abi.Codec]) -> dict:
         pass                       # counts stop at the damage, where every reader stops
     st["emitted"] = st["recorded"] + st["discarded"]
     return st
+
+
+def load_index(outdir: str) -> dict:
+    """The session index of a directory to recover, read and validated as every
+    reader does (sessionindex), plus what recovery itself uses: the trace UUID and
+    each domain's channel (an absolute path, opened only if it is a regular file)."""
+    idx = os.path.join(outdir, SESSION_DIR, "session.json")
+    try:
+        dfd = sessiondir.open_dir(outdir, follow=True)
+        try:
+            meta = sessiondir.open_dir(SESSION_DIR, dfd)
+            try:
+                fd = sessiondir.open_regular(meta, "session.json", idx)
+                try:
+                    raw = sessiondir.read_bounded(fd, sessiondir.MAX_INDEX_BYTES, idx)
+                finally:
+                    os.close(fd)
+            finally:
+                os.close(meta)
+        finally:
+            os.close(dfd)
+        doc = sessionindex.validate(sessionindex.loads(raw))
+        if not re.fullmatch(r"[0-9a-f]{32}", str(doc.get("trace_uuid"))):
+            raise sessionindex.IndexInvalid("trace_uuid: missing")
+        for i, d in enumerate(doc["domains"]):
+            ch = d.get("channel")
+            if type(ch) is not str or not ch.startswith("/") or "\0" in ch or len(ch) > 4096:
+                raise sessionindex.IndexInvalid("domains[%d].channel: not an absolute path" % i)
+    except (OSError, sessiondir.SessionError, sessionindex.IndexInvalid) as e:
+        raise RecoverError("%s: no usable session index (%s); the recorder died before "
+                           "writing one" % (outdir, getattr(e, "strerror", None) or e)) from None
+    return doc
+
+
+def _regular_channel(path: str) -> str:
+    """A channel path from the index, if it is a regular file (not a symlink, FIFO or
+    device: the index may come from elsewhere); else ValueError (counted missing)."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError("%s is not a regular file" % path)
+    return path
 
 
 def _resume(r: RingReader) -> None:
@@ -83,14 +131,9 @@ def recover(outdir: str, out=None) -> dict:
     idx_path = os.path.join(meta, "session.json")
     if not os.path.exists(os.path.join(outdir, "metadata")):
         raise RecoverError("%s holds no trace (no metadata): nothing to recover" % outdir)
-    try:
-        with open(idx_path, encoding="utf-8") as f:
-            old = json.load(f)
-        domains = old["domains"]
-        trace_uuid = bytes.fromhex(old["trace_uuid"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RecoverError("%s: no usable session index (%s); the recorder died before "
-                           "writing one" % (outdir, e)) from None
+    old = load_index(outdir)
+    domains = old["domains"]
+    trace_uuid = bytes.fromhex(old["trace_uuid"])
     try:
         with open(os.path.join(meta, "collector.pid")) as f:
             pid = int(f.read().strip() or 0)
@@ -114,7 +157,7 @@ def recover(outdir: str, out=None) -> dict:
             if d.get("retired"):
                 # an earlier boot of a guest: its rings were drained and freed
                 raise ValueError("an earlier boot")
-            region = Region.open(d["channel"])
+            region = Region.open(_regular_channel(d["channel"]))
         except (OSError, ValueError) as e:
             if not d.get("retired"):
                 missing.append("%s (%s)" % (d["name"], e))
@@ -152,7 +195,14 @@ def recover(outdir: str, out=None) -> dict:
         dom = f.rsplit("-", 1)[0]
         st = dict(by_file.get(f, {"file": f, "domain": dom, "ring": None, "pid": None,
                                    "tid": None, "thread": "", "generation": None}))
-        st.update(_file_stats(os.path.join(outdir, f), codecs.get(dom, {})))
+        try:
+            dfd = sessiondir.open_dir(outdir, follow=True)
+            try:
+                st.update(_file_stats(dfd, f, os.path.join(outdir, f), codecs.get(dom, {})))
+            finally:
+                os.close(dfd)
+        except (OSError, sessiondir.SessionError) as e:
+            raise RecoverError("%s: %s" % (outdir, getattr(e, "strerror", None) or e)) from None
         streams.append(st)
     for s in new_streams:
         s["recovered"] = True
