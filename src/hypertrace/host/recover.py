@@ -14,6 +14,7 @@ and index again. Producers still running are told the collector has stopped.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import re
 from typing import Dict, List
@@ -21,7 +22,8 @@ from typing import Dict, List
 from .. import abi
 from ..formats import ctf
 from . import clock as clockfit
-from .collector import SESSION_DIR, Collector, _alive
+from . import pidfile, runtime
+from .collector import SESSION_DIR, Collector
 from .reader import RingReader
 from .region import Region
 
@@ -30,12 +32,16 @@ class RecoverError(Exception):
     pass
 
 
-def _file_stats(path: str, codecs: Dict[int, abi.Codec]) -> dict:
+def _file_stats(d: runtime.Dir, name: str, codecs: Dict[int, abi.Codec]) -> dict:
     """Counts of a stream file already written: records, losses, per event, times."""
     st = {"recorded": 0, "discarded": 0, "malformed": 0, "torn": 0, "clamped": 0,
           "first_ts": None, "last_ts": None, "per_event": {}}
-    with open(path, "rb") as f:
-        data = f.read()
+    fd = d.open(name)               # a regular file of ours, no symlink, no FIFO
+    try:
+        size = os.fstat(fd).st_size
+        data = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else b""
+    finally:
+        os.close(fd)
     try:
         for p in ctf.packets(data, len(data)):
             st["discarded"] = p.discarded
@@ -79,33 +85,39 @@ def _u64(mm, off: int) -> int:
 
 
 def recover(outdir: str, out=None) -> dict:
-    meta = os.path.join(outdir, SESSION_DIR)
-    idx_path = os.path.join(meta, "session.json")
-    if not os.path.exists(os.path.join(outdir, "metadata")):
-        raise RecoverError("%s holds no trace (no metadata): nothing to recover" % outdir)
     try:
-        with open(idx_path, encoding="utf-8") as f:
-            old = json.load(f)
+        # used through checked descriptors: a symlink planted in it redirects nothing
+        top = runtime.Dir.existing(outdir)
+        if "metadata" not in top.listdir():
+            raise RecoverError("%s holds no trace (no metadata): nothing to recover" % outdir)
+        meta = top.sub(SESSION_DIR)
+    except OSError as e:
+        raise RecoverError("%s: %s" % (outdir, e) if not isinstance(e, runtime.PathError)
+                           else str(e)) from None
+    try:
+        old = json.loads(meta.read("session.json"))
         domains = old["domains"]
         trace_uuid = bytes.fromhex(old["trace_uuid"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise RecoverError("%s: no usable session index (%s); the recorder died before "
                            "writing one" % (outdir, e)) from None
     try:
-        with open(os.path.join(meta, "collector.pid")) as f:
-            pid = int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        pid = 0
-    if pid and pid != os.getpid() and _alive(pid) and _is_recorder(pid):
+        pid = pidfile.recorder_pid(meta)
+    except ValueError:
+        pid = 0                    # no pid file, or a stale one: the recorder is gone
+    if pid and pid != os.getpid():
         raise RecoverError("the recorder of %s (pid %d) is still running: stop it with "
                            "Ctrl-C or SIGTERM instead" % (outdir, pid))
     if old.get("recovered"):
         raise RecoverError("%s was already recovered" % outdir)
 
-    col = Collector(outdir, trace_uuid)
+    try:
+        col = Collector(outdir, trace_uuid, fresh=False)
+    except OSError as e:
+        raise RecoverError(str(e)) from None
     col.started_ns = old.get("started_ns", col.started_ns)
     col.host_offset = old.get("host_clock_offset_ns", col.host_offset)
-    existing = sorted(f for f in os.listdir(outdir) if re.fullmatch(r".+-\d{4,}", f))
+    existing = sorted(f for f in col.dir.listdir() if re.fullmatch(r".+-\d{4,}", f))
     col.next_instance = 1 + max((int(f.rsplit("-", 1)[1]) for f in existing), default=-1)
     missing: List[str] = []
     regions: List[Region] = []
@@ -152,22 +164,27 @@ def recover(outdir: str, out=None) -> dict:
         dom = f.rsplit("-", 1)[0]
         st = dict(by_file.get(f, {"file": f, "domain": dom, "ring": None, "pid": None,
                                    "tid": None, "thread": "", "generation": None}))
-        st.update(_file_stats(os.path.join(outdir, f), codecs.get(dom, {})))
+        try:
+            st.update(_file_stats(col.dir, f, codecs.get(dom, {})))
+        except OSError as e:
+            st["error"] = str(e)       # not a stream file of ours: not counted, said so
         streams.append(st)
     for s in new_streams:
         s["recovered"] = True
     index = _index(col, old, streams + new_streams, missing)
-    tmp = idx_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(index, f, indent=1)
-    os.replace(tmp, idx_path)
+    col.meta.replace("session.json", json.dumps(index, indent=1).encode("utf-8"),
+                     tmp="session.json.tmp")
+    pidfile.remove(col.meta)       # the dead recorder's
     for region in regions:
         region.close(remove=False)
-        for leftover in (region.path, region.path + ".ctl"):
-            try:
-                os.unlink(leftover)    # the recording is over: the dead recorder's files
-            except OSError:
-                pass
+        # the recording is over: the dead recorder's files, only ever in the private
+        # runtime directory (the index may come from elsewhere and name any path)
+        if runtime.in_runtime_dir(region.path):
+            for leftover in (region.path, region.path + ".ctl"):
+                try:
+                    os.unlink(leftover)
+                except OSError:
+                    pass
     rec = sum(s["recorded"] for s in new_streams)
     return {"recovered_events": rec, "recovered_streams": len([s for s in new_streams
                                                                if s.get("file")]),
@@ -175,18 +192,9 @@ def recover(outdir: str, out=None) -> dict:
             "clocks": {k: v.get("kind") for k, v in index["clocks"].items()}}
 
 
-def _is_recorder(pid: int) -> bool:
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return b"hypertrace" in f.read()
-    except OSError:
-        return False
-
-
 def _index(col: Collector, old: dict, streams: List[dict], missing: List[str]) -> dict:
     index = dict(old)
-    fresh = json.load(open(os.path.join(col.outdir, SESSION_DIR, "session.json"),
-                           encoding="utf-8"))
+    fresh = json.loads(col.meta.read("session.json"))
     by_name = {d["name"]: d for d in fresh["domains"]}
     index["domains"] = [by_name.get(d["name"], d) for d in old["domains"]]
     index["streams"] = streams
@@ -203,9 +211,7 @@ def _refit(col: Collector, index: dict, streams: List[dict]) -> dict:
     from ..session import Session, SessionError
     clocks = dict(index.get("clocks") or {})
     tmp = dict(index, clocks={}, streams=streams)
-    path = os.path.join(col.outdir, SESSION_DIR, "session.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(tmp, f)
+    col.meta.replace("session.json", json.dumps(tmp).encode("utf-8"), tmp="session.json.tmp")
     try:
         s = Session(col.outdir)
     except SessionError:
