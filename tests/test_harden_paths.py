@@ -552,6 +552,11 @@ def test_a_full_runtime_filesystem_is_a_one_line_error_and_leaves_nothing(tmp_pa
         r = record(str(tmp_path / "s"), sys.executable, "-c", EMIT, check=False, env=e)
         one_line_error(r, "No space left on device")
         assert os.listdir(rt) == [] and not os.path.exists(tmp_path / "s")
+        # an empty output directory given is left as it was: empty, usable next time
+        (tmp_path / "given").mkdir()
+        r = record(str(tmp_path / "given"), sys.executable, "-c", EMIT, check=False, env=e)
+        one_line_error(r, "No space left on device")
+        assert os.listdir(rt) == [] and os.listdir(tmp_path / "given") == []
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
 

@@ -206,18 +206,18 @@ def _one_line(what: str, e: BaseException) -> str:
 
 
 def _discard_session(col: Collector) -> None:
-    """A start that failed: remove what it put in a session directory it created."""
-    if not col.dir.created:
-        return
+    """A start that failed: remove what it put in the session directory (which was new or
+    empty), and the directory itself if this start created it."""
     for n in ("session.json", "session.json.tmp", pidfile.NAME):
         col.meta.unlink(n)
     col.dir.rmdir(SESSION_DIR)
     for n in ("metadata", ".metadata.tmp"):
         col.dir.unlink(n)
-    try:
-        os.rmdir(col.outdir)        # only if empty: anything else there stays
-    except OSError:
-        pass
+    if col.dir.created:
+        try:
+            os.rmdir(col.outdir)    # only if empty: anything else there stays
+        except OSError:
+            pass
 
 
 def _close_host_side(host: Region, servers: list) -> None:
