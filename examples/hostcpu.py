@@ -1,6 +1,6 @@
 """A host-side producer: samples the host's CPU use every 50 ms into the session's host
 domain, beside the guest's events. Run with HYPERTRACE_CHANNEL set to the recorder's
-host channel (`record --qemu NAME` serves shm:/dev/shm/hypertrace-NAME-host).
+host channel (`record --qemu NAME` serves shm:/dev/shm/hypertrace-UID/NAME-host).
 Stops on SIGINT/SIGTERM."""
 
 import signal

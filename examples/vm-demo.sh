@@ -21,10 +21,11 @@ REC=$!
 HOSTAPP=""
 # whatever happens, stop the host program and the recorder (Ctrl-C flushes the trace)
 trap 'kill -TERM $HOSTAPP 2>/dev/null || true; kill -INT $REC 2>/dev/null || true' EXIT
-for _ in $(seq 50); do [ -e "/dev/shm/hypertrace-$NAME-host" ] && break; sleep 0.1; done
+RUN="${HYPERTRACE_RUNTIME_DIR:-/dev/shm/hypertrace-$(id -u)}"    # the private runtime directory
+for _ in $(seq 50); do [ -e "$RUN/$NAME-host" ] && break; sleep 0.1; done
 
 echo "== host side: examples/hostcpu.py into the host domain"
-HYPERTRACE_CHANNEL="shm:/dev/shm/hypertrace-$NAME-host" .venv/bin/python examples/hostcpu.py &
+HYPERTRACE_CHANNEL="shm:$RUN/$NAME-host" .venv/bin/python examples/hostcpu.py &
 HOSTAPP=$!
 
 echo "== boot a guest with: $H qemu-args --name $NAME"

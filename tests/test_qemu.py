@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -163,9 +164,12 @@ def test_guest_region_of_interest_steers_qemu_tracing(tmp_path):
         rout, rerr = rec.communicate(timeout=120)
     assert rec.returncode == 0, rerr
     assert any(x.startswith("HT-RESULT") for x in lines), "\n".join(lines[-40:])
-    # nothing left behind in /dev/shm: the QEMU-events region, and the log of an exited QEMU
-    assert not os.path.exists("/dev/shm/hypertrace-%s-qemu" % name)
-    assert not os.path.exists("/dev/shm/hypertrace-%s.qemu.log" % name)
+    # nothing left behind in the runtime directory: the QEMU-events region, and the log of
+    # an exited QEMU
+    region = re.search(r"mem-path=([^,\s]+)",
+                       hypertrace("qemu-args", "--name", name).stdout).group(1)
+    assert not os.path.exists(region + "-qemu")
+    assert not os.path.exists(region + ".qemu.log")
     report = [json.loads(x) for x in hypertrace("report", out, "--json").stdout.splitlines()]
     seq = [(e["ts"], e["domain"], e["name"], e["fields"]) for e in report]
     begin = next(ts for ts, d, n, _ in seq if d == name and n == "roi_begin")

@@ -283,11 +283,12 @@ def cmd_sql(a) -> int:
 
 
 def cmd_snapshot(a) -> int:
-    pidfile = os.path.join(a.dir, ".hypertrace", "collector.pid")
+    from .host.pidfile import recorder_pid
+    from .host.runtime import Dir
     idx = os.path.join(a.dir, ".hypertrace", "session.json")
     try:
-        with open(pidfile) as f:
-            pid = int(f.read().strip())
+        # the pid is signalled only if it is still this session's recorder (pidfile.py)
+        pid = recorder_pid(Dir.existing(a.dir).sub(".hypertrace"))
         before = os.stat(idx).st_mtime_ns if os.path.exists(idx) else 0
         os.kill(pid, signal.SIGUSR1)
     except (OSError, ValueError) as e:
@@ -364,7 +365,7 @@ def cmd_qemu_args(a) -> int:
         return _fail("a guest CID must be in 3..4294967294")
     try:
         print(qemu_args(a.name, a.buffer_size, a.rings, a.max_events, a.trace, a.vsock))
-    except ValueError as e:
+    except (OSError, ValueError) as e:     # a bad name, or no private runtime directory
         return _fail(str(e))
     return 0
 

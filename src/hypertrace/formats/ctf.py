@@ -148,30 +148,24 @@ def metadata(trace_uuid: bytes, domains: List[Domain], env: Dict[str, object]) -
     return "\n".join(out)
 
 
-def write_metadata(path: str, text: str) -> None:
-    tmp = os.path.join(os.path.dirname(path), ".metadata.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            os.unlink(tmp)           # the previous metadata stays whole
-        except OSError:
-            pass
-        raise
+def write_metadata(directory, text: str) -> None:
+    """`metadata` in `directory` (a host.runtime.Dir), whole or not at all: through a
+    temporary file created exclusively and renamed (the previous metadata stays whole
+    when the disk is full)."""
+    directory.replace("metadata", text.encode("utf-8"), tmp=".metadata.tmp", fsync=True)
 
 
 class StreamFile:
     """A data stream file: packets of verbatim records with their timestamp range."""
 
-    def __init__(self, path: str, trace_uuid: bytes, stream_id: int, instance_id: int):
+    def __init__(self, fd: int, path: str, trace_uuid: bytes, stream_id: int,
+                 instance_id: int):
+        """`fd`: the stream file, opened for writing by the caller (created exclusively
+        in the session directory); `path` names it in messages."""
         self.path = path
         # unbuffered, one write per packet: a failed write (a full disk) is undone by
         # cutting the file back to the last whole packet, so the trace stays readable
-        self.f = open(path, "wb", buffering=0)
+        self.f = open(fd, "wb", buffering=0)
         self.uuid = trace_uuid
         self.stream_id = stream_id
         self.instance = instance_id

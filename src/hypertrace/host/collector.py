@@ -17,6 +17,7 @@ from .. import __version__, abi
 from ..formats import ctf
 from ..guest.channel import pid_alive as _alive
 from . import clock as clockfit
+from . import runtime
 from .control import DomainClock
 from .reader import EventTable, RingReader
 from .region import Region
@@ -54,9 +55,17 @@ class Source:
 
 
 class Collector:
-    def __init__(self, outdir: str, trace_uuid: Optional[bytes] = None):
+    def __init__(self, outdir: str, trace_uuid: Optional[bytes] = None, fresh: bool = True):
+        """`fresh`: a new session directory (created now, or empty and ours); else an
+        existing session of ours (recovery). Every file goes through the checked
+        descriptors `dir` and `meta` (host/runtime.py), never through a path."""
         self.outdir = outdir
-        os.makedirs(os.path.join(outdir, SESSION_DIR), exist_ok=True)
+        self.dir = runtime.Dir.fresh(outdir) if fresh else runtime.Dir.existing(outdir)
+        try:
+            self.meta = self.dir.sub(SESSION_DIR, create=fresh)
+        except BaseException:
+            self.dir.close()
+            raise
         self.trace_uuid = trace_uuid or os.urandom(16)
         #: domains in the metadata without a region (recovery, when a channel is gone)
         self.static_domains: List[ctf.Domain] = []
@@ -256,7 +265,7 @@ class Collector:
             inst = self.next_instance
             self.next_instance += 1
             name = "%s-%04d" % (r.domain.name, inst)
-            f = self.files[id(r)] = ctf.StreamFile(os.path.join(self.outdir, name),
+            f = self.files[id(r)] = ctf.StreamFile(self.dir.create(name), self.dir.join(name),
                                                    self.trace_uuid, r.domain.stream_id, inst)
             self.stream_info[id(r)] = {"file": name, "domain": r.domain.name,
                                        "ring": r.index, "reader": r}
@@ -347,8 +356,7 @@ class Collector:
             doms = sorted([d for s in self.sources for d in s.all_domains()] +
                           self.static_domains,
                           key=lambda d: d.stream_id)
-            ctf.write_metadata(os.path.join(self.outdir, "metadata"),
-                               ctf.metadata(self.trace_uuid, doms, env))
+            ctf.write_metadata(self.dir, ctf.metadata(self.trace_uuid, doms, env))
         except OSError as e:
             self._write_failed("the trace metadata", e)
 
@@ -402,17 +410,9 @@ class Collector:
         if self.write_error is not None:
             index["write_error"] = self.write_error
             index["packets_not_written"] = self.unwritten
-        path = os.path.join(self.outdir, SESSION_DIR, "session.json")
-        tmp = path + ".tmp"
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(index, f, indent=1)
-            os.replace(tmp, path)
+            self.meta.replace("session.json", json.dumps(index, indent=1).encode("utf-8"),
+                              tmp="session.json.tmp")
         except OSError as e:
             # the previous index (a second old at most) stays in place
             self._write_failed("the session index", e)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-

@@ -14,7 +14,9 @@ CLOCK_REALTIME - CLOCK_MONOTONIC measured by the recorder (re-measured every
 second, to follow NTP; the spread of those measurements and QEMU's 1 µs
 resolution make the stated uncertainty). The file is QEMU's and unvalidated:
 lines that do not parse are counted and skipped, names must be C identifiers,
-and lines are cut at 1 KiB.
+and lines are cut at 1 KiB. It is opened only as a regular file of ours, without
+following a symlink or blocking on a FIFO (host/runtime.py); anything else at its
+path is refused and the refusal recorded in the session index (`qemu_clock`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 import threading
 import time
 from typing import Callable, Dict, List, Optional
@@ -29,6 +32,7 @@ from typing import Callable, Dict, List, Optional
 from .. import abi
 from ..guest.channel import Channel
 from ..guest.tracepoint import build
+from . import runtime
 from .clock import realtime_offset
 
 LINE = re.compile(rb"(\d{1,10})@(\d{1,12})\.(\d{6}):([A-Za-z_][A-Za-z0-9_]{0,127})(?: (.*))?\Z")
@@ -38,6 +42,10 @@ REMEASURE_S = 1.0
 
 
 def qmp_alive(path: str) -> bool:
+    """Whether a live server (QEMU's QMP, a recorder's control socket) listens on `path`:
+    only ever a socket of ours in the private runtime directory is tried."""
+    if not runtime.our_socket(path):
+        return False
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(0.5)
     try:
@@ -68,6 +76,7 @@ class QemuLogs:
         self.events = 0
         self.other = 0           # lines that are not trace events (QEMU's other messages)
         self.bad = 0
+        self.refused: Dict[str, str] = {}  # guest -> why its log path was not opened
         self.measure()
 
     def measure(self) -> None:
@@ -102,19 +111,31 @@ class QemuLogs:
         f = self.files.get(guest)
         path = self.logs[guest]
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
         except OSError:
             return None
-        if f is not None and st.st_size < self.pos[guest]:
-            f.close()                # QEMU restarted and truncated its log: start over
+        if f is not None and (st.st_ino != os.fstat(f.fileno()).st_ino or
+                              st.st_size < self.pos[guest]):
+            f.close()                # QEMU restarted and truncated (or replaced) its log
+            del self.files[guest]
             f = None
         if f is None:
             try:
-                f = open(path, "rb")
+                fd = runtime.open_file(path)
+            except runtime.PathError as e:
+                self._refuse(guest, str(e))
+                return None
             except OSError:
                 return None
+            f = os.fdopen(fd, "rb")
             self.files[guest], self.pos[guest], self.buf[guest] = f, 0, b""
         return f
+
+    def _refuse(self, guest: str, why: str) -> None:
+        if self.refused.get(guest) != why:
+            self.refused[guest] = why
+            sys.stderr.write("hypertrace: warning: QEMU log of %s not read: %s\n" % (guest, why))
+            sys.stderr.flush()
 
     def poll(self) -> int:
         """Ingest what the logs gained since the last call; returns events emitted."""
@@ -162,7 +183,8 @@ class QemuLogs:
                 "uncertainty_ns": 500 + max((w for _, _, w in self.offsets), default=0) +
                 ((max(offs) - min(offs)) if offs else 0),
                 "lines": self.lines, "events": self.events, "other_lines": self.other,
-                "rejected": self.bad, "logs": dict(self.logs)}
+                "rejected": self.bad, "logs": dict(self.logs),
+                "refused_logs": dict(self.refused)}
 
     def remove_logs(self) -> None:
         """A guest's log once its QEMU has exited (a running QEMU keeps writing to it)."""

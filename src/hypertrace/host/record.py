@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import uuid
 from typing import List, Optional
 
 from .. import abi, guest
-from ..guest.channel import ChannelError, resolve
+from ..guest.channel import resolve
+from . import pidfile, runtime
 from .actions import Engine
 from .collector import SESSION_DIR, Collector
 from .control import ControlServer, DomainClock
@@ -36,8 +38,6 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
            sync_interval: float = 1.0, qemu: Optional[List[str]] = None,
            triggers: Optional[str] = None, vsock_port: Optional[int] = None,
            out=sys.stdout) -> Collector:
-    if os.path.exists(os.path.join(outdir, "metadata")):
-        raise RecordError("%s already holds a trace; choose a new output directory" % outdir)
     if mode not in abi.MODES:
         raise RecordError("unknown mode %r (discard, block or overwrite)" % mode)
     rules = []
@@ -46,53 +46,85 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
             rules = load_triggers(triggers)
         except TriggerError as e:
             raise RecordError(str(e)) from None
-    if qemu:
-        targets = [(qemu_region_path(n), n) for n in qemu]
-    elif channel:
-        targets = [(resolve(channel), name)]
-    else:
-        targets = [("/dev/shm/hypertrace-%s" % uuid.uuid4().hex[:12], name)]
-    if len({n for _, n in targets}) != len(targets):
+    try:
+        for n in qemu or []:
+            check_guest_name(n)
+        rt = runtime.runtime_dir()
+    except (OSError, ValueError) as e:
+        raise RecordError(str(e)) from None
+    if qemu and len(set(qemu)) != len(qemu):
         raise RecordError("guest names must be distinct")
-    regions: List[Region] = []
+    try:
+        col = Collector(outdir)        # first: a bad DIR leaves nothing behind
+    except OSError as e:
+        raise RecordError(_one_line("the output directory %s" % outdir, e)) from None
+    # this session's own names (host region, control socket) in the private runtime
+    # directory; a QEMU guest's are fixed by its name, as `qemu-args` printed them
+    base = qemu_region_path(qemu[0]) if qemu else os.path.join(rt, uuid.uuid4().hex[:12])
     kw = dict(mode=abi.MODES[mode], n_rings=rings, ring_size=ring_size,
               max_events=max_events, block_timeout_ns=int(block_timeout_ms * 1e6))
+    undo: List = []        # run backwards when setup fails: a failed start leaves nothing
+    what = "the output directory %s" % outdir
     try:
+        if qemu:
+            targets = [(qemu_region_path(n), n) for n in qemu]
+        elif channel:
+            targets = [(resolve(channel), name)]
+        else:
+            targets = [(base, name)]
+        regions: List[Region] = []
         for path, nm in targets:
+            what = "channel %s" % path
             if qemu:
-                regions.append(Region.create_or_attach(path, nm, **kw))
-            elif channel and os.path.exists(path):
-                regions.append(Region.open(path))
+                region = Region.create_or_attach(path, nm, **kw)
+            elif channel and os.path.lexists(path):
+                region = Region.open(path)
             else:
-                regions.append(Region.create(path, nm, **kw))
-    except (OSError, ValueError, ChannelError) as e:
-        for r in regions:
-            r.close(remove=r.owned)
-        raise RecordError("cannot set up channel %s: %s" % (path, e)) from None
-    os.makedirs(outdir, exist_ok=True)
-    col = Collector(outdir)
-    for region, (_, nm) in zip(regions, targets):
-        # a VM's pids mean nothing here: its dead producers are found by the guest library
-        col.add_region(region, nm, pid_check=not qemu,
-                       description="CLOCK_MONOTONIC of QEMU guest %s" % nm if qemu else "")
-    path = targets[0][0]
-    try:
-        host, servers, ctl = _host_side(col, regions, [t[0] for t in targets],
-                                        [t[1] for t in targets], vsock_port)
-    except (OSError, ValueError) as e:
-        for r in regions:
-            r.close(remove=r.owned)
-        raise RecordError("cannot set up the host side: %s" % e) from None
-    with open(os.path.join(outdir, SESSION_DIR, "collector.pid"), "w") as f:
-        f.write(str(os.getpid()))
-    ctl_tp = guest.event("hypertrace_ctl", "const char *action, const char *pattern, "
-                         "const char *domain, uint32_t changed")
-    qlogs = _qemu_logs(col, targets[0][0], qemu) if qemu else None
-    live = LiveServer(outdir, col, Rules(col),
-                      on_change=lambda act, pat, dom, n: ctl_tp(act, pat, dom, n))
-    col.extra_index["control"] = live.log
-    flags = {"stop": False, "snapshot": 0}
-    engine = _engine(rules, col, live, flags, qemu or []) if rules else None
+                region = Region.create(path, nm, **kw)
+            regions.append(region)
+            undo.append(lambda r=region: r.close(remove=r.owned))
+        for region, (_, nm) in zip(regions, targets):
+            # a VM's pids mean nothing here: its dead producers are found by the guest library
+            col.add_region(region, nm, pid_check=not qemu,
+                           description="CLOCK_MONOTONIC of QEMU guest %s" % nm if qemu else "")
+        path = targets[0][0]
+        what = "the host side"
+        ctls = [t[0] + ".ctl" for t in targets] if qemu else [base + ".ctl"]
+        host, servers, ctl = _host_side(col, regions, ctls, [t[1] for t in targets],
+                                        base + "-host", vsock_port)
+        undo.append(lambda: _close_host_side(host, servers))
+        what = "the session directory %s" % outdir
+        pidfile.write(col.meta)
+        undo.append(lambda: pidfile.remove(col.meta))
+        ctl_tp = guest.event("hypertrace_ctl", "const char *action, const char *pattern, "
+                             "const char *domain, uint32_t changed")
+        qlogs = None
+        if qemu:
+            what = "QEMU's logs"
+            qlogs = _qemu_logs(col, base, qemu)
+            undo.append(lambda: (qlogs.close(), qlogs.region.close()))
+        what = "the live-control socket"
+        live = LiveServer(outdir, col, Rules(col),
+                          on_change=lambda act, pat, dom, n: ctl_tp(act, pat, dom, n))
+        undo.append(live.close)
+        col.extra_index["control"] = live.log
+        flags = {"stop": False, "snapshot": 0}
+        engine = _engine(rules, col, live, flags, qemu or []) if rules else None
+    except BaseException as e:
+        for f in reversed(undo):
+            try:
+                f()
+            except Exception:
+                pass
+        _discard_session(col)
+        if isinstance(e, (OSError, ValueError)):
+            msg = _one_line(what, e)
+            if isinstance(e, runtime.PathExists) and what in ("the host side", "QEMU's logs"):
+                msg += ("; is another recording of %s running? (if one crashed: "
+                        "`hypertrace recover` its session, or remove the file)"
+                        % (", ".join(qemu) if qemu else path))
+            raise RecordError(msg) from None
+        raise
 
     def on_stop(signum, _frame):
         flags["stop"] = True
@@ -134,6 +166,7 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
             server.close()
         guest.disconnect()
         col.stop()
+        pidfile.remove(col.meta)        # stopped: `snapshot` must not signal this pid again
         for r in regions:
             r.close(remove=r.owned)
         host.close()
@@ -147,8 +180,51 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
     return col
 
 
+GUEST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,31}\Z")
+
+
+def check_guest_name(name: str) -> None:
+    """A guest name names files in the runtime directory and goes into QEMU options."""
+    if not GUEST_NAME.match(name) or name in (".", ".."):
+        raise ValueError("bad guest name %r: 1-31 characters of [A-Za-z0-9_.-], not . or .."
+                         % name)
+
+
 def qemu_region_path(name: str) -> str:
-    return "/dev/shm/hypertrace-%s" % name
+    """Guest NAME's region in the private runtime directory (created and checked here:
+    `qemu-args` may run before the recorder, and QEMU creates files in it)."""
+    check_guest_name(name)
+    return os.path.join(runtime.runtime_dir(), name)
+
+
+def _one_line(what: str, e: BaseException) -> str:
+    if isinstance(e, runtime.PathError):
+        return str(e)
+    text = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or \
+        type(e).__name__
+    return "cannot set up %s: %s" % (what, " ".join(text.split()))
+
+
+def _discard_session(col: Collector) -> None:
+    """A start that failed: remove what it put in the session directory (which was new or
+    empty), and the directory itself if this start created it."""
+    for n in ("session.json", "session.json.tmp", pidfile.NAME):
+        col.meta.unlink(n)
+    col.dir.rmdir(SESSION_DIR)
+    for n in ("metadata", ".metadata.tmp"):
+        col.dir.unlink(n)
+    if col.dir.created:
+        try:
+            os.rmdir(col.outdir)    # only if empty: anything else there stays
+        except OSError:
+            pass
+
+
+def _close_host_side(host: Region, servers: list) -> None:
+    for srv in servers:
+        srv.close()
+    guest.disconnect()
+    host.close()
 
 
 def qemu_args(name: str, ring_size: int = abi.DEFAULT_RING_SIZE, rings: int = abi.DEFAULT_RINGS,
@@ -159,7 +235,7 @@ def qemu_args(name: str, ring_size: int = abi.DEFAULT_RING_SIZE, rings: int = ab
     own trace events go to a log file the recorder ingests, stamped with the real
     time; its QMP socket lets triggers switch them (`trace` patterns start enabled)."""
     lay = abi.make_layout(rings, ring_size, max_events)
-    p = qemu_region_path(name)
+    p = qemu_region_path(name)      # creates the private directory QEMU's files go into
     return " ".join([
         "-object memory-backend-file,id=htmem-%s,share=on,mem-path=%s,size=%d"
         % (name, p, lay.region_size),
@@ -175,18 +251,29 @@ def qemu_args(name: str, ring_size: int = abi.DEFAULT_RING_SIZE, rings: int = ab
         (["-device vhost-vsock-pci,guest-cid=%d" % vsock_cid] if vsock_cid else []))
 
 
-def _host_side(col: Collector, regions: List[Region], paths: List[str], names: List[str],
-               vsock_port: Optional[int] = None):
+def _host_side(col: Collector, regions: List[Region], ctls: List[str], names: List[str],
+               host_path: str, vsock_port: Optional[int] = None):
     """The host domain (a region for host-side producers, the collector among them) and
-    one control server per region, answering its sync points and clock exchanges."""
-    host = Region.create(paths[0] + "-host", "host", n_rings=64, ring_size=256 * 1024)
+    one control server per region (its socket `ctls[i]`, in the private runtime
+    directory), answering its sync points and clock exchanges."""
+    host = Region.create(host_path, "host", n_rings=64, ring_size=256 * 1024)
+    servers: list = []
+    try:
+        _serve(col, host, regions, ctls, names, vsock_port, servers)
+    except BaseException:
+        _close_host_side(host, servers)
+        raise
+    return host, servers, "unix:" + ctls[0]
+
+
+def _serve(col: Collector, host: Region, regions: List[Region], ctls: List[str],
+           names: List[str], vsock_port: Optional[int], servers: list) -> None:
     col.add_region(host, "host", description="the host's CLOCK_MONOTONIC")
     guest.connect("shm:" + host.path)
     sync_host = guest.event("hypertrace_sync_host", "const char *domain, const char *name, "
                             "uint64_t sync_id, uint64_t guest_send, const char *args")
     sample = guest.event("hypertrace_clock_sample", "const char *domain, uint64_t t1, "
                          "uint64_t t2, uint64_t t3, uint64_t t4")
-    servers = []
 
     def on_boot(dc: DomainClock, boot: bytes) -> DomainClock:
         # a rebooted guest's clock restarted: its new boot is a domain of its own
@@ -201,14 +288,10 @@ def _host_side(col: Collector, regions: List[Region], paths: List[str], names: L
     # (its socket and vsock) is one domain, and a reboot seen on either moves both
     registry = {}
     addresses = []
-    for region, path, name in zip(regions, paths, names):
+    for region, ctl, name in zip(regions, ctls, names):
         registry[region.header.session_id] = col.clocks[name] = DomainClock(
             name, region.header.session_id)
-        try:
-            os.unlink(path + ".ctl")      # a stale socket from a crashed collector
-        except FileNotFoundError:
-            pass
-        addresses.append("unix:" + path + ".ctl")
+        addresses.append("unix:" + ctl)
     if vsock_port is not None:
         addresses.append("vsock:%d" % vsock_port)
     # clock exchanges in shared memory, for every guest region (ABI §10)
@@ -218,20 +301,26 @@ def _host_side(col: Collector, regions: List[Region], paths: List[str], names: L
     for region in regions:
         mbox.add(region)
     servers.append(mbox)
-    try:
-        for address in addresses:
-            servers.append(ControlServer(
-                address, registry,
-                on_sync=lambda d, n, sid, t1, t2, args: sync_host(d.name, n, sid, t1, args),
-                on_sample=on_sample, on_boot=on_boot))
-        mbox.start()
-    except BaseException:
-        for srv in servers:
-            srv.close()
-        guest.disconnect()
-        host.close()
-        raise
-    return host, servers, "unix:" + paths[0] + ".ctl"
+    for ctl in ctls:
+        _unlink_stale_socket(ctl)
+    for address in addresses:
+        servers.append(ControlServer(
+            address, registry,
+            on_sync=lambda d, n, sid, t1, t2, args: sync_host(d.name, n, sid, t1, args),
+            on_sample=on_sample, on_boot=on_boot))
+    mbox.start()
+
+
+def _unlink_stale_socket(path: str) -> None:
+    """A control socket left by a crashed recorder is ours to replace; a live one (another
+    recording of that guest) or anything that is not our socket is refused."""
+    if not os.path.lexists(path):
+        return
+    if not runtime.our_socket(path):
+        raise runtime.PathError("%s exists and is not a socket of ours: refused" % path)
+    if qmp_alive(path):
+        raise runtime.PathExists("%s is served by another recorder" % path)
+    os.unlink(path)
 
 
 def _engine(rules, col: Collector, live: LiveServer, flags: dict, qemu: List[str]) -> Engine:
@@ -254,12 +343,23 @@ def _engine(rules, col: Collector, live: LiveServer, flags: dict, qemu: List[str
 
     engine = Engine(rules, col, run_local,
                     emit=lambda *a: trig_tp(*a),
-                    qmp_path=lambda d: (qemu_region_path(col.domain_guest(d)) + ".qmp"
-                                        if col.domain_guest(d) in qemu else None))
+                    qmp_path=lambda d: _qmp_path(col.domain_guest(d), qemu))
     col.watch = engine.on_content
     col.extra_index["triggers"] = engine.summary
     col.extra_index["trigger_problems"] = engine.problems
     return engine
+
+
+def _qmp_path(guest_name: str, qemu: List[str]) -> Optional[str]:
+    """The QMP socket of a guest of this recording, only if it is a socket of ours in the
+    private runtime directory (what QEMU made from `qemu-args`); else None (no QMP)."""
+    if guest_name not in qemu:
+        return None
+    try:
+        p = qemu_region_path(guest_name) + ".qmp"
+    except (OSError, ValueError):
+        return None
+    return p if runtime.our_socket(p) else None
 
 
 def _qemu_logs(col: Collector, base: str, names: List[str]) -> QemuLogs:
@@ -275,9 +375,13 @@ def _qemu_logs(col: Collector, base: str, names: List[str]) -> QemuLogs:
         logs[n] = p + ".qemu.log"
     region = Region.create(base + "-qemu", "qemu", n_rings=max(4, len(names)),
                            ring_size=4 << 20)
-    col.add_region(region, "qemu", description="QEMU trace events: CLOCK_REALTIME "
-                   "(-msg timestamp=on) mapped onto the host's CLOCK_MONOTONIC")
-    q = QemuLogs(region, logs)
+    try:
+        col.add_region(region, "qemu", description="QEMU trace events: CLOCK_REALTIME "
+                       "(-msg timestamp=on) mapped onto the host's CLOCK_MONOTONIC")
+        q = QemuLogs(region, logs)
+    except BaseException:
+        region.close()
+        raise
     col.extra_index["qemu_clock"] = q.summary
     return q
 

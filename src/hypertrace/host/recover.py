@@ -22,7 +22,8 @@ from typing import Dict, List
 from .. import abi, sessiondir, sessionindex
 from ..formats import ctf
 from . import clock as clockfit
-from .collector import SESSION_DIR, Collector, _alive
+from . import pidfile, runtime
+from .collector import SESSION_DIR, Collector
 from .reader import RingReader
 from .region import Region
 
@@ -127,28 +128,35 @@ def _u64(mm, off: int) -> int:
 
 
 def recover(outdir: str, out=None) -> dict:
-    meta = os.path.join(outdir, SESSION_DIR)
-    idx_path = os.path.join(meta, "session.json")
-    if not os.path.exists(os.path.join(outdir, "metadata")):
-        raise RecoverError("%s holds no trace (no metadata): nothing to recover" % outdir)
+    try:
+        # used through checked descriptors: a symlink planted in it redirects nothing
+        top = runtime.Dir.existing(outdir)
+        if "metadata" not in top.listdir():
+            raise RecoverError("%s holds no trace (no metadata): nothing to recover" % outdir)
+        meta = top.sub(SESSION_DIR)
+    except OSError as e:
+        raise RecoverError("%s: %s" % (outdir, e) if not isinstance(e, runtime.PathError)
+                           else str(e)) from None
     old = load_index(outdir)
     domains = old["domains"]
     trace_uuid = bytes.fromhex(old["trace_uuid"])
     try:
-        with open(os.path.join(meta, "collector.pid")) as f:
-            pid = int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        pid = 0
-    if pid and pid != os.getpid() and _alive(pid) and _is_recorder(pid):
+        pid = pidfile.recorder_pid(meta)
+    except ValueError:
+        pid = 0                    # no pid file, or a stale one: the recorder is gone
+    if pid and pid != os.getpid():
         raise RecoverError("the recorder of %s (pid %d) is still running: stop it with "
                            "Ctrl-C or SIGTERM instead" % (outdir, pid))
     if old.get("recovered"):
         raise RecoverError("%s was already recovered" % outdir)
 
-    col = Collector(outdir, trace_uuid)
+    try:
+        col = Collector(outdir, trace_uuid, fresh=False)
+    except OSError as e:
+        raise RecoverError(str(e)) from None
     col.started_ns = old.get("started_ns", col.started_ns)
     col.host_offset = old.get("host_clock_offset_ns", col.host_offset)
-    existing = sorted(f for f in os.listdir(outdir) if re.fullmatch(r".+-\d{4,}", f))
+    existing = sorted(f for f in col.dir.listdir() if re.fullmatch(r".+-\d{4,}", f))
     col.next_instance = 1 + max((int(f.rsplit("-", 1)[1]) for f in existing), default=-1)
     missing: List[str] = []
     regions: List[Region] = []
@@ -196,28 +204,27 @@ def recover(outdir: str, out=None) -> dict:
         st = dict(by_file.get(f, {"file": f, "domain": dom, "ring": None, "pid": None,
                                    "tid": None, "thread": "", "generation": None}))
         try:
-            dfd = sessiondir.open_dir(outdir, follow=True)
-            try:
-                st.update(_file_stats(dfd, f, os.path.join(outdir, f), codecs.get(dom, {})))
-            finally:
-                os.close(dfd)
+            st.update(_file_stats(col.dir.fd, f, os.path.join(outdir, f),
+                                  codecs.get(dom, {})))
         except (OSError, sessiondir.SessionError) as e:
             raise RecoverError("%s: %s" % (outdir, getattr(e, "strerror", None) or e)) from None
         streams.append(st)
     for s in new_streams:
         s["recovered"] = True
     index = _index(col, old, streams + new_streams, missing)
-    tmp = idx_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(index, f, indent=1)
-    os.replace(tmp, idx_path)
+    col.meta.replace("session.json", json.dumps(index, indent=1).encode("utf-8"),
+                     tmp="session.json.tmp")
+    pidfile.remove(col.meta)       # the dead recorder's
     for region in regions:
         region.close(remove=False)
-        for leftover in (region.path, region.path + ".ctl"):
-            try:
-                os.unlink(leftover)    # the recording is over: the dead recorder's files
-            except OSError:
-                pass
+        # the recording is over: the dead recorder's files, only ever in the private
+        # runtime directory (the index may come from elsewhere and name any path)
+        if runtime.in_runtime_dir(region.path):
+            for leftover in (region.path, region.path + ".ctl"):
+                try:
+                    os.unlink(leftover)
+                except OSError:
+                    pass
     rec = sum(s["recorded"] for s in new_streams)
     return {"recovered_events": rec, "recovered_streams": len([s for s in new_streams
                                                                if s.get("file")]),
@@ -225,18 +232,9 @@ def recover(outdir: str, out=None) -> dict:
             "clocks": {k: v.get("kind") for k, v in index["clocks"].items()}}
 
 
-def _is_recorder(pid: int) -> bool:
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return b"hypertrace" in f.read()
-    except OSError:
-        return False
-
-
 def _index(col: Collector, old: dict, streams: List[dict], missing: List[str]) -> dict:
     index = dict(old)
-    fresh = json.load(open(os.path.join(col.outdir, SESSION_DIR, "session.json"),
-                           encoding="utf-8"))
+    fresh = json.loads(col.meta.read("session.json"))
     by_name = {d["name"]: d for d in fresh["domains"]}
     index["domains"] = [by_name.get(d["name"], d) for d in old["domains"]]
     index["streams"] = streams
@@ -253,9 +251,7 @@ def _refit(col: Collector, index: dict, streams: List[dict]) -> dict:
     from ..session import Session, SessionError
     clocks = dict(index.get("clocks") or {})
     tmp = dict(index, clocks={}, streams=streams)
-    path = os.path.join(col.outdir, SESSION_DIR, "session.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(tmp, f)
+    col.meta.replace("session.json", json.dumps(tmp).encode("utf-8"), tmp="session.json.tmp")
     try:
         s = Session(col.outdir)
     except SessionError:

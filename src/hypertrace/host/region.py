@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import struct
@@ -9,6 +10,7 @@ import uuid
 from dataclasses import dataclass
 
 from .. import abi
+from .runtime import PathExists, create_file, open_file
 
 _U32 = struct.Struct("<I")
 _Q = struct.Struct("<Q")
@@ -28,14 +30,15 @@ class Region:
                max_events: int = abi.DEFAULT_MAX_EVENTS,
                block_timeout_ns: int = abi.DEFAULT_BLOCK_TIMEOUT_NS) -> Region:
         lay = abi.make_layout(n_rings, ring_size, max_events)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = create_file(path, os.O_RDWR, 0o600)     # never an existing file or a symlink
         try:
             os.fchmod(fd, 0o600)  # whatever the umask
             os.ftruncate(fd, lay.region_size)
             try:
                 os.posix_fallocate(fd, 0, lay.region_size)  # allocate the pages up front
-            except OSError:
-                pass
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise          # a full /dev/shm: fail now, not with SIGBUS on first touch
             mm = mmap.mmap(fd, lay.region_size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
         except BaseException:
             os.close(fd)
@@ -50,16 +53,18 @@ class Region:
     def create_or_attach(cls, path: str, name: str, **kw) -> Region:
         """For a QEMU guest: QEMU may have created the file already (mem-path), zeroed.
         A file without a valid header is formatted in place; one with a header is attached."""
-        if not os.path.exists(path):
+        try:
             return cls.create(path, name, **kw)
+        except PathExists:
+            pass
         lay = abi.make_layout(kw.get("n_rings", abi.DEFAULT_RINGS),
                               kw.get("ring_size", abi.DEFAULT_RING_SIZE),
                               kw.get("max_events", abi.DEFAULT_MAX_EVENTS))
-        fd = os.open(path, os.O_RDWR)
+        # QEMU's memory-backend file (QEMU started first): a regular file of ours, no
+        # symlink, no FIFO; the private runtime directory kept it from other users
+        fd = open_file(path, os.O_RDWR)
         try:
             st = os.fstat(fd)
-            if st.st_uid != os.getuid():
-                raise OSError("%s belongs to another user" % path)
             os.fchmod(fd, 0o600)
             if st.st_size < lay.region_size:
                 os.ftruncate(fd, lay.region_size)
@@ -79,7 +84,9 @@ class Region:
 
     @classmethod
     def open(cls, path: str) -> Region:
-        fd = os.open(path, os.O_RDWR)
+        """Attach to an existing region (attach mode, recovery): a regular file of ours
+        that no other user can read or write, opened without following a symlink."""
+        fd = open_file(path, os.O_RDWR, private=True)
         try:
             size = os.fstat(fd).st_size
             if size < abi.HEADER_SIZE:
