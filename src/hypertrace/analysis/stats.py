@@ -31,7 +31,7 @@ def compute(s: Session, with_spans: bool = True) -> dict:
             events[name] = events.get(name, 0) + n
         streams.append({k: st.get(k) for k in (
             "file", "domain", "ring", "pid", "tid", "thread", "recorded", "discarded",
-            "malformed", "torn", "clamped", "emitted", "per_event")})
+            "malformed", "torn", "clamped", "emitted", "unwritten", "per_event")})
     dur = (t1 - t0) / 1e9 if t0 is not None and t1 > t0 else 0.0
     total = sum(events.values())
     return {
@@ -51,6 +51,8 @@ def compute(s: Session, with_spans: bool = True) -> dict:
             "discarded": sum(x["discarded"] or 0 for x in streams),
             "malformed": sum(x["malformed"] or 0 for x in streams),
             "torn": sum(x["torn"] or 0 for x in streams),
+            # validated but never written (a full disk, no descriptor): not in the files
+            "unwritten": sum(x["unwritten"] or 0 for x in streams),
             "rate_per_s": total / dur if dur else None,
         },
     }
@@ -101,7 +103,8 @@ def format_text(st: dict) -> str:
     t = st["totals"]
     lines.append("")
     lines.append("total: %d recorded, %d discarded, %d malformed, %d torn" % (
-        t["recorded"], t["discarded"], t["malformed"], t["torn"]))
+        t["recorded"], t["discarded"], t["malformed"], t["torn"]) +
+        (", %d not written" % t["unwritten"] if t["unwritten"] else ""))
     return "\n".join(lines)
 
 
