@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, babeltrace, env, hypertrace, stats, totals
+from conftest import ROOT, babeltrace, env, hypertrace, record, stats, totals
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
                                reason="needs root (to mount a small tmpfs)")
@@ -129,3 +129,123 @@ def test_after_a_full_disk_the_index_counts_what_the_files_hold(tmp_path):
         assert idx["records_not_written"] == sum(s.get("unwritten", 0) for s in idx["streams"])
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+# -- item 9: an exception from one component never ends the session ---------------------------
+PRED_APP = r"""
+import sys
+from hypertrace import guest
+blob = guest.event("blob", "uint32_t n, bytes data, const char *tag")
+for i in range(2000):
+    blob(i, bytes([i % 256]) * 8, "t%d" % i)
+print("APP DONE", flush=True)
+sys.exit(7)
+"""
+
+PRED_RULES = """
+[[trigger]]
+event = "blob"
+when = "300 in data"            # ValueError on bytes: byte must be in range(0, 256)
+actions = [ { marker = "never" } ]
+
+[[trigger]]
+event = "blob"
+when = "n < tag"                # TypeError: int < str
+actions = [ { marker = "never either" } ]
+
+[[trigger]]
+event = "blob"
+when = "n == 1999"
+actions = [ { marker = "last" } ]
+"""
+
+
+def test_a_predicate_that_raises_on_guest_data_is_counted_and_the_recording_goes_on(tmp_path):
+    app = tmp_path / "app.py"
+    app.write_text(PRED_APP)
+    rules = tmp_path / "rules.toml"
+    rules.write_text(PRED_RULES)
+    out = str(tmp_path / "s")
+    r = record(out, sys.executable, str(app), opts=("--triggers", str(rules)), check=False)
+    # the command's exit code, no traceback, the index written, the channel removed
+    assert r.returncode == 7, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "APP DONE" in r.stdout
+    idx = _index(out)
+    assert not any(os.path.exists(d["channel"]) for d in idx["domains"])
+    trig = {t["trigger"]: t for t in idx["triggers"]}
+    assert trig[1]["predicate_errors"] == 2000 and trig[1]["fired"] == 0
+    assert "ValueError" in trig[1]["last_predicate_error"]
+    assert trig[2]["predicate_errors"] == 2000 and "TypeError" in trig[2]["last_predicate_error"]
+    assert trig[3]["fired"] == 1
+    events, _ = babeltrace(out, internal=True)
+    assert len([n for n, _ in events if n == "blob"]) == 2000
+    assert [f["text"] for n, f in events if n == "hypertrace_marker"] == ["last"]
+    st = stats(out)
+    rules_st = {t["trigger"]: t for t in st["triggers"]["rules"]}
+    assert rules_st[1]["predicate_errors"] == 2000
+    assert "2000 predicate errors" in hypertrace("stats", out).stdout
+
+
+def test_predicates_on_mismatched_types_are_false_or_counted_never_raised():
+    from hypertrace.host.triggers import PredicateError, compile_predicate
+    cases = [("300 in data", {"data": b"ab"}), ("x < 'a'", {"x": 3}), ("'a' in n", {"n": 5}),
+             ("missing == 1", {}), ("(1, 2) < x", {"x": "s"}), ("x in (1, [2])", {"x": 1.5})]
+    for text, fields in cases:
+        p = compile_predicate(text)
+        try:
+            assert p(fields) in (True, False)
+        except PredicateError:
+            pass                    # the one exception the engine counts
+
+
+# -- item 12: waiting actions are bounded, merged and counted -----------------------------------
+FLOOD_APP = r"""
+from hypertrace import guest
+roi = guest.event("roi", "uint32_t i")
+for i in range(int(__import__("sys").argv[1])):
+    roi(i)
+print("FLOOD DONE", flush=True)
+"""
+
+FLOOD_RULES = """
+[[trigger]]
+event = "roi"
+actions = [ { qemu_trace_enable = "virtio_*" }, { marker = "m" }, { disable = "nothing_*" } ]
+"""
+
+
+def test_a_flood_of_trigger_firings_is_bounded_coalesced_and_counted(tmp_path):
+    app = tmp_path / "app.py"
+    app.write_text(FLOOD_APP)
+    rules = tmp_path / "rules.toml"
+    rules.write_text(FLOOD_RULES)
+    out = str(tmp_path / "s")
+    r = record(out, sys.executable, str(app), "300000",
+               opts=("--triggers", str(rules), "--mode", "block"))
+    assert "FLOOD DONE" in r.stdout
+    idx = _index(out)
+    t = idx["triggers"][0]
+    fired = t["fired"]
+    events, _ = babeltrace(out, internal=True, allow_discarded=True)
+    assert fired == len([n for n, _ in events if n == "roi"]) > 20000
+    ran = {}
+    for n, f in events:
+        if n == "hypertrace_trigger":
+            ran[f["action"]] = ran.get(f["action"], 0) + 1
+    for act in ("qemu_trace_enable virtio_*", "marker m", "disable nothing_*"):
+        merged = t["actions_coalesced"].get(act, 0)
+        dropped = t["actions_dropped"].get(act, 0)
+        # every firing of every action either ran, was merged into a waiting one, or was
+        # dropped with the queue full: none vanished
+        assert ran.get(act, 0) + merged + dropped == fired, (act, ran, merged, dropped)
+    # one target each: enable/disable of one pattern coalesce, they are never dropped
+    assert t["actions_dropped"].get("qemu_trace_enable virtio_*", 0) == 0
+    assert t["actions_coalesced"]["qemu_trace_enable virtio_*"] > fired // 2
+    assert t["actions_coalesced"]["disable nothing_*"] > fired // 2
+    # every marker is its own record: past the bound they are dropped, and counted
+    assert t["actions_dropped"]["marker m"] > 0
+    st = stats(out)
+    assert st["triggers"]["rules"][0]["actions_dropped"]["marker m"] == \
+        t["actions_dropped"]["marker m"]
+    print("fired %d: ran %s, merged %s, dropped %s" % (fired, ran, t["actions_coalesced"],
+                                                       t["actions_dropped"]))

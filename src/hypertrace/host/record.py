@@ -15,6 +15,7 @@ from ..guest.channel import ChannelError, resolve
 from .actions import Engine
 from .collector import SESSION_DIR, Collector
 from .control import ControlServer, DomainClock
+from .errors import describe
 from .live import LiveServer, Rules
 from .mailbox import MailboxServer
 from .qemulog import QemuLogs, qmp_alive
@@ -122,24 +123,27 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
             out.flush()
         _loop(col, child, flags, live, engine, qlogs)
     finally:
+        # every step on its own: one that fails is recorded and the others still run,
+        # the index is written whatever happened, and the regions are removed
         if qlogs is not None:
-            qlogs.poll()
-            qlogs.close()
+            _guard(col, "QEMU log", qlogs.poll)
+            _guard(col, "QEMU log", qlogs.close)
         if engine is not None:
             # actions of what is committed now still run; the final drain's do not
-            col.poll()
-            engine.close()
-        live.close()
+            _guard(col, "drain", col.poll)
+            _guard(col, "triggers", engine.close)
+        _guard(col, "live control", live.close)
         for server in servers:
-            server.close()
-        guest.disconnect()
-        col.stop()
+            _guard(col, "control server", server.close)
+        _guard(col, "host producer", guest.disconnect)
+        if _guard(col, "final drain", col.stop) is FAILED:
+            _guard(col, "session index", col.write_index)    # last resort
         for r in regions:
-            r.close(remove=r.owned)
-        host.close()
+            _guard(col, "channel cleanup", r.close, remove=r.owned)
+        _guard(col, "channel cleanup", host.close)
         if qlogs is not None:
-            qlogs.region.close()
-            qlogs.remove_logs()
+            _guard(col, "channel cleanup", qlogs.region.close)
+            _guard(col, "QEMU log", qlogs.remove_logs)
         for s, h in old.items():
             signal.signal(s, h)
     rc = child.wait() if child is not None else 0
@@ -282,34 +286,53 @@ def _qemu_logs(col: Collector, base: str, names: List[str]) -> QemuLogs:
     return q
 
 
+FAILED = object()
+
+
+def _guard(col: Collector, what: str, fn, *args, **kw):
+    """Run one component's step and return its result; an exception is counted in the
+    index's `errors` (and FAILED returned), never the end of the recording or of its
+    cleanup."""
+    try:
+        return fn(*args, **kw)
+    except Exception as e:
+        try:
+            col.errors.add("%s: %s" % (what, describe(e)))
+        except Exception:      # pragma: no cover - the error log itself must not raise
+            pass
+        return FAILED
+
+
 def _loop(col: Collector, child, flags: dict, live: LiveServer,
           engine: Optional[Engine] = None, qlogs: Optional[QemuLogs] = None) -> None:
     idle = 0
     last_flush = time.monotonic()
     snaps = 0
+    # each component's step is guarded: whatever one of them raises (on peer data or
+    # by a bug) is counted in the index and the drain goes on
     while not flags["stop"]:
         if child is not None and child.poll() is not None:
             break
         if flags["snapshot"] != snaps:
             snaps = flags["snapshot"]
-            col.snapshot()
+            _guard(col, "snapshot", col.snapshot)
         if qlogs is not None:
-            qlogs.poll()
-        n = col.poll()
+            _guard(col, "QEMU log", qlogs.poll)
+        n = _guard(col, "drain", col.poll)
         if col.write_error is not None:
             break                  # the disk is full: keep what is written, stop cleanly
         if engine is not None:
-            engine.run_pending()
-        live.rules.apply_new()
-        live.serve()
+            _guard(col, "triggers", engine.run_pending)
+        _guard(col, "live control", live.rules.apply_new)
+        _guard(col, "live control", live.serve)
         now = time.monotonic()
         if now - last_flush > 1.0:
-            col.flush()
-            col.write_index()
+            _guard(col, "flush", col.flush)
+            _guard(col, "session index", col.write_index)
             last_flush = now
             if col.write_error is not None:
                 break
-        if n:
+        if n and n is not FAILED:
             idle = 0
         else:
             idle += 1
