@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import ROOT, babeltrace, env, hypertrace, record, stats, totals
@@ -134,6 +136,7 @@ def test_after_a_full_disk_the_index_counts_what_the_files_hold(tmp_path):
 # -- item 9: an exception from one component never ends the session ---------------------------
 PRED_APP = r"""
 import sys
+import time
 from hypertrace import guest
 blob = guest.event("blob", "uint32_t n, bytes data, const char *tag")
 for i in range(2000):
@@ -249,3 +252,124 @@ def test_a_flood_of_trigger_firings_is_bounded_coalesced_and_counted(tmp_path):
         t["actions_dropped"]["marker m"]
     print("fired %d: ran %s, merged %s, dropped %s" % (fired, ran, t["actions_coalesced"],
                                                        t["actions_dropped"]))
+
+
+# -- item 10: DIR/.hypertrace/ctl.sock never stops or stalls the drain -------------------------
+STEADY = r"""
+import sys, time
+from hypertrace import guest
+tp = guest.event("steady", "uint32_t i")
+print("READY", flush=True)
+i = 0
+while not sys.stdin.readline().startswith("go"):
+    pass
+t_end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < t_end:
+    for _ in range(20):
+        tp(i)
+        i += 1
+    time.sleep(0.001)
+print("EMITTED", i, flush=True)
+sys.stdin.readline()
+sys.exit(5)
+"""
+
+
+def _live(tmp_path, seconds: str = "4"):
+    app = tmp_path / "app.py"
+    app.write_text(STEADY)
+    out = str(tmp_path / "s")
+    # small rings: a drain stalled for a second loses events
+    rec = subprocess.Popen([sys.executable, "-m", "hypertrace.cli", "record", "-o", out,
+                            "--buffer-size", "16K", "--", sys.executable, str(app), seconds],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=env())
+    assert rec.stdout.readline().startswith("READY")
+    return rec, out
+
+
+def _ctl_connect(out: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(os.path.join(out, ".hypertrace", "ctl.sock"))
+    return s
+
+
+def _answer(s: socket.socket, timeout: float = 10.0):
+    s.settimeout(timeout)
+    data = b""
+    try:
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        return None
+    return json.loads(data) if data else {}
+
+
+def test_a_deep_or_long_live_control_request_is_refused_and_the_recorder_lives(tmp_path):
+    rec, out = _live(tmp_path, "0.1")
+    try:
+        s = _ctl_connect(out)
+        s.sendall(b"[" * 2000 + b"\n")    # json.loads would recurse out of the stack
+        reply = _answer(s)
+        assert reply and not reply["ok"] and "nested" in reply["error"], reply
+        s.close()
+        s = _ctl_connect(out)
+        s.sendall(b"{" * 3000)            # no newline, longer than a request may be
+        s.sendall(b"x" * 2000)
+        reply = _answer(s)
+        assert reply and not reply["ok"] and "longer" in reply["error"], reply
+        s.close()
+        assert json.loads(hypertrace("ctl", out, "status", "--json", timeout=60).stdout)
+        rec.stdin.write("go\n\n")
+        rec.stdin.flush()
+        _, err = rec.communicate(timeout=60)
+    finally:
+        if rec.poll() is None:
+            rec.kill()
+            rec.communicate(timeout=60)
+    assert rec.returncode == 5, err          # the command's own exit code
+    assert "Traceback" not in err
+
+
+def test_idle_and_slow_live_control_clients_do_not_stall_the_drain(tmp_path):
+    rec, out = _live(tmp_path)
+    held = []
+    try:
+        rec.stdin.write("go\n")
+        rec.stdin.flush()
+        # while the producer runs: 15 idle connections and a slowloris one
+        held = [_ctl_connect(out) for _ in range(15)]
+        slow = _ctl_connect(out)
+        cut = False
+        for ch in b'{"cmd": "status"':   # a byte every 0.2 s, never a newline
+            try:
+                slow.send(bytes([ch]))
+            except OSError:
+                cut = True                # dropped by the recorder: the expected end
+                break
+            time.sleep(0.2)
+        slow.close()
+        # the honest client is answered meanwhile
+        r = hypertrace("ctl", out, "status", "--json", timeout=60)
+        assert json.loads(r.stdout)["domains"], r.stdout
+        line = rec.stdout.readline()
+        assert line.startswith("EMITTED"), line
+        emitted = int(line.split()[1])
+        rec.stdin.write("\n")
+        rec.stdin.flush()
+        _, err = rec.communicate(timeout=60)
+    finally:
+        for s in held:
+            s.close()
+        if rec.poll() is None:
+            rec.kill()
+            rec.communicate(timeout=60)
+    assert rec.returncode == 5, err
+    st = stats(out)
+    tot = totals(st)
+    # the drain never waited for a client: nothing lost at a steady 20 events per ms
+    assert tot["recorded"] == emitted and tot["discarded"] == 0, (tot, emitted)
+    assert cut and "dropped unanswered" in _errors(_index(out))
