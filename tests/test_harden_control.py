@@ -373,3 +373,168 @@ def test_idle_and_slow_live_control_clients_do_not_stall_the_drain(tmp_path):
     # the drain never waited for a client: nothing lost at a steady 20 events per ms
     assert tot["recorded"] == emitted and tot["discarded"] == 0, (tot, emitted)
     assert cut and "dropped unanswered" in _errors(_index(out))
+
+
+# -- item 11: the guest control socket --------------------------------------------------------
+HONEST = r"""
+import sys
+from hypertrace import guest
+tp = guest.event("honest", "uint32_t i")
+for i in range(100):
+    tp(i)
+rtts = [guest.sync_point("mark", i) for i in range(5)]
+print("SYNCED", len(rtts), flush=True)
+"""
+
+
+def _attach(tmp_path):
+    import uuid
+    out = str(tmp_path / "attach")
+    chan = "/dev/shm/ht-hc-%s" % uuid.uuid4().hex[:8]
+    col = subprocess.Popen([sys.executable, "-m", "hypertrace.cli", "record", "-o", out,
+                            "--channel", "shm:" + chan], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=env())
+    line = col.stdout.readline()
+    assert "control=unix:" + chan + ".ctl" in line, line + col.stderr.read()
+    return col, out, chan
+
+
+def _stop(col):
+    col.send_signal(2)
+    _, err = col.communicate(timeout=120)
+    assert col.returncode == 0 and "Traceback" not in err, err
+    return err
+
+
+def _honest(tmp_path, chan, control=None):
+    app = tmp_path / "honest.py"
+    app.write_text(HONEST)
+    return subprocess.run([sys.executable, str(app)], capture_output=True, text=True, timeout=120,
+                          env=env(HYPERTRACE_CHANNEL="shm:%s,control=unix:%s" % (
+                              chan, control or chan + ".ctl")))
+
+
+def test_held_silent_control_connections_cannot_lock_out_an_honest_producer(tmp_path):
+    col, out, chan = _attach(tmp_path)
+    held = []
+    try:
+        for _ in range(300):                  # more than the server keeps, never a hello
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(chan + ".ctl")
+            held.append(s)
+        r = _honest(tmp_path, chan)
+        assert r.returncode == 0 and "SYNCED 5" in r.stdout, r.stdout + r.stderr
+        # the silent ones were closed by the server (evicted, or no hello in time)
+        closed = 0
+        for s in held:
+            s.settimeout(10)
+            try:
+                closed += s.recv(4096) is not None
+            except OSError:
+                closed += 1
+        assert closed == len(held)
+    finally:
+        for s in held:
+            s.close()
+        _stop(col)
+    st = stats(out)
+    assert sum(s["recorded"] for s in st["streams"] if s["domain"] == "local") >= 100
+    assert st["sync_points"]["local"]["count"] == 5
+    errs = _errors(_index(out))
+    assert "evicted" in errs and "no hello within" in errs, errs
+
+
+def test_an_incomplete_control_message_has_a_deadline_from_its_first_byte(tmp_path):
+    from hypertrace import abi
+    from hypertrace.guest.channel import Channel
+    col, out, chan = _attach(tmp_path)
+    try:
+        sid = Channel(chan, time.monotonic_ns).header.session_id
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(chan + ".ctl")
+        s.sendall(abi.frame(abi.MSG_HELLO, 1, sid + abi.pack_u64s(os.getpid())))
+        s.settimeout(10)
+        assert abi.FrameReader().feed(s.recv(4096))[0][0] == abi.MSG_HELLO_OK
+        msg = abi.frame(abi.MSG_SYNC, 2, abi.pack_u64s(1, 2) + abi.pack_str("x" * 40)
+                        + abi.pack_str(""))
+        cut = False
+        for i in range(len(msg) - 1):        # a byte every 0.5 s: 30 s for the message
+            try:
+                s.send(msg[i:i + 1])
+            except OSError:
+                cut = True
+                break
+            time.sleep(0.5)
+        s.close()
+        assert cut, "a message dribbled a byte at a time was never cut"
+    finally:
+        _stop(col)
+    assert "incomplete message" in _errors(_index(out))
+
+
+def test_errors_of_peers_that_never_said_hello_are_in_the_index(tmp_path):
+    col, out, chan = _attach(tmp_path)
+    try:
+        for _ in range(3):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(chan + ".ctl")
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n" * 4)
+            s.settimeout(10)
+            try:
+                s.recv(4096)
+            except OSError:
+                pass
+            s.close()
+    finally:
+        _stop(col)
+    idx = _index(out)
+    e = [x for x in idx["errors"] if "before its hello" in x["error"] and "bad magic"
+         in x["error"]]
+    assert e and e[0]["count"] == 3, idx["errors"]
+    assert idx["errors_total"]["total"] >= 3
+
+
+def test_a_refused_control_connection_does_not_stop_tracing(tmp_path):
+    """A host that refuses the hello: the ring events are still recorded, sync points
+    fail with a clear error."""
+    import threading
+
+    from hypertrace import abi
+    col, out, chan = _attach(tmp_path)
+    fake = str(tmp_path / "refuse.ctl")
+    lsock = socket.socket(socket.AF_UNIX)
+    lsock.bind(fake)
+    lsock.listen(8)
+    lsock.settimeout(0.2)
+    stop = threading.Event()
+
+    def refuse():
+        while not stop.is_set():
+            try:
+                c, _ = lsock.accept()
+            except socket.timeout:
+                continue
+            c.sendall(abi.frame(abi.MSG_ERROR, 1, abi.pack_str("too many control connections")))
+            c.close()
+    t = threading.Thread(target=refuse, daemon=True)
+    t.start()
+    try:
+        app = tmp_path / "refused.py"
+        app.write_text("from hypertrace import guest\n"
+                       "tp = guest.event('refused_ev', 'uint32_t i')\n"
+                       "for i in range(100):\n    tp(i)\n"
+                       "try:\n    guest.sync_point('x')\nexcept guest.ControlError as e:\n"
+                       "    print('SYNC FAILED', e)\n")
+        r = subprocess.run([sys.executable, str(app)], capture_output=True, text=True,
+                           timeout=120, env=env(HYPERTRACE_CHANNEL="shm:%s,control=unix:%s"
+                                                % (chan, fake)))
+    finally:
+        stop.set()
+        t.join()
+        lsock.close()
+        _stop(col)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert "SYNC FAILED host refused hello: too many control connections" in r.stdout, r.stdout
+    assert "control channel unavailable" in r.stderr and "still recorded" in r.stderr
+    events, _ = babeltrace(out)
+    assert [int(f["i"]) for n, f in events if n == "refused_ev"] == list(range(100))

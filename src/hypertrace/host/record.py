@@ -79,7 +79,7 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
     path = targets[0][0]
     try:
         host, servers, ctl = _host_side(col, regions, [t[0] for t in targets],
-                                        [t[1] for t in targets], vsock_port)
+                                        [t[1] for t in targets], vsock_port, bool(qemu))
     except (OSError, ValueError) as e:
         for r in regions:
             r.close(remove=r.owned)
@@ -180,7 +180,7 @@ def qemu_args(name: str, ring_size: int = abi.DEFAULT_RING_SIZE, rings: int = ab
 
 
 def _host_side(col: Collector, regions: List[Region], paths: List[str], names: List[str],
-               vsock_port: Optional[int] = None):
+               vsock_port: Optional[int] = None, qemu: bool = False):
     """The host domain (a region for host-side producers, the collector among them) and
     one control server per region, answering its sync points and clock exchanges."""
     host = Region.create(paths[0] + "-host", "host", n_rings=64, ring_size=256 * 1024)
@@ -227,7 +227,9 @@ def _host_side(col: Collector, regions: List[Region], paths: List[str], names: L
             servers.append(ControlServer(
                 address, registry,
                 on_sync=lambda d, n, sid, t1, t2, args: sync_host(d.name, n, sid, t1, args),
-                on_sample=on_sample, on_boot=on_boot))
+                on_sample=on_sample, on_boot=on_boot, errors=col.errors,
+                # a QEMU guest's socket is its virtio-serial chardev: one connection
+                long_lived=qemu and address.startswith("unix:")))
         mbox.start()
     except BaseException:
         for srv in servers:
