@@ -300,15 +300,21 @@ def test_a_host_that_never_answers_is_a_clear_timeout(tmp_path):
     mute = socket.socket(socket.AF_UNIX)
     mute.bind(path + ".ctl")
     mute.listen(1)
+    # tracing goes on without the control channel (the rings do not need it); what
+    # needs it fails clearly
     code = ("from hypertrace import guest\n"
-            "try:\n    guest.connect()\nexcept guest.ControlError as e:\n    print('ERR', e)\n")
+            "guest.connect()\nprint('CONNECTED', guest.connected())\n"
+            "try:\n    guest.sync_point('x')\nexcept guest.ControlError as e:\n"
+            "    print('ERR', e)\n")
     t = time.monotonic()
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        env=env(HYPERTRACE_CHANNEL="shm:%s,control=unix:%s.ctl" % (path, path)))
     mute.close()
     os.unlink(path + ".ctl")
     region.close()
+    assert "CONNECTED True" in r.stdout, r.stdout + r.stderr
     assert "ERR the host did not answer within 5 s" in r.stdout, r.stdout + r.stderr
+    assert "control channel unavailable (the host did not answer within 5 s)" in r.stderr
     assert time.monotonic() - t < 30 and "Traceback" not in r.stderr
 
 

@@ -31,7 +31,7 @@ def compute(s: Session, with_spans: bool = True) -> dict:
             events[name] = events.get(name, 0) + n
         streams.append({k: st.get(k) for k in (
             "file", "domain", "ring", "pid", "tid", "thread", "recorded", "discarded",
-            "malformed", "torn", "clamped", "emitted", "per_event")})
+            "malformed", "torn", "clamped", "emitted", "unwritten", "per_event")})
     dur = (t1 - t0) / 1e9 if t0 is not None and t1 > t0 else 0.0
     total = sum(events.values())
     return {
@@ -51,6 +51,8 @@ def compute(s: Session, with_spans: bool = True) -> dict:
             "discarded": sum(x["discarded"] or 0 for x in streams),
             "malformed": sum(x["malformed"] or 0 for x in streams),
             "torn": sum(x["torn"] or 0 for x in streams),
+            # validated but never written (a full disk, no descriptor): not in the files
+            "unwritten": sum(x["unwritten"] or 0 for x in streams),
             "rate_per_s": total / dur if dur else None,
         },
     }
@@ -89,6 +91,15 @@ def format_text(st: dict) -> str:
                 _n(lat.get("max"))))
             if v["last_error"]:
                 lines.append("    error: %s" % v["last_error"])
+        for t in st["triggers"].get("rules", []):
+            lost = sum((t.get("actions_dropped") or {}).values())
+            merged = sum((t.get("actions_coalesced") or {}).values())
+            if t.get("predicate_errors") or lost or merged:
+                lines.append("trigger %s (%s): fired %s, %s predicate errors%s, %d actions "
+                             "merged, %d dropped" % (
+                                 t["trigger"], t["event"], t["fired"], t["predicate_errors"],
+                                 " (%s)" % t["last_predicate_error"]
+                                 if t.get("last_predicate_error") else "", merged, lost))
     if st.get("clocks"):
         lines.append("")
         lines.append("%-12s %-20s %14s %12s %14s %8s %10s" % (
@@ -101,7 +112,8 @@ def format_text(st: dict) -> str:
     t = st["totals"]
     lines.append("")
     lines.append("total: %d recorded, %d discarded, %d malformed, %d torn" % (
-        t["recorded"], t["discarded"], t["malformed"], t["torn"]))
+        t["recorded"], t["discarded"], t["malformed"], t["torn"]) +
+        (", %d not written" % t["unwritten"] if t["unwritten"] else ""))
     return "\n".join(lines)
 
 
@@ -128,9 +140,12 @@ def triggers(s: Session) -> dict:
     event that fired it (event mapped onto the host timeline) to the action done."""
     acts: Dict[str, dict] = {}
     errors = 0
-    if "host" not in s.domains:
-        return {}
-    for e in s.events("host"):
+    # per rule, from the index: predicate errors on guest data, firings merged or dropped
+    rules = [{k: t.get(k) for k in ("trigger", "event", "fired", "predicate_errors",
+                                    "last_predicate_error", "actions_coalesced",
+                                    "actions_dropped")}
+             for t in s.index.get("triggers") or [] if isinstance(t, dict)]
+    for e in (s.events("host") if "host" in s.domains else ()):
         if e.name != "hypertrace_trigger":
             continue
         f = e.fields
@@ -142,9 +157,9 @@ def triggers(s: Session) -> dict:
             a["errors"] += 1
             a["last_error"] = f["error"]
             errors += 1
-    if not acts:
+    if not acts and not rules:
         return {}
-    return {"errors": errors, "actions": {k: {
+    return {"errors": errors, "rules": rules, "actions": {k: {
         "event": v["event"], "count": len(v["lat"]) + v["errors"], "errors": v["errors"],
         "last_error": v["last_error"], "latency_ns": _pct(sorted(v["lat"]))}
         for k, v in acts.items()}}

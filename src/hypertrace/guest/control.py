@@ -4,6 +4,13 @@ One connection per process (a forked child opens its own), used by the
 caller's sync_point() and by a daemon thread that runs clock exchanges: a
 burst when the channel opens, one every `interval` seconds, a burst at close.
 Nothing here touches the emit path.
+
+The rings never depend on this channel: when the host refuses or drops the
+connection, or does not answer, tracing goes on. The failure is reported once on
+stderr and counted (`failures`, `sync_failures`); sync_point() raises a
+ControlError saying why; the connection is tried again at most every RETRY_S,
+by the next exchange or sync point. A connection the host closed meanwhile (to
+make room, say) is noticed before it is used, and reopened.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import json
 import os
 import select
 import socket
+import sys
 import threading
 import time
 from typing import Callable, Optional
@@ -20,6 +28,7 @@ from typing import Callable, Optional
 from .. import abi
 
 TIMEOUT_S = 5.0
+RETRY_S = 1.0                   # a failed control connection is tried again after this
 PORT_OPEN_TIMEOUT_S = 30.0      # a port busy in other processes of a slow (TCG) guest
 BURST = 16
 
@@ -148,9 +157,15 @@ class Control:
         self.thread: Optional[threading.Thread] = None
         self.exchanges = 0
         self.failures = 0
+        self.sync_failures = 0
+        self.down: Optional[str] = None     # why the last connection attempt failed
+        self.retry_at = 0.0
         with self.lock:
-            self._ensure()
-            self._release()
+            try:
+                self._ensure()
+                self._release()
+            except ControlError:
+                pass                        # counted and reported: tracing goes on
 
     def after_fork(self) -> None:
         """In a forked child: new lock (the parent's may have been held by a thread that
@@ -172,7 +187,37 @@ class Control:
     # -- connection ----------------------------------------------------------------
     def _ensure(self) -> None:
         if self.sock is not None and self.pid == os.getpid():
-            return
+            if not self._stale():
+                return
+            self._drop()                     # the host closed it: open a new one
+        if self.down is not None and time.monotonic() < self.retry_at:
+            self.failures += 1
+            raise ControlError(self.down)
+        try:
+            self._connect()
+        except ControlError as e:
+            self.failures += 1
+            if self.down is None:
+                sys.stderr.write("hypertrace: control channel unavailable (%s): events are "
+                                 "still recorded; clock exchanges and sync points are not\n"
+                                 % e)
+            self.down = str(e)
+            self.retry_at = time.monotonic() + RETRY_S
+            raise
+        self.down = None
+
+    def _stale(self) -> bool:
+        """The host never speaks first: a connection readable before a request is one it
+        closed (or refused with an ERROR)."""
+        if getattr(self.sock, "per_operation", False):
+            return False
+        try:
+            r, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(r)
+
+    def _connect(self) -> None:
         if self.sock is not None:
             # a forked child: the socket is the parent's; leave it to the parent
             try:
@@ -267,6 +312,13 @@ class Control:
 
     def sync(self, name: str, args: tuple) -> int:
         """A synchronous reference point recorded on both sides; returns the round trip."""
+        try:
+            return self._sync(name, args)
+        except ControlError:
+            self.sync_failures += 1
+            raise
+
+    def _sync(self, name: str, args: tuple) -> int:
         text = json.dumps(list(args), default=str)[:1000]
         with self.lock:
             self._ensure()          # first: a forked child gets its own sync ids here
@@ -296,24 +348,24 @@ class Control:
             if self.claim_mailbox is not None:
                 with self.mbox_lock:
                     self.mailbox = self.claim_mailbox()
-            try:
-                for _ in range(BURST):
+            for _ in range(BURST):
+                try:
                     self._yield_port(self.exchange())
-                while not self.closed.wait(self.interval):
+                except ControlError:
+                    break                # counted; tried again at the next interval
+            while not self.closed.wait(self.interval):
+                try:
                     self.exchange()
-            except ControlError as e:
-                self.failures += 1
-                if not self.closed.is_set():
-                    import sys
-                    sys.stderr.write("hypertrace: clock exchanges stopped: %s\n" % e)
+                except ControlError:
+                    pass                 # counted (failures), reported once
         self.thread = threading.Thread(target=run, name="hypertrace-clock", daemon=True)
         self.thread.start()
 
     def close(self) -> None:
         """A final burst of exchanges, then goodbye (only from the owning process)."""
         self.closed.set()
-        if self.pid != os.getpid():
-            return
+        if self.pid != os.getpid() or self.down is not None:
+            return                   # not ours, or no host to say goodbye to
         try:
             for _ in range(BURST // 2):
                 self._yield_port(self.exchange())

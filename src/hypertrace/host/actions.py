@@ -7,14 +7,21 @@ that change the recording (enable/disable patterns, snapshot, stop, marker) run
 in the recorder's loop; QMP commands run on their own thread so that a slow or
 dead QEMU monitor never stalls draining. Each action, done or failed, becomes a
 `hypertrace_trigger` host event carrying the triggering event's timestamp.
+
+A guest chooses how often its events fire: waiting actions are bounded
+(ActionQueue). An action whose target already has one waiting is merged into it
+(the latest wins: a disable of a pattern replaces a waiting enable of it), and
+past the bound new ones are dropped; both are counted per trigger and action in
+the index (`triggers`) and shown by `stats`. Nothing a predicate or an action
+raises on guest data leaves the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import os
-import queue
 import threading
 from typing import Callable, Dict, List, Optional
 
@@ -23,9 +30,71 @@ import numpy as np
 from .. import abi
 from ..columns import record_starts, size_bounds
 from .collector import Collector, Source
-from .triggers import Trigger, check_fields
+from .errors import describe
+from .triggers import Action, PredicateError, Trigger, check_fields
 
 QMP_TIMEOUT_S = 2.0
+MAX_WAITING = 1024             # actions waiting to run, per queue (local, QMP)
+
+
+class ActionQueue:
+    """Fired actions waiting to run: bounded, identical targets coalesced, counted.
+
+    A job is (trigger, action, domain, event name, event timestamp). Its key names what
+    it acts on: enable/disable of a pattern in a domain and a QEMU trace pattern of a
+    domain share one key per pattern (the latest firing wins), snapshot and stop one
+    each; every marker is its own. Safe to use from two threads (the QMP one waits)."""
+
+    def __init__(self, limit: int = MAX_WAITING):
+        self.limit = limit
+        self.jobs: collections.OrderedDict[tuple, tuple] = collections.OrderedDict()
+        self.cv = threading.Condition()
+        self.closed = False
+        self._unique = itertools.count()
+
+    def key(self, act: Action, dom: str) -> tuple:
+        if act.kind in ("enable", "disable"):
+            return ("events", act.domain or dom, act.arg)
+        if act.kind.startswith("qemu_trace"):
+            return ("qemu", dom, act.arg)
+        if act.kind in ("snapshot", "stop"):
+            return (act.kind,)
+        return ("marker", next(self._unique))
+
+    def put(self, job: tuple) -> None:
+        trig, act, dom = job[0], job[1], job[2]
+        k = self.key(act, dom)
+        with self.cv:
+            old = self.jobs.get(k)
+            if old is not None and not self.closed:
+                d = old[1].describe()
+                old[0].coalesced[d] = old[0].coalesced.get(d, 0) + 1
+                self.jobs[k] = job          # the latest firing wins, in the first's place
+            elif len(self.jobs) >= self.limit or self.closed:
+                # full, or fired by the final drain (whose actions do not run): counted
+                d = act.describe()
+                trig.dropped[d] = trig.dropped.get(d, 0) + 1
+                return
+            else:
+                self.jobs[k] = job
+            self.cv.notify()
+
+    def get(self, wait: bool = False) -> Optional[tuple]:
+        """The oldest waiting job; with `wait`, block until one comes or close()."""
+        with self.cv:
+            while wait and not self.jobs and not self.closed:
+                self.cv.wait()
+            if not self.jobs:
+                return None
+            return self.jobs.popitem(last=False)[1]
+
+    def close(self) -> None:
+        with self.cv:
+            self.closed = True
+            self.cv.notify_all()
+
+    def __len__(self) -> int:
+        return len(self.jobs)
 
 
 class Engine:
@@ -37,9 +106,9 @@ class Engine:
         self.emit = emit                # (domain, event, raw_ts, rule, action, ok, error)
         self.qmp_path = qmp_path
         self.tables: Dict[int, tuple] = {}     # id(source) -> (n decls, {eid: [triggers]})
-        self.pending: collections.deque = collections.deque()
+        self.pending = ActionQueue()           # local actions, run from the recorder's loop
         self.problems: List[str] = []
-        self.qmp_jobs: queue.Queue = queue.Queue()
+        self.qmp_jobs = ActionQueue()          # QMP commands, run on their own thread
         self.qmp_thread: Optional[threading.Thread] = None
 
     # -- watching -----------------------------------------------------------------------
@@ -62,6 +131,14 @@ class Engine:
         return table
 
     def on_content(self, src: Source, content: bytes) -> None:
+        """Called from the collector's drain with validated records: never raises (the
+        drain must go on whatever the rules make of the guest's data)."""
+        try:
+            self._on_content(src, content)
+        except Exception as e:
+            self.col.errors.add("triggers: %s" % describe(e))
+
+    def _on_content(self, src: Source, content: bytes) -> None:
         table = self._table(src)
         if not table:
             return
@@ -86,31 +163,42 @@ class Engine:
                     try:
                         if not trig.when(fields):
                             continue
-                    except (KeyError, TypeError):
+                    except PredicateError as e:
                         trig.misses += 1
+                        trig.last_miss = str(e)
                         continue
                 trig.fires += 1
                 for act in trig.actions:
-                    self.pending.append((trig, act, src.domain.name, c.decl.name, ts))
+                    job = (trig, act, src.domain.name, c.decl.name, ts)
+                    if act.kind.startswith("qemu_trace"):
+                        self._start_qmp()
+                        self.qmp_jobs.put(job)
+                    else:
+                        self.pending.put(job)
 
     # -- acting -------------------------------------------------------------------------
     def run_pending(self) -> None:
         """Run the actions fired since the last call (from the recorder's loop)."""
-        while self.pending:
-            trig, act, dom, name, ts = self.pending.popleft()
-            if act.kind.startswith("qemu_trace"):
-                self._start_qmp()
-                self.qmp_jobs.put((trig, act, dom, name, ts))
-                continue
+        while True:
+            job = self.pending.get()
+            if job is None:
+                return
+            trig, act, dom, name, ts = job
             try:
                 self.run_local(act, dom)
                 ok, err = True, ""
             except Exception as e:    # an action's failure is reported, never fatal
                 ok, err = False, str(e) or type(e).__name__
-            self.emit(dom, name, ts, trig.index, act.describe(), ok, err)
+            self._emit(dom, name, ts, trig.index, act.describe(), ok, err)
+
+    def _emit(self, *args) -> None:
+        try:
+            self.emit(*args)
+        except Exception as e:        # the host event is a report: never fatal either
+            self.col.errors.add("triggers: %s" % describe(e))
 
     def _start_qmp(self) -> None:
-        if self.qmp_thread is None:
+        if self.qmp_thread is None and not self.qmp_jobs.closed:
             self.qmp_thread = threading.Thread(target=self._qmp_loop, name="hypertrace-qmp",
                                                daemon=True)
             self.qmp_thread.start()
@@ -121,7 +209,7 @@ class Engine:
         asyncio.set_event_loop(asyncio.new_event_loop())
         monitors: Dict[str, QEMUMonitorProtocol] = {}
         while True:
-            job = self.qmp_jobs.get()
+            job = self.qmp_jobs.get(wait=True)
             if job is None:
                 break
             trig, act, dom, name, ts = job
@@ -141,7 +229,10 @@ class Engine:
                 m.cmd("trace-event-set-state", name=act.arg,
                       enable=act.kind == "qemu_trace_enable")
                 ok = True
-            except (QMPError, OSError, RuntimeError, asyncio.TimeoutError, EOFError) as e:
+            except Exception as e:     # QMPError, OSError, a timeout, a monitor's garbage
+                if not isinstance(e, (QMPError, OSError, RuntimeError, asyncio.TimeoutError,
+                                      EOFError)):
+                    e = RuntimeError(describe(e))
                 err = "QMP %s: %s" % (path, str(e) or type(e).__name__)
                 m = monitors.pop(dom, None)
                 if m is not None:
@@ -149,7 +240,7 @@ class Engine:
                         m.close()
                     except Exception:
                         pass
-            self.emit(dom, name, ts, trig.index, act.describe(), ok, err)
+            self._emit(dom, name, ts, trig.index, act.describe(), ok, err)
         for m in monitors.values():
             try:
                 m.close()
@@ -158,11 +249,13 @@ class Engine:
 
     def close(self) -> None:
         self.run_pending()
+        self.qmp_jobs.close()         # the QMP thread runs what waits, then ends
         if self.qmp_thread is not None:
-            self.qmp_jobs.put(None)
             self.qmp_thread.join(timeout=2 * QMP_TIMEOUT_S + 1)
 
     def summary(self) -> List[dict]:
         return [{"trigger": t.index, "event": t.event, "domain": t.domain, "when": t.when_text,
-                 "actions": [a.describe() for a in t.actions], "fired": t.fires,
-                 "predicate_errors": t.misses} for t in self.triggers]
+                "actions": [a.describe() for a in t.actions], "fired": t.fires,
+                "predicate_errors": t.misses, "last_predicate_error": t.last_miss,
+                "actions_coalesced": dict(t.coalesced), "actions_dropped": dict(t.dropped)}
+               for t in self.triggers]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import errno
 import json
 import os
 import socket
@@ -19,13 +21,17 @@ from ..guest.channel import pid_alive as _alive
 from . import clock as clockfit
 from . import runtime
 from .control import DomainClock
-from .reader import EventTable, RingReader
+from .errors import ErrorLog, describe
+from .reader import EventTable, RingReader, count_records
 from .region import Region
 
 SESSION_DIR = ".hypertrace"          # side files: babeltrace2 ignores hidden folders' files
 PID_CHECK_S = 0.5
 MAX_STREAMS = 4096                   # claims per region served: a guest cannot make more
 MAX_BOOTS = 64                       # boots of one guest served in a session (one domain each)
+#: stream files kept open at once: the least recently written are closed (and reopened
+#: for appending when written again), so producers cannot exhaust descriptors
+MAX_OPEN_FILES = 64
 
 
 def clock_offset_ns() -> int:
@@ -76,11 +82,17 @@ class Collector:
         self.beats = 0
         self.started_ns = time.time_ns()
         self.snapshots = 0
-        self.errors: List[str] = []
+        #: problems of components and peers (bounded; the index's `errors`)
+        self.errors = ErrorLog()
         self.host_offset = clock_offset_ns()       # CLOCK_REALTIME - CLOCK_MONOTONIC
         self.clocks: Dict[str, DomainClock] = {}   # domains whose clock is estimated
         self.clock_summary: Dict[str, dict] = {}
-        self.extra_index: Dict[str, object] = {}    # sections other parts add (control, ...)
+        self.extra_index: Dict[str, object] = {     # sections other parts add (control, ...)
+            "errors_total": lambda: self.errors.summary()}
+        #: ids of readers whose stream file is open now, least recently written first
+        self.open_files: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self.file_ids: Dict[int, tuple] = {}        # reader id -> (st_dev, st_ino) of its file
+        self.unwritten_records = 0                  # records of packets that were not written
         #: set when the trace cannot be written (a full disk): recording must stop
         self.write_error: Optional[str] = None
         self.unwritten = 0          # packets dropped after a write error
@@ -234,9 +246,64 @@ class Collector:
     def _finish(self, src: Source, r: RingReader, gone: bool) -> None:
         r.finish(gone)
         src.finished.append(r)
-        f = self.files.get(id(r))
-        if f is not None:
-            f.flush()
+        # the stream ended (its producer is gone or its ring was reclaimed): this reader
+        # never writes again, so its file is closed now, not at the end of the session
+        self._park(id(r))
+
+    # -- stream files: a bounded set open at once ---------------------------------------
+    def _park(self, key: int) -> None:
+        """Close a stream file's descriptor; _reopen appends to it if it is written again."""
+        self.open_files.pop(key, None)
+        f = self.files.get(key)
+        if f is not None and not f.f.closed:
+            try:
+                f.f.close()
+            except OSError:
+                pass
+
+    def _reopen(self, r: RingReader):
+        """The reader's open stream file, reopened for appending if it was parked; None
+        if it has none yet. The file must still be the one created (same inode, not a
+        symlink put in its place): otherwise OSError, and the packet is counted lost."""
+        key = id(r)
+        f = self.files.get(key)
+        if f is None or not f.f.closed:
+            return f
+        self._bound_open(MAX_OPEN_FILES - 1)
+        fd = os.open(f.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != self.file_ids.get(key) or st.st_size != f.bytes:
+                raise OSError(errno.ESTALE, "stream file %s was replaced or changed" % f.path)
+            f.f = os.fdopen(fd, "wb", buffering=0)
+        except BaseException:
+            os.close(fd)
+            raise
+        return f
+
+    def _bound_open(self, n: int) -> None:
+        """Park the least recently written stream files until at most n are open."""
+        while len(self.open_files) > n:
+            self._park(next(iter(self.open_files)))
+
+    def _written(self, r: RingReader) -> None:
+        key = id(r)
+        f = self.files.get(key)
+        if key not in self.file_ids and f is not None:
+            st = os.fstat(f.f.fileno())
+            self.file_ids[key] = (st.st_dev, st.st_ino)
+        self.open_files[key] = None
+        self.open_files.move_to_end(key)
+        self._bound_open(MAX_OPEN_FILES)
+
+    def _lost_packet(self, r: RingReader, content, why: str) -> None:
+        """A packet that was not written: its records are counted as unwritten, not
+        recorded, so the index says what the files hold."""
+        n = count_records(r, content)
+        self.unwritten += 1
+        self.unwritten_records += n
+        if why:
+            self.errors.add(why)
 
     def _write_failed(self, what: str, e: OSError) -> None:
         if self.write_error is None:
@@ -245,22 +312,38 @@ class Collector:
     def _sink(self, r: RingReader, content: bytes, ts_begin: int, ts_end: int,
               discarded: int, tail_pad: int) -> None:
         if self.write_error is not None:
-            self.unwritten += 1
+            self._lost_packet(r, content, "")
             return
         if any(s.events.changed for s in self.sources):
             self.write_metadata()   # before any packet that may use a new event id
             if self.write_error is not None:
-                self.unwritten += 1
+                self._lost_packet(r, content, "")
                 return
-        try:
-            self._write_packet(r, content, ts_begin, ts_end, discarded, tail_pad)
-        except OSError as e:
-            self._write_failed(self.stream_info.get(id(r), {}).get("file", "a stream"), e)
-            self.unwritten += 1
+        for attempt in range(2):
+            try:
+                self._write_packet(r, content, ts_begin, ts_end, discarded, tail_pad)
+                self._written(r)
+                return
+            except OSError as e:
+                name = self.stream_info.get(id(r), {}).get("file", "a stream")
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    # out of descriptors: not the end of the recording. Close the other
+                    # stream files and try once more, else this packet is lost (counted)
+                    if attempt == 0:
+                        self._bound_open(0)
+                        continue
+                    self._lost_packet(r, content, "cannot open stream file %s: %s" % (
+                        name, e.strerror or e))
+                elif e.errno == errno.ESTALE:
+                    self._lost_packet(r, content, str(e))
+                else:
+                    self._write_failed(name, e)
+                    self._lost_packet(r, content, "")
+                return
 
     def _write_packet(self, r: RingReader, content: bytes, ts_begin: int, ts_end: int,
                       discarded: int, tail_pad: int) -> None:
-        f = self.files.get(id(r))
+        f = self._reopen(r)
         if f is None:
             inst = self.next_instance
             self.next_instance += 1
@@ -280,8 +363,8 @@ class Collector:
             for r in src.readers:
                 if r is not None:
                     r.flush()
-        for f in self.files.values():
-            f.flush()
+        for key in self.open_files:
+            self.files[key].flush()
 
     def snapshot(self) -> int:
         """Overwrite mode: write the rings' current contents into the session."""
@@ -299,19 +382,24 @@ class Collector:
                 self._switch_boot(src)
             src.events.refresh()
             for i, r in enumerate(src.readers):
-                ident = self._identity(src, i)
-                if r is None:
-                    if ident["state"] not in (abi.RING_ACTIVE, abi.RING_RELEASED):
-                        continue
-                    r = self._reader(src, i, ident)
-                r.drain()
-                gone = ident["state"] == abi.RING_RELEASED or not (
-                    src.pid_check and _alive(ident["pid"]))
-                self._finish(src, r, gone)
+                # one ring's failure must not cost the others their final drain
+                try:
+                    ident = self._identity(src, i)
+                    if r is None:
+                        if ident["state"] not in (abi.RING_ACTIVE, abi.RING_RELEASED):
+                            continue
+                        r = self._reader(src, i, ident)
+                    r.drain()
+                    gone = ident["state"] == abi.RING_RELEASED or not (
+                        src.pid_check and _alive(ident["pid"]))
+                    self._finish(src, r, gone)
+                except Exception as e:
+                    self.errors.add("final drain of %s ring %d: %s" % (src.domain.name, i,
+                                                                       describe(e)))
                 src.readers[i] = None
             src.region.set_collector(abi.COLLECTOR_STOPPED)
-        for f in self.files.values():
-            f.close()
+        for key in list(self.open_files):
+            self._park(key)
         self.fit_clocks()
         self.write_metadata()
         self.write_index()
@@ -374,7 +462,7 @@ class Collector:
         for src in self.sources:
             for r in src.finished:
                 if id(r) not in self.stream_info and (r.stats.discarded or r.stats.malformed
-                                                      or r.stats.torn):
+                                                      or r.stats.torn or r.stats.unwritten):
                     st = asdict(r.stats)
                     st["per_event"] = {}
                     out.append({"file": None, "domain": r.domain.name, "ring": r.index,
@@ -409,7 +497,9 @@ class Collector:
                  **{k: (v() if callable(v) else v) for k, v in self.extra_index.items()}}
         if self.write_error is not None:
             index["write_error"] = self.write_error
+        if self.unwritten:
             index["packets_not_written"] = self.unwritten
+            index["records_not_written"] = self.unwritten_records
         try:
             self.meta.replace("session.json", json.dumps(index, indent=1).encode("utf-8"),
                               tmp="session.json.tmp")

@@ -6,6 +6,17 @@ sendall(). Only the host's own t2/t3 are trusted: a sample is accepted when it
 echoes a (t1, t2, t3) that this connection really answered. Every message is
 bounded and checked (abi.FrameReader); a peer that breaks the rules gets an
 ERROR message and is disconnected, and the other peers carry on.
+
+No peer can hold the server: a connection that has not said hello within
+HELLO_TIMEOUT_S of its accept is dropped, a message started must be complete
+within PARTIAL_TIMEOUT_S of its first byte (more bytes do not extend it), and
+when MAX_CONNECTIONS are open a new one is taken by evicting the oldest
+connection that never said hello, else the one idle longest (an honest producer
+reconnects when it next needs the channel; its ring events never depend on it).
+A virtio-serial chardev (`long_lived`) is one connection from QEMU carrying
+every process of the guest: it is exempt from the hello and idle rules, and a
+new connection from QEMU replaces the oldest. Every peer error, hello or not,
+is counted in the session index's `errors`.
 """
 
 from __future__ import annotations
@@ -18,8 +29,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 from .. import abi
+from .errors import ErrorLog, describe
 
 PARTIAL_TIMEOUT_S = 5.0        # a message started but not finished within this: drop the peer
+HELLO_TIMEOUT_S = 5.0          # from accept to a hello
 MAX_CONNECTIONS = 256
 MAX_PENDING = 64
 MAX_SAMPLES = 200_000
@@ -33,7 +46,7 @@ class DomainClock:
     session_id: bytes
     samples: List[tuple] = field(default_factory=list)    # (t1, t2, t3, t4)
     syncs: List[dict] = field(default_factory=list)
-    errors: List[str] = field(default_factory=list)
+    errors: ErrorLog = field(default_factory=ErrorLog)
     rejected_samples: int = 0
     connections: int = 0
     boot_id: Optional[bytes] = None         # the guest boot this clock belongs to
@@ -87,13 +100,24 @@ def listen(address: str) -> socket.socket:
     return s
 
 
+class _Peer:
+    """What the acceptor needs to know of one connection to choose whom to evict."""
+
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+        self.accepted = self.last = time.monotonic()
+        self.hello = False
+        self.evicted = False
+
+
 class ControlServer:
     #: one lock for every server: servers of one recording share their domain registry
     boot_lock = threading.Lock()
 
     def __init__(self, address: str, domains,
                  on_sync: Optional[Callable] = None, on_sample: Optional[Callable] = None,
-                 on_boot: Optional[Callable[[DomainClock, bytes], DomainClock]] = None):
+                 on_boot: Optional[Callable[[DomainClock, bytes], DomainClock]] = None,
+                 errors: Optional[ErrorLog] = None, long_lived: bool = False):
         self.address = address
         self.path = address[5:] if address.startswith("unix:") else None
         #: session id -> clock; a dict given here is shared (several transports, one guest)
@@ -104,10 +128,13 @@ class ControlServer:
         #: called (on a connection's thread) when a guest says hello from a new boot;
         #: returns the clock of the domain that boot's records go to
         self.on_boot = on_boot
-        self.errors: List[str] = []
+        #: every peer's errors (the session index's `errors`: shared with the collector)
+        self.errors = errors if errors is not None else ErrorLog()
+        self.long_lived = long_lived
         self.stopping = threading.Event()
         self.threads: List[threading.Thread] = []
-        self.active = 0
+        self.peers: Dict[int, _Peer] = {}
+        self.lock = threading.Lock()
         self.sock = listen(address)
         self.acceptor = threading.Thread(target=self._accept, name="hypertrace-ctl", daemon=True)
         self.acceptor.start()
@@ -120,47 +147,84 @@ class ControlServer:
                 continue
             except OSError:
                 return
-            if self.active >= MAX_CONNECTIONS:
-                self._error(conn, 0, "too many control connections")
-                conn.close()
-                continue
-            self.active += 1
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True,
+            peer = _Peer(conn)
+            with self.lock:
+                if len(self.peers) >= MAX_CONNECTIONS:
+                    self._evict()
+                self.peers[id(peer)] = peer
+            t = threading.Thread(target=self._serve, args=(peer,), daemon=True,
                                  name="hypertrace-ctl-conn")
+            self.threads = [x for x in self.threads if x.is_alive()]
             self.threads.append(t)
             t.start()
 
-    def _error(self, conn, rid: int, text: str) -> None:
+    def _evict(self) -> None:
+        """Make room (the caller holds the lock): the oldest connection that never said
+        hello, else the one idle longest; for a QEMU chardev, the oldest."""
+        peers = list(self.peers.values())
+        if self.long_lived:
+            victim = min(peers, key=lambda p: p.accepted)
+        else:
+            silent = [p for p in peers if not p.hello]
+            victim = (min(silent, key=lambda p: p.accepted) if silent
+                      else min(peers, key=lambda p: p.last))
+        del self.peers[id(victim)]
+        victim.evicted = True
+        self._note(None, "control connection evicted: %d connections open" % MAX_CONNECTIONS)
+        self._error(victim.conn, 0, "too many control connections: this one is closed")
         try:
-            conn.sendall(abi.frame(abi.MSG_ERROR, rid, abi.pack_str(text, 512)))
+            victim.conn.shutdown(socket.SHUT_RDWR)    # its thread sees the end and exits
         except OSError:
             pass
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _note(self, dom: Optional[DomainClock], text: str) -> None:
+        self.errors.add("control %s: %s" % (self.address, text))
+        if dom is not None:
+            dom.errors.add(text)
+
+    def _error(self, conn, rid: int, text: str) -> None:
+        try:
+            conn.setblocking(False)        # a last word, if it fits: never waits
+            conn.send(abi.frame(abi.MSG_ERROR, rid, abi.pack_str(text, 512)))
+        except OSError:
+            pass
+
+    def _serve(self, peer: _Peer) -> None:
+        conn = peer.conn
         reader = abi.FrameReader()
         dom: Optional[DomainClock] = None
         pending: Dict[tuple, int] = {}     # (t2, t3) we answered -> the guest's t1
-        partial_since = None
+        partial_since = None               # when the first byte of an unfinished message came
         conn.settimeout(0.25)
         try:
-            while not self.stopping.is_set():
+            while not self.stopping.is_set() and not peer.evicted:
                 try:
                     data = conn.recv(65536)
                     t_recv = time.monotonic_ns()
                 except socket.timeout:
-                    if reader.pending and partial_since is not None and (
-                            time.monotonic() - partial_since > PARTIAL_TIMEOUT_S):
+                    now = time.monotonic()
+                    if partial_since is not None and now - partial_since > PARTIAL_TIMEOUT_S:
                         raise abi.ProtocolError("incomplete message for %.0f s"
                                                 % PARTIAL_TIMEOUT_S) from None
+                    if not peer.hello and not self.long_lived and partial_since is None \
+                            and now - peer.accepted > HELLO_TIMEOUT_S:
+                        raise abi.ProtocolError("no hello within %.0f s" % HELLO_TIMEOUT_S)
                     continue
                 if not data:
                     return
                 frames = reader.feed(data)
-                partial_since = time.monotonic() if reader.pending else None
+                now = time.monotonic()
+                if not reader.pending:
+                    partial_since = None
+                elif partial_since is None or frames:
+                    partial_since = now        # a new message began: its own deadline
+                if frames:
+                    peer.last = now
                 for mtype, rid, body in frames:
                     if dom is None or mtype == abi.MSG_HELLO:
                         # a virtio port carries one process after another: each says hello
                         dom = self._hello(conn, mtype, rid, body)
+                        peer.hello = True
                         pending.clear()
                         continue
                     if mtype == abi.MSG_CLOCK:
@@ -201,14 +265,18 @@ class ControlServer:
                         raise abi.ProtocolError("unexpected %s message from a guest"
                                                 % abi.MSG_NAMES[mtype])
         except abi.ProtocolError as e:
-            msg = "control peer dropped: %s" % e
-            (dom.errors if dom else self.errors).append(msg)
+            self._note(dom, "control peer dropped%s: %s" % (
+                "" if dom else " before its hello", e))
             self._error(conn, 0, str(e))
         except OSError as e:
-            (dom.errors if dom else self.errors).append("control peer I/O: %s" % e)
+            if not peer.evicted:
+                self._note(dom, "control peer I/O: %s" % e)
+        except Exception as e:             # a callback's failure: this peer only
+            self._note(dom, "control peer dropped: %s" % describe(e))
         finally:
             conn.close()
-            self.active -= 1
+            with self.lock:
+                self.peers.pop(id(peer), None)
 
     def _hello(self, conn, mtype: int, rid: int, body: bytes) -> DomainClock:
         if mtype != abi.MSG_HELLO:

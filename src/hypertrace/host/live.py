@@ -7,10 +7,17 @@ every producer's poller mirrors into its tracepoints within 5 ms: nothing is
 added to the emit path. Patterns are kept, in order, and applied to events
 declared later too (as LTTng's enable-event does). Requests are served from the
 recorder's own loop, between two drains, so they see consistent counts.
+
+Serving never blocks the drain: every socket is non-blocking, each connection has
+its own buffers and one deadline counted from its accept (not renewed by a byte),
+a request is at most MAX_REQUEST bytes and MAX_DEPTH levels of JSON nesting
+(checked before parsing), and at most MAX_CLIENTS connections are kept (the
+oldest is dropped for a new one).
 """
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import json
 import os
@@ -19,10 +26,14 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .collector import SESSION_DIR, Collector
+from .errors import describe
 
 SOCKET = "ctl.sock"
 MAX_REQUEST = 4096
-CLIENT_TIMEOUT_S = 1.0
+MAX_DEPTH = 8                  # JSON nesting of a request ({"cmd": ...} needs 1)
+MAX_CLIENTS = 8
+CLIENT_DEADLINE_S = 2.0        # from accept to the last byte of the answer
+MAX_ACCEPTS = 16               # new connections taken per serve() call
 
 
 class LiveError(Exception):
@@ -74,6 +85,39 @@ class Rules:
                     src.region.set_enabled(i, state)
 
 
+def json_depth(data: bytes) -> int:
+    """The deepest nesting of [ and { in a JSON text (outside strings), in one pass:
+    json.loads recurses, so a deep request is refused before it is parsed."""
+    depth = deepest = 0
+    in_str = esc = False
+    for c in data:
+        if in_str:
+            if esc:
+                esc = False
+            elif c == 0x5C:            # backslash
+                esc = True
+            elif c == 0x22:            # quote
+                in_str = False
+        elif c == 0x22:
+            in_str = True
+        elif c in (0x5B, 0x7B):        # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+class _Client:
+    """One connection: what came in, what goes out, and when it must be done."""
+
+    def __init__(self, conn: socket.socket, now: float):
+        self.conn = conn
+        self.deadline = now + CLIENT_DEADLINE_S
+        self.inbuf = bytearray()
+        self.out: Optional[memoryview] = None      # the answer, once there is one
+
+
 class LiveServer:
     """The recorder's end: non-blocking, served by calling serve() from its loop."""
 
@@ -94,42 +138,95 @@ class LiveServer:
         self.sock.listen(8)
         self.sock.setblocking(False)
         self.log: List[dict] = []
+        self.clients: collections.OrderedDict[int, _Client] = collections.OrderedDict()
+        self.dropped = 0            # connections closed unanswered (deadline, eviction)
 
     def serve(self) -> None:
-        """Answer the requests waiting now (each client gets CLIENT_TIMEOUT_S)."""
-        while True:
+        """Move every connection on as far as it goes without waiting: accept, read,
+        answer a complete request, send; drop what is past its deadline."""
+        now = time.monotonic()
+        for _ in range(MAX_ACCEPTS):
             try:
                 conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
+            except OSError:            # BlockingIOError: nobody waiting
+                break
+            conn.setblocking(False)
+            if len(self.clients) >= MAX_CLIENTS:
+                self._drop(next(iter(self.clients)), "too many connections")
+            self.clients[conn.fileno()] = _Client(conn, now)
+        for key, c in list(self.clients.items()):
+            try:
+                self._step(c, now)
             except OSError:
+                self._drop(key, "")
+                continue
+            if c.out is not None and not c.out:
+                self._close(key)
+            elif now > c.deadline:
+                self._drop(key, "too slow")
+
+    def _step(self, c: _Client, now: float) -> None:
+        if c.out is None:
+            while True:
+                try:
+                    chunk = c.conn.recv(MAX_REQUEST + 1)
+                except BlockingIOError:
+                    return
+                if chunk:
+                    c.inbuf += chunk
+                if len(c.inbuf) > MAX_REQUEST:
+                    c.out = self._answer(ValueError("request longer than %d bytes"
+                                                    % MAX_REQUEST))
+                    break
+                if b"\n" in c.inbuf or not chunk:
+                    c.out = self._answer(bytes(c.inbuf.split(b"\n", 1)[0]))
+                    break
+        while c.out:
+            try:
+                n = c.conn.send(c.out)
+            except BlockingIOError:
                 return
-            with conn:
-                conn.settimeout(CLIENT_TIMEOUT_S)
-                try:
-                    req = self._read(conn)
-                    reply = self.handle(req)
-                except (OSError, ValueError) as e:
-                    reply = {"ok": False, "error": str(e)}
-                try:
-                    conn.sendall((json.dumps(reply) + "\n").encode())
-                except OSError:
-                    pass
+            c.out = c.out[n:]
+
+    def _answer(self, req) -> memoryview:
+        """The reply line to one request (or to what was wrong with it); never raises."""
+        try:
+            if isinstance(req, Exception):
+                raise req
+            reply = self.handle(self._parse(req))
+        except Exception as e:       # a bad request, or a command that failed: answered
+            reply = {"ok": False, "error": str(e) if isinstance(e, (ValueError, OSError))
+                     else describe(e)}
+        return memoryview((json.dumps(reply) + "\n").encode())
 
     @staticmethod
-    def _read(conn: socket.socket) -> dict:
-        data = b""
-        while b"\n" not in data:
-            chunk = conn.recv(MAX_REQUEST)
-            if not chunk:
-                break
-            data += chunk
-            if len(data) > MAX_REQUEST:
-                raise ValueError("request too long")
+    def _parse(data: bytes) -> dict:
+        if json_depth(data) > MAX_DEPTH:
+            raise ValueError("request nested deeper than %d levels" % MAX_DEPTH)
         req = json.loads(data.decode("utf-8").strip() or "null")
         if not isinstance(req, dict):
             raise ValueError("a request is a JSON object")
         return req
+
+    def _drop(self, key: int, why: str) -> None:
+        c = self.clients.get(key)
+        if c is not None and why and c.out is None:
+            try:             # a last word if it fits in the socket buffer; never waits
+                c.conn.send((json.dumps({"ok": False, "error": why}) + "\n").encode())
+            except OSError:
+                pass
+        self.dropped += 1
+        if why:
+            self.col.errors.add("live control: connection dropped unanswered: %s" % why)
+        self._close(key)
+
+    def _close(self, key: int) -> None:
+        c = self.clients.pop(key, None)
+        if c is not None:
+            try:
+                c.conn.close()
+            except OSError:
+                pass
 
     def handle(self, req: dict) -> dict:
         cmd = req.get("cmd")
@@ -154,6 +251,8 @@ class LiveServer:
         return changed
 
     def close(self) -> None:
+        for key in list(self.clients):
+            self._close(key)
         self.sock.close()
         try:
             os.unlink(self.path)

@@ -31,9 +31,32 @@ class StreamStats:
     torn: int = 0            # a record left half-written by a producer that died
     clamped: int = 0         # timestamps raised to keep the stream monotonic
     emitted: int = 0         # the producer's own count, at the end
+    unwritten: int = 0       # validated, but their packet could not be written (full disk)
     first_ts: Optional[int] = None
     last_ts: Optional[int] = None
     per_event: Dict[int, int] = field(default_factory=dict)
+
+
+def count_records(r: RingReader, content) -> int:
+    """A packet that will not reach the stream file: move its records from `recorded`
+    (and the per-event counts) to `unwritten`, so the index counts what the file holds.
+    The content holds only records the reader validated: their sizes can be trusted."""
+    st = r.stats
+    n, off, end = 0, 0, len(content)
+    per = st.per_event
+    while off + abi.REC_HEADER_SIZE <= end:
+        eid, sf = struct.unpack_from("<HH", content, off)
+        size = sf & 0xFFF8
+        if size < abi.REC_HEADER_SIZE:
+            break
+        if eid != abi.PAD_ID:
+            n += 1
+            if per.get(eid, 0) > 0:
+                per[eid] -= 1
+        off += size
+    st.recorded -= n
+    st.unwritten += n
+    return n
 
 
 class EventTable:

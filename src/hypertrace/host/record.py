@@ -17,6 +17,7 @@ from . import pidfile, runtime
 from .actions import Engine
 from .collector import SESSION_DIR, Collector
 from .control import ControlServer, DomainClock
+from .errors import describe
 from .live import LiveServer, Rules
 from .mailbox import MailboxServer
 from .qemulog import QemuLogs, qmp_alive
@@ -47,8 +48,8 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
         except TriggerError as e:
             raise RecordError(str(e)) from None
     try:
-        for n in qemu or []:
-            check_guest_name(n)
+        for n in qemu or [name]:
+            check_guest_name(n)       # a domain name: readers accept only this set
         rt = runtime.runtime_dir()
     except (OSError, ValueError) as e:
         raise RecordError(str(e)) from None
@@ -91,7 +92,7 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
         what = "the host side"
         ctls = [t[0] + ".ctl" for t in targets] if qemu else [base + ".ctl"]
         host, servers, ctl = _host_side(col, regions, ctls, [t[1] for t in targets],
-                                        base + "-host", vsock_port)
+                                        base + "-host", vsock_port, bool(qemu))
         undo.append(lambda: _close_host_side(host, servers))
         what = "the session directory %s" % outdir
         pidfile.write(col.meta)
@@ -154,25 +155,29 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
             out.flush()
         _loop(col, child, flags, live, engine, qlogs)
     finally:
+        # every step on its own: one that fails is recorded and the others still run,
+        # the index is written whatever happened, and the regions are removed
         if qlogs is not None:
-            qlogs.poll()
-            qlogs.close()
+            _guard(col, "QEMU log", qlogs.poll)
+            _guard(col, "QEMU log", qlogs.close)
         if engine is not None:
             # actions of what is committed now still run; the final drain's do not
-            col.poll()
-            engine.close()
-        live.close()
+            _guard(col, "drain", col.poll)
+            _guard(col, "triggers", engine.close)
+        _guard(col, "live control", live.close)
         for server in servers:
-            server.close()
-        guest.disconnect()
-        col.stop()
-        pidfile.remove(col.meta)        # stopped: `snapshot` must not signal this pid again
+            _guard(col, "control server", server.close)
+        _guard(col, "host producer", guest.disconnect)
+        if _guard(col, "final drain", col.stop) is FAILED:
+            _guard(col, "session index", col.write_index)    # last resort
+        # stopped: `snapshot` must not signal this pid again
+        _guard(col, "pid file", pidfile.remove, col.meta)
         for r in regions:
-            r.close(remove=r.owned)
-        host.close()
+            _guard(col, "channel cleanup", r.close, remove=r.owned)
+        _guard(col, "channel cleanup", host.close)
         if qlogs is not None:
-            qlogs.region.close()
-            qlogs.remove_logs()
+            _guard(col, "channel cleanup", qlogs.region.close)
+            _guard(col, "QEMU log", qlogs.remove_logs)
         for s, h in old.items():
             signal.signal(s, h)
     rc = child.wait() if child is not None else 0
@@ -252,14 +257,14 @@ def qemu_args(name: str, ring_size: int = abi.DEFAULT_RING_SIZE, rings: int = ab
 
 
 def _host_side(col: Collector, regions: List[Region], ctls: List[str], names: List[str],
-               host_path: str, vsock_port: Optional[int] = None):
+               host_path: str, vsock_port: Optional[int] = None, qemu: bool = False):
     """The host domain (a region for host-side producers, the collector among them) and
     one control server per region (its socket `ctls[i]`, in the private runtime
     directory), answering its sync points and clock exchanges."""
     host = Region.create(host_path, "host", n_rings=64, ring_size=256 * 1024)
     servers: list = []
     try:
-        _serve(col, host, regions, ctls, names, vsock_port, servers)
+        _serve(col, host, regions, ctls, names, vsock_port, servers, qemu)
     except BaseException:
         _close_host_side(host, servers)
         raise
@@ -267,7 +272,7 @@ def _host_side(col: Collector, regions: List[Region], ctls: List[str], names: Li
 
 
 def _serve(col: Collector, host: Region, regions: List[Region], ctls: List[str],
-           names: List[str], vsock_port: Optional[int], servers: list) -> None:
+           names: List[str], vsock_port: Optional[int], servers: list, qemu: bool) -> None:
     col.add_region(host, "host", description="the host's CLOCK_MONOTONIC")
     guest.connect("shm:" + host.path)
     sync_host = guest.event("hypertrace_sync_host", "const char *domain, const char *name, "
@@ -307,7 +312,9 @@ def _serve(col: Collector, host: Region, regions: List[Region], ctls: List[str],
         servers.append(ControlServer(
             address, registry,
             on_sync=lambda d, n, sid, t1, t2, args: sync_host(d.name, n, sid, t1, args),
-            on_sample=on_sample, on_boot=on_boot))
+            on_sample=on_sample, on_boot=on_boot, errors=col.errors,
+            # a QEMU guest's socket is its virtio-serial chardev: one connection
+            long_lived=qemu and address.startswith("unix:")))
     mbox.start()
 
 
@@ -386,34 +393,53 @@ def _qemu_logs(col: Collector, base: str, names: List[str]) -> QemuLogs:
     return q
 
 
+FAILED = object()
+
+
+def _guard(col: Collector, what: str, fn, *args, **kw):
+    """Run one component's step and return its result; an exception is counted in the
+    index's `errors` (and FAILED returned), never the end of the recording or of its
+    cleanup."""
+    try:
+        return fn(*args, **kw)
+    except Exception as e:
+        try:
+            col.errors.add("%s: %s" % (what, describe(e)))
+        except Exception:      # pragma: no cover - the error log itself must not raise
+            pass
+        return FAILED
+
+
 def _loop(col: Collector, child, flags: dict, live: LiveServer,
           engine: Optional[Engine] = None, qlogs: Optional[QemuLogs] = None) -> None:
     idle = 0
     last_flush = time.monotonic()
     snaps = 0
+    # each component's step is guarded: whatever one of them raises (on peer data or
+    # by a bug) is counted in the index and the drain goes on
     while not flags["stop"]:
         if child is not None and child.poll() is not None:
             break
         if flags["snapshot"] != snaps:
             snaps = flags["snapshot"]
-            col.snapshot()
+            _guard(col, "snapshot", col.snapshot)
         if qlogs is not None:
-            qlogs.poll()
-        n = col.poll()
+            _guard(col, "QEMU log", qlogs.poll)
+        n = _guard(col, "drain", col.poll)
         if col.write_error is not None:
             break                  # the disk is full: keep what is written, stop cleanly
         if engine is not None:
-            engine.run_pending()
-        live.rules.apply_new()
-        live.serve()
+            _guard(col, "triggers", engine.run_pending)
+        _guard(col, "live control", live.rules.apply_new)
+        _guard(col, "live control", live.serve)
         now = time.monotonic()
         if now - last_flush > 1.0:
-            col.flush()
-            col.write_index()
+            _guard(col, "flush", col.flush)
+            _guard(col, "session index", col.write_index)
             last_flush = now
             if col.write_error is not None:
                 break
-        if n:
+        if n and n is not FAILED:
             idle = 0
         else:
             idle += 1

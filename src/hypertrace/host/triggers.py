@@ -46,6 +46,12 @@ class TriggerError(ValueError):
     """A rules file that cannot be used; the message names the file and line."""
 
 
+class PredicateError(ValueError):
+    """A predicate could not be evaluated on one event's fields (a missing field, values
+    that do not compare, such as `300 in b"..."`): the rule does not fire for that event,
+    and the engine counts it. The only exception a compiled predicate raises."""
+
+
 @dataclass
 class Action:
     kind: str
@@ -67,6 +73,11 @@ class Trigger:
     actions: List[Action] = field(default_factory=list)
     fires: int = 0
     misses: int = 0             # predicate errors (missing field, incomparable types)
+    last_miss: str = ""         # the latest predicate error, for the index
+    #: per action (its description): firings merged into one already waiting, and
+    #: firings dropped because the queue of waiting actions was full
+    coalesced: Dict[str, int] = field(default_factory=dict)
+    dropped: Dict[str, int] = field(default_factory=dict)
 
     def matches(self, domain: str, name: str) -> bool:
         return fnmatch.fnmatchcase(domain, self.domain) and fnmatch.fnmatchcase(name, self.event)
@@ -84,10 +95,22 @@ def compile_predicate(text: str) -> Callable[[Dict[str, Any]], bool]:
         raise ValueError("predicate longer than %d characters" % MAX_PREDICATE)
     try:
         tree = ast.parse(text.strip(), mode="eval")
+        fn = _node(tree.body)
     except SyntaxError as e:
         raise ValueError("bad predicate %r: %s" % (text, e.msg)) from None
-    fn = _node(tree.body)
-    return lambda fields: bool(fn(fields))
+    except (RecursionError, MemoryError):
+        raise ValueError("predicate nested too deeply") from None
+
+    def predicate(fields: Dict[str, Any]) -> bool:
+        # fields are guest data of any type and value: whatever evaluating them raises
+        # is one kind of error, which the caller counts (never an exception that escapes)
+        try:
+            return bool(fn(fields))
+        except KeyError as e:
+            raise PredicateError("no field %s" % e) from None
+        except Exception as e:
+            raise PredicateError("%s: %s" % (type(e).__name__, e)) from None
+    return predicate
 
 
 def _node(n: ast.AST) -> Callable[[Dict[str, Any]], Any]:
