@@ -130,6 +130,7 @@ class Channel:
         self.last_enable = b""
         self.closed = False
         self._next_claim = 0.0
+        self._next_ring = 0
         self.poller: Optional[threading.Thread] = None
 
     # -- host-written state --------------------------------------------------
@@ -386,7 +387,10 @@ class Channel:
         lay = self.layout
         n = lay.n_rings
         states = self._states()
-        first = random.randrange(n)      # spread claims: each ring has its own budget
+        # round robin from the ring after this process's last claim: a process's first
+        # claim takes the lowest free ring, and a series of short-lived threads spreads
+        # its claims over the rings (each ring has a claim budget of its own, §7)
+        first = self._next_ring % n
         for k in range(n):
             i = (first + k) % n
             if states[i] != abi.RING_FREE or i in self.rings_held:
@@ -411,6 +415,7 @@ class Channel:
                              self.clock() & 0xFFFFFFFFFFFFFFFF, name)
             _U32.pack_into(self.mm, d + abi.D_STATE, abi.RING_ACTIVE)
             self.rings_held.add(i)       # the lock stays ours while the claim lasts
+            self._next_ring = i + 1
             return i, gen, pid
         return None
 
