@@ -12,7 +12,7 @@ import struct
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 ABI_MAJOR = 1
-ABI_MINOR = 3
+ABI_MINOR = 4
 MAGIC = 0x4543415254505948  # b"HYPTRACE" read as a little-endian u64
 PAGE = 4096
 HEADER_SIZE = PAGE
@@ -61,6 +61,30 @@ M_T4 = 40                # u64 guest clock, once it saw M_ANS == M_REQ
 M_DONE = 48              # u32 = M_REQ once M_T4 is written (guest)
 MBOX_FREE = 0
 MBOX_CLAIMED = 1
+
+# --- shared loss counters (ABI 1.4): in the header page, written by producers -----
+# A drop that has no ring to be counted in (no ring free, a claim that could not
+# lock, a declaration refused) is added at once to one of these slots, so that it
+# outlives the thread and the process. With no atomic add in Python, each slot has
+# one writer at a time: the holder of the slot's lock (LOCKING below). The host
+# sums every slot.
+CNT_OFF = 3072
+CNT_SIZE = 64
+N_CNT = 16
+C_LOST = 0               # u64 records dropped while the thread had no ring
+C_DECL_REFUSED = 8       # u64 tracepoints disabled: declaration refused (conflict, full)
+CNT_FIELDS = 2
+CNT_MAX = 1 << 48        # a slot above this is scribble: the host ignores it
+
+# --- locking (ABI 1.4) -------------------------------------------------------
+# Producers exclude each other with Linux open-file-description locks
+# (fcntl F_OFD_SETLK: never waits) on single bytes of the region file: the lock of
+# an object is a write lock on its own first byte (ring i: desc(i); declaration
+# slot j: decl(j); mailbox k: MBOX_OFF + 64k; counter slot c: CNT_OFF + 64c).
+# A ring's and a mailbox's lock is held for as long as the claim lasts: a
+# claimed object whose lock is free has lost its owner.
+F_OFD_GETLK = 36
+F_OFD_SETLK = 37
 
 COLLECTOR_NONE = 0
 COLLECTOR_RUNNING = 1

@@ -169,6 +169,8 @@ def validate(doc: Any) -> dict:
         sids.add(sid)
         _int(d.get("clock_offset_ns"), w + ".clock_offset_ns", -OFF_MAX, OFF_MAX)
         _events(_dict(d.get("events"), w + ".events"), w + ".events")
+        for k in ("lost_without_ring", "lost_in_refused_claims", "declarations_refused"):
+            _opt_int(d.get(k), "%s.%s" % (w, k), 0, I64)      # ABI 1.4 loss counters
     streams = _list(doc.get("streams"), "streams", MAX_STREAMS)
     files = set()
     for i, st in enumerate(streams):
@@ -187,7 +189,7 @@ def validate(doc: Any) -> dict:
             raise IndexInvalid("%s.domain: stream of unknown domain %r" % (w, dom))
         for k in ("recorded", "discarded", "malformed", "torn"):
             _int(st.get(k), "%s.%s" % (w, k), 0, I64)
-        for k in ("clamped", "emitted", "generation", "ring"):
+        for k in ("clamped", "emitted", "generation", "ring", "unwritten"):
             _opt_int(st.get(k), "%s.%s" % (w, k), 0, I64)
         for k in ("pid", "tid"):
             _opt_int(st.get(k), "%s.%s" % (w, k), -I64, I64)
@@ -233,7 +235,7 @@ def _events(events: dict, where: str) -> None:
     if len(events) > abi.MAX_EVENT_ID:
         raise IndexInvalid("%s: %d declarations (at most %d)" % (
             where, len(events), abi.MAX_EVENT_ID))
-    seen = set()
+    seen: Dict[str, str] = {}
     for k, e in events.items():
         w = "%s.%s" % (where, _show(k))
         if not EVENT_ID.match(k) or int(k) >= abi.MAX_EVENT_ID:
@@ -246,9 +248,10 @@ def _events(events: dict, where: str) -> None:
             raise IndexInvalid("%s.signature: %s" % (w, x)) from None
         if e.get("name", decl.name) != decl.name:
             raise IndexInvalid("%s.name: does not match its signature" % w)
-        if decl.name in seen:
+        # two processes racing to declare one event may fill two slots with the same
+        # text (ABI §3): one event under two ids; another signature is a conflict
+        if seen.setdefault(decl.name, sig) != sig:
             raise IndexInvalid("%s: event %r declared twice" % (w, decl.name))
-        seen.add(decl.name)
 
 
 def _clock(c: dict, where: str) -> None:

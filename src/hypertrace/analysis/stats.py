@@ -6,6 +6,8 @@ from typing import Dict, List
 
 from ..session import Session
 
+LOSSES = ("lost_without_ring", "lost_in_refused_claims", "declarations_refused")
+
 
 def time_range(s: Session) -> tuple:
     """(first, last) event time on the host timeline, from the index; (None, None) if
@@ -34,12 +36,16 @@ def compute(s: Session, with_spans: bool = True) -> dict:
             "malformed", "torn", "clamped", "emitted", "unwritten", "per_event")})
     dur = (t1 - t0) / 1e9 if t0 is not None and t1 > t0 else 0.0
     total = sum(events.values())
+    # losses no stream holds (ABI 1.4 counters): emitted = recorded + discarded + these
+    losses = {d["name"]: {k: int(d.get(k) or 0) for k in LOSSES}
+              for d in s.index.get("domains", []) if isinstance(d, dict) and "name" in d}
     return {
         "session": s.path,
         "duration_s": dur,
         "events": {k: {"count": v, "rate_per_s": (v / dur if dur else None)}
                    for k, v in sorted(events.items())},
         "streams": streams,
+        "domains": losses,
         "clocks": {k: {x: v.get(x) for x in (
             "kind", "offset_ns", "drift_ppm", "uncertainty_ns", "samples",
             "causality_violations", "min_rtt_ns", "segments")} for k, v in s.clocks.items()},
@@ -53,6 +59,7 @@ def compute(s: Session, with_spans: bool = True) -> dict:
             "torn": sum(x["torn"] or 0 for x in streams),
             # validated but never written (a full disk, no descriptor): not in the files
             "unwritten": sum(x["unwritten"] or 0 for x in streams),
+            **{k: sum(d[k] for d in losses.values()) for k in LOSSES},
             "rate_per_s": total / dur if dur else None,
         },
     }
@@ -114,6 +121,10 @@ def format_text(st: dict) -> str:
     lines.append("total: %d recorded, %d discarded, %d malformed, %d torn" % (
         t["recorded"], t["discarded"], t["malformed"], t["torn"]) +
         (", %d not written" % t["unwritten"] if t["unwritten"] else ""))
+    if any(t.get(k) for k in LOSSES):
+        lines.append("lost without a ring: %d, in refused claims: %d; declarations refused: "
+                     "%d" % (t["lost_without_ring"], t["lost_in_refused_claims"],
+                             t["declarations_refused"]))
     return "\n".join(lines)
 
 

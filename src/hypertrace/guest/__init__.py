@@ -251,6 +251,9 @@ def _at_exit() -> None:
     if ctl is not None:
         ctl.close()           # the closing burst of clock exchanges
     _release_thread()
+    ch = _channel
+    if ch is not None:
+        ch.publish()          # counts a busy counter slot kept pending, if any
 
 
 atexit.register(_at_exit)

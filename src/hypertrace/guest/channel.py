@@ -1,7 +1,13 @@
 """The guest end of a channel: maps the shared region, claims rings, declares events.
 
-Claims and declarations are rare and serialised by an exclusive flock() on the
-region file (a C emitter must take the same lock); the emit path never locks.
+Claims, declarations, mailboxes and the shared loss counters are excluded
+between processes by non-blocking byte locks on the region file (locks.py; a C
+emitter must take the same ones, docs/abi.md §5); nothing here waits for
+another process for longer than a few milliseconds, and the emit path never
+locks. Whatever goes wrong with tracing (no ring, a lock held by a stopped
+co-producer, a declaration table that is full or holds the same name with
+another signature) costs the application the traced call, never an exception:
+the loss is counted in the region, where the host reports it.
 A daemon thread mirrors the host-written enable table into the tracepoints'
 globals every few milliseconds so that a disabled tracepoint costs one
 function call.
@@ -9,26 +15,41 @@ function call.
 
 from __future__ import annotations
 
-import fcntl
 import mmap
 import os
+import random
 import struct
 import sys
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .. import abi
+from .locks import ByteLocks, LockUnsupported
 from .ring import RingWriter, _Holder
 from .tracepoint import set_cell
 
 POLL_S = 0.005
+CLAIM_RETRY_S = 0.001     # after a failed claim, emits are dropped (and counted) this long
+GUARD_S = 0.2             # longest wait for another thread of this process (never another
+                          # process): its critical sections are short; a signal handler
+                          # that traces while its own thread holds the guard gives up
+DECL_WAIT_S = 0.02        # a declaration slot being written by another process
+COUNT_TRIES = 10          # rounds over the counter slots when all are busy, 0.2 ms apart
 _U32 = struct.Struct("<I")
 _Q = struct.Struct("<Q")
+_CNT = struct.Struct("<QQ")
+_warned: Set[str] = set()
 
 
 class ChannelError(OSError):
     """The channel could not be opened or is not a usable hypertrace region."""
+
+
+class DeclarationRefused(ValueError):
+    """The region cannot take this declaration: the name is declared there with another
+    signature, or the table is full. Not the caller's mistake: the tracepoint is
+    disabled (with a warning) and the refusal counted, the application goes on."""
 
 
 def parse_spec(spec: str) -> tuple:
@@ -68,35 +89,48 @@ class Channel:
         self.path = path
         self.clock = clock
         try:
-            self.fd = os.open(path, os.O_RDWR)
+            fd = os.open(path, os.O_RDWR)
         except OSError as e:
             raise ChannelError("cannot open channel %s: %s" % (path, e.strerror)) from None
         try:
-            size = os.fstat(self.fd).st_size
+            size = os.fstat(fd).st_size
             if size < abi.HEADER_SIZE:
                 raise ChannelError("%s is too small to be a hypertrace region" % path)
             # populate the page tables now: a first-touch fault per page on the emit
             # path costs more than the emit itself (worse under nested virtualisation)
             flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            self.mm = mmap.mmap(self.fd, size, flags=flags)
+            self.mm = mmap.mmap(fd, size, flags=flags)
             try:
                 self.header, self.layout = abi.parse_header(self.mm, size)
             except abi.ABIError as e:
                 raise ChannelError("%s: %s" % (path, e)) from None
-        except BaseException:
-            os.close(self.fd)
-            raise
+        finally:
+            os.close(fd)
+        try:
+            self.locks = ByteLocks(path)
+        except (LockUnsupported, OSError) as e:
+            raise ChannelError("cannot lock channel %s: %s" % (path, e.strerror or e)) from None
         self.q = memoryview(self.mm).cast("Q")   # 8-byte words: the commit stores
         self.closed_mm = False
-        self.lock_fd = self.fd
         self.lock_pid = os.getpid()
-        # flock() excludes other processes only (threads share the open file
+        # byte locks exclude other processes only (threads share the open file
         # description): this lock excludes the other threads of this process
         self.thread_lock = threading.Lock()
+        self.rings_held: Set[int] = set()       # rings this process claimed: their locks
+        self.mbox_held: Set[int] = set()
+        # counts not yet added to a counter slot: list.append is atomic, so a thread
+        # that cannot take the guard still leaves its count for the next publisher
+        self.pending: List[Tuple[int, int]] = []
+        # declarations seen in the region: name -> (first slot, its text); text -> slot
+        self.decl_names: Dict[bytes, Tuple[int, bytes]] = {}
+        self.decl_texts: Dict[bytes, int] = {}
+        self.decl_next = 0                      # slots below are learnt or skipped
+        self.decl_skipped: Set[int] = set()     # empty but locked (being written) then
         self.tracepoints: list = []
         self.last_enable = b""
         self.closed = False
         self._next_claim = 0.0
+        self._next_ring = 0
         self.poller: Optional[threading.Thread] = None
 
     # -- host-written state --------------------------------------------------
@@ -106,65 +140,184 @@ class Channel:
     def heartbeat(self) -> int:
         return _Q.unpack_from(self.mm, abi.HDR_HEARTBEAT)[0]
 
-    # -- the region lock -----------------------------------------------------
+    # -- exclusion -------------------------------------------------------------
     def after_fork(self) -> None:
-        """In a forked child, while it has one thread: a lock of its own. flock() is per
-        open file description, which the child shares with its parent, and a thread
+        """In a forked child, while it has one thread: locks of its own. OFD locks belong
+        to the open file description the child shares with its parent, and a thread
         lock may have been held at the fork by a thread that does not exist here."""
         self.thread_lock = threading.Lock()
-        self.lock_fd = os.open(self.path, os.O_RDWR)
-        self.lock_pid = os.getpid()
+        self._forked()
 
-    def _locked(self):
-        ch = self
+    def _forked(self) -> None:
+        self.rings_held = set()          # the parent's, released by the parent
+        self.mbox_held = set()
+        self.pending = []                # the parent's counts: the parent publishes them
+        self._next_claim = 0.0
+        self.locks.reopen()
+        self.lock_pid = os.getpid()      # last: a failed reopen is tried again
 
-        class _L:
-            def __enter__(self):
-                ch.thread_lock.acquire()
-                try:
-                    if ch.lock_pid != os.getpid():
-                        ch.lock_fd = os.open(ch.path, os.O_RDWR)   # no at-fork hook ran
-                        ch.lock_pid = os.getpid()
-                    self.fd = ch.lock_fd          # unlock the descriptor we locked
-                    fcntl.flock(self.fd, fcntl.LOCK_EX)
-                except BaseException:
-                    ch.thread_lock.release()
-                    raise
+    def _enter(self) -> bool:
+        """Take this process's guard, for at most GUARD_S; False if not taken."""
+        if not self.thread_lock.acquire(timeout=GUARD_S):
+            return False
+        if self.lock_pid != os.getpid():
+            try:
+                self._forked()           # forked with no at-fork hook run
+            except OSError:
+                self.thread_lock.release()   # no descriptor to be had: try again later
+                return False
+        return True
 
-            def __exit__(self, *exc):
-                try:
-                    fcntl.flock(self.fd, fcntl.LOCK_UN)
-                finally:
-                    ch.thread_lock.release()
-        return _L()
+    # -- shared loss counters (ABI 1.4) ------------------------------------------
+    def count(self, lost: int = 0, refused: int = 0) -> None:
+        """Add to the region's shared counters now: the count must outlive this thread
+        and this process (a forked child may leave by os._exit)."""
+        self.pending.append((lost, refused))
+        self.publish()
+
+    def publish(self) -> None:
+        """Add every pending count to a free counter slot. Never waits for another
+        process: a slot whose lock is held is skipped; if all are, a few short
+        retries, then the counts stay pending for the next call (or exit)."""
+        if not self.pending or self.closed_mm:
+            return
+        if not self._enter():
+            return
+        try:
+            for _attempt in range(COUNT_TRIES):
+                if self._publish_once():
+                    return
+                time.sleep(0.0002)
+        except (OSError, ValueError):
+            pass                          # the region is unmapped: nothing to count in
+        finally:
+            self.thread_lock.release()
+
+    def _publish_once(self) -> bool:
+        first = random.randrange(abi.N_CNT)    # spread processes over the slots
+        for k in range(abi.N_CNT):
+            off = abi.CNT_OFF + abi.CNT_SIZE * ((first + k) % abi.N_CNT)
+            if not self.locks.try_lock(off):
+                continue
+            try:
+                lost, refused = _CNT.unpack_from(self.mm, off)
+                if lost >= abi.CNT_MAX or refused >= abi.CNT_MAX:
+                    continue              # scribble: the host ignores this slot
+                while self.pending:
+                    dl, dr = self.pending.pop()
+                    lost += dl
+                    refused += dr
+                _CNT.pack_into(self.mm, off, lost, refused)
+                return True
+            finally:
+                self.locks.unlock(off)
+        return False
 
     # -- event declarations --------------------------------------------------
     def declare(self, decl: abi.EventDecl) -> int:
-        """Find or add `decl` in the declaration table; returns its event id."""
+        """Find or add `decl` in the declaration table; returns its event id. Raises
+        DeclarationRefused when the region cannot take it. Linear in the slots it has
+        not seen yet; waits at most DECL_WAIT_S per slot another process is writing."""
         sig = decl.signature.encode()
+        name = decl.name.encode()
+        if not self._enter():
+            raise DeclarationRefused("event %s: the channel is busy in another thread"
+                                     % decl.name)
+        try:
+            self._learn_new()
+            eid = self._lookup(name, sig, decl)
+            if eid is not None:
+                return eid
+            return self._append(name, sig, decl)
+        finally:
+            self.thread_lock.release()
+
+    def _slot_text(self, j: int) -> Optional[bytes]:
+        """Slot j's text, None while empty, b"" if unusable."""
+        off = self.layout.decl(j)
+        state, ln = struct.unpack_from("<II", self.mm, off)
+        if state == abi.DECL_EMPTY:
+            return None
+        if state != abi.DECL_VALID or ln > abi.DECL_TEXT_MAX:
+            return b""
+        return bytes(self.mm[off + abi.DECL_TEXT:off + abi.DECL_TEXT + ln])
+
+    def _learn(self, j: int, text: bytes) -> None:
+        if not text:
+            return
+        nm = text.split(b"(", 1)[0].split(b" ")[-1]     # after a "counter " property
+        self.decl_names.setdefault(nm, (j, text))
+        self.decl_texts.setdefault(text, j)
+
+    def _learn_new(self) -> None:
+        for j in sorted(self.decl_skipped):
+            text = self._slot_text(j)
+            if text is not None:
+                self.decl_skipped.discard(j)
+                self._learn(j, text)
+        while self.decl_next < self.layout.max_events:
+            text = self._slot_text(self.decl_next)
+            if text is None:
+                return
+            self._learn(self.decl_next, text)
+            self.decl_next += 1
+
+    def _lookup(self, name: bytes, sig: bytes, decl: abi.EventDecl) -> Optional[int]:
+        seen = self.decl_names.get(name)
+        if seen is None:
+            return None
+        if seen[1] == sig:
+            return seen[0]
+        raise DeclarationRefused("event %s is already declared in this channel as %s"
+                                 % (decl.name, seen[1].decode("ascii", "replace")))
+
+    def _append(self, name: bytes, sig: bytes, decl: abi.EventDecl) -> int:
         lay = self.layout
-        with self._locked():
-            for i in range(lay.max_events):
-                off = lay.decl(i)
-                state, ln = struct.unpack_from("<II", self.mm, off)
-                if state == abi.DECL_EMPTY:
-                    self.mm[off + abi.DECL_TEXT:off + abi.DECL_TEXT + len(sig)] = sig
-                    struct.pack_into("<I", self.mm, off + abi.DECL_LEN, len(sig))
-                    self.mm[lay.enable_off + i] = 0 if decl.disabled else 1
-                    struct.pack_into("<I", self.mm, off, abi.DECL_VALID)
-                    return i
-                if ln <= abi.DECL_TEXT_MAX:
-                    text = bytes(self.mm[off + abi.DECL_TEXT:off + abi.DECL_TEXT + ln])
-                    if text == sig:
-                        return i
-                    if text.split(b"(", 1)[0] == decl.name.encode():
-                        raise ValueError("event %s is already declared in this channel as %s"
-                                         % (decl.name, text.decode("utf-8", "replace")))
-        raise ValueError("channel %s: no room for event %s (max_events %d)"
-                         % (self.path, decl.name, lay.max_events))
+        j = self.decl_next
+        while j < lay.max_events:
+            text = self._slot_text(j)
+            if text is not None:                  # taken since: learn it, look again
+                self._learn(j, text)
+                self.decl_next = j = j + 1
+                eid = self._lookup(name, sig, decl)
+                if eid is not None:
+                    return eid
+                continue
+            off = lay.decl(j)
+            if self.locks.try_lock(off):
+                try:
+                    if self._slot_text(j) is None:
+                        self.mm[off + abi.DECL_TEXT:off + abi.DECL_TEXT + len(sig)] = sig
+                        _U32.pack_into(self.mm, off + abi.DECL_LEN, len(sig))
+                        self.mm[lay.enable_off + j] = 0 if decl.disabled else 1
+                        _U32.pack_into(self.mm, off + abi.DECL_STATE, abi.DECL_VALID)
+                        self._learn(j, sig)
+                        self.decl_next = j + 1
+                        return j
+                finally:
+                    self.locks.unlock(off)
+                continue                          # written meanwhile: read it again
+            # another process is writing this slot: wait a little for it, then leave
+            # it (its writer may be stopped) and take the next one
+            deadline = time.monotonic() + DECL_WAIT_S
+            while self._slot_text(j) is None and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            if self._slot_text(j) is None:
+                self.decl_skipped.add(j)
+                self.decl_next = j = j + 1
+        raise DeclarationRefused("channel %s: no room for event %s (max_events %d)"
+                                 % (self.path, decl.name, lay.max_events))
 
     def attach(self, fn: Callable, tls) -> None:
-        fn.event_id = self.declare(fn.decl)
+        """Bind a tracepoint to this channel; a refused declaration disables it (warned
+        once per event, counted in the region) instead of failing the application."""
+        try:
+            fn.event_id = self.declare(fn.decl)
+        except (DeclarationRefused, OSError) as e:
+            refuse(fn, str(e))
+            self.count(refused=1)
+            return
+        fn.refused = None
         for k, v in (("_id", fn.event_id), ("_clock", self.clock), ("_tls", tls),
                      ("_mm", self.mm), ("_cq", self.q)):
             set_cell(fn, k, v)
@@ -189,6 +342,7 @@ class Channel:
             while not self.closed:
                 try:
                     self.sync_enables()
+                    self.publish()        # counts a busy guard or busy slots left over
                 except (ValueError, OSError):
                     return
                 time.sleep(POLL_S)
@@ -197,69 +351,134 @@ class Channel:
 
     # -- ring claims ---------------------------------------------------------
     def claim(self, tls) -> Optional[RingWriter]:
-        """Claim a free ring for the calling thread; None if none is free (counted)."""
+        """Claim a free ring for the calling thread; None if none can be had now (the
+        dropped record is counted). Never waits for another process."""
         now = time.monotonic()
-        if now < self._next_claim or self.closed:
-            tls.drops = getattr(tls, "drops", 0) + 1
+        got = None
+        if now >= self._next_claim and not self.closed and self._enter():
+            try:
+                got = self._claim_free()
+                if got is None:
+                    self._reap_dead()
+            except (OSError, ValueError):
+                got = None               # no descriptor left, an unmapped region
+            finally:
+                self.thread_lock.release()
+        if got is None:
+            self._next_claim = now + CLAIM_RETRY_S
+            self.count(lost=1)
             return None
-        lay = self.layout
-        pid = os.getpid()
-        tid = threading.get_native_id() if hasattr(threading, "get_native_id") else 0
-        name = threading.current_thread().name.encode("utf-8", "replace")[:abi.THREAD_NAME_LEN]
-        with self._locked():
-            idx = self._find_free(lay)
-            if idx is None:
-                self._next_claim = now + 0.01
-                tls.drops = getattr(tls, "drops", 0) + 1
-                return None
-            d = lay.desc(idx)
-            drops = getattr(tls, "drops", 0)
-            gen = (_U32.unpack_from(self.mm, d + abi.D_GENERATION)[0] + 1) & 0xFFFFFFFF
-            struct.pack_into("<QQQQ", self.mm, d, 0, drops, 0, drops)
-            _Q.pack_into(self.mm, d + abi.D_CONSUMED, 0)
-            struct.pack_into("<IIIQ16s", self.mm, d + abi.D_GENERATION, gen, pid, tid,
-                             self.clock() & 0xFFFFFFFFFFFFFFFF, name)
-            _U32.pack_into(self.mm, d + abi.D_STATE, abi.RING_ACTIVE)
-        tls.drops = 0
-        w = RingWriter(self, idx, gen, pid, drops, drops)
+        idx, gen, pid = got
+        w = RingWriter(self, idx, gen, pid, 0, 0)
         tls.w = w
         tls.holder = _Holder(w)
         return w
 
-    def _find_free(self, lay) -> Optional[int]:
-        dead = None
-        for i in range(lay.n_rings):
+    def _states(self) -> list:
+        lay = self.layout
+        with memoryview(self.mm) as mv:
+            words = mv[lay.desc_off:lay.desc_off + lay.n_rings * abi.DESC_SIZE].cast("I")
+            try:
+                return words[abi.D_STATE // 4::abi.DESC_SIZE // 4].tolist()
+            finally:
+                words.release()
+
+    def _claim_free(self) -> Optional[tuple]:
+        lay = self.layout
+        n = lay.n_rings
+        states = self._states()
+        # round robin from the ring after this process's last claim: a process's first
+        # claim takes the lowest free ring, and a series of short-lived threads spreads
+        # its claims over the rings (each ring has a claim budget of its own, §7)
+        first = self._next_ring % n
+        for k in range(n):
+            i = (first + k) % n
+            if states[i] != abi.RING_FREE or i in self.rings_held:
+                continue
             d = lay.desc(i)
-            state, _gen, pid = struct.unpack_from("<III", self.mm, d + abi.D_STATE)
-            if state == abi.RING_FREE and _Q.unpack_from(self.mm, d + abi.D_CONSUMED)[0] == 0:
-                return i
-            if state == abi.RING_ACTIVE and dead is None and not pid_alive(pid):
-                dead = i
-        if dead is not None:
-            # a producer died without releasing: hand its ring to the collector,
-            # which drains it and frees it for a later claim
-            _U32.pack_into(self.mm, lay.desc(dead) + abi.D_STATE, abi.RING_RELEASED)
+            if _Q.unpack_from(self.mm, d + abi.D_CONSUMED)[0] != 0:
+                continue
+            if not self.locks.try_lock(d):
+                continue                 # another process is claiming it, or holds it
+            st = _U32.unpack_from(self.mm, d + abi.D_STATE)[0]
+            if st != abi.RING_FREE or _Q.unpack_from(self.mm, d + abi.D_CONSUMED)[0] != 0:
+                self.locks.unlock(d)
+                continue
+            pid = os.getpid()
+            tid = threading.get_native_id() if hasattr(threading, "get_native_id") else 0
+            name = threading.current_thread().name.encode("utf-8", "replace")[
+                :abi.THREAD_NAME_LEN]
+            gen = (_U32.unpack_from(self.mm, d + abi.D_GENERATION)[0] + 1) & 0xFFFFFFFF
+            struct.pack_into("<QQQQ", self.mm, d, 0, 0, 0, 0)
+            _Q.pack_into(self.mm, d + abi.D_CONSUMED, 0)
+            struct.pack_into("<IIIQ16s", self.mm, d + abi.D_GENERATION, gen, pid, tid,
+                             self.clock() & 0xFFFFFFFFFFFFFFFF, name)
+            _U32.pack_into(self.mm, d + abi.D_STATE, abi.RING_ACTIVE)
+            self.rings_held.add(i)       # the lock stays ours while the claim lasts
+            self._next_ring = i + 1
+            return i, gen, pid
         return None
+
+    def _reap_dead(self) -> None:
+        """No ring free: hand the rings of vanished producers to the collector, which
+        drains and frees them for later claims. An active ring whose lock nobody holds
+        has lost its owner (the lock died with it), whatever its pid says."""
+        lay = self.layout
+        for i, st in enumerate(self._states()):
+            if st != abi.RING_ACTIVE or i in self.rings_held:
+                continue
+            d = lay.desc(i)
+            if self.locks.try_lock(d):
+                try:
+                    if _U32.unpack_from(self.mm, d + abi.D_STATE)[0] == abi.RING_ACTIVE:
+                        _U32.pack_into(self.mm, d + abi.D_STATE, abi.RING_RELEASED)
+                finally:
+                    self.locks.unlock(d)
+
+    def release_ring(self, index: int) -> None:
+        """The ring was handed back (state released): its lock goes, then our claim on
+        it, in that order, so that no thread of ours reclaims it with the lock held."""
+        self.locks.unlock(self.layout.desc(index))
+        self.rings_held.discard(index)
 
     # -- clock mailboxes -------------------------------------------------------
     def claim_mailbox(self):
         """A clock mailbox for this process, or None (the host does not serve them, or
         every slot is taken by a live process)."""
         from .mailbox import Mailbox, serving
-        if self.closed or not serving(self.mm):
+        if self.closed or not serving(self.mm) or not self._enter():
             return None
-        with self._locked():
+        try:
             for i in range(abi.N_MBOX):
                 o = abi.MBOX_OFF + i * abi.MBOX_SIZE
-                state, pid = struct.unpack_from("<II", self.mm, o)
-                if state == abi.MBOX_CLAIMED and pid_alive(pid):
-                    continue
+                if i in self.mbox_held or not self.locks.try_lock(o):
+                    continue             # claimed by a live process (its lock is held)
                 struct.pack_into("<II", self.mm, o, abi.MBOX_CLAIMED, os.getpid())
-                return Mailbox(self.mm, i, self.clock)
+                self.mbox_held.add(i)
+                return Mailbox(self.mm, i, self.clock, on_release=self._release_mailbox)
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.thread_lock.release()
         return None
+
+    def _release_mailbox(self, index: int) -> None:
+        self.locks.unlock(abi.MBOX_OFF + index * abi.MBOX_SIZE)
+        self.mbox_held.discard(index)
 
     def close(self) -> None:
         self.closed = True
+
+
+def refuse(fn: Callable, reason: str) -> None:
+    """Disable a tracepoint for good on this channel; warn once per event."""
+    set_cell(fn, "_on", False)
+    fn.enabled = False
+    fn.event_id = None
+    fn.refused = reason
+    if fn.name not in _warned:
+        _warned.add(fn.name)
+        warn("event %s disabled: %s" % (fn.name, reason))
 
 
 def pid_alive(pid: int) -> bool:

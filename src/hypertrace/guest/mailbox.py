@@ -19,9 +19,11 @@ WAIT_S = 0.05          # the host polls every few ms; longer means it is not ser
 
 
 class Mailbox:
-    def __init__(self, mm, index: int, clock: Callable[[], int]):
+    def __init__(self, mm, index: int, clock: Callable[[], int],
+                 on_release: Optional[Callable[[int], None]] = None):
         self.mm = mm
         self.index = index
+        self.on_release = on_release      # drops the slot's lock (the channel's)
         self.off = abi.MBOX_OFF + index * abi.MBOX_SIZE
         self.clock = clock
         self.req = _U32.unpack_from(mm, self.off + abi.M_REQ)[0]
@@ -55,7 +57,11 @@ class Mailbox:
         return t4 - t1
 
     def release(self) -> None:
-        _U32.pack_into(self.mm, self.off + abi.M_STATE, abi.MBOX_FREE)
+        try:
+            _U32.pack_into(self.mm, self.off + abi.M_STATE, abi.MBOX_FREE)
+        finally:
+            if self.on_release is not None:
+                self.on_release(self.index)     # after the state, as for a ring
 
 
 def serving(mm) -> bool:

@@ -29,9 +29,10 @@ class RingWriter:
 
     __slots__ = ("ch", "mm", "index", "desc", "ci", "base", "size", "mask", "pos", "lim",
                  "delta", "seq", "tail", "mode", "discarded", "pid", "generation",
-                 "blocked_heartbeat")
+                 "blocked_heartbeat", "released")
 
-    def __init__(self, ch, index: int, generation: int, pid: int, seq: int, discarded: int):
+    def __init__(self, ch, index: int, generation: int, pid: int, seq: int = 0,
+                 discarded: int = 0):
         lay = ch.layout
         self.ch = ch
         self.mm = ch.mm
@@ -51,6 +52,7 @@ class RingWriter:
         self.pid = pid
         self.generation = generation
         self.blocked_heartbeat = -1
+        self.released = False
 
     def _set_lim(self) -> None:
         lap_end = (self.pos | self.mask) + 1
@@ -127,16 +129,21 @@ class RingWriter:
         return -1
 
     def release(self) -> None:
-        """Hand the ring back (thread or process exit); only its owning process may."""
+        """Hand the ring back (thread or process exit); only its owning process may,
+        once."""
+        if os.getpid() != self.pid or self.released:
+            return                         # a forked child: the parent's ring, not ours
+        self.released = True
         try:
-            if os.getpid() != self.pid or self.ch.closed_mm or self.mm.closed:
-                return
-            _Q.pack_into(self.mm, self.desc + abi.D_EMITTED, self.seq)
-            st, gen = struct.unpack_from("<II", self.mm, self.desc + abi.D_STATE)
-            if st == abi.RING_ACTIVE and gen == self.generation:
-                struct.pack_into("<I", self.mm, self.desc + abi.D_STATE, abi.RING_RELEASED)
+            if not (self.ch.closed_mm or self.mm.closed):
+                _Q.pack_into(self.mm, self.desc + abi.D_EMITTED, self.seq)
+                st, gen = struct.unpack_from("<II", self.mm, self.desc + abi.D_STATE)
+                if st == abi.RING_ACTIVE and gen == self.generation:
+                    struct.pack_into("<I", self.mm, self.desc + abi.D_STATE,
+                                     abi.RING_RELEASED)
         except (ValueError, OSError):
             pass
+        self.ch.release_ring(self.index)   # after the state: the lock says "owner alive"
 
 
 class _Holder:

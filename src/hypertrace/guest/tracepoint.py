@@ -148,6 +148,7 @@ def build(decl: abi.EventDecl, tls, claim: Callable, clock: Callable) -> Callabl
     fn.signature = decl.signature
     fn.enabled = False
     fn.event_id = None
+    fn.refused = None          # why the channel refused its declaration, if it did
     fn.__doc__ = "Tracepoint %s; call to emit." % decl.signature
     return fn
 

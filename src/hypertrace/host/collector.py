@@ -28,6 +28,7 @@ from .region import Region
 SESSION_DIR = ".hypertrace"          # side files: babeltrace2 ignores hidden folders' files
 PID_CHECK_S = 0.5
 MAX_STREAMS = 4096                   # claims per region served: a guest cannot make more
+LOSSES = ("lost_without_ring", "declarations_refused", "lost_in_refused_claims")
 MAX_BOOTS = 64                       # boots of one guest served in a session (one domain each)
 #: stream files kept open at once: the least recently written are closed (and reopened
 #: for appending when written again), so producers cannot exhaust descriptors
@@ -52,6 +53,18 @@ class Source:
         self.finished: List[RingReader] = []
         self.claims = 0
         self.refused = 0
+        # the claim budget (MAX_STREAMS in all): each ring has a reserve of its own,
+        # the rest is shared, so one ring's churn (a producer rewriting its generation
+        # word) cannot use up the claims of the others
+        n = region.layout.n_rings
+        self.reserve = max(1, MAX_STREAMS // (2 * n))
+        self.pool = max(0, MAX_STREAMS - self.reserve * n)
+        self.ring_claims = [0] * n
+        self.ring_refused = [0] * n
+        self.refused_gen: List[Optional[int]] = [None] * n   # the claim refused on ring i
+        # losses the producers counted in the region (ABI 1.4 counter slots), per domain
+        self.losses: Dict[str, Dict[str, int]] = {}
+        self.counted = (0, 0)                # the slots' sums at the last look
         self.guest = domain.name             # the domain's name at its first boot
         self.past: List[ctf.Domain] = []     # domains of earlier boots of this guest
         self.boots_pending: List[ctf.Domain] = []   # handed over by a control thread
@@ -175,6 +188,7 @@ class Collector:
         self.beats += 1
         now = time.monotonic()
         for src in self.sources:
+            self._count_losses(src)      # before a boot switch: the counts are the old boot's
             if src.boots_pending:
                 self._switch_boot(src)
             src.region.beat(self.beats)
@@ -218,15 +232,26 @@ class Collector:
             return 0
         if r is not None and (r.generation != ident["generation"] or state == abi.RING_FREE):
             self._finish(src, r, gone=False)     # reclaimed behind our back
-            r = None
-        if r is None:
-            if src.claims >= MAX_STREAMS:
-                src.refused += 1           # a guest cycling claims: stop serving new ones
+            r = src.readers[i] = None
+            if state not in (abi.RING_ACTIVE, abi.RING_RELEASED):
                 return 0
-            src.claims += 1
-            r = self._reader(src, i, ident)
         gone = state == abi.RING_RELEASED or (
             check_pids and state == abi.RING_ACTIVE and not _alive(ident["pid"]))
+        if r is None:
+            if src.refused_gen[i] != ident["generation"] and not self._admit(src, i):
+                src.refused_gen[i] = ident["generation"]
+                src.refused += 1
+                src.ring_refused[i] += 1
+            if src.refused_gen[i] == ident["generation"]:
+                if gone:
+                    # not drained, but counted: the producer's own count of its records
+                    emitted = struct.unpack_from("<Q", src.region.mm,
+                                                 src.region.layout.desc(i) + abi.D_EMITTED)[0]
+                    self._loss(src, "lost_in_refused_claims", min(emitted, abi.CNT_MAX))
+                    src.refused_gen[i] = None
+                    self._free_ring(src, i)    # so that the ring serves later claims
+                return 0
+            r = self._reader(src, i, ident)
         n = 0
         if gone or not r.overwrite or drain_overwrite:
             n = r.drain()
@@ -235,6 +260,38 @@ class Collector:
             src.readers[i] = None
             self._free_ring(src, i)
         return n
+
+    @staticmethod
+    def _admit(src: Source, i: int) -> bool:
+        """Whether a new claim on ring i is served: within the ring's reserve, or while
+        the shared part of the budget lasts."""
+        if src.ring_claims[i] >= src.reserve:
+            if src.pool <= 0:
+                return False
+            src.pool -= 1
+        src.ring_claims[i] += 1
+        src.claims += 1
+        return True
+
+    def _loss(self, src: Source, kind: str, n: int) -> None:
+        if n > 0:
+            d = src.losses.setdefault(src.domain.name, dict.fromkeys(LOSSES, 0))
+            d[kind] += n
+
+    def _count_losses(self, src: Source) -> None:
+        """Take what the producers added to the region's counter slots since the last
+        look (ABI 1.4). Slots beyond CNT_MAX are scribble and left out; a sum that went
+        down (a slot scribbled or zeroed) only moves the baseline."""
+        raw = bytes(src.region.mm[abi.CNT_OFF:abi.CNT_OFF + abi.N_CNT * abi.CNT_SIZE])
+        lost = refused = 0
+        for c in range(abi.N_CNT):
+            a, b = struct.unpack_from("<QQ", raw, c * abi.CNT_SIZE)
+            if a < abi.CNT_MAX and b < abi.CNT_MAX:
+                lost += a
+                refused += b
+        self._loss(src, "lost_without_ring", lost - src.counted[0])
+        self._loss(src, "declarations_refused", refused - src.counted[1])
+        src.counted = (lost, refused)
 
     @staticmethod
     def _free_ring(src: Source, i: int) -> None:
@@ -397,6 +454,7 @@ class Collector:
                     self.errors.add("final drain of %s ring %d: %s" % (src.domain.name, i,
                                                                        describe(e)))
                 src.readers[i] = None
+            self._count_losses(src)
             src.region.set_collector(abi.COLLECTOR_STOPPED)
         for key in list(self.open_files):
             self._park(key)
@@ -453,8 +511,11 @@ class Collector:
         for info in self.stream_info.values():
             r = info["reader"]
             st = asdict(r.stats)
-            st["per_event"] = {r.events.decls[k].name: v for k, v in st["per_event"].items()
-                               if k in r.events.decls}
+            per: Dict[str, int] = {}
+            for k, v in st["per_event"].items():   # two ids may name one event (§3)
+                if k in r.events.decls:
+                    per[r.events.decls[k].name] = per.get(r.events.decls[k].name, 0) + v
+            st["per_event"] = per
             out.append({"file": info["file"], "domain": info["domain"], "ring": info["ring"],
                         **{k: r.identity[k] for k in ("pid", "tid", "thread", "generation")},
                         **st})
@@ -485,6 +546,11 @@ class Collector:
                            for i, d in sorted(src.events.decls.items())},
                 "rejected_declarations": {str(k): v for k, v in src.events.bad.items()},
                 "claims": src.claims, "claims_refused": src.refused,
+                "claims_refused_per_ring": {str(i): n for i, n in enumerate(src.ring_refused)
+                                            if n},
+                # records no stream holds: dropped while the producer had no ring, and in
+                # claims past the budget; tracepoints whose declaration was refused
+                **src.losses.get(dom.name, dict.fromkeys(LOSSES, 0)),
             })
         index = {"format": "hypertrace-session", "version": 1, "hypertrace": __version__,
                  "trace_uuid": self.trace_uuid.hex(), "started_ns": self.started_ns,

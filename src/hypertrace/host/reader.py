@@ -60,41 +60,66 @@ def count_records(r: RingReader, content) -> int:
 
 
 class EventTable:
-    """The host's copy of a region's declarations: parsed once, then trusted."""
+    """The host's copy of a region's declarations: parsed once, then trusted.
+
+    Slots may fill out of order (a producer skips a slot another one is stopped in
+    the middle of writing, docs/abi.md §3), so every refresh looks at every slot's
+    state word, in one vector operation, and parses only the slots that became
+    valid since: linear in the declarations, whatever their number. A name's first
+    accepted declaration defines it; a later identical one (two producers that
+    raced) is the same event under a second id, a later different one is rejected.
+    """
 
     def __init__(self, region):
         self.region = region
         self.decls: Dict[int, abi.EventDecl] = {}
         self.codecs: Dict[int, abi.Codec] = {}
         self.bad: Dict[int, str] = {}
+        self.by_name: Dict[str, int] = {}        # name -> the id that defined it
         # per id: fixed record size, 0 for variable-size events, -1 unknown
         self.sizes: List[int] = [-1] * region.layout.max_events
         # the vector walk's lookup table, indexed by any u16 id: -2 beyond max_events
         self.np_sizes = np.full(1 << 16, -2, dtype=np.int32)
         self.np_sizes[:region.layout.max_events] = -1
+        self.parsed = np.zeros(region.layout.max_events, dtype=bool)   # accepted or bad
         self.changed = False
-        self.next = 0            # first slot not yet seen valid
 
     def refresh(self) -> None:
-        """Read declarations added since the last call (slots fill in order)."""
-        while self.next < self.region.layout.max_events:
-            i = self.next
-            try:
-                d = self.region.declaration(i)
-            except ValueError as e:
-                self.bad[i] = str(e)
-                self.next += 1
-                continue
-            if d is None:
-                return
-            self.next += 1
-            if any(d.name == x.name for x in self.decls.values()):
-                self.bad[i] = "duplicate event name %s" % d.name
-                continue
-            c = abi.Codec(d)
-            self.decls[i], self.codecs[i] = d, c
-            self.sizes[i] = self.np_sizes[i] = c.fixed_size or 0
-            self.changed = True
+        """Parse every declaration that became valid since the last call."""
+        lay = self.region.layout
+        words = np.frombuffer(self.region.mm, dtype="<u4", offset=lay.decl_off,
+                              count=lay.max_events * abi.DECL_SLOT // 4)
+        states = words[abi.DECL_STATE // 4::abi.DECL_SLOT // 4].copy()
+        del words                       # no export of the mapping left behind
+        for i in np.flatnonzero((states == abi.DECL_VALID) & ~self.parsed).tolist():
+            self._parse(i)
+
+    def refresh_slot(self, i: int) -> None:
+        """Parse slot i if it became valid (a record names an id not seen yet)."""
+        if 0 <= i < len(self.parsed) and not self.parsed[i]:
+            self._parse(i)
+
+    def _parse(self, i: int) -> None:
+        try:
+            d = self.region.declaration(i)
+        except ValueError as e:
+            self.bad[i] = str(e)
+            self.parsed[i] = True
+            return
+        if d is None:
+            return                      # emptied again since the scan
+        self.parsed[i] = True
+        first = self.by_name.get(d.name)
+        if first is not None and self.decls[first].signature != d.signature:
+            self.bad[i] = "event %s already declared as %s" % (d.name,
+                                                              self.decls[first].signature)
+            return
+        if first is None:
+            self.by_name[d.name] = i
+        c = abi.Codec(d)
+        self.decls[i], self.codecs[i] = d, c
+        self.sizes[i] = self.np_sizes[i] = c.fixed_size or 0
+        self.changed = True
 
 
 class RingReader:
@@ -276,7 +301,7 @@ class RingReader:
                 break
             want = sizes[eid] if eid < nsizes else -2
             if want == -1:
-                self.events.refresh()
+                self.events.refresh_slot(eid)
                 want = sizes[eid]
             ok = want == size if want > 0 else (want == 0 and self._var_ok(eid, buf, off, size))
             gap = (seq - exp) & 0xFFFFFFFF
