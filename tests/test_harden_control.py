@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -395,8 +396,19 @@ def _attach(tmp_path):
                             "--channel", "shm:" + chan], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, env=env())
     line = col.stdout.readline()
-    assert "control=unix:" + chan + ".ctl" in line, line + col.stderr.read()
+    m = re.search(r"control=unix:(\S+?)[;,\s]", line)
+    if m is None:
+        col.kill()
+        raise AssertionError(line + col.communicate(timeout=60)[1])
+    _CTL[chan] = m.group(1)          # the control socket, in the private runtime directory
     return col, out, chan
+
+
+_CTL: dict = {}
+
+
+def _ctl(chan: str) -> str:
+    return _CTL[chan]
 
 
 def _stop(col):
@@ -411,7 +423,7 @@ def _honest(tmp_path, chan, control=None):
     app.write_text(HONEST)
     return subprocess.run([sys.executable, str(app)], capture_output=True, text=True, timeout=120,
                           env=env(HYPERTRACE_CHANNEL="shm:%s,control=unix:%s" % (
-                              chan, control or chan + ".ctl")))
+                              chan, control or _ctl(chan))))
 
 
 def test_held_silent_control_connections_cannot_lock_out_an_honest_producer(tmp_path):
@@ -420,7 +432,7 @@ def test_held_silent_control_connections_cannot_lock_out_an_honest_producer(tmp_
     try:
         for _ in range(300):                  # more than the server keeps, never a hello
             s = socket.socket(socket.AF_UNIX)
-            s.connect(chan + ".ctl")
+            s.connect(_ctl(chan))
             held.append(s)
         r = _honest(tmp_path, chan)
         assert r.returncode == 0 and "SYNCED 5" in r.stdout, r.stdout + r.stderr
@@ -451,7 +463,7 @@ def test_an_incomplete_control_message_has_a_deadline_from_its_first_byte(tmp_pa
     try:
         sid = Channel(chan, time.monotonic_ns).header.session_id
         s = socket.socket(socket.AF_UNIX)
-        s.connect(chan + ".ctl")
+        s.connect(_ctl(chan))
         s.sendall(abi.frame(abi.MSG_HELLO, 1, sid + abi.pack_u64s(os.getpid())))
         s.settimeout(10)
         assert abi.FrameReader().feed(s.recv(4096))[0][0] == abi.MSG_HELLO_OK
@@ -477,7 +489,7 @@ def test_errors_of_peers_that_never_said_hello_are_in_the_index(tmp_path):
     try:
         for _ in range(3):
             s = socket.socket(socket.AF_UNIX)
-            s.connect(chan + ".ctl")
+            s.connect(_ctl(chan))
             s.sendall(b"GET / HTTP/1.0\r\n\r\n" * 4)
             s.settimeout(10)
             try:
