@@ -34,6 +34,9 @@ MAX_DEPTH = 8                  # JSON nesting of a request ({"cmd": ...} needs 1
 MAX_CLIENTS = 8
 CLIENT_DEADLINE_S = 2.0        # from accept to the last byte of the answer
 MAX_ACCEPTS = 16               # new connections taken per serve() call
+MAX_RULES = 1024               # distinct (domain, event) patterns kept
+MAX_LOG = 1000                 # enable/disable changes listed in the index (the latest)
+MAX_CHANGED = 64               # events named per change in that list
 
 
 class LiveError(Exception):
@@ -45,16 +48,23 @@ def socket_path(outdir: str) -> str:
 
 
 class Rules:
-    """Enable/disable patterns in the order given; the last match decides."""
+    """Enable/disable patterns; the latest rule for a (domain, event) pattern pair
+    replaces an earlier one, and the last matching rule decides. Bounded: a trigger
+    firing forever adds no state, and at most MAX_RULES distinct pairs are kept."""
 
     def __init__(self, col: Collector):
         self.col = col
-        self.rules: List[Tuple[str, str, bool]] = []    # (domain glob, event glob, on)
-        self.seen: Dict[int, int] = {}                  # source -> declarations applied
+        #: (domain glob, event glob) -> on, in the order last set
+        self.rules: Dict[Tuple[str, str], bool] = {}
+        self.seen: Dict[int, set] = {}                  # source -> declarations applied
 
     def add(self, pattern: str, on: bool, domain: str = "*") -> List[str]:
         """Apply now and to later declarations; returns the `domain/event`s it changed."""
-        self.rules.append((domain, pattern, on))
+        key = (domain, pattern)
+        if key not in self.rules and len(self.rules) >= MAX_RULES:
+            raise ValueError("too many distinct enable/disable patterns (%d)" % MAX_RULES)
+        self.rules.pop(key, None)             # latest last: it decides over earlier ones
+        self.rules[key] = on
         changed = []
         for src in self.col.sources:
             if not fnmatch.fnmatchcase(src.domain.name, domain):
@@ -67,19 +77,24 @@ class Rules:
         return changed
 
     def apply_new(self) -> None:
-        """Rules for events declared since the last call (from the recorder's loop)."""
+        """Rules for events declared since the last call (from the recorder's loop): each
+        declaration is looked at once."""
         if not self.rules:
             return
         for n, src in enumerate(self.col.sources):
             decls = src.events.decls
-            if self.seen.get(n, 0) == len(decls):
+            done = self.seen.setdefault(n, set())
+            if len(done) == len(decls):
                 continue
-            self.seen[n] = len(decls)
+            rules = [(dom, pat, on) for (dom, pat), on in self.rules.items()
+                     if fnmatch.fnmatchcase(src.domain.name, dom)]
             for i, d in decls.items():
+                if i in done:
+                    continue
+                done.add(i)
                 state = None
-                for dom, pat, on in self.rules:
-                    if fnmatch.fnmatchcase(src.domain.name, dom) and \
-                            fnmatch.fnmatchcase(d.name, pat):
+                for _dom, pat, on in rules:
+                    if fnmatch.fnmatchcase(d.name, pat):
                         state = on
                 if state is not None and src.region.enabled(i) != state:
                     src.region.set_enabled(i, state)
@@ -138,6 +153,7 @@ class LiveServer:
         self.sock.listen(8)
         self.sock.setblocking(False)
         self.log: List[dict] = []
+        self.log_total = 0
         self.clients: collections.OrderedDict[int, _Client] = collections.OrderedDict()
         self.dropped = 0            # connections closed unanswered (deadline, eviction)
 
@@ -245,7 +261,10 @@ class LiveServer:
         """A rule from `ctl` or a trigger: applied, logged, and traced on the host."""
         changed = self.rules.add(pattern, on, domain)
         self.log.append({"at_ns": time.monotonic_ns(), "enable": on, "pattern": pattern,
-                         "domain": domain, "changed": changed})
+                         "domain": domain, "changed": changed[:MAX_CHANGED]})
+        self.log_total += 1
+        del self.log[:-MAX_LOG]            # the index lists the latest; `hypertrace_ctl`
+                                           # events in the trace have every one
         if self.on_change is not None:
             self.on_change("enable" if on else "disable", pattern, domain, len(changed))
         return changed
