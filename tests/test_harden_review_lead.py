@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
-from conftest import hypertrace, record, write
+from conftest import env, hypertrace, record, write
 
 PY = sys.executable
 
@@ -80,3 +84,120 @@ def test_bad_recorder_options_are_one_line_and_leave_nothing(tmp_path, opt):
         r.stderr
     assert os.listdir(rt) == []            # no region left behind
     assert not os.path.exists(tmp_path / "s")
+
+
+def test_recover_refuses_a_session_its_recorder_stopped(session, tmp_path):
+    app = write(tmp_path, "one.py", "from hypertrace import guest\n"
+                                    "guest.event('one', 'uint32_t i')(1)\n")
+    record(session, PY, app)
+    r = hypertrace("recover", session, check=False)
+    assert r.returncode == 2 and "stopped cleanly" in r.stderr, r.stderr
+    assert len(r.stderr.splitlines()) == 1
+
+
+def test_recover_never_robs_a_live_recording_of_the_same_channel(tmp_path):
+    """A copy of a running session's directory (its index names the live region, which
+    a later recording of a guest reuses too) must not be 'recovered' out of the live
+    recording's rings: recover refuses, the live one loses nothing."""
+    rt = tmp_path / "rt"
+    rt.mkdir(mode=0o700)
+    e = env(HYPERTRACE_RUNTIME_DIR=str(rt))
+    live = str(tmp_path / "live")
+    rec = subprocess.Popen([PY, "-m", "hypertrace.cli", "record", "-o", live, "--qemu", "vm1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+    try:
+        idx = os.path.join(live, ".hypertrace", "session.json")
+        for _ in range(200):
+            if os.path.exists(idx):
+                break
+            time.sleep(0.05)
+        time.sleep(1.2)                    # an index written by the loop, not yet 'stopped'
+        old = str(tmp_path / "old")
+        shutil.copytree(live, old, ignore=shutil.ignore_patterns("*.sock", "collector.pid"))
+        before = sorted(os.listdir(rt))
+        r = hypertrace("recover", old, check=False, env=e)
+        assert r.returncode == 2 and "live recorder" in r.stderr, r.stdout + r.stderr
+        assert sorted(os.listdir(rt)) == before      # nothing of the live one removed
+    finally:
+        rec.send_signal(signal.SIGINT)
+        out, err = rec.communicate(timeout=120)
+    assert rec.returncode == 0, err
+    assert _index(live)["stopped"] is True
+
+
+FAKE_CTL = r"""
+import json, os, socket, sys, threading
+d, mode, log = sys.argv[1], sys.argv[2], sys.argv[3]
+os.makedirs(os.path.join(d, ".hypertrace"), exist_ok=True)
+path = os.path.join(d, ".hypertrace", "ctl.sock")
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+os.chmod(path, 0o777)
+s.listen(4)
+print("READY", flush=True)
+replies = {"list": b"[1]\n",
+           "shape": b'{"ok": true, "status": {"domains": [{"x": 1}]}}\n',
+           "escape": json.dumps({"ok": True, "status": {"domains": [{
+               "domain": "d\x1b[2J", "events": [{"name": "e\x1b]0;PWNED\x07", "enabled": True,
+               "recorded": 1}], "producers": []}]}}).encode() + b"\n"}
+while True:
+    c, _ = s.accept()
+    got = c.recv(4096)
+    with open(log, "ab") as f:
+        f.write(got)
+    try:
+        if mode == "endless":
+            while True:
+                c.sendall(b"x" * (1 << 20))
+        c.sendall(replies[mode])
+    except OSError:
+        pass
+    c.close()
+"""
+
+
+def _fake_ctl(run, d, mode, log):
+    p = subprocess.Popen(run + [PY, "-c", FAKE_CTL, d, mode, log], stdout=subprocess.PIPE,
+                         text=True, env=env())
+    assert p.stdout.readline().startswith("READY")
+    return p
+
+
+def test_ctl_sends_nothing_to_a_socket_in_someone_elses_directory(tmp_path, other_user):
+    import pathlib
+    import tempfile
+    base = pathlib.Path(tempfile.mkdtemp(prefix="ht-pub-", dir="/tmp"))   # reachable by them
+    os.chmod(base, 0o755)
+    os.chown(base, other_user.uid, other_user.gid)
+    log = base / "log"
+    run = ["setpriv", "--reuid=%d" % other_user.uid, "--regid=%d" % other_user.gid,
+           "--clear-groups", "--"]
+    fake = _fake_ctl(run, str(base), "shape", str(log))
+    try:
+        r = hypertrace("ctl", str(base), "status", check=False)
+    finally:
+        fake.kill()
+        fake.wait()
+        got = log.read_bytes() if log.exists() else b""
+        shutil.rmtree(base, ignore_errors=True)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "not a private directory of yours" in r.stderr, r.stderr
+    assert got == b""                       # not even the request reached it
+
+
+@pytest.mark.parametrize("mode", ["endless", "list", "shape", "escape"])
+def test_ctl_bad_replies_are_one_line_and_text_is_made_safe(tmp_path, mode):
+    d = tmp_path / "s"
+    d.mkdir()
+    fake = _fake_ctl([], str(d), mode, str(tmp_path / "log"))
+    try:
+        r = hypertrace("ctl", str(d), "status", check=False, timeout=60)
+    finally:
+        fake.kill()
+        fake.wait()
+    if mode == "escape":
+        assert r.returncode == 0 and "\x1b" not in r.stdout and "\x07" not in r.stdout
+        assert "\\x1b[2J" in r.stdout, r.stdout
+    else:
+        assert r.returncode == 2 and r.stderr.startswith("hypertrace: error:"), r.stderr
+        assert len(r.stderr.splitlines()) == 1, r.stderr

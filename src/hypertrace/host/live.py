@@ -22,6 +22,7 @@ import fnmatch
 import json
 import os
 import socket
+import stat
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -301,31 +302,89 @@ def status(col: Collector) -> dict:
     return {"domains": out}
 
 
+MAX_REPLY = 64 << 20            # a status of 65 534 events per domain fits many times
+
+
 def request(outdir: str, req: dict, timeout: float = 5.0) -> dict:
-    """Send one request to the recorder writing `outdir`."""
-    path = socket_path(outdir)
-    if not os.path.exists(path):
-        raise LiveError("no live recording at %s (is `hypertrace record -o %s` running?)"
-                        % (outdir, outdir))
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
+    """Send one request to the recorder writing `outdir`. The socket must be ours, in a
+    `.hypertrace` directory of ours that nobody else can write (a directory from
+    elsewhere could hold anyone's listening socket); it is reached through that
+    directory's descriptor, so nothing can be swapped in between the check and the
+    connect. The reply is bounded in size and time."""
     try:
+        top = os.open(outdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise LiveError("no live recording at %s (%s)" % (outdir, e.strerror)) from None
+    try:
+        try:
+            meta = os.open(SESSION_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
+                           os.O_CLOEXEC, dir_fd=top)
+        except OSError:
+            raise LiveError("no live recording at %s (is `hypertrace record -o %s` "
+                            "running?)" % (outdir, outdir)) from None
+        try:
+            st = os.fstat(meta)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                raise LiveError("%s/%s is not a private directory of yours: its control "
+                                "socket is not trusted" % (outdir, SESSION_DIR))
+            try:
+                sst = os.lstat(SOCKET, dir_fd=meta)
+            except FileNotFoundError:
+                raise LiveError("no live recording at %s (is `hypertrace record -o %s` "
+                                "running?)" % (outdir, outdir)) from None
+            if not stat.S_ISSOCK(sst.st_mode) or sst.st_uid != os.geteuid():
+                raise LiveError("%s is not a control socket of yours: refused"
+                                % socket_path(outdir))
+            return _exchange("/proc/self/fd/%d/%s" % (meta, SOCKET), outdir, req, timeout)
+        finally:
+            os.close(meta)
+    finally:
+        os.close(top)
+
+
+def _exchange(path: str, outdir: str, req: dict, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    chunks: List[bytes] = []
+    size = 0
+    try:
+        s.settimeout(timeout)
         s.connect(path)
         s.sendall((json.dumps(req) + "\n").encode())
-        data = b""
-        while not data.endswith(b"\n"):
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LiveError("the recording at %s did not answer within %g s"
+                                % (outdir, timeout))
+            s.settimeout(left)
             chunk = s.recv(1 << 20)
             if not chunk:
                 break
-            data += chunk
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_REPLY:
+                raise LiveError("the recording at %s sent a reply over %d MiB"
+                                % (outdir, MAX_REPLY >> 20))
+            if chunk.endswith(b"\n"):
+                break
     except OSError as e:
         raise LiveError("the recording at %s does not answer: %s" % (outdir, e)) from None
     finally:
         s.close()
     try:
-        reply = json.loads(data.decode("utf-8"))
-    except ValueError:
+        reply = json.loads(b"".join(chunks).decode("utf-8"))
+    except (ValueError, RecursionError):
         raise LiveError("the recording at %s sent a bad reply" % outdir) from None
-    if not reply.get("ok"):
-        raise LiveError(reply.get("error", "refused"))
+    if type(reply) is not dict:
+        raise LiveError("the recording at %s sent a bad reply" % outdir)
+    if reply.get("ok") is not True:
+        err = reply.get("error")
+        raise LiveError(printable(err) if type(err) is str else "refused")
     return reply
+
+
+def printable(text: str, most: int = 200) -> str:
+    """Text from a peer, safe for a terminal: control characters shown escaped."""
+    text = text[:most]
+    return "".join(c if c.isprintable() else "\\x%02x" % ord(c) if ord(c) < 256
+                   else "\\u%04x" % ord(c) for c in text)
