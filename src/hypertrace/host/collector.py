@@ -328,7 +328,9 @@ class Collector:
         if f is None or not f.f.closed:
             return f
         self._bound_open(MAX_OPEN_FILES - 1)
-        fd = os.open(f.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # through the session directory's descriptor, never blocking (a FIFO put there)
+        fd = os.open(os.path.basename(f.path), os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW |
+                     os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=self.dir.fd)
         try:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != self.file_ids.get(key) or st.st_size != f.bytes:
