@@ -62,6 +62,12 @@ class Honest:
         self.ch.close()
 
 
+def _fresh(tmp_path, prefix: str) -> str:
+    """A session directory no earlier example used (hypothesis seeds `random`, so
+    random names repeat; `record` never reuses a directory that holds a trace)."""
+    return str(tmp_path / ("%s%s" % (prefix, uuid.uuid4().hex)))
+
+
 def _setup(tmp_path, rings: int = 3):
     path = "/dev/shm/ht-fuzz-%s" % uuid.uuid4().hex[:10]
     region = Region.create(path, "fuzz", n_rings=rings, ring_size=RING)
@@ -121,7 +127,7 @@ def test_random_and_mutated_rings_next_to_an_honest_producer(tmp_path, data, com
         if commit > 2 * RING:
             commit = len(data)
     path, region, honest = _setup(tmp_path)
-    out = str(tmp_path / ("s%d" % random.getrandbits(32)))
+    out = _fresh(tmp_path, "s")
     try:
         honest.emit(0, HONEST // 2)
         desc = struct.pack("<QQQQ", commit, emitted, first, 0)
@@ -153,7 +159,7 @@ def test_random_and_mutated_rings_next_to_an_honest_producer(tmp_path, data, com
                                 st.integers(0, 600)), max_size=8))
 def test_random_declarations_are_counted_not_fatal(tmp_path, slots):
     path, region, honest = _setup(tmp_path)
-    out = str(tmp_path / ("s%d" % random.getrandbits(32)))
+    out = _fresh(tmp_path, "s")
     try:
         lay = region.layout
         for slot, state, text, ln in slots:
@@ -185,7 +191,7 @@ def test_mutated_region_headers_are_refused_or_served(tmp_path, offset, junk):
         except (abi.ABIError, ValueError) as e:
             assert str(e)
             return
-        col = Collector(str(tmp_path / ("h%d" % random.getrandbits(32))))
+        col = Collector(_fresh(tmp_path, "h"))
         col.add_region(r2, "fuzz")
         col.poll()
         col.stop()

@@ -306,34 +306,47 @@ def cmd_ctl(a) -> int:
     from .host.live import LiveError, request
     try:
         if a.action == "status":
-            st = request(a.dir, {"cmd": "status"})["status"]
+            st = request(a.dir, {"cmd": "status"}).get("status")
         else:
             if not a.pattern:
                 return _fail("ctl %s needs an event name pattern" % a.action)
             r = request(a.dir, {"cmd": a.action, "pattern": a.pattern, "domain": a.domain})
     except LiveError as e:
         return _fail(str(e))
-    if a.action != "status":
-        print("%sd %s in %s: %d event(s) changed%s" % (
-            a.action, a.pattern, a.domain, len(r["changed"]),
-            (" (" + ", ".join(r["changed"]) + ")") if r["changed"] else ""))
-        return 0
-    if a.json:
-        print(json.dumps(st, indent=1))
-        return 0
-    for d in st["domains"]:
-        print("domain %s" % d["domain"])
-        print("  %-40s %-8s %10s" % ("event", "state", "recorded"))
-        for e in d["events"]:
-            print("  %-40s %-8s %10d" % (e["name"], "enabled" if e["enabled"] else "disabled",
-                                         e["recorded"]))
-        print("  %-18s %8s %8s %-16s %10s %10s %9s %5s" % (
-            "producer", "pid", "tid", "thread", "recorded", "discarded", "malformed", "torn"))
-        for p in d["producers"]:
-            print("  %-18s %8s %8s %-16s %10s %10s %9s %5s" % (
-                p["file"] or "(none)", p["pid"], p["tid"], (p["thread"] or "")[:16],
-                p["recorded"], p["discarded"], p["malformed"], p["torn"]))
+    try:
+        # the reply is the recorder's, but the socket could be an old build's or a
+        # stranger's: its shape is checked and its text made safe for the terminal
+        lines = _ctl_lines(a, r if a.action != "status" else st)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return _fail("the recording at %s sent a malformed reply" % a.dir)
+    print("\n".join(lines))
     return 0
+
+
+def _ctl_lines(a, r) -> List[str]:
+    from .host.live import printable as p
+    if a.action != "status":
+        changed = [p(str(c)) for c in r["changed"]]
+        return ["%sd %s in %s: %d event(s) changed%s" % (
+            a.action, a.pattern, a.domain, len(changed),
+            (" (" + ", ".join(changed) + ")") if changed else "")]
+    if a.json:
+        return [json.dumps(r, indent=1)]
+    lines = []
+    for d in r["domains"]:
+        lines.append("domain %s" % p(str(d["domain"])))
+        lines.append("  %-40s %-8s %10s" % ("event", "state", "recorded"))
+        for e in d["events"]:
+            lines.append("  %-40s %-8s %10d" % (p(str(e["name"])), "enabled" if e["enabled"]
+                                                else "disabled", int(e["recorded"])))
+        lines.append("  %-18s %8s %8s %-16s %10s %10s %9s %5s" % (
+            "producer", "pid", "tid", "thread", "recorded", "discarded", "malformed", "torn"))
+        for q in d["producers"]:
+            lines.append("  %-18s %8s %8s %-16s %10s %10s %9s %5s" % tuple(
+                p(str(v)) for v in (q["file"] or "(none)", q["pid"], q["tid"],
+                                    (q["thread"] or "")[:16], q["recorded"], q["discarded"],
+                                    q["malformed"], q["torn"])))
+    return lines
 
 
 def cmd_recover(a) -> int:

@@ -240,11 +240,16 @@ class Columns:
                 refill(si)
 
 
-def size_bounds(codecs: Dict[int, abi.Codec]) -> Tuple[np.ndarray, np.ndarray]:
-    """Smallest and largest record size of each event id (0 and -1 for unknown ids)."""
-    lo = np.zeros(65536, dtype=np.int32)
-    hi = np.full(65536, -1, dtype=np.int32)
-    for e, c in codecs.items():
+def size_bounds(codecs: Dict[int, abi.Codec], into: Optional[Tuple[np.ndarray, np.ndarray]]
+                = None, ids=None) -> Tuple[np.ndarray, np.ndarray]:
+    """Smallest and largest record size of each event id (0 and -1 for unknown ids);
+    with `into` and `ids`, only those ids are filled in (the others stay as they are)."""
+    lo, hi = into if into is not None else (np.zeros(65536, dtype=np.int32),
+                                            np.full(65536, -1, dtype=np.int32))
+    for e in (codecs if ids is None else ids):
+        c = codecs.get(e)
+        if c is None:
+            continue
         fixed = sum(st.size for k, st in c.steps if k == "fixed")  # type: ignore[union-attr]
         nvar = sum(1 for k, _ in c.steps if k != "fixed")
         lo[e] = abi.align(abi.REC_HEADER_SIZE + fixed + 2 * nvar, abi.REC_ALIGN)

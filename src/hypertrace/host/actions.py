@@ -35,6 +35,7 @@ from .triggers import Action, PredicateError, Trigger, check_fields
 
 QMP_TIMEOUT_S = 2.0
 MAX_WAITING = 1024             # actions waiting to run, per queue (local, QMP)
+MAX_PROBLEMS = 256             # "trigger never holds for ..." notes kept for the index
 
 
 class ActionQueue:
@@ -107,28 +108,45 @@ class Engine:
         self.qmp_path = qmp_path
         self.tables: Dict[int, tuple] = {}     # id(source) -> (n decls, {eid: [triggers]})
         self.pending = ActionQueue()           # local actions, run from the recorder's loop
-        self.problems: List[str] = []
+        self.problems: List[str] = []          # rule/declaration mismatches, each once
+        self.problems_not_listed = 0
         self.qmp_jobs = ActionQueue()          # QMP commands, run on their own thread
         self.qmp_thread: Optional[threading.Thread] = None
 
     # -- watching -----------------------------------------------------------------------
     def _table(self, src: Source) -> Dict[int, List[Trigger]]:
+        """Which triggers watch which event ids of this source, extended as events are
+        declared: each declaration is matched once (a guest filling its table costs
+        linear time), and a trigger that can never hold for one is noted once."""
         decls = src.events.decls
         t = self.tables.get(id(src))
         if t is not None and t[0] == len(decls):
             return t[1]
-        table: Dict[int, List[Trigger]] = {}
-        for eid, d in decls.items():
+        table: Dict[int, List[Trigger]] = t[1] if t is not None else {}
+        done: set = t[3] if t is not None else set()
+        new = [eid for eid in decls if eid not in done]
+        for eid in new:
+            d = decls[eid]
+            done.add(eid)
             for trig in self.triggers:
                 if trig.matches(src.domain.name, d.name):
                     why = check_fields(trig, tuple(a for a, _, _ in d.fields))
                     if why:
-                        self.problems.append("trigger %d never holds for %s/%s: %s" % (
+                        self._problem("trigger %d never holds for %s/%s: %s" % (
                             trig.index, src.domain.name, d.name, why))
                         continue
                     table.setdefault(eid, []).append(trig)
-        self.tables[id(src)] = (len(decls), table, size_bounds(src.events.codecs))
+        # record sizes of every declared id (the record walk needs them all), updated
+        # for the new ids only
+        bounds = size_bounds(src.events.codecs, t[2] if t is not None else None, new)
+        self.tables[id(src)] = (len(decls), table, bounds, done)
         return table
+
+    def _problem(self, text: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(text)
+        else:
+            self.problems_not_listed += 1
 
     def on_content(self, src: Source, content: bytes) -> None:
         """Called from the collector's drain with validated records: never raises (the

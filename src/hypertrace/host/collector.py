@@ -112,6 +112,7 @@ class Collector:
         #: called with (source, validated records) as rings are drained (triggers)
         self.watch: Optional[Callable[[Source, bytes], None]] = None
         self.boot_lock = threading.Lock()
+        self.stopped = False         # stop() drained and accounted for everything
 
     # -- setup -----------------------------------------------------------------
     def add_region(self, region: Region, domain: str, pid_check: bool = True,
@@ -327,7 +328,9 @@ class Collector:
         if f is None or not f.f.closed:
             return f
         self._bound_open(MAX_OPEN_FILES - 1)
-        fd = os.open(f.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # through the session directory's descriptor, never blocking (a FIFO put there)
+        fd = os.open(os.path.basename(f.path), os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW |
+                     os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=self.dir.fd)
         try:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != self.file_ids.get(key) or st.st_size != f.bytes:
@@ -460,6 +463,7 @@ class Collector:
             self._park(key)
         self.fit_clocks()
         self.write_metadata()
+        self.stopped = True          # the index says so: `recover` has nothing to do
         self.write_index()
 
     def fit_clocks(self) -> None:
@@ -540,7 +544,8 @@ class Collector:
                 "clock_offset_ns": dom.clock_offset_ns,
                 # an earlier boot's domain: its producers are gone, its rings were freed
                 **({"guest": src.guest, "retired": True} if dom is not src.domain else {}),
-                "channel": src.region.path, "mode": abi.MODE_NAMES[h.mode],
+                "channel": src.region.path, "session_id": h.session_id.hex(),
+                "mode": abi.MODE_NAMES[h.mode],
                 "rings": h.n_rings, "ring_size": h.ring_size,
                 "events": {str(i): {"name": d.name, "signature": d.signature}
                            for i, d in sorted(src.events.decls.items())},
@@ -561,6 +566,8 @@ class Collector:
                  "syncs": {k: list(v.syncs) for k, v in list(self.clocks.items())},
                  "domains": doms, "streams": self.streams(), "errors": self.errors,
                  **{k: (v() if callable(v) else v) for k, v in self.extra_index.items()}}
+        if self.stopped:
+            index["stopped"] = True
         if self.write_error is not None:
             index["write_error"] = self.write_error
         if self.unwritten:

@@ -22,6 +22,7 @@ import fnmatch
 import json
 import os
 import socket
+import stat
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -34,6 +35,9 @@ MAX_DEPTH = 8                  # JSON nesting of a request ({"cmd": ...} needs 1
 MAX_CLIENTS = 8
 CLIENT_DEADLINE_S = 2.0        # from accept to the last byte of the answer
 MAX_ACCEPTS = 16               # new connections taken per serve() call
+MAX_RULES = 1024               # distinct (domain, event) patterns kept
+MAX_LOG = 1000                 # enable/disable changes listed in the index (the latest)
+MAX_CHANGED = 64               # events named per change in that list
 
 
 class LiveError(Exception):
@@ -45,16 +49,23 @@ def socket_path(outdir: str) -> str:
 
 
 class Rules:
-    """Enable/disable patterns in the order given; the last match decides."""
+    """Enable/disable patterns; the latest rule for a (domain, event) pattern pair
+    replaces an earlier one, and the last matching rule decides. Bounded: a trigger
+    firing forever adds no state, and at most MAX_RULES distinct pairs are kept."""
 
     def __init__(self, col: Collector):
         self.col = col
-        self.rules: List[Tuple[str, str, bool]] = []    # (domain glob, event glob, on)
-        self.seen: Dict[int, int] = {}                  # source -> declarations applied
+        #: (domain glob, event glob) -> on, in the order last set
+        self.rules: Dict[Tuple[str, str], bool] = {}
+        self.seen: Dict[int, set] = {}                  # source -> declarations applied
 
     def add(self, pattern: str, on: bool, domain: str = "*") -> List[str]:
         """Apply now and to later declarations; returns the `domain/event`s it changed."""
-        self.rules.append((domain, pattern, on))
+        key = (domain, pattern)
+        if key not in self.rules and len(self.rules) >= MAX_RULES:
+            raise ValueError("too many distinct enable/disable patterns (%d)" % MAX_RULES)
+        self.rules.pop(key, None)             # latest last: it decides over earlier ones
+        self.rules[key] = on
         changed = []
         for src in self.col.sources:
             if not fnmatch.fnmatchcase(src.domain.name, domain):
@@ -67,19 +78,24 @@ class Rules:
         return changed
 
     def apply_new(self) -> None:
-        """Rules for events declared since the last call (from the recorder's loop)."""
+        """Rules for events declared since the last call (from the recorder's loop): each
+        declaration is looked at once."""
         if not self.rules:
             return
         for n, src in enumerate(self.col.sources):
             decls = src.events.decls
-            if self.seen.get(n, 0) == len(decls):
+            done = self.seen.setdefault(n, set())
+            if len(done) == len(decls):
                 continue
-            self.seen[n] = len(decls)
+            rules = [(dom, pat, on) for (dom, pat), on in self.rules.items()
+                     if fnmatch.fnmatchcase(src.domain.name, dom)]
             for i, d in decls.items():
+                if i in done:
+                    continue
+                done.add(i)
                 state = None
-                for dom, pat, on in self.rules:
-                    if fnmatch.fnmatchcase(src.domain.name, dom) and \
-                            fnmatch.fnmatchcase(d.name, pat):
+                for _dom, pat, on in rules:
+                    if fnmatch.fnmatchcase(d.name, pat):
                         state = on
                 if state is not None and src.region.enabled(i) != state:
                     src.region.set_enabled(i, state)
@@ -125,19 +141,19 @@ class LiveServer:
                  on_change: Optional[Callable[[str, str, str, int], None]] = None):
         self.path = socket_path(outdir)
         self.col, self.rules, self.on_change = col, rules, on_change
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        # bound and removed through the session's checked `.hypertrace` descriptor: a
+        # directory swapped in after the check redirects neither (the name is new there)
+        self.meta_fd = col.meta.fd
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            self.sock.bind(self.path)
+            self.sock.bind("/proc/self/fd/%d/%s" % (self.meta_fd, SOCKET))
         finally:
             os.umask(old)
         self.sock.listen(8)
         self.sock.setblocking(False)
         self.log: List[dict] = []
+        self.log_total = 0
         self.clients: collections.OrderedDict[int, _Client] = collections.OrderedDict()
         self.dropped = 0            # connections closed unanswered (deadline, eviction)
 
@@ -245,7 +261,10 @@ class LiveServer:
         """A rule from `ctl` or a trigger: applied, logged, and traced on the host."""
         changed = self.rules.add(pattern, on, domain)
         self.log.append({"at_ns": time.monotonic_ns(), "enable": on, "pattern": pattern,
-                         "domain": domain, "changed": changed})
+                         "domain": domain, "changed": changed[:MAX_CHANGED]})
+        self.log_total += 1
+        del self.log[:-MAX_LOG]            # the index lists the latest; `hypertrace_ctl`
+                                           # events in the trace have every one
         if self.on_change is not None:
             self.on_change("enable" if on else "disable", pattern, domain, len(changed))
         return changed
@@ -255,7 +274,7 @@ class LiveServer:
             self._close(key)
         self.sock.close()
         try:
-            os.unlink(self.path)
+            os.unlink(SOCKET, dir_fd=self.meta_fd)
         except OSError:
             pass
 
@@ -282,31 +301,89 @@ def status(col: Collector) -> dict:
     return {"domains": out}
 
 
+MAX_REPLY = 64 << 20            # a status of 65 534 events per domain fits many times
+
+
 def request(outdir: str, req: dict, timeout: float = 5.0) -> dict:
-    """Send one request to the recorder writing `outdir`."""
-    path = socket_path(outdir)
-    if not os.path.exists(path):
-        raise LiveError("no live recording at %s (is `hypertrace record -o %s` running?)"
-                        % (outdir, outdir))
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
+    """Send one request to the recorder writing `outdir`. The socket must be ours, in a
+    `.hypertrace` directory of ours that nobody else can write (a directory from
+    elsewhere could hold anyone's listening socket); it is reached through that
+    directory's descriptor, so nothing can be swapped in between the check and the
+    connect. The reply is bounded in size and time."""
     try:
+        top = os.open(outdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise LiveError("no live recording at %s (%s)" % (outdir, e.strerror)) from None
+    try:
+        try:
+            meta = os.open(SESSION_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
+                           os.O_CLOEXEC, dir_fd=top)
+        except OSError:
+            raise LiveError("no live recording at %s (is `hypertrace record -o %s` "
+                            "running?)" % (outdir, outdir)) from None
+        try:
+            st = os.fstat(meta)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                raise LiveError("%s/%s is not a private directory of yours: its control "
+                                "socket is not trusted" % (outdir, SESSION_DIR))
+            try:
+                sst = os.lstat(SOCKET, dir_fd=meta)
+            except FileNotFoundError:
+                raise LiveError("no live recording at %s (is `hypertrace record -o %s` "
+                                "running?)" % (outdir, outdir)) from None
+            if not stat.S_ISSOCK(sst.st_mode) or sst.st_uid != os.geteuid():
+                raise LiveError("%s is not a control socket of yours: refused"
+                                % socket_path(outdir))
+            return _exchange("/proc/self/fd/%d/%s" % (meta, SOCKET), outdir, req, timeout)
+        finally:
+            os.close(meta)
+    finally:
+        os.close(top)
+
+
+def _exchange(path: str, outdir: str, req: dict, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    chunks: List[bytes] = []
+    size = 0
+    try:
+        s.settimeout(timeout)
         s.connect(path)
         s.sendall((json.dumps(req) + "\n").encode())
-        data = b""
-        while not data.endswith(b"\n"):
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LiveError("the recording at %s did not answer within %g s"
+                                % (outdir, timeout))
+            s.settimeout(left)
             chunk = s.recv(1 << 20)
             if not chunk:
                 break
-            data += chunk
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_REPLY:
+                raise LiveError("the recording at %s sent a reply over %d MiB"
+                                % (outdir, MAX_REPLY >> 20))
+            if chunk.endswith(b"\n"):
+                break
     except OSError as e:
         raise LiveError("the recording at %s does not answer: %s" % (outdir, e)) from None
     finally:
         s.close()
     try:
-        reply = json.loads(data.decode("utf-8"))
-    except ValueError:
+        reply = json.loads(b"".join(chunks).decode("utf-8"))
+    except (ValueError, RecursionError):
         raise LiveError("the recording at %s sent a bad reply" % outdir) from None
-    if not reply.get("ok"):
-        raise LiveError(reply.get("error", "refused"))
+    if type(reply) is not dict:
+        raise LiveError("the recording at %s sent a bad reply" % outdir)
+    if reply.get("ok") is not True:
+        err = reply.get("error")
+        raise LiveError(printable(err) if type(err) is str else "refused")
     return reply
+
+
+def printable(text: str, most: int = 200) -> str:
+    """Text from a peer, safe for a terminal: control characters shown escaped."""
+    text = text[:most]
+    return "".join(c if c.isprintable() else "\\x%02x" % ord(c) if ord(c) < 256
+                   else "\\u%04x" % ord(c) for c in text)

@@ -396,10 +396,13 @@ class RingReader:
                         and self.events.sizes[eid] >= 0 and sz >= 16):
                     st.torn += 1
         # the producer publishes `emitted` when it drops or releases, so it may lag
-        # behind the records it committed since: take the larger
-        st.emitted = max(emitted, self.seq)
+        # behind the records it committed since: take the larger, unless it is nonsense
+        # (2^48 past what was seen: a hostile value must not reach the index, whose
+        # readers accept counts below 2^63 only)
+        sane = self.seq <= emitted < self.seq + (1 << 48)
+        st.emitted = emitted if sane else self.seq
         self._close_packet()
-        if emitted > self.seq and emitted - self.seq < 1 << 48:
+        if sane and emitted > self.seq:
             st.discarded += emitted - self.seq   # dropped after the last recorded record
             self.seq = emitted
             ts = st.last_ts if st.last_ts is not None else self.identity.get("claim_ts", 0)

@@ -28,6 +28,9 @@ from .triggers import load as load_triggers
 IDLE_SLEEP_S = 0.001
 
 
+MAX_BLOCK_TIMEOUT_MS = 86_400_000
+
+
 class RecordError(Exception):
     pass
 
@@ -41,6 +44,13 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
            out=sys.stdout) -> Collector:
     if mode not in abi.MODES:
         raise RecordError("unknown mode %r (discard, block or overwrite)" % mode)
+    # the header's u64 in ns: a day at most, and a number (NaN compares false)
+    if not 0 <= block_timeout_ms <= MAX_BLOCK_TIMEOUT_MS:
+        raise RecordError("--block-timeout must be between 0 and %d ms, not %r"
+                          % (MAX_BLOCK_TIMEOUT_MS, block_timeout_ms))
+    if not 0 < sync_interval <= 3600:
+        raise RecordError("--sync-interval must be above 0 and at most 3600 s, not %r"
+                          % sync_interval)
     rules = []
     if triggers:
         try:
@@ -109,6 +119,7 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
                           on_change=lambda act, pat, dom, n: ctl_tp(act, pat, dom, n))
         undo.append(live.close)
         col.extra_index["control"] = live.log
+        col.extra_index["control_changes"] = lambda: live.log_total
         flags = {"stop": False, "snapshot": 0}
         engine = _engine(rules, col, live, flags, qemu or []) if rules else None
     except BaseException as e:
@@ -354,6 +365,7 @@ def _engine(rules, col: Collector, live: LiveServer, flags: dict, qemu: List[str
     col.watch = engine.on_content
     col.extra_index["triggers"] = engine.summary
     col.extra_index["trigger_problems"] = engine.problems
+    col.extra_index["trigger_problems_not_listed"] = lambda: engine.problems_not_listed
     return engine
 
 

@@ -17,6 +17,8 @@ import json
 import os
 import re
 import stat
+import struct
+import time
 from typing import Dict, List
 
 from .. import abi, sessiondir, sessionindex
@@ -99,6 +101,41 @@ def load_index(outdir: str) -> dict:
     return doc
 
 
+def _own_region(d: dict) -> Region:
+    """The channel of domain entry d, if it is still this session's and nobody serves
+    it: the region must carry the session id the index recorded (a channel path is
+    predictable and reused: `--qemu vm1` by the next recording of vm1), and no live
+    collector may be beating in it (another recording's, which recovering would rob
+    of its records and files)."""
+    sid = d.get("session_id")
+    if type(sid) is not str or not re.fullmatch(r"[0-9a-f]{32}", sid):
+        raise ValueError("the index names no session id for it")
+    region = Region.open(_regular_channel(d["channel"]))
+    try:
+        if region.header.session_id.hex() != sid:
+            raise ValueError("it now belongs to another session")
+        if _collector_alive(region):
+            raise RecoverError("channel %s is served by a live recorder (not the one of this "
+                               "session): refused" % d["channel"])
+    except BaseException:
+        region.close(remove=False)
+        raise
+    return region
+
+
+def _collector_alive(region: Region, wait_s: float = 0.5) -> bool:
+    """A running collector bumps the heartbeat at every pass (several per ms when idle);
+    one killed leaves it still."""
+    def state():
+        return (struct.unpack_from("<I", region.mm, abi.HDR_COLLECTOR)[0],
+                struct.unpack_from("<Q", region.mm, abi.HDR_HEARTBEAT)[0])
+    st, hb = state()
+    if st != abi.COLLECTOR_RUNNING:
+        return False
+    time.sleep(wait_s)
+    return state() != (st, hb)
+
+
 def _regular_channel(path: str) -> str:
     """A channel path from the index, if it is a regular file (not a symlink, FIFO or
     device: the index may come from elsewhere); else ValueError (counted missing)."""
@@ -149,6 +186,9 @@ def recover(outdir: str, out=None) -> dict:
                            "Ctrl-C or SIGTERM instead" % (outdir, pid))
     if old.get("recovered"):
         raise RecoverError("%s was already recovered" % outdir)
+    if old.get("stopped"):
+        raise RecoverError("%s was stopped cleanly by its recorder: nothing to recover"
+                           % outdir)
 
     try:
         col = Collector(outdir, trace_uuid, fresh=False)
@@ -165,7 +205,7 @@ def recover(outdir: str, out=None) -> dict:
             if d.get("retired"):
                 # an earlier boot of a guest: its rings were drained and freed
                 raise ValueError("an earlier boot")
-            region = Region.open(_regular_channel(d["channel"]))
+            region = _own_region(d)
         except (OSError, ValueError) as e:
             if not d.get("retired"):
                 missing.append("%s (%s)" % (d["name"], e))

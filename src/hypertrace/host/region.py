@@ -45,8 +45,13 @@ class Region:
             os.unlink(path)
             raise
         os.close(fd)
-        abi.pack_header(mm, lay, uuid.uuid4().bytes, name, mode, block_timeout_ns)
-        hdr, lay = abi.parse_header(mm, lay.region_size)
+        try:
+            abi.pack_header(mm, lay, uuid.uuid4().bytes, name, mode, block_timeout_ns)
+            hdr, lay = abi.parse_header(mm, lay.region_size)
+        except BaseException:
+            mm.close()
+            os.unlink(path)      # a header we cannot write (bad sizes, name): leave nothing
+            raise
         return cls(path, mm, lay, hdr, True)
 
     @classmethod
