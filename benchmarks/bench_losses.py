@@ -19,63 +19,16 @@ import tempfile
 
 PY = sys.executable
 
-FORKS = r"""
-import os
-from hypertrace import guest
-tp = guest.event("forked", "uint32_t child, uint32_t i")
-kids = []
-for k in range(200):
-    pid = os.fork()
-    if pid == 0:
-        for i in range(50):
-            tp(k, i)
-        os._exit(0)          # no atexit, no thread-local destructor
-    kids.append(pid)
-for p in kids:
-    os.waitpid(p, 0)
-"""
+APPS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
+                    "apps")                  # the workloads the tests reconcile
 
-THREADS = r"""
-import threading
-from hypertrace import guest
-tp = guest.event("short", "uint32_t t, uint32_t i")
-def run(t):
-    for i in range(10):
-        tp(t, i)
-for t in range(1000):
-    th = threading.Thread(target=run, args=(t,))
-    th.start()
-    th.join()
-"""
-
-HOG = r"""
-import subprocess, sys, threading
-from hypertrace import guest
-tp = guest.event("hog", "uint32_t t")
-held, done = threading.Barrier(33), threading.Event()
-def run(t):
-    tp(t)
-    held.wait()
-    done.wait()
-ts = [threading.Thread(target=run, args=(t,)) for t in range(32)]
-for t in ts:
-    t.start()
-held.wait()
-subprocess.run([sys.executable, "-c", "from hypertrace import guest\n"
-                "tp = guest.event('honest', 'uint32_t i')\n"
-                "for i in range(1000):\n    tp(i)\n"], check=True, timeout=120)
-done.set()
-"""
-
-CASES = [("200 forked children x 50, each leaving by os._exit", FORKS, 200 * 50),
-         ("1 000 sequential threads x 10", THREADS, 1000 * 10),
-         ("32 threads holding every ring + an honest process x 1 000", HOG, 32 + 1000)]
+CASES = [("200 forked children x 50, each leaving by os._exit", "forks.py", 1 + 200 * 50),
+         ("1 000 sequential threads x 10", "short_threads.py", 1000 * 10),
+         ("32 threads holding every ring + an honest process x 1 000", "ring_hog.py",
+          32 + 1000)]
 
 
-def run_case(code: str, tmp: str) -> dict:
-    app = os.path.join(tmp, "app.py")
-    with open(app, "w") as f:
-        f.write(code)
+def run_case(app: str, tmp: str) -> dict:
     out = os.path.join(tmp, "s")
     hp = [PY, "-m", "hypertrace.cli"]
     subprocess.run(hp + ["record", "-o", out, "--", PY, app], check=True,
@@ -96,10 +49,10 @@ def main() -> None:
     a = ap.parse_args()
     print("| workload | emitted | recorded | discarded | lost_without_ring | unaccounted |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, code, emitted in CASES:
+    for name, app, emitted in CASES:
         for _ in range(a.runs):
             with tempfile.TemporaryDirectory() as tmp:
-                r = run_case(code, tmp)
+                r = run_case(os.path.join(APPS, app), tmp)
             left = emitted - r["recorded"] - r["discarded"] - r["lost_without_ring"] - \
                 r["lost_in_refused_claims"]
             print("| %s | %d | %d | %d | %d | %d |" % (

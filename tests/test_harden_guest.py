@@ -28,6 +28,7 @@ from hypertrace import abi
 from hypertrace.session import Session
 
 PY = sys.executable
+APPS = os.path.join(ROOT, "tests", "apps")      # the workloads bench_losses.py runs too
 
 
 def _losses(st: dict, domain: str = "local") -> dict:
@@ -62,66 +63,15 @@ def _reconcile(session: str, emitted: int, domain: str = "local") -> dict:
 
 
 # -- item 14: every loss counted, whatever the thread or process lifetime ----------
-FORKS = r"""
-import os, sys
-from hypertrace import guest
-tp = guest.event("forked", "uint32_t child, uint32_t i")
-tp(0, 0)
-kids = []
-for k in range(200):
-    pid = os.fork()
-    if pid == 0:
-        for i in range(50):
-            tp(k, i)
-        os._exit(0)          # no atexit, no thread-local destructor: nothing runs after
-    kids.append(pid)
-print("BAD", sum(os.waitpid(p, 0)[1] != 0 for p in kids))
-"""
 
-THREADS = r"""
-import threading
-from hypertrace import guest
-tp = guest.event("short", "uint32_t t, uint32_t i")
-def run(t):
-    for i in range(10):
-        tp(t, i)
-for t in range(1000):
-    th = threading.Thread(target=run, args=(t,))
-    th.start()
-    th.join()
-print("DONE")
-"""
 
-HOG = r"""
-import subprocess, sys, threading
-from hypertrace import guest
-tp = guest.event("hog", "uint32_t t")
-held, done = threading.Barrier(33), threading.Event()
-def run(t):
-    tp(t)                    # claims a ring, then keeps it
-    held.wait()
-    done.wait()
-ts = [threading.Thread(target=run, args=(t,)) for t in range(32)]
-for t in ts:
-    t.start()
-held.wait()
-r = subprocess.run([sys.executable, "-c", "from hypertrace import guest\n"
-                    "tp = guest.event('honest', 'uint32_t i')\n"
-                    "for i in range(1000):\n    tp(i)\nprint('HONEST', tp.enabled)\n"],
-                   capture_output=True, text=True, timeout=60)
-print(r.stdout, r.stderr)
-done.set()
-for t in ts:
-    t.join()
-"""
 
 
 def test_forked_children_that_exit_at_once_are_counted_exactly(session, tmp_path):
     """200 children × 50 events, each leaving by os._exit: every event recorded or
     counted (before: 1 601 of 10 001 recorded, 0 reported lost)."""
-    app = tmp_path / "forks.py"
-    app.write_text(FORKS)
-    r = record(session, PY, str(app), timeout=300)
+    app = os.path.join(APPS, "forks.py")
+    r = record(session, PY, app, timeout=300)
     assert "BAD 0" in r.stdout, r.stdout + r.stderr
     fig = _reconcile(session, 1 + 200 * 50)
     assert fig["recorded"] > 0
@@ -129,9 +79,8 @@ def test_forked_children_that_exit_at_once_are_counted_exactly(session, tmp_path
 
 def test_short_lived_threads_are_counted_exactly(session, tmp_path):
     """1 000 sequential threads × 10 events (before: 8 300 recorded, 0 lost)."""
-    app = tmp_path / "threads.py"
-    app.write_text(THREADS)
-    r = record(session, PY, str(app), timeout=300)
+    app = os.path.join(APPS, "short_threads.py")
+    r = record(session, PY, app, timeout=300)
     assert "DONE" in r.stdout, r.stdout + r.stderr
     _reconcile(session, 1000 * 10)
 
@@ -139,9 +88,8 @@ def test_short_lived_threads_are_counted_exactly(session, tmp_path):
 def test_a_process_holding_every_ring_leaves_the_others_counted(session, tmp_path):
     """32 threads of one process keep all 32 rings: an honest process next to it can
     record nothing, and all of its 1 000 events are counted as lost."""
-    app = tmp_path / "hog.py"
-    app.write_text(HOG)
-    r = record(session, PY, str(app), timeout=300)
+    app = os.path.join(APPS, "ring_hog.py")
+    r = record(session, PY, app, timeout=300)
     assert "HONEST True" in r.stdout, r.stdout + r.stderr
     fig = _reconcile(session, 32 + 1000)
     assert fig["lost_without_ring"] == 1000
