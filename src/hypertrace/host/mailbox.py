@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .. import abi
 from .control import DomainClock
@@ -38,6 +38,9 @@ class MailboxServer:
         self.lock = threading.Lock()
         self.answered: Dict[Tuple[bytes, int], int] = {}
         self.pending: Dict[Tuple[bytes, int], tuple] = {}     # -> (req, t1, t2, t3)
+        #: slots claimed before a guest's latest new-boot hello: not answered again until
+        #: seen free (see retire)
+        self.retired: Set[Tuple[bytes, int]] = set()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="hypertrace-mailbox",
                                        daemon=True)
@@ -54,15 +57,23 @@ class MailboxServer:
     def start(self) -> None:
         self.thread.start()
 
-    def reset(self, session_id: bytes) -> None:
-        """A guest rebooted: the slots its previous boot claimed are free again."""
+    def retire(self, session_id: bytes) -> None:
+        """A hello from a new boot of the guest (called before it is answered): the slots
+        claimed now are not answered any more. Nothing is written into the region: a
+        claim is held by its lock, so a dead boot's slots are free for the taking, and
+        a hello proves nothing (any co-producer can send one). A live claimant of
+        before that hello gives up on its slot after 50 ms and exchanges over its
+        control connection, which stays bound to the domain of its own boot; its
+        samples never go to the clock of a "boot" someone else announced. A slot is
+        served again once seen free (state 0), which a new claim goes through."""
         with self.lock:
             for region in self.regions:
-                if region.header.session_id == session_id:
-                    _clear(region.mm)
-            for d in (self.answered, self.pending):
-                for k in [k for k in d if k[0] == session_id]:
-                    del d[k]
+                if region.header.session_id != session_id:
+                    continue
+                raw = bytes(region.mm[AREA])
+                for i in range(abi.N_MBOX):
+                    if _U32.unpack_from(raw, i * abi.MBOX_SIZE)[0] == abi.MBOX_CLAIMED:
+                        self.retired.add((session_id, i))
 
     def _run(self) -> None:
         busy_until = 0.0
@@ -82,9 +93,12 @@ class MailboxServer:
                 for i in range(abi.N_MBOX):
                     state, _pid, req, _ans, _t1, _t2, _t3, _t4, done = SLOT.unpack_from(
                         raw, i * abi.MBOX_SIZE)
-                    if state != abi.MBOX_CLAIMED:
-                        continue
                     key = (sid, i)
+                    if state != abi.MBOX_CLAIMED:
+                        self.retired.discard(key)    # free: the next claim is served
+                        continue
+                    if key in self.retired:
+                        continue
                     o = abi.MBOX_OFF + i * abi.MBOX_SIZE
                     p = self.pending.get(key)
                     if p is not None and done == p[0]:

@@ -287,7 +287,7 @@ def _serve(col: Collector, host: Region, regions: List[Region], ctls: List[str],
         if name is None:
             raise abi.ProtocolError("guest %s rebooted too often in one session" % src.guest)
         new = col.clocks[name] = DomainClock(name, dc.session_id)
-        mbox.reset(dc.session_id)
+        mbox.retire(dc.session_id)       # the mailboxes claimed before: not this boot's
         return new
     # session id -> clock, shared by every server: a guest reached over two transports
     # (its socket and vsock) is one domain, and a reboot seen on either moves both
