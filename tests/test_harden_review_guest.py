@@ -138,3 +138,135 @@ def test_alternating_fake_boot_ids_lose_nothing_either(session, tmp_path):
     """F2: two boot ids in turn, each hello a "new boot" (before: repeated up to the 64
     boots a guest is served)."""
     _fake_reboots(session, tmp_path, 8, alternate=True)
+
+
+# -- F5 and F6: a co-producer holding locks --------------------------------------------
+LOCKER = r"""
+import mmap, os, signal, struct, sys
+from hypertrace import abi
+from hypertrace.guest.channel import parse_spec
+from hypertrace.guest.locks import ByteLocks
+what, flag = sys.argv[1].split(","), sys.argv[2]
+path, _ = parse_spec(os.environ["HYPERTRACE_CHANNEL"])
+fd = os.open(path, os.O_RDWR)
+mm = mmap.mmap(fd, os.fstat(fd).st_size)
+os.close(fd)
+hdr, lay = abi.parse_header(mm, len(mm))
+locks = ByteLocks(path)
+n = 0
+if "decl" in what:                 # every empty declaration slot
+    for i in range(lay.max_events):
+        if struct.unpack_from("<I", mm, lay.decl(i))[0] == 0:
+            n += locks.try_lock(lay.decl(i))
+if "cnt" in what:                  # every counter slot
+    for c in range(abi.N_CNT):
+        n += locks.try_lock(abi.CNT_OFF + abi.CNT_SIZE * c)
+if "rings" in what:                # every ring
+    for i in range(lay.n_rings):
+        n += locks.try_lock(lay.desc(i))
+print("LOCKED", n, flush=True)
+open(flag, "w").close()
+os.kill(os.getpid(), signal.SIGSTOP)    # holds them, stopped, until killed
+"""
+
+# the honest application counts its main thread's sleeps: the library's waits for others
+COUNTING_APP = r"""
+import os, sys, threading, time
+real_sleep = time.sleep
+sleeps = [0]
+def counted(s):
+    if threading.current_thread() is threading.main_thread():
+        sleeps[0] += 1
+    real_sleep(s)
+time.sleep = counted
+n, released = int(sys.argv[1]), sys.argv[2]
+from hypertrace import guest
+tp = guest.event("honest_ev", "uint64_t i")
+print("DECLARE_SLEEPS", sleeps[0], "ENABLED", tp.enabled, flush=True)
+print("REFUSED", tp.refused, flush=True)
+sleeps[0] = 0
+for i in range(n):
+    tp(i)
+print("EMIT_SLEEPS", sleeps[0], flush=True)
+if released != "-":
+    open(released + ".go", "w").close()         # the driver may release the locks now
+    deadline = time.monotonic() + 60
+    while not tp.enabled and time.monotonic() < deadline:
+        real_sleep(0.01)
+    print("LATER_ENABLED", tp.enabled, tp.event_id, flush=True)
+    for i in range(n):
+        tp(n + i)
+"""
+
+LOCK_DRIVER = r"""
+import os, signal, subprocess, sys, time
+locker, app, what, n, tmp, release = sys.argv[1:7]
+flag = tmp + "/locked"
+p = subprocess.Popen([sys.executable, locker, what, flag])
+deadline = time.monotonic() + 60
+while not os.path.exists(flag) and time.monotonic() < deadline:
+    time.sleep(0.01)
+a = subprocess.Popen([sys.executable, app, n, tmp + "/released" if release == "1" else "-"],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+if release == "1":
+    while not os.path.exists(tmp + "/released.go") and a.poll() is None:
+        time.sleep(0.01)
+    p.kill()                        # its locks die with it
+    p.wait()
+try:
+    out, err = a.communicate(timeout=120)
+    print(out, err)
+except subprocess.TimeoutExpired:
+    a.kill()
+    print("HONEST HUNG")
+p.kill()
+p.wait()
+"""
+
+
+def _locked(session: str, tmp_path, what: str, n: int, release: bool, opts=()) -> tuple:
+    for name, text in (("locker.py", LOCKER), ("app.py", COUNTING_APP),
+                       ("driver.py", LOCK_DRIVER)):
+        (tmp_path / name).write_text(text)
+    r = record(session, PY, str(tmp_path / "driver.py"), str(tmp_path / "locker.py"),
+               str(tmp_path / "app.py"), what, str(n), str(tmp_path), "1" if release else "0",
+               opts=opts, timeout=300)
+    out = r.stdout
+    assert "HONEST HUNG" not in out and "Traceback" not in out + r.stderr, out + r.stderr
+    words = out.split()
+    return r, {k: words[words.index(k) + 1] for k in ("DECLARE_SLEEPS", "ENABLED",
+                                                        "EMIT_SLEEPS") if k in words}
+
+
+def test_held_declaration_slots_cost_the_first_declaration_no_wait_per_slot(session,
+                                                                           tmp_path):
+    """F5: a co-producer holds the lock of every empty declaration slot. The honest app's
+    first guest.event() sleeps a handful of times in all (before: 20 ms per slot, 5.3 s
+    for 256 slots: thousands of sleeps); the refusal says the slots are held, not that
+    the table is full; its records meanwhile are counted lost; and once the locks are
+    gone the event is declared and recorded (before: refused for good)."""
+    r, fig = _locked(session, tmp_path, "decl", 500, release=True)
+    print("FIGURES", fig)
+    assert int(fig["DECLARE_SLEEPS"]) <= 50, fig    # 2 declarations: 2 ms each at most
+    assert fig["ENABLED"] == "False", fig
+    refused = next(ln for ln in r.stdout.splitlines() if ln.startswith("REFUSED"))
+    assert "held by other processes" in refused and "full" not in refused, refused
+    assert "LATER_ENABLED True" in r.stdout, r.stdout + r.stderr
+    # the 500 emitted while it waited for a slot: counted, not dropped silently
+    fig = _reconcile_boots(session, 1000, "honest_ev")
+    assert fig["recorded"] == 500 and fig["lost_without_ring"] == 500, fig
+    assert stats(session)["domains"]["local"]["declarations_refused"] == 0
+
+
+def test_every_ring_and_counter_slot_held_costs_no_sleep_and_loses_no_count(session,
+                                                                           tmp_path):
+    """F6: a stopped co-producer holds every ring and every counter slot. 2 000 emits of
+    the honest app sleep 0 times (before: 10 rounds of 0.2 ms per emit, 10 s) and all
+    2 000 are counted: its goodbye carries what no counter slot could take (before:
+    lost_without_ring 0, recorded 0)."""
+    _, fig = _locked(session, tmp_path, "rings,cnt", 2000, release=False)
+    print("FIGURES", fig)
+    assert fig["EMIT_SLEEPS"] == "0", fig
+    st = stats(session)
+    assert st["domains"]["local"]["lost_without_ring"] == 2000, st["domains"]
+    assert not [s for s in st["streams"] if s["per_event"].get("honest_ev")]

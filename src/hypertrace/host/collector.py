@@ -113,6 +113,8 @@ class Collector:
         #: called with (source, validated records) as rings are drained (triggers)
         self.watch: Optional[Callable[[Source, bytes], None]] = None
         self.boot_lock = threading.Lock()
+        #: (session id, domain, lost, refused) from producers' goodbyes (control threads)
+        self.reported: List[tuple] = []
 
     # -- setup -----------------------------------------------------------------
     def add_region(self, region: Region, domain: str, pid_check: bool = True,
@@ -305,6 +307,24 @@ class Collector:
             d = src.losses.setdefault(src.domain.name, dict.fromkeys(LOSSES, 0))
             d[kind] += n
 
+    def reported_losses(self, session_id: bytes, domain: str, lost: int,
+                        refused: int) -> None:
+        """A producer's goodbye carried the counts it could not add to the region's
+        counter slots (ABI 1.4: every slot held by someone else). Called from a control
+        connection's thread; taken into the domain's counts by the collector loop. Each
+        value is bounded like a slot's: a guest can only inflate its own domain's."""
+        self.reported.append((session_id, domain, min(lost, abi.CNT_MAX - 1),
+                              min(refused, abi.CNT_MAX - 1)))
+
+    def _take_reported(self, src: Source) -> None:
+        sid = src.region.header.session_id
+        mine = [x for x in list(self.reported) if x[0] == sid]
+        for x in mine:
+            self.reported.remove(x)
+            d = src.losses.setdefault(x[1], dict.fromkeys(LOSSES, 0))
+            d["lost_without_ring"] += x[2]
+            d["declarations_refused"] += x[3]
+
     def _count_losses(self, src: Source) -> None:
         """Take what the producers added to the region's counter slots since the last
         look (ABI 1.4). Slots beyond CNT_MAX are scribble and left out; a sum that went
@@ -319,6 +339,8 @@ class Collector:
         self._loss(src, "lost_without_ring", lost - src.counted[0])
         self._loss(src, "declarations_refused", refused - src.counted[1])
         src.counted = (lost, refused)
+        if self.reported:
+            self._take_reported(src)
 
     @staticmethod
     def _free_ring(src: Source, i: int) -> None:

@@ -315,6 +315,8 @@ def _serve(col: Collector, host: Region, regions: List[Region], ctls: List[str],
             on_sample=on_sample, on_boot=on_boot, errors=col.errors,
             # a QEMU guest's socket is its virtio-serial chardev: one connection
             long_lived=qemu and address.startswith("unix:")))
+        servers[-1].on_bye = lambda d, lost, refused: col.reported_losses(
+            d.session_id, d.name, lost, refused)
     mbox.start()
 
 
