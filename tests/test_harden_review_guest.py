@@ -14,9 +14,13 @@ declaration-slot locks, held counter-slot locks.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 
-from conftest import record, stats
+from conftest import env, hypertrace, record, stats
 
 PY = sys.executable
 
@@ -270,3 +274,65 @@ def test_every_ring_and_counter_slot_held_costs_no_sleep_and_loses_no_count(sess
     st = stats(session)
     assert st["domains"]["local"]["lost_without_ring"] == 2000, st["domains"]
     assert not [s for s in st["streams"] if s["per_event"].get("honest_ev")]
+
+
+CRASH_APP = r"""
+import os, socket, struct, sys, time
+from hypertrace import abi, guest
+from hypertrace.guest.channel import parse_spec
+flag = sys.argv[1]
+tp = guest.event("honest_ev", "uint64_t i")
+for i in range(2000):
+    tp(i)
+path, opts = parse_spec(os.environ["HYPERTRACE_CHANNEL"])
+with open(path, "rb") as f:
+    sid = f.read(40)[24:40]
+s = socket.socket(socket.AF_UNIX)              # anyone's hello from a "new boot"
+s.connect(opts["control"][5:])
+s.sendall(abi.frame(abi.MSG_HELLO, 1, sid + struct.pack("<Q", os.getpid()) + os.urandom(16)))
+print("FAKE", abi.unpack_str(s.recv(4096)[12:], 0)[0], flush=True)
+s.close()
+time.sleep(1.5)                                # the index names the claim's domain
+open(flag + ".ready", "w").close()
+deadline = time.monotonic() + 60
+while not os.path.exists(flag) and time.monotonic() < deadline:   # the recorder dies
+    time.sleep(0.01)
+for i in range(2000, 4000):
+    tp(i)                                      # into its ring, with no collector
+open(flag + ".done", "w").close()
+"""
+
+
+def test_recover_after_a_fake_reboot_keeps_each_claim_in_its_boot(tmp_path):
+    """F2 and recovery: the recorder dies after a fake-boot hello while the honest
+    producer still writes into the ring it claimed before; `recover` drains that ring
+    into the producer's own domain (the index names it), not the latest boot's."""
+    app = tmp_path / "app.py"
+    app.write_text(CRASH_APP)
+    flag = str(tmp_path / "go")
+    out = str(tmp_path / "s")
+    rec = subprocess.Popen([PY, "-m", "hypertrace.cli", "record", "-o", out, "--",
+                            PY, str(app), flag], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=env())
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(flag + ".ready"):
+            assert time.monotonic() < deadline and rec.poll() is None, rec.communicate()
+            time.sleep(0.02)
+        time.sleep(1.2)                        # an index written after the switch
+    finally:
+        os.kill(rec.pid, signal.SIGKILL)
+        rec.wait()
+    open(flag, "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(flag + ".done"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.2)                            # the app's exit releases its ring
+    r = hypertrace("recover", out)
+    assert "recovered" in r.stdout, r.stdout + r.stderr
+    st = stats(out)
+    ss = [s for s in st["streams"] if s["per_event"].get("honest_ev")]
+    assert {s["domain"] for s in ss} == {"local"}, ss
+    assert sum(s["per_event"]["honest_ev"] for s in ss) == 4000, ss
+    assert "local.boot2" in st["domains"]

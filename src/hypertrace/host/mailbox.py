@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .. import abi
 from .control import DomainClock
@@ -38,9 +38,9 @@ class MailboxServer:
         self.lock = threading.Lock()
         self.answered: Dict[Tuple[bytes, int], int] = {}
         self.pending: Dict[Tuple[bytes, int], tuple] = {}     # -> (req, t1, t2, t3)
-        #: slots claimed before a guest's latest new-boot hello: not answered again until
-        #: seen free (see retire)
-        self.retired: Set[Tuple[bytes, int]] = set()
+        #: slots claimed before a guest's latest new-boot hello -> their claimant's pid:
+        #: not answered again until claimed anew (see retire)
+        self.retired: Dict[Tuple[bytes, int], int] = {}
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="hypertrace-mailbox",
                                        daemon=True)
@@ -65,15 +65,17 @@ class MailboxServer:
         before that hello gives up on its slot after 50 ms and exchanges over its
         control connection, which stays bound to the domain of its own boot; its
         samples never go to the clock of a "boot" someone else announced. A slot is
-        served again once seen free (state 0), which a new claim goes through."""
+        served again once claimed anew: seen free (state 0), or with another pid (a
+        rebooted guest's process claims a dead boot's slot without freeing it)."""
         with self.lock:
             for region in self.regions:
                 if region.header.session_id != session_id:
                     continue
                 raw = bytes(region.mm[AREA])
                 for i in range(abi.N_MBOX):
-                    if _U32.unpack_from(raw, i * abi.MBOX_SIZE)[0] == abi.MBOX_CLAIMED:
-                        self.retired.add((session_id, i))
+                    state, pid = struct.unpack_from("<II", raw, i * abi.MBOX_SIZE)
+                    if state == abi.MBOX_CLAIMED:
+                        self.retired[(session_id, i)] = pid
 
     def _run(self) -> None:
         busy_until = 0.0
@@ -95,10 +97,12 @@ class MailboxServer:
                         raw, i * abi.MBOX_SIZE)
                     key = (sid, i)
                     if state != abi.MBOX_CLAIMED:
-                        self.retired.discard(key)    # free: the next claim is served
+                        self.retired.pop(key, None)    # free: the next claim is served
                         continue
                     if key in self.retired:
-                        continue
+                        if self.retired[key] == _pid:
+                            continue                   # the claim of before the hello
+                        del self.retired[key]          # claimed anew
                     o = abi.MBOX_OFF + i * abi.MBOX_SIZE
                     p = self.pending.get(key)
                     if p is not None and done == p[0]:
