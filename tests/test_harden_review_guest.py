@@ -336,3 +336,20 @@ def test_recover_after_a_fake_reboot_keeps_each_claim_in_its_boot(tmp_path):
     assert {s["domain"] for s in ss} == {"local"}, ss
     assert sum(s["per_event"]["honest_ev"] for s in ss) == 4000, ss
     assert "local.boot2" in st["domains"]
+
+
+def test_a_real_reboots_new_boot_keeps_its_clock_mailbox(session, tmp_path):
+    """F2, mailboxes: the host no longer zeroes them at a new boot; the slots claimed
+    before the hello are retired, but a rebooted guest's process that takes a dead boot's
+    slot (without it ever being seen free) is served again: its exchanges go through the
+    mailbox, into its own boot's clock."""
+    from test_clock import REBOOT
+
+    from hypertrace.session import Session
+    app = tmp_path / "reboot.py"
+    app.write_text(REBOOT)
+    record(session, PY, str(app), opts=("--sync-interval", "0.05"))
+    clocks = Session(session).index["clocks"]
+    print("FIGURES", {d: clocks[d].get("mailbox_samples") for d in ("local", "local.boot2")})
+    assert clocks["local"]["mailbox_samples"] > 0, clocks["local"]
+    assert clocks["local.boot2"]["mailbox_samples"] > 0, clocks["local.boot2"]
