@@ -177,8 +177,7 @@ def disconnect() -> None:
     """Final clock exchanges, then release this process's rings and disable every tracepoint."""
     global _channel, _control
     ctl, _control = _control, None
-    if ctl is not None:
-        ctl.close()
+    _goodbye(ctl, _channel)
     with _lock:
         ch, _channel = _channel, None
         if ch is None:
@@ -246,14 +245,24 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-def _at_exit() -> None:
-    ctl = _control
-    if ctl is not None:
-        ctl.close()           # the closing burst of clock exchanges
-    _release_thread()
-    ch = _channel
+def _goodbye(ctl: Optional[Control], ch: Optional[Channel]) -> None:
+    """The closing burst of clock exchanges and the goodbye. Counts that found every
+    counter slot of the region held (a co-producer can hold them all) go to the host
+    in the goodbye instead (ABI 1.4), so that they are never lost with the process."""
+    counts = (0, 0)
     if ch is not None:
-        ch.publish()          # counts a busy counter slot kept pending, if any
+        ch.give_up_declarations()      # still waiting for a slot: refused after all
+        ch.publish()                   # one more pass over the counter slots
+        counts = ch.take_pending()
+    sent = ctl.close(*counts) if ctl is not None else False
+    if ch is not None and not sent:
+        ch.give_back(counts)           # no goodbye: left for a later publish
+        ch.publish()
+
+
+def _at_exit() -> None:
+    _release_thread()
+    _goodbye(_control, _channel)
 
 
 atexit.register(_at_exit)

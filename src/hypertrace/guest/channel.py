@@ -34,12 +34,17 @@ CLAIM_RETRY_S = 0.001     # after a failed claim, emits are dropped (and counted
 GUARD_S = 0.2             # longest wait for another thread of this process (never another
                           # process): its critical sections are short; a signal handler
                           # that traces while its own thread holds the guard gives up
-DECL_WAIT_S = 0.02        # a declaration slot being written by another process
-COUNT_TRIES = 10          # rounds over the counter slots when all are busy, 0.2 ms apart
+DECL_WAIT_S = 0.002       # longest wait, per declaration in all, for slots other
+                          # processes are writing: a writer takes microseconds; one that
+                          # holds its slot longer (stopped, hostile) is skipped at once
+COUNT_RETRY_S = 0.001     # after a pass found every counter slot held, the emit path
+                          # leaves the count pending this long (the poller retries)
+DECL_RETRY_S = (0.01, 1.0)   # a declaration refused for held slots: retried by the
+                             # poller, first after 10 ms, then less and less often
 _U32 = struct.Struct("<I")
 _Q = struct.Struct("<Q")
 _CNT = struct.Struct("<QQ")
-_warned: Set[str] = set()
+_warned: Set[Tuple[str, str]] = set()    # (event, what) warned about once
 
 
 class ChannelError(OSError):
@@ -50,6 +55,12 @@ class DeclarationRefused(ValueError):
     """The region cannot take this declaration: the name is declared there with another
     signature, or the table is full. Not the caller's mistake: the tracepoint is
     disabled (with a warning) and the refusal counted, the application goes on."""
+
+
+class DeclarationBusy(DeclarationRefused):
+    """Every slot left is held by another process (or the guard by another thread): not
+    for good. The declaration is tried again later; meanwhile the tracepoint's records
+    are dropped and counted as lost."""
 
 
 def parse_spec(spec: str) -> tuple:
@@ -121,12 +132,16 @@ class Channel:
         # counts not yet added to a counter slot: list.append is atomic, so a thread
         # that cannot take the guard still leaves its count for the next publisher
         self.pending: List[Tuple[int, int]] = []
+        self._publish_at = 0.0                  # the emit path's next try (COUNT_RETRY_S)
         # declarations seen in the region: name -> (first slot, its text); text -> slot
         self.decl_names: Dict[bytes, Tuple[int, bytes]] = {}
         self.decl_texts: Dict[bytes, int] = {}
         self.decl_next = 0                      # slots below are learnt or skipped
         self.decl_skipped: Set[int] = set()     # empty but locked (being written) then
         self.tracepoints: list = []
+        self.decl_waiting: list = []            # tracepoints refused for held slots
+        self._decl_gap = DECL_RETRY_S[0]
+        self._decl_retry_at = 0.0
         self.last_enable = b""
         self.closed = False
         self._next_claim = 0.0
@@ -156,9 +171,11 @@ class Channel:
         self.locks.reopen()
         self.lock_pid = os.getpid()      # last: a failed reopen is tried again
 
-    def _enter(self) -> bool:
-        """Take this process's guard, for at most GUARD_S; False if not taken."""
-        if not self.thread_lock.acquire(timeout=GUARD_S):
+    def _enter(self, wait: bool = True) -> bool:
+        """Take this process's guard, for at most GUARD_S (not at all unless `wait`);
+        False if not taken."""
+        if not (self.thread_lock.acquire(timeout=GUARD_S) if wait
+                else self.thread_lock.acquire(False)):
             return False
         if self.lock_pid != os.getpid():
             try:
@@ -171,27 +188,56 @@ class Channel:
     # -- shared loss counters (ABI 1.4) ------------------------------------------
     def count(self, lost: int = 0, refused: int = 0) -> None:
         """Add to the region's shared counters now: the count must outlive this thread
-        and this process (a forked child may leave by os._exit)."""
+        and this process (a forked child may leave by os._exit). On the emit path: one
+        pass over the slots, never a wait (when all are held, the count stays pending
+        for the poller, the exit, and the goodbye to the host: take_pending)."""
         self.pending.append((lost, refused))
-        self.publish()
+        if time.monotonic() >= self._publish_at:
+            self.publish(wait=False)
 
-    def publish(self) -> None:
-        """Add every pending count to a free counter slot. Never waits for another
-        process: a slot whose lock is held is skipped; if all are, a few short
-        retries, then the counts stay pending for the next call (or exit)."""
-        if not self.pending or self.closed_mm:
-            return
-        if not self._enter():
-            return
+    def publish(self, wait: bool = True) -> bool:
+        """Add every pending count to a free counter slot, in one pass over the slots
+        (a slot whose lock is held is skipped); True if nothing is left pending. Never
+        waits for another process; for another thread of this one only if `wait`."""
+        if not self.pending:
+            return True
+        if self.closed_mm or not self._enter(wait):
+            return False
         try:
-            for _attempt in range(COUNT_TRIES):
-                if self._publish_once():
-                    return
-                time.sleep(0.0002)
+            if self._publish_once():
+                return True
+            self._collapse()         # one entry, however long every slot stays held
+            self._publish_at = time.monotonic() + COUNT_RETRY_S
         except (OSError, ValueError):
             pass                          # the region is unmapped: nothing to count in
         finally:
             self.thread_lock.release()
+        return False
+
+    def _collapse(self) -> None:
+        lost = refused = 0
+        while self.pending:              # pop, not clear: another thread may append
+            dl, dr = self.pending.pop()
+            lost += dl
+            refused += dr
+        if lost or refused:
+            self.pending.append((lost, refused))
+
+    def take_pending(self) -> Tuple[int, int]:
+        """(lost, refused) not yet in the region, now taken out of it: the caller hands
+        them to the host another way (the goodbye on the control channel, ABI 1.4) or
+        gives them back with give_back()."""
+        if not self._enter():
+            return 0, 0
+        try:
+            self._collapse()
+            return self.pending.pop() if self.pending else (0, 0)
+        finally:
+            self.thread_lock.release()
+
+    def give_back(self, counts: Tuple[int, int]) -> None:
+        if counts != (0, 0):
+            self.pending.append(counts)
 
     def _publish_once(self) -> bool:
         first = random.randrange(abi.N_CNT)    # spread processes over the slots
@@ -216,13 +262,14 @@ class Channel:
     # -- event declarations --------------------------------------------------
     def declare(self, decl: abi.EventDecl) -> int:
         """Find or add `decl` in the declaration table; returns its event id. Raises
-        DeclarationRefused when the region cannot take it. Linear in the slots it has
-        not seen yet; waits at most DECL_WAIT_S per slot another process is writing."""
+        DeclarationRefused when the region cannot take it (DeclarationBusy when only
+        for now). Linear in the slots it has not seen yet; waits at most DECL_WAIT_S in
+        all for slots other processes are writing."""
         sig = decl.signature.encode()
         name = decl.name.encode()
         if not self._enter():
-            raise DeclarationRefused("event %s: the channel is busy in another thread"
-                                     % decl.name)
+            raise DeclarationBusy("event %s: the channel is busy in another thread"
+                                  % decl.name)
         try:
             self._learn_new()
             eid = self._lookup(name, sig, decl)
@@ -272,57 +319,123 @@ class Channel:
                                  % (decl.name, seen[1].decode("ascii", "replace")))
 
     def _append(self, name: bytes, sig: bytes, decl: abi.EventDecl) -> int:
+        """Write `decl` into the first empty slot whose lock can be had: the slots left
+        earlier because another process held them (they may be free now), then the
+        ones never looked at. A held slot is waited for only while the call's budget
+        (DECL_WAIT_S in all) lasts, then skipped at once: its writer may be stopped, or
+        hostile (a duplicate of the same text in two slots is one event, §3)."""
         lay = self.layout
-        j = self.decl_next
-        while j < lay.max_events:
+        deadline = time.monotonic() + DECL_WAIT_S
+        for j in sorted(self.decl_skipped):
+            eid = self._try_slot(j, name, sig, decl, deadline)
+            if eid is not None:
+                return eid
+        while self.decl_next < lay.max_events:
+            j = self.decl_next
+            self.decl_next += 1               # learnt, written, or left in decl_skipped
+            eid = self._try_slot(j, name, sig, decl, deadline)
+            if eid is not None:
+                return eid
+        if self.decl_skipped:
+            raise DeclarationBusy(
+                "channel %s: no declaration slot for event %s now: the %d empty slot(s) "
+                "left are held by other processes (tried again later; its records are "
+                "counted as lost meanwhile)" % (self.path, decl.name, len(self.decl_skipped)))
+        raise DeclarationRefused("channel %s: no room for event %s: the declaration table "
+                                 "is full (max_events %d)"
+                                 % (self.path, decl.name, lay.max_events))
+
+    def _try_slot(self, j: int, name: bytes, sig: bytes, decl: abi.EventDecl,
+                  deadline: float) -> Optional[int]:
+        """Slot j for `decl`: its id if the slot now declares it (written by us, or found
+        written); None to go on with the next slot (j is in decl_skipped if it is
+        empty and held). Raises DeclarationRefused if j declares the name otherwise."""
+        off = self.layout.decl(j)
+        while True:
             text = self._slot_text(j)
-            if text is not None:                  # taken since: learn it, look again
-                self._learn(j, text)
-                self.decl_next = j = j + 1
-                eid = self._lookup(name, sig, decl)
-                if eid is not None:
-                    return eid
-                continue
-            off = lay.decl(j)
-            if self.locks.try_lock(off):
+            if text is None and self.locks.try_lock(off):
                 try:
                     if self._slot_text(j) is None:
                         self.mm[off + abi.DECL_TEXT:off + abi.DECL_TEXT + len(sig)] = sig
                         _U32.pack_into(self.mm, off + abi.DECL_LEN, len(sig))
-                        self.mm[lay.enable_off + j] = 0 if decl.disabled else 1
+                        self.mm[self.layout.enable_off + j] = 0 if decl.disabled else 1
                         _U32.pack_into(self.mm, off + abi.DECL_STATE, abi.DECL_VALID)
+                        self.decl_skipped.discard(j)
                         self._learn(j, sig)
-                        self.decl_next = j + 1
                         return j
                 finally:
                     self.locks.unlock(off)
                 continue                          # written meanwhile: read it again
-            # another process is writing this slot: wait a little for it, then leave
-            # it (its writer may be stopped) and take the next one
-            deadline = time.monotonic() + DECL_WAIT_S
-            while self._slot_text(j) is None and time.monotonic() < deadline:
-                time.sleep(0.0005)
-            if self._slot_text(j) is None:
+            if text is not None:                  # taken: learn it, look again
+                self.decl_skipped.discard(j)
+                self._learn(j, text)
+                return self._lookup(name, sig, decl)
+            # another process holds the slot: an honest writer is done in microseconds
+            if time.monotonic() >= deadline:
                 self.decl_skipped.add(j)
-                self.decl_next = j = j + 1
-        raise DeclarationRefused("channel %s: no room for event %s (max_events %d)"
-                                 % (self.path, decl.name, lay.max_events))
+                return None
+            time.sleep(0.0002)
 
     def attach(self, fn: Callable, tls) -> None:
         """Bind a tracepoint to this channel; a refused declaration disables it (warned
-        once per event, counted in the region) instead of failing the application."""
+        once per event, counted in the region) instead of failing the application. A
+        declaration refused only for now (slots held by other processes) is tried again
+        by the poller and at the next declaration; meanwhile each of the tracepoint's
+        records is dropped and counted as lost."""
+        if self._attach(fn, tls):
+            self.retry_declarations(force=True)   # a slot could be had: maybe more
+
+    def _attach(self, fn: Callable, tls) -> bool:
         try:
             fn.event_id = self.declare(fn.decl)
+        except DeclarationBusy as e:
+            if fn not in self.decl_waiting:
+                wait_for_slot(fn, str(e), tls, self._lost_emit)
+                self.decl_waiting.append(fn)
+            return False
         except (DeclarationRefused, OSError) as e:
             refuse(fn, str(e))
             self.count(refused=1)
-            return
+            return False
         fn.refused = None
+        if getattr(fn, "decl_wait", None) is not None:
+            set_cell(fn, "_claim", fn.decl_wait[1])     # the real one again
+            fn.decl_wait = None
         for k, v in (("_id", fn.event_id), ("_clock", self.clock), ("_tls", tls),
                      ("_mm", self.mm), ("_cq", self.q)):
             set_cell(fn, k, v)
         self.tracepoints.append(fn)
         self.sync_enables(force=True)
+        return True
+
+    def _lost_emit(self) -> None:
+        """The emit path of a tracepoint waiting for a declaration slot: no ring, no id;
+        the record is counted lost (docs/abi.md §11)."""
+        self.count(lost=1)
+
+    def retry_declarations(self, force: bool = False) -> None:
+        """Declare the tracepoints refused for held slots, if their time has come (the
+        poller's backoff) or `force` (a new declaration: the table moved)."""
+        if not self.decl_waiting or self.closed:
+            return
+        now = time.monotonic()
+        if not force and now < self._decl_retry_at:
+            return
+        waiting, self.decl_waiting = self.decl_waiting, []
+        for fn in waiting:
+            self._attach(fn, fn.decl_wait[0])    # busy again: back in decl_waiting
+        if self.decl_waiting:
+            self._decl_gap = min(self._decl_gap * 2, DECL_RETRY_S[1])
+        else:
+            self._decl_gap = DECL_RETRY_S[0]
+        self._decl_retry_at = now + self._decl_gap
+
+    def give_up_declarations(self) -> None:
+        """At exit: tracepoints never declared count as refused declarations."""
+        waiting, self.decl_waiting = self.decl_waiting, []
+        for fn in waiting:
+            refuse(fn, fn.refused or "no declaration slot")
+            self.count(refused=1)
 
     def sync_enables(self, force: bool = False) -> None:
         """Mirror the enable table into the tracepoints (poller thread and attach)."""
@@ -343,6 +456,7 @@ class Channel:
                 try:
                     self.sync_enables()
                     self.publish()        # counts a busy guard or busy slots left over
+                    self.retry_declarations()
                 except (ValueError, OSError):
                     return
                 time.sleep(POLL_S)
@@ -473,12 +587,37 @@ class Channel:
 def refuse(fn: Callable, reason: str) -> None:
     """Disable a tracepoint for good on this channel; warn once per event."""
     set_cell(fn, "_on", False)
+    if getattr(fn, "decl_wait", None) is not None:
+        set_cell(fn, "_tls", fn.decl_wait[0])
+        set_cell(fn, "_claim", fn.decl_wait[1])
+        fn.decl_wait = None
     fn.enabled = False
     fn.event_id = None
     fn.refused = reason
-    if fn.name not in _warned:
-        _warned.add(fn.name)
+    if (fn.name, "refused") not in _warned:
+        _warned.add((fn.name, "refused"))
         warn("event %s disabled: %s" % (fn.name, reason))
+
+
+def wait_for_slot(fn: Callable, reason: str, tls, lost: Callable[[], None]) -> None:
+    """A tracepoint whose declaration must wait for a slot: on (unless declared
+    disabled), but with no ring to write to, so that each record it is given is
+    counted as lost (`lost`, through the claim hook) rather than dropped silently."""
+    old = getattr(fn, "decl_wait", None)     # waiting on an earlier channel already
+    fn.decl_wait = (tls, old[1] if old is not None else fn.__globals__["_claim"])
+    fn.event_id = None
+    fn.refused = reason
+    set_cell(fn, "_tls", _NoRing())
+    set_cell(fn, "_claim", lost)
+    set_cell(fn, "_on", not fn.decl.disabled)
+    fn.enabled = False
+    if (fn.name, "waiting") not in _warned:
+        _warned.add((fn.name, "waiting"))
+        warn("event %s not declared yet: %s" % (fn.name, reason))
+
+
+class _NoRing:
+    """A thread-local stand-in with no writer: the tracepoint asks its claim hook."""
 
 
 def pid_alive(pid: int) -> bool:

@@ -361,17 +361,29 @@ class Control:
         self.thread = threading.Thread(target=run, name="hypertrace-clock", daemon=True)
         self.thread.start()
 
-    def close(self) -> None:
-        """A final burst of exchanges, then goodbye (only from the owning process)."""
+    def close(self, lost: int = 0, refused: int = 0) -> bool:
+        """A final burst of exchanges (only from the owning process), then goodbye,
+        carrying `lost` records and `refused` declarations this process could not add to
+        the region's counter slots (ABI 1.4; the host adds them to the domain). Returns
+        whether those counts reached the host (True when there are none)."""
         self.closed.set()
-        if self.pid != os.getpid() or self.down is not None:
-            return                   # not ours, or no host to say goodbye to
+        counts = bool(lost or refused)
+        ours = self.pid == os.getpid()
+        if not ours and not counts:
+            return True              # a forked child with nothing to say: not ours
+        sent = False
         try:
-            for _ in range(BURST // 2):
-                self._yield_port(self.exchange())
+            if ours and self.down is None:
+                for _ in range(BURST // 2):
+                    self._yield_port(self.exchange())
             with self.lock:
-                if self.sock is not None:
-                    self._send(abi.MSG_BYE, b"")
+                if counts:
+                    self._ensure()   # a virtio port is reopened per use; a child connects
+                if self.sock is not None and self.pid == os.getpid():
+                    self._send(abi.MSG_BYE, abi.pack_u64s(min(lost, abi.CNT_MAX - 1),
+                                                          min(refused, abi.CNT_MAX - 1))
+                               if counts else b"")
+                    sent = True
         except ControlError:
             pass
         with self.lock:
@@ -380,4 +392,4 @@ class Control:
             if self.mailbox is not None:
                 self.mailbox.release()
                 self.mailbox = None
-
+        return sent or not counts

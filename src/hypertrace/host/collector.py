@@ -11,7 +11,7 @@ import struct
 import threading
 import time
 from dataclasses import asdict
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -67,7 +67,8 @@ class Source:
         self.counted = (0, 0)                # the slots' sums at the last look
         self.guest = domain.name             # the domain's name at its first boot
         self.past: List[ctf.Domain] = []     # domains of earlier boots of this guest
-        self.boots_pending: List[ctf.Domain] = []   # handed over by a control thread
+        #: boots handed over by a control thread: (domain, the claims made before its hello)
+        self.boots_pending: List[Tuple[ctf.Domain, Dict[int, int]]] = []
 
     def all_domains(self) -> List[ctf.Domain]:
         return self.past + [self.domain]
@@ -113,6 +114,8 @@ class Collector:
         self.watch: Optional[Callable[[Source, bytes], None]] = None
         self.boot_lock = threading.Lock()
         self.stopped = False         # stop() drained and accounted for everything
+        #: (session id, domain, lost, refused) from producers' goodbyes (control threads)
+        self.reported: List[tuple] = []
 
     # -- setup -----------------------------------------------------------------
     def add_region(self, region: Region, domain: str, pid_check: bool = True,
@@ -130,38 +133,59 @@ class Collector:
     def new_boot(self, src: Source) -> Optional[str]:
         """A guest rebooted (its clock restarted): name the domain of its new boot, which
         the collector loop switches to at its next pass; None past MAX_BOOTS. Called
-        from a control connection's thread."""
+        from a control connection's thread, before the hello is answered: the claims
+        on the rings now are the previous boots' (the guest library says hello before
+        it claims), the ones made after belong to the new boot."""
         with self.boot_lock:
             k = len(src.past) + len(src.boots_pending) + 2
             if k > MAX_BOOTS:
                 return None
-            doms = [d for s in self.sources for d in s.all_domains() + s.boots_pending]
+            doms = [d for s in self.sources for d in s.all_domains()] + [
+                d for s in self.sources for d, _ in s.boots_pending]
             sid = 1 + max(d.stream_id for d in doms + self.static_domains)
             name = "%s.boot%d" % (src.guest, k)
             while any(d.name == name for d in doms + self.static_domains):
                 name += "_"            # a guest already named like that
             dom = ctf.Domain(name, sid, self.host_offset,
                              "CLOCK_MONOTONIC of boot %d of guest %s" % (k, src.guest))
-            src.boots_pending.append(dom)
+            src.boots_pending.append((dom, self._claims_now(src)))
             return dom.name
 
+    @staticmethod
+    def _claims_now(src: Source) -> Dict[int, int]:
+        """ring -> generation of every claim in the region now (one copy of the table)."""
+        lay = src.region.layout
+        raw = bytes(src.region.mm[lay.desc_off:lay.desc_off + lay.n_rings * abi.DESC_SIZE])
+        words = np.frombuffer(raw, dtype="<u4")
+        state = words[abi.D_STATE // 4::abi.DESC_SIZE // 4]
+        gen = words[abi.D_GENERATION // 4::abi.DESC_SIZE // 4]
+        busy = np.flatnonzero((state == abi.RING_ACTIVE) | (state == abi.RING_RELEASED))
+        return {int(i): int(gen[i]) for i in busy}
+
     def _switch_boot(self, src: Source) -> None:
-        """Close the previous boot's streams (its producers are gone, and their rings are
-        freed for the new boot), then serve the source as the new boot's domain."""
+        """Serve the source as the new boot's domain. No ring is freed: a hello names a
+        boot, it proves nothing about who is alive (any co-producer can send one), and
+        since ABI 1.4 a dead producer's ring is found by the guest library (its lock is
+        free) and handed back like any released one. The claims made before the hello
+        stay bound to the domain of their boot, drained and finished as usual (released,
+        reclaimed, their pid dead, or at the stop); only claims seen after it are the
+        new boot's."""
         with self.boot_lock:
             pending, src.boots_pending = src.boots_pending, []
-        for i, r in enumerate(src.readers):
-            if r is None:
-                continue
-            ident = self._identity(src, i)
-            ours = ident["generation"] == r.generation and ident["state"] != abi.RING_FREE
-            if ours:
-                r.drain()
-            self._finish(src, r, gone=True)
-            src.readers[i] = None
-            if ours:
-                self._free_ring(src, i)
-        for dom in pending:
+        for dom, claimed in pending:
+            for i, gen in sorted(claimed.items()):
+                r = src.readers[i]
+                if r is not None and r.generation == gen:
+                    continue                     # bound to its domain already
+                ident = self._identity(src, i)
+                if ident["generation"] != gen or ident["state"] not in (
+                        abi.RING_ACTIVE, abi.RING_RELEASED):
+                    continue                     # gone since: the loop deals with it
+                if r is not None:                # reclaimed behind our back
+                    self._finish(src, r, gone=False)
+                    src.readers[i] = None
+                if self._serve(src, i, gen):
+                    self._reader(src, i, ident)  # the boot before this hello's
             src.past.append(src.domain)
             src.domain = dom
         self.write_metadata()
@@ -239,11 +263,7 @@ class Collector:
         gone = state == abi.RING_RELEASED or (
             check_pids and state == abi.RING_ACTIVE and not _alive(ident["pid"]))
         if r is None:
-            if src.refused_gen[i] != ident["generation"] and not self._admit(src, i):
-                src.refused_gen[i] = ident["generation"]
-                src.refused += 1
-                src.ring_refused[i] += 1
-            if src.refused_gen[i] == ident["generation"]:
+            if not self._serve(src, i, ident["generation"]):
                 if gone:
                     # not drained, but counted: the producer's own count of its records
                     emitted = struct.unpack_from("<Q", src.region.mm,
@@ -262,6 +282,15 @@ class Collector:
             self._free_ring(src, i)
         return n
 
+    def _serve(self, src: Source, i: int, gen: int) -> bool:
+        """Whether claim `gen` of ring i is drained: admitted once, when first seen, or
+        refused (and counted as such) for as long as it lasts."""
+        if src.refused_gen[i] != gen and not self._admit(src, i):
+            src.refused_gen[i] = gen
+            src.refused += 1
+            src.ring_refused[i] += 1
+        return src.refused_gen[i] != gen
+
     @staticmethod
     def _admit(src: Source, i: int) -> bool:
         """Whether a new claim on ring i is served: within the ring's reserve, or while
@@ -279,6 +308,24 @@ class Collector:
             d = src.losses.setdefault(src.domain.name, dict.fromkeys(LOSSES, 0))
             d[kind] += n
 
+    def reported_losses(self, session_id: bytes, domain: str, lost: int,
+                        refused: int) -> None:
+        """A producer's goodbye carried the counts it could not add to the region's
+        counter slots (ABI 1.4: every slot held by someone else). Called from a control
+        connection's thread; taken into the domain's counts by the collector loop. Each
+        value is bounded like a slot's: a guest can only inflate its own domain's."""
+        self.reported.append((session_id, domain, min(lost, abi.CNT_MAX - 1),
+                              min(refused, abi.CNT_MAX - 1)))
+
+    def _take_reported(self, src: Source) -> None:
+        sid = src.region.header.session_id
+        mine = [x for x in list(self.reported) if x[0] == sid]
+        for x in mine:
+            self.reported.remove(x)
+            d = src.losses.setdefault(x[1], dict.fromkeys(LOSSES, 0))
+            d["lost_without_ring"] += x[2]
+            d["declarations_refused"] += x[3]
+
     def _count_losses(self, src: Source) -> None:
         """Take what the producers added to the region's counter slots since the last
         look (ABI 1.4). Slots beyond CNT_MAX are scribble and left out; a sum that went
@@ -293,6 +340,8 @@ class Collector:
         self._loss(src, "lost_without_ring", lost - src.counted[0])
         self._loss(src, "declarations_refused", refused - src.counted[1])
         src.counted = (lost, refused)
+        if self.reported:
+            self._take_reported(src)
 
     @staticmethod
     def _free_ring(src: Source, i: int) -> None:
@@ -542,7 +591,7 @@ class Collector:
             doms.append({
                 "name": dom.name, "stream_id": dom.stream_id,
                 "clock_offset_ns": dom.clock_offset_ns,
-                # an earlier boot's domain: its producers are gone, its rings were freed
+                # an earlier boot's domain: new claims go to the latest boot's
                 **({"guest": src.guest, "retired": True} if dom is not src.domain else {}),
                 "channel": src.region.path, "session_id": h.session_id.hex(),
                 "mode": abi.MODE_NAMES[h.mode],

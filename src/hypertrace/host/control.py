@@ -113,6 +113,8 @@ class _Peer:
 class ControlServer:
     #: one lock for every server: servers of one recording share their domain registry
     boot_lock = threading.Lock()
+    #: called with (domain, lost, refused) for a BYE that carries counts (ABI 1.4)
+    on_bye: Optional[Callable[[DomainClock, int, int], None]] = None
 
     def __init__(self, address: str, domains,
                  on_sync: Optional[Callable] = None, on_sample: Optional[Callable] = None,
@@ -260,6 +262,9 @@ class ControlServer:
                             if self.on_sample is not None:
                                 self.on_sample(dom, t1, t2, t3, t4)
                     elif mtype == abi.MSG_BYE:
+                        if len(body) >= 16 and self.on_bye is not None:
+                            # losses the process could not add to the region (ABI 1.4)
+                            self.on_bye(dom, *abi.unpack_u64s(body, 2))
                         return
                     else:
                         raise abi.ProtocolError("unexpected %s message from a guest"

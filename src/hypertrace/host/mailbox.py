@@ -38,6 +38,9 @@ class MailboxServer:
         self.lock = threading.Lock()
         self.answered: Dict[Tuple[bytes, int], int] = {}
         self.pending: Dict[Tuple[bytes, int], tuple] = {}     # -> (req, t1, t2, t3)
+        #: slots claimed before a guest's latest new-boot hello -> their claimant's pid:
+        #: not answered again until claimed anew (see retire)
+        self.retired: Dict[Tuple[bytes, int], int] = {}
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="hypertrace-mailbox",
                                        daemon=True)
@@ -54,15 +57,25 @@ class MailboxServer:
     def start(self) -> None:
         self.thread.start()
 
-    def reset(self, session_id: bytes) -> None:
-        """A guest rebooted: the slots its previous boot claimed are free again."""
+    def retire(self, session_id: bytes) -> None:
+        """A hello from a new boot of the guest (called before it is answered): the slots
+        claimed now are not answered any more. Nothing is written into the region: a
+        claim is held by its lock, so a dead boot's slots are free for the taking, and
+        a hello proves nothing (any co-producer can send one). A live claimant of
+        before that hello gives up on its slot after 50 ms and exchanges over its
+        control connection, which stays bound to the domain of its own boot; its
+        samples never go to the clock of a "boot" someone else announced. A slot is
+        served again once claimed anew: seen free (state 0), or with another pid (a
+        rebooted guest's process claims a dead boot's slot without freeing it)."""
         with self.lock:
             for region in self.regions:
-                if region.header.session_id == session_id:
-                    _clear(region.mm)
-            for d in (self.answered, self.pending):
-                for k in [k for k in d if k[0] == session_id]:
-                    del d[k]
+                if region.header.session_id != session_id:
+                    continue
+                raw = bytes(region.mm[AREA])
+                for i in range(abi.N_MBOX):
+                    state, pid = struct.unpack_from("<II", raw, i * abi.MBOX_SIZE)
+                    if state == abi.MBOX_CLAIMED:
+                        self.retired[(session_id, i)] = pid
 
     def _run(self) -> None:
         busy_until = 0.0
@@ -82,9 +95,14 @@ class MailboxServer:
                 for i in range(abi.N_MBOX):
                     state, _pid, req, _ans, _t1, _t2, _t3, _t4, done = SLOT.unpack_from(
                         raw, i * abi.MBOX_SIZE)
-                    if state != abi.MBOX_CLAIMED:
-                        continue
                     key = (sid, i)
+                    if state != abi.MBOX_CLAIMED:
+                        self.retired.pop(key, None)    # free: the next claim is served
+                        continue
+                    if key in self.retired:
+                        if self.retired[key] == _pid:
+                            continue                   # the claim of before the hello
+                        del self.retired[key]          # claimed anew
                     o = abi.MBOX_OFF + i * abi.MBOX_SIZE
                     p = self.pending.get(key)
                     if p is not None and done == p[0]:

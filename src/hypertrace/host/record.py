@@ -298,7 +298,7 @@ def _serve(col: Collector, host: Region, regions: List[Region], ctls: List[str],
         if name is None:
             raise abi.ProtocolError("guest %s rebooted too often in one session" % src.guest)
         new = col.clocks[name] = DomainClock(name, dc.session_id)
-        mbox.reset(dc.session_id)
+        mbox.retire(dc.session_id)       # the mailboxes claimed before: not this boot's
         return new
     # session id -> clock, shared by every server: a guest reached over two transports
     # (its socket and vsock) is one domain, and a reboot seen on either moves both
@@ -326,6 +326,8 @@ def _serve(col: Collector, host: Region, regions: List[Region], ctls: List[str],
             on_sample=on_sample, on_boot=on_boot, errors=col.errors,
             # a QEMU guest's socket is its virtio-serial chardev: one connection
             long_lived=qemu and address.startswith("unix:")))
+        servers[-1].on_bye = lambda d, lost, refused: col.reported_losses(
+            d.session_id, d.name, lost, refused)
     mbox.start()
 
 

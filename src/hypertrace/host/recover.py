@@ -203,7 +203,7 @@ def recover(outdir: str, out=None) -> dict:
     for d in sorted(domains, key=lambda d: d["stream_id"]):
         try:
             if d.get("retired"):
-                # an earlier boot of a guest: its rings were drained and freed
+                # an earlier boot of a guest: served through the latest boot's region
                 raise ValueError("an earlier boot")
             region = _own_region(d)
         except (OSError, ValueError) as e:
@@ -219,6 +219,11 @@ def recover(outdir: str, out=None) -> dict:
         col.add_region(region, d["name"], pid_check=False, clock_offset=d["clock_offset_ns"],
                        stream_id=d["stream_id"])
     recovered_from: Dict[int, int] = {}
+    # a claim made before a boot switch stays its boot's (the collector frees no ring at
+    # a switch): the claims the index names keep the domain it gives them
+    earlier = {d.name: d for d in col.static_domains}
+    bound = {(s.get("ring"), s.get("generation")): earlier[s.get("domain")]
+             for s in old.get("streams", []) if s.get("domain") in earlier}
     for src in col.sources:
         src.events.refresh()
         for i in range(src.region.layout.n_rings):
@@ -226,6 +231,9 @@ def recover(outdir: str, out=None) -> dict:
             if ident["state"] not in (abi.RING_ACTIVE, abi.RING_RELEASED):
                 continue
             r = col._reader(src, i, ident)
+            dom = bound.get((i, ident["generation"]))
+            if dom is not None and dom.stream_id != src.domain.stream_id:
+                r.domain = dom
             _resume(r)
             recovered_from[id(r)] = r.consumed
     col.stop()                     # drains every reader, accounts, writes metadata and index
