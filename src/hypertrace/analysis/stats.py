@@ -186,7 +186,9 @@ def _sync_latency(s: Session) -> dict:
             continue
         lat = sorted(x["host_recv"] + host_off - s.to_host(dom, x["guest_send"]) for x in syncs)
         rtt = sorted(x["guest_recv"] - x["guest_send"] for x in syncs if "guest_recv" in x)
-        out[dom] = {"count": len(lat), "latency_ns": _pct(lat), "rtt_ns": _pct(rtt)}
+        out[dom] = {"count": len(lat), "latency_ns": _pct(lat), "rtt_ns": _pct(rtt),
+                    # not in the index (the trace has them: hypertrace_sync_host events)
+                    "dropped": s.index.get("syncs_dropped", {}).get(dom, 0)}
     return out
 
 
