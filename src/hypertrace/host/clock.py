@@ -45,6 +45,7 @@ MAX_SEGMENTS = 64              # clock steps (VM pauses) one domain may have
 SOLVE_BUDGET = 4096            # feasibility questions to find the segments of one domain
 MAX_TS = 1 << 62               # abi.MAX_TS: a guest time beyond cannot be mapped
 MARGIN_TOL = 1e-3              # ns: a margin this little below 0 is rounding
+REFITS = 3                     # rounds adding the exchanges a decimated fit contradicts
 SOLVES = 0                     # feasibility questions so far (a cost measure for tests)
 
 
@@ -274,7 +275,8 @@ def fit(domain: str, samples) -> ClockFit:
     the session), the runs are found by one linear scan, each segment takes O(log n)
     questions of a fixed cost per exchange (at most SOLVE_BUDGET in all), and a clock
     that needs more than MAX_SEGMENTS segments is not fitted at all (a real clock steps
-    a few times: when its VM was paused)."""
+    a few times: when its VM was paused). Exchanges the decimation left out and the fit
+    contradicts are added for another round (REFITS at most)."""
     t0 = SOLVES
     # timestamps beyond abi.MAX_TS cannot be mapped (a reader refuses larger offsets)
     rows = [tuple(x) for x in samples]
@@ -288,36 +290,51 @@ def fit(domain: str, samples) -> ClockFit:
     # an exchange that no line within the drift limit satisfies even alone (its guest
     # round trip is shorter than the host's answer took) fits no segment: a violation
     alone = (arr[:, 2] - arr[:, 3]) - (arr[:, 1] - arr[:, 0]) <= _slack(arr[:, 3], arr[:, 0])
-    usable = _decimate(arr[alone], MAX_SAMPLES)
-    segments: List[Segment] = []
-    reason = None
+    fitted = arr[alone]
+    usable = _decimate(fitted, MAX_SAMPLES)
     if len(usable) == 0:
         reason = ("no line within the %g %% drift limit satisfies any of the %d exchanges"
                   % (MAX_DRIFT_PPM / 1e4, len(arr)))
-    runs = _runs(usable) if len(usable) else []
-    if len(runs) > MAX_SEGMENTS:
-        reason = ("the exchanges need more than %d segments (%d clock steps): no clock "
-                  "steps that often" % (MAX_SEGMENTS, len(runs) - 1))
-        runs = []
+        return ClockFit(domain, [], len(arr), 0, int(rtt.min()), reason, SOLVES - t0)
     budget = [SOLVE_BUDGET]
+    for _ in range(REFITS):
+        segments, reason = _segments(usable, budget)
+        if reason is not None or len(usable) == len(fitted):
+            break
+        # exchanges left out by the decimation that the fit contradicts: fitted too
+        # (a cutting-plane round; few, and bounded)
+        bad = fitted[_violations(segments, fitted)][:MAX_SAMPLES // 4]
+        if not len(bad):
+            break
+        usable = np.unique(np.concatenate([usable, bad]), axis=0)   # sorted by t1
+    if reason is not None:
+        segments = []
+    viol = int(np.count_nonzero(_violations(segments, arr))) if segments else 0
+    return ClockFit(domain, segments, len(arr), viol, int(rtt.min()), reason,
+                    SOLVES - t0)
+
+
+def _segments(usable: np.ndarray, budget: List[int]) -> tuple:
+    """(segments in time order, None) or ([], the reason there are none)."""
+    runs = _runs(usable)
+    if len(runs) > MAX_SEGMENTS:
+        return [], ("the exchanges need more than %d segments (%d clock steps): no clock "
+                    "steps that often" % (MAX_SEGMENTS, len(runs) - 1))
+    segments: List[Segment] = []
     for run in runs:
-        while len(run) and reason is None:
-            if len(segments) >= MAX_SEGMENTS or budget[0] <= 0:
-                reason = ("the exchanges need more than %d segments: no clock steps that "
-                          "often" % MAX_SEGMENTS if len(segments) >= MAX_SEGMENTS else
-                          "no consistent segments found within %d questions" % SOLVE_BUDGET)
-                break
+        while len(run):
+            if len(segments) >= MAX_SEGMENTS:
+                return [], ("the exchanges need more than %d segments: no clock steps "
+                            "that often" % MAX_SEGMENTS)
+            if budget[0] <= 0:
+                return [], "no consistent segments found within %d questions" % SOLVE_BUDGET
             k = _longest_prefix(run, budget)
             seg = _segment(run[:k])
             if seg is not None:         # None: numerically borderline, left unfitted
                 segments.append(seg)
             run = run[k:]
-    if reason is not None:
-        segments = []
     segments.sort(key=lambda s: s.g_start)
-    viol = _violations(segments, arr) if segments else 0
-    return ClockFit(domain, segments, len(arr), viol, int(rtt.min()), reason,
-                    SOLVES - t0)
+    return segments, None
 
 
 def fit_summary(domain: str, samples) -> dict:
@@ -330,8 +347,8 @@ def fit_summary(domain: str, samples) -> dict:
                         "the fit failed: %s" % describe(e)).summary()
 
 
-def _violations(segments: List[Segment], arr: np.ndarray) -> int:
-    """Exchanges their segment (pick()'s choice) does not satisfy, counted in one
+def _violations(segments: List[Segment], arr: np.ndarray) -> np.ndarray:
+    """Which exchanges their segment (pick()'s choice) does not satisfy, in one
     vectorised pass."""
     starts = np.array([s.g_start for s in segments], dtype=np.int64)
     ends = np.array([s.g_end for s in segments], dtype=np.int64)
@@ -343,14 +360,13 @@ def _violations(segments: List[Segment], arr: np.ndarray) -> int:
     # between segments (or past one): the nearer, the earlier one on a tie; before all: the first
     to_next = np.where(i + 1 < len(segments), starts[nxt] - t1, np.iinfo(np.int64).max)
     choose = np.where(i < 0, 0, np.where(inside | (t1 - ends[i0] <= to_next), i0, nxt))
-    bad = 0
+    bad = np.zeros(len(arr), dtype=bool)
     for k, s in enumerate(segments):
-        sel = arr[choose == k]
-        if not len(sel):
-            continue
-        hi = s.map(sel[:, 0].astype(np.float64)) > sel[:, 1] + 0.5
-        lo = s.map(sel[:, 3].astype(np.float64)) < sel[:, 2] - 0.5
-        bad += int(np.count_nonzero(hi | lo))
+        sel = choose == k
+        part = arr[sel]
+        hi = s.map(part[:, 0].astype(np.float64)) > part[:, 1] + 0.5
+        lo = s.map(part[:, 3].astype(np.float64)) < part[:, 2] - 0.5
+        bad[sel] = hi | lo
     return bad
 
 
