@@ -228,6 +228,12 @@ def validate(doc: Any) -> dict:
                 _int(x.get(k), "%s.%s" % (wx, k), 0, U64)
             for k in ("host_send", "guest_recv"):
                 _opt_int(x.get(k), "%s.%s" % (wx, k), 0, U64)
+    # sync points the index no longer holds (the recorder keeps the last ones)
+    for name, n in _dict(doc.get("syncs_dropped", {}), "syncs_dropped").items():
+        w = "syncs_dropped.%s" % _show(name)
+        if name not in names:
+            raise IndexInvalid("%s: sync points of unknown domain" % w)
+        _int(n, w, 0, I64)
     return doc
 
 
@@ -256,6 +262,7 @@ def _events(events: dict, where: str) -> None:
 
 def _clock(c: dict, where: str) -> None:
     _opt_str(c.get("kind"), where + ".kind", 64)
+    _opt_str(c.get("reason"), where + ".reason")       # why an "unfitted" clock is
     _opt_int(c.get("offset_ns"), where + ".offset_ns", -I64, I64)
     if c.get("drift_ppm") is not None:
         _num(c["drift_ppm"], where + ".drift_ppm", -1e6, 1e6)

@@ -181,12 +181,16 @@ def _sync_latency(s: Session) -> dict:
     and their round trips on the guest clock."""
     out = {}
     host_off = s.index.get("host_clock_offset_ns", 0)
-    for dom, syncs in s.index.get("syncs", {}).items():
-        if not syncs:
+    dropped = s.index.get("syncs_dropped", {})
+    for dom in dict.fromkeys(list(s.index.get("syncs", {})) + list(dropped)):
+        syncs = s.index.get("syncs", {}).get(dom, [])
+        if not syncs and not dropped.get(dom):
             continue
         lat = sorted(x["host_recv"] + host_off - s.to_host(dom, x["guest_send"]) for x in syncs)
         rtt = sorted(x["guest_recv"] - x["guest_send"] for x in syncs if "guest_recv" in x)
-        out[dom] = {"count": len(lat), "latency_ns": _pct(lat), "rtt_ns": _pct(rtt)}
+        out[dom] = {"count": len(lat), "latency_ns": _pct(lat), "rtt_ns": _pct(rtt),
+                    # not in the index (the trace has them: hypertrace_sync_host events)
+                    "dropped": dropped.get(dom, 0)}
     return out
 
 

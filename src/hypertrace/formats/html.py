@@ -139,7 +139,9 @@ def _tables(st: dict, data: dict) -> str:
     if st["sync_points"]:
         out += ["<h2>Sync points (guest → host latency, ns)</h2>", _table(
             ["domain", "count", "min", "p50", "p99", "max"],
-            [[d, v["count"], *[v["latency_ns"][k] for k in ("min", "p50", "p99", "max")]]
+            # a domain whose sync points were all dropped from the index has no latency
+            [[d, v["count"], *[(v["latency_ns"] or {}).get(k)
+                               for k in ("min", "p50", "p99", "max")]]
              for d, v in st["sync_points"].items()])]
     return "\n".join(out)
 

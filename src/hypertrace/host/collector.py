@@ -516,31 +516,57 @@ class Collector:
         self.write_index()
 
     def fit_clocks(self) -> None:
-        """Map every domain onto the host clock; CTF clocks get the offset (not the drift)."""
+        """Map every domain onto the host clock; CTF clocks get the offset (not the drift).
+        Each domain on its own: one whose exchanges fit no mapping (or whose fit fails) is
+        "unfitted", with the reason, and keeps the host clock's offset (its events show
+        their raw timestamps, without an uncertainty); the others are fitted as usual."""
         for dom in [d for src in self.sources for d in src.all_domains()]:
             name = dom.name
             dc = self.clocks.get(name)
-            if name == "host":
-                summ = {"kind": "host", "offset_ns": 0, "drift_ppm": 0.0, "uncertainty_ns": 0,
-                        "samples": 0, "causality_violations": 0, "segments": []}
-            elif dc is None or not dc.samples:
-                # no exchanges: a same-host producer shares the host's CLOCK_MONOTONIC
-                summ = {"kind": "assumed-host-clock", "offset_ns": 0, "drift_ppm": 0.0,
-                        "uncertainty_ns": None, "samples": 0, "causality_violations": 0,
-                        "segments": []}
-            else:
-                fit = clockfit.fit(name, dc.samples)
-                summ = dict(fit.summary(), kind="estimated")
-                dom.clock_offset_ns = self.host_offset + summ["offset_ns"]
-                dom.description = (
-                    "domain %s clock: host offset %d ns, drift %.3f ppm (not expressible "
-                    "in CTF 1.8), uncertainty %d ns" % (name, summ["offset_ns"],
-                                                        summ["drift_ppm"], summ["uncertainty_ns"]))
+            try:
+                summ = self._fit_clock(dom, dc)
+            except Exception as e:      # never the stop's failure, nor another domain's
+                summ = {"kind": "unfitted", "reason": "the fit failed: %s" % describe(e),
+                        "offset_ns": None, "drift_ppm": None, "uncertainty_ns": None,
+                        "samples": len(dc.samples) if dc is not None else 0,
+                        "causality_violations": 0, "segments": []}
+                dom.clock_offset_ns = self.host_offset
+            if summ["kind"] == "unfitted":
+                self.errors.add("clock of domain %s not fitted: %s" % (name, summ["reason"]))
+                dom.description = ("domain %s clock: not fitted (%s); raw timestamps on "
+                                   "the host's clock" % (name, summ["reason"]))
             if dc is not None:
                 summ.update(rejected_samples=dc.rejected_samples, control_errors=dc.errors,
                             mailbox_samples=dc.mailbox_samples,
-                            control_connections=dc.connections, sync_points=len(dc.syncs))
+                            control_connections=dc.connections,
+                            sync_points=dc.syncs_seen,
+                            # messages of this guest (all its boots) that waited for tokens
+                            control_throttled=dc.budget.throttled)
             self.clock_summary[name] = summ
+
+    def _fit_clock(self, dom: ctf.Domain, dc: Optional[DomainClock]) -> dict:
+        name = dom.name
+        if name == "host":
+            return {"kind": "host", "offset_ns": 0, "drift_ppm": 0.0, "uncertainty_ns": 0,
+                    "samples": 0, "causality_violations": 0, "segments": []}
+        if dc is None or not dc.samples:
+            # no exchanges: a same-host producer shares the host's CLOCK_MONOTONIC
+            return {"kind": "assumed-host-clock", "offset_ns": 0, "drift_ppm": 0.0,
+                    "uncertainty_ns": None, "samples": 0, "causality_violations": 0,
+                    "segments": []}
+        summ = clockfit.fit_summary(name, dc.samples)
+        if summ["kind"] == "estimated":
+            offset = self.host_offset + summ["offset_ns"]
+            if abs(offset) >= clockfit.MAX_TS:      # what a reader accepts (sessionindex)
+                return dict(summ, kind="unfitted", offset_ns=None, drift_ppm=None,
+                            uncertainty_ns=None, segments=[], reason=(
+                                "offset %d ns out of range" % summ["offset_ns"]))
+            dom.clock_offset_ns = offset
+            dom.description = (
+                "domain %s clock: host offset %d ns, drift %.3f ppm (not expressible "
+                "in CTF 1.8), uncertainty %s ns" % (name, summ["offset_ns"],
+                                                    summ["drift_ppm"], summ["uncertainty_ns"]))
+        return summ
 
     # -- session files ------------------------------------------------------------------
     def write_metadata(self) -> None:
@@ -611,8 +637,11 @@ class Collector:
                  "stopped_ns": time.time_ns(), "snapshots": self.snapshots,
                  "host_clock_offset_ns": self.host_offset,
                  "clocks": self.clock_summary,
-                 # a control thread may add a rebooted guest's clock meanwhile
-                 "syncs": {k: list(v.syncs) for k, v in list(self.clocks.items())},
+                 # a control thread may add a rebooted guest's clock meanwhile; the
+                 # last sync points of each (bounded: host/control.py), and how many not
+                 "syncs": {k: v.sync_list() for k, v in list(self.clocks.items())},
+                 "syncs_dropped": {k: v.syncs_dropped for k, v in list(self.clocks.items())
+                                   if v.syncs_dropped},
                  "domains": doms, "streams": self.streams(), "errors": self.errors,
                  **{k: (v() if callable(v) else v) for k, v in self.extra_index.items()}}
         if self.stopped:

@@ -17,16 +17,25 @@ A virtio-serial chardev (`long_lived`) is one connection from QEMU carrying
 every process of the guest: it is exempt from the hello and idle rules, and a
 new connection from QEMU replaces the oldest. Every peer error, hello or not,
 is counted in the session index's `errors`.
+
+No guest can take the recorder's time or memory: the messages of one guest (all its
+connections and boots) draw on one token bucket (GuestBudget, RATE tokens a second, a
+message costing one token per started KiB), and a connection that has used them up
+waits, unread, until it may go on: never an error, and the drain keeps the
+interpreter. The index keeps the last MAX_SYNCS sync points of a domain and
+MAX_GUEST_SYNCS of a guest, their names cut to SYNC_TEXT characters, with a count of
+those dropped (the trace holds every sync point: hypertrace_sync_host events).
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Deque, Dict, List, Optional
 
 from .. import abi
 from .errors import ErrorLog, describe
@@ -35,7 +44,44 @@ PARTIAL_TIMEOUT_S = 5.0        # a message started but not finished within this:
 HELLO_TIMEOUT_S = 5.0          # from accept to a hello
 MAX_CONNECTIONS = 256
 MAX_PENDING = 64
-MAX_SAMPLES = 200_000
+MAX_SAMPLES = 200_000          # clock exchanges kept per domain
+MAX_GUEST_SAMPLES = 2 * MAX_SAMPLES     # ... and over all the boots of one guest
+MAX_SYNCS = 4096               # sync points kept per domain for the index
+MAX_GUEST_SYNCS = 2 * MAX_SYNCS         # ... and over all the boots of one guest
+SYNC_TEXT = 128                # characters of a sync point's name kept in the index
+RATE = 20_000                  # tokens a second for the control messages of one guest
+BURST = 2_000                  # tokens a guest may spend at once after a quiet time
+TOKEN_BYTES = 1024             # a message costs a token per started KiB of its body
+
+
+class GuestBudget:
+    """What one guest may use of the recorder, shared by its connections and by the
+    domains of its boots: a token bucket for its messages, the sync points and clock
+    exchanges it has kept."""
+
+    def __init__(self, rate: float = RATE, burst: float = BURST):
+        self.lock = threading.Lock()
+        self.rate, self.burst = float(rate), float(burst)
+        self.tokens = self.burst
+        self.stamp = time.monotonic()
+        self.syncs = 0            # sync points kept, over the guest's domains
+        self.samples = 0          # clock exchanges kept, likewise
+        self.throttled = 0        # messages that had to wait for their tokens
+
+    def take(self, body: int) -> float:
+        """Spend the tokens of a message of `body` bytes: the seconds to wait before it is
+        served (0: at once). The bucket goes into debt, so that the guest's connections
+        wait their turns."""
+        cost = 1 + body // TOKEN_BYTES
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            self.tokens -= cost
+            if self.tokens >= 0:
+                return 0.0
+            self.throttled += 1
+            return -self.tokens / self.rate
 
 
 @dataclass
@@ -45,21 +91,55 @@ class DomainClock:
     name: str
     session_id: bytes
     samples: List[tuple] = field(default_factory=list)    # (t1, t2, t3, t4)
-    syncs: List[dict] = field(default_factory=list)
+    #: the last sync points (the index's `syncs`), bounded; see add_sync
+    syncs: Deque[dict] = field(default_factory=lambda: collections.deque(maxlen=MAX_SYNCS))
     errors: ErrorLog = field(default_factory=ErrorLog)
     rejected_samples: int = 0
     connections: int = 0
     boot_id: Optional[bytes] = None         # the guest boot this clock belongs to
     mailbox_samples: int = 0                # of `samples`, taken through the mailboxes
+    syncs_seen: int = 0                     # sync points answered
+    syncs_dropped: int = 0                  # of those, not (or no longer) in `syncs`
+    #: the guest's budget: a new boot's domain is given its predecessor's (_hello)
+    budget: GuestBudget = field(default_factory=GuestBudget)
 
     def add_sample(self, t1: int, t2: int, t3: int, t4: int) -> bool:
         """Keep one validated exchange; False (counted as rejected) once MAX_SAMPLES are
-        kept. The one way in for the socket and the mailbox exchanges alike."""
-        if len(self.samples) >= MAX_SAMPLES:
-            self.rejected_samples += 1
-            return False
-        self.samples.append((t1, t2, t3, t4))
+        kept, or MAX_GUEST_SAMPLES over the guest's boots. The one way in for the socket
+        and the mailbox exchanges alike."""
+        b = self.budget
+        with b.lock:
+            if len(self.samples) >= MAX_SAMPLES or b.samples >= MAX_GUEST_SAMPLES:
+                self.rejected_samples += 1
+                return False
+            b.samples += 1
+            self.samples.append((t1, t2, t3, t4))
         return True
+
+    def add_sync(self, entry: dict) -> None:
+        """Keep a sync point for the index: the domain's oldest goes when it has
+        MAX_SYNCS, or when the guest has MAX_GUEST_SYNCS (none of this domain's: the
+        new one goes). Every one not kept is counted."""
+        b = self.budget
+        with b.lock:
+            self.syncs_seen += 1
+            full = len(self.syncs) == self.syncs.maxlen
+            if not full and b.syncs >= MAX_GUEST_SYNCS:
+                if not self.syncs:
+                    self.syncs_dropped += 1
+                    return
+                self.syncs.popleft()
+                full = True
+            if full:
+                self.syncs_dropped += 1
+            else:
+                b.syncs += 1
+            self.syncs.append(entry)
+
+    def sync_list(self) -> List[dict]:
+        """A copy of the kept sync points (control threads add to them meanwhile)."""
+        with self.budget.lock:
+            return list(self.syncs)
 
 
 def listen(address: str) -> socket.socket:
@@ -195,7 +275,8 @@ class ControlServer:
         conn = peer.conn
         reader = abi.FrameReader()
         dom: Optional[DomainClock] = None
-        pending: Dict[tuple, int] = {}     # (t2, t3) we answered -> the guest's t1
+        #: (t2, t3) we answered -> (the guest's t1, the sync point's index entry or None)
+        pending: Dict[tuple, tuple] = {}
         partial_since = None               # when the first byte of an unfinished message came
         conn.settimeout(0.25)
         try:
@@ -223,6 +304,12 @@ class ControlServer:
                 if frames:
                     peer.last = now
                 for mtype, rid, body in frames:
+                    if dom is not None:
+                        # the guest's share of the recorder: past it, this connection
+                        # waits (unread: its sender blocks), then goes on
+                        wait = dom.budget.take(len(body))
+                        if wait > 0 and self.stopping.wait(wait):
+                            return
                     if dom is None or mtype == abi.MSG_HELLO:
                         # a virtio port carries one process after another: each says hello
                         dom = self._hello(conn, mtype, rid, body)
@@ -234,7 +321,7 @@ class ControlServer:
                         t3 = time.monotonic_ns()
                         conn.sendall(abi.frame(abi.MSG_CLOCK_OK, rid,
                                                abi.pack_u64s(t_recv, t3)))
-                        self._remember(pending, t_recv, t3, t1)
+                        self._remember(pending, t_recv, t3, (t1, None))
                     elif mtype == abi.MSG_SYNC:
                         sid, t1 = abi.unpack_u64s(body, 2)
                         name, off = abi.unpack_str(body, 16)
@@ -244,21 +331,20 @@ class ControlServer:
                         t3 = time.monotonic_ns()
                         conn.sendall(abi.frame(abi.MSG_SYNC_OK, rid,
                                                abi.pack_u64s(t_recv, t3)))
-                        self._remember(pending, t_recv, t3, t1)
-                        dom.syncs.append({"sync_id": sid, "name": name, "guest_send": t1,
-                                          "host_recv": t_recv, "host_send": t3})
-                        del dom.syncs[:-MAX_SAMPLES]
+                        entry = {"sync_id": sid, "name": name[:SYNC_TEXT], "guest_send": t1,
+                                 "host_recv": t_recv, "host_send": t3}
+                        # the sample that follows completes this entry (guest_recv)
+                        self._remember(pending, t_recv, t3, (t1, entry))
+                        dom.add_sync(entry)
                     elif mtype == abi.MSG_SAMPLE:
                         t1, t2, t3, t4, sid = abi.unpack_u64s(body, 5)
-                        if pending.pop((t2, t3), None) != t1 or t4 < t1:
+                        asked, entry = pending.pop((t2, t3), (None, None))
+                        if asked != t1 or t4 < t1:
                             dom.rejected_samples += 1   # not an exchange we answered
                             continue
                         if dom.add_sample(t1, t2, t3, t4):
-                            if sid:
-                                for s in reversed(dom.syncs):
-                                    if s["sync_id"] == sid and s["host_recv"] == t2:
-                                        s["guest_recv"] = t4
-                                        break
+                            if sid and entry is not None and entry["sync_id"] == sid:
+                                entry["guest_recv"] = t4
                             if self.on_sample is not None:
                                 self.on_sample(dom, t1, t2, t3, t4)
                     elif mtype == abi.MSG_BYE:
@@ -304,14 +390,15 @@ class ControlServer:
                         raise abi.ProtocolError("hello from another boot of the guest")
                     new = self.on_boot(dom, boot)    # raises ProtocolError past the limit
                     new.boot_id = boot
+                    new.budget = dom.budget          # one guest, one share, every boot
                     self.domains[sid] = dom = new
         dom.connections += 1
         conn.sendall(abi.frame(abi.MSG_HELLO_OK, rid, abi.pack_str(dom.name)))
         return dom
 
     @staticmethod
-    def _remember(pending: dict, t2: int, t3: int, t1: int) -> None:
-        pending[(t2, t3)] = t1
+    def _remember(pending: dict, t2: int, t3: int, asked: tuple) -> None:
+        pending[(t2, t3)] = asked
         while len(pending) > MAX_PENDING:
             pending.pop(next(iter(pending)))
 

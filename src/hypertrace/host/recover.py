@@ -313,8 +313,8 @@ def _refit(col: Collector, index: dict, streams: List[dict]) -> dict:
     for d in index["domains"]:
         name = d["name"]
         if name in samples:
-            fit = clockfit.fit(name, samples[name])
-            clocks[name] = dict(fit.summary(), kind="estimated", refit_by="recover")
+            # guarded and bounded like the recorder's own fit (host/clock.py)
+            clocks[name] = dict(clockfit.fit_summary(name, samples[name]), refit_by="recover")
         elif name not in clocks:
             clocks[name] = {"kind": "host" if name == "host" else "assumed-host-clock",
                             "offset_ns": 0, "drift_ppm": 0.0,
