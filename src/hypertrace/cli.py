@@ -188,8 +188,10 @@ def cmd_report(a) -> int:
 
 
 def _show(v) -> str:
+    from .analysis.text import printable
     if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
+        # json.dumps escapes C0 controls; DEL and C1 (CSI \x9b) are escaped too
+        return printable(json.dumps(v, ensure_ascii=False))
     if isinstance(v, bytes):
         return v.hex()
     return str(v)
@@ -285,11 +287,13 @@ def cmd_sql(a) -> int:
         w.writerow(cols)
         w.writerows(rows)
     else:
-        widths = [max([len(str(c))] + [len(str(r[i])) for r in rows]) for i, c in
-                  enumerate(cols)]
-        print("  ".join(str(c).ljust(wd) for c, wd in zip(cols, widths)))
+        from .analysis.text import printable  # for a terminal: no raw control characters
+        cols = [printable(c) for c in cols]
+        rows = [[printable(v) for v in r] for r in rows]
+        widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
+        print("  ".join(c.ljust(wd) for c, wd in zip(cols, widths)))
         for r in rows:
-            print("  ".join(str(v).ljust(wd) for v, wd in zip(r, widths)))
+            print("  ".join(v.ljust(wd) for v, wd in zip(r, widths)))
     return 0
 
 
