@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -189,8 +188,10 @@ def cmd_report(a) -> int:
 
 
 def _show(v) -> str:
+    from .analysis.text import printable
     if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
+        # json.dumps escapes C0 controls; DEL and C1 (CSI \x9b) are escaped too
+        return printable(json.dumps(v, ensure_ascii=False))
     if isinstance(v, bytes):
         return v.hex()
     return str(v)
@@ -219,27 +220,39 @@ def cmd_export(a) -> int:
     import importlib
 
     from .columns import Columns
+    from .formats.output import Output, OutputError
     s = _session(a.dir)
     mod = importlib.import_module(".formats." + EXPORTS[a.format], __package__)
     out = a.output or a.dir.rstrip("/") + mod.SUFFIX
-    part = out + ".partial"      # renamed when complete: a failed export leaves no half file
+    directory = a.format == "parquet"
+    try:
+        # a fresh, exclusively created name next to OUT, renamed onto it when complete:
+        # a failed export leaves nothing, and nothing planted there is written through
+        dest = Output(out, a.dir, directory)
+    except OutputError as e:
+        return _fail(str(e))
     bar = _progress(s, a.format)
     try:
-        n = mod.write(Columns(s), part, bar.update)
-        if os.path.isdir(out):
-            shutil.rmtree(out)
-        os.replace(part, out)
+        with dest:
+            if directory:
+                from .formats.parquet import Files
+                n = mod.write(Columns(s), "", bar.update, files_out=Files("", dest.opener))
+            else:
+                n = mod.write(Columns(s), dest.file, bar.update)
+            dest.commit()
+    except OutputError as e:
+        return _fail(str(e))
     except OSError as e:
         return _fail("cannot write %s: %s" % (out, e.strerror or e))
     finally:
         bar.close()
-        if os.path.isdir(part):
-            shutil.rmtree(part, ignore_errors=True)
-        elif os.path.exists(part):
-            os.unlink(part)
     for msg in s.warnings:
         sys.stderr.write("hypertrace: warning: %s (the rest of that stream was skipped)\n"
                          % msg)
+    if dest.leftover:
+        sys.stderr.write("hypertrace: warning: the previous export held other files: it is "
+                         "kept as %s\n" % os.path.join(os.path.dirname(os.path.abspath(out)),
+                                                       dest.leftover))
     print("%s: %d events written (%s)" % (out, n, a.format))
     return 0
 
@@ -274,11 +287,13 @@ def cmd_sql(a) -> int:
         w.writerow(cols)
         w.writerows(rows)
     else:
-        widths = [max([len(str(c))] + [len(str(r[i])) for r in rows]) for i, c in
-                  enumerate(cols)]
-        print("  ".join(str(c).ljust(wd) for c, wd in zip(cols, widths)))
+        from .analysis.text import printable  # for a terminal: no raw control characters
+        cols = [printable(c) for c in cols]
+        rows = [[printable(v) for v in r] for r in rows]
+        widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
+        print("  ".join(c.ljust(wd) for c, wd in zip(cols, widths)))
         for r in rows:
-            print("  ".join(str(v).ljust(wd) for v, wd in zip(r, widths)))
+            print("  ".join(v.ljust(wd) for v, wd in zip(r, widths)))
     return 0
 
 
@@ -385,7 +400,12 @@ def cmd_qemu_args(a) -> int:
 
 def cmd_guest_path(_a) -> int:
     from .host.guestpath import guest_path
-    print(guest_path())
+    try:
+        print(guest_path())
+    except OSError as e:        # HOME or XDG_CACHE_HOME not writable, a full disk...
+        return _fail("cannot make the guest library directory%s: %s (set XDG_CACHE_HOME to a "
+                     "writable directory)" % (" " + e.filename if e.filename else "",
+                                             e.strerror or e))
     return 0
 
 

@@ -27,6 +27,8 @@ from .session import MONO_LIMIT, UNC_LIMIT, Session
 CHUNK_BYTES = 1 << 20          # record bytes decoded per stream per step, at most
 SPLIT_BYTES = 4 << 20          # packets with more content are read in pieces of records
 BATCH_BUDGET = 8 << 20         # ... and across all streams (a batch is cut from these)
+SPLIT_BUDGET = 64 << 20        # the pieces of every stream's current chunk together
+CHUNK_MIN = 16 << 10           # per stream, however many streams
 _NP = {"b": "i1", "B": "u1", "h": "<i2", "H": "<u2", "i": "<i4", "I": "<u4", "q": "<i8",
        "Q": "<u8", "f": "<f4", "d": "<f8", "?": "u1"}
 
@@ -68,9 +70,13 @@ class Columns:
         self.kinds: List[Kind] = []
         self._kind_ids: Dict[Tuple[str, int], int] = {}
         self.streams = [st for st in session.streams if st.get("file")]
-        # each stream holds one chunk while the merge runs: bound their sum
-        self.chunk_bytes = min(chunk_bytes, max(64 << 10,
-                                                BATCH_BUDGET // max(1, len(self.streams))))
+        # each stream holds one chunk while the merge runs: bound their sum (its file's
+        # window is dropped before the chunk goes out: only the decoded chunk stays)
+        n = max(1, len(self.streams))
+        self.chunk_bytes = min(chunk_bytes, max(CHUNK_MIN, BATCH_BUDGET // n))
+        # larger packets are cut into pieces of records (a walk in Python): past a few
+        # streams, sooner, so that the pieces held at once stay within SPLIT_BUDGET
+        self.split_bytes = max(self.chunk_bytes, min(SPLIT_BYTES, SPLIT_BUDGET // n))
         self._bounds = {d: size_bounds(cs) for d, cs in session.codecs.items()}
         #: stream index -> [(raw time, events lost just before it)], filled while reading
         self.losses: Dict[int, List[Tuple[int, int]]] = {}
@@ -131,7 +137,7 @@ class Columns:
         have = 0
         lost = 0
         # a packet may claim any size: content beyond this is cut at record boundaries
-        split = max(self.chunk_bytes, SPLIT_BYTES)
+        split = self.split_bytes
 
         def head(off: int, n: int) -> bytes:
             buf, i = f.window(off, n)
@@ -144,15 +150,20 @@ class Columns:
                 for a, b in _pieces(f, p.start, p.content_end, split):
                     buf, i = f.window(a, b - a)
                     content = buf[i:i + b - a]
+                    buf = None
                     parts.append(content + bytes(-len(content) % 8))
                     have += len(parts[-1])
                     if have >= self.chunk_bytes:
-                        yield np.frombuffer(b"".join(parts), dtype=np.uint8)
-                        parts, have = [], 0
+                        # a suspended stream holds its decoded chunk only, not its window
+                        f.drop()
+                        data, content, parts, have = b"".join(parts), None, [], 0
+                        yield np.frombuffer(data, dtype=np.uint8)
         except ctf.PacketDamage as e:
             self.warnings.append("%s: %s" % (name, e))
         if parts:
-            yield np.frombuffer(b"".join(parts), dtype=np.uint8)
+            f.drop()
+            data, parts = b"".join(parts), []
+            yield np.frombuffer(data, dtype=np.uint8)
 
     def _decode(self, si: int, b: np.ndarray) -> Tuple[Optional[dict], bool]:
         """Decode one chunk of stream si: (columns, ok). ok=False: damage, stop the stream."""
@@ -301,6 +312,7 @@ def _pieces(f, start: int, cend: int, most: int) -> Iterator[Tuple[int, int]]:
             yield a, min(cend, off + H)
             return
         size = int.from_bytes(buf[i + 2:i + 4], "little") & abi.REC_SIZE_MASK
+        buf = None                  # not held while this generator is suspended
         if size < H:
             # damage: the decoder stops at this record, the rest is never read
             yield a, min(cend, off + H)

@@ -19,6 +19,11 @@ __all__ = ["Event", "Session", "SessionError"]
 
 MONO_LIMIT = float((1 << 62) - 4096)   # a mapped producer time, before the epoch offset
 UNC_LIMIT = float(1 << 62)
+#: bytes of stream files held by a merge of every stream (events()), whatever their count:
+#: each stream's window is this divided by the count, at least WINDOW_MIN (beyond
+#: READ_BUDGET / WINDOW_MIN streams, the least recently used windows are read again)
+READ_BUDGET = 32 << 20
+WINDOW_MIN = 4 << 10
 
 
 @dataclass
@@ -143,12 +148,14 @@ class Session:
                 sessiondir.check_regular(self.dir_fd, st["file"],
                                          os.path.join(self.path, st["file"]))
 
-    def open_stream(self, st: dict, chunk: int = 1 << 20) -> Optional[sessiondir.StreamBytes]:
+    def open_stream(self, st: dict, chunk: int = 1 << 20,
+                    budget: Optional[sessiondir.WindowBudget] = None
+                    ) -> Optional[sessiondir.StreamBytes]:
         """A bounded reader of a stream's file; None (and a warning) if it is missing
         or unreadable. SessionError if it is not a regular file."""
         path = os.path.join(self.path, st["file"])
         try:
-            return sessiondir.StreamBytes(self.dir_fd, st["file"], path, chunk)
+            return sessiondir.StreamBytes(self.dir_fd, st["file"], path, chunk, budget)
         except OSError as e:
             self.warnings.append("%s: %s" % (path, e.strerror or errno.errorcode.get(
                 e.errno, e)))
@@ -172,16 +179,17 @@ class Session:
         """A domain's raw timestamp on the session's host timeline (ns since the epoch)."""
         return self.mappers[domain](raw)[0]
 
-    def stream_events(self, st: dict, chunk: int = 1 << 20) -> Iterator[Event]:
-        """Decode one stream file, reading it in pieces of about `chunk` bytes;
-        damage ends the stream with a warning."""
+    def stream_events(self, st: dict, chunk: int = 1 << 20,
+                      budget: Optional[sessiondir.WindowBudget] = None) -> Iterator[Event]:
+        """Decode one stream file, reading it in pieces of about `chunk` bytes (held
+        within `budget` with other streams'); damage ends the stream with a warning."""
         if not st.get("file"):
             return
         dom = st["domain"]
         codecs = self.codecs[dom]
         mapper = self.mappers[dom]
         name = st["file"]
-        f = self.open_stream(st, chunk)
+        f = self.open_stream(st, chunk, budget)
         if f is None:
             return
         H = abi.REC_HEADER_SIZE
@@ -210,6 +218,7 @@ class Session:
                         self.warnings.append("%s: undecodable record at byte %d" % (name, off))
                         return
                     host_ts, unc = mapper(ts)
+                    buf = None      # while suspended, only the budget holds the window
                     yield Event(host_ts, ts, dom, name, c.decl.name, dict(zip(c.names, vals)),
                                 bool(sf & abi.REC_FLAG_TRUNCATED), unc)
                     off += size
@@ -219,7 +228,11 @@ class Session:
             f.drop()
 
     def events(self, domain: Optional[str] = None) -> Iterator[Event]:
-        """Every event of the session in host-timeline order."""
-        its = [self.stream_events(s) for s in self.streams
-               if domain is None or s["domain"] == domain]
+        """Every event of the session in host-timeline order, its streams read within
+        READ_BUDGET bytes together."""
+        sts = [s for s in self.streams if s.get("file") and (domain is None or
+                                                             s["domain"] == domain)]
+        chunk = min(1 << 20, max(WINDOW_MIN, READ_BUDGET // max(1, len(sts))))
+        budget = sessiondir.WindowBudget(READ_BUDGET)
+        its = [self.stream_events(s, chunk, budget) for s in sts]
         return heapq.merge(*its, key=lambda e: e.ts)

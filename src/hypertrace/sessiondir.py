@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections import OrderedDict
 from typing import Optional
 
 #: a session index is a few KiB per stream: 64 MiB is far beyond any real one
@@ -110,14 +111,39 @@ def read_bounded(fd: int, limit: int, shown: str) -> bytes:
     return b"".join(parts)
 
 
+class WindowBudget:
+    """A bound on the bytes that the windows of many StreamBytes hold together (a
+    merge reads every stream of a session at once, and the index may list 2^20 of
+    them): when a window is loaded beyond the bound, the windows used least recently
+    are dropped, to be read again if needed."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.total = 0
+        self.held: OrderedDict[StreamBytes, int] = OrderedDict()
+
+    def charge(self, sb: StreamBytes, n: int) -> None:
+        self.total += n - self.held.pop(sb, 0)
+        self.held[sb] = n
+        while self.total > self.limit and len(self.held) > 1:
+            victim = next(iter(self.held))
+            victim.drop()           # releases its charge
+
+    def release(self, sb: StreamBytes) -> None:
+        self.total -= self.held.pop(sb, 0)
+
+
 class StreamBytes:
     """A stream file of a session read in bounded pieces (pread), without keeping it
     open between pieces: a session may have more streams than a process may have
     open files, and every stream of a merge is being read at once. Each reopening
-    goes through open_regular and must find the same file (device and inode)."""
+    goes through open_regular and must find the same file (device and inode).
+    Windows of streams read together share a WindowBudget."""
 
-    def __init__(self, dir_fd: int, name: str, shown: str, chunk: int = 1 << 20):
+    def __init__(self, dir_fd: int, name: str, shown: str, chunk: int = 1 << 20,
+                 budget: Optional[WindowBudget] = None):
         self.dir_fd, self.name, self.shown, self.chunk = dir_fd, name, shown, chunk
+        self.budget = budget
         fd = open_regular(dir_fd, name, shown)
         try:
             st = os.fstat(fd)
@@ -143,10 +169,14 @@ class StreamBytes:
         """(buf, i): buf[i:i + n] are the file's bytes at off, fewer at its end. The
         buffer holds at most max(n, chunk) bytes: a record is at most 64 KiB."""
         if not (self.base <= off and off + n <= self.base + len(self.buf)):
-            self.buf = b""              # the old piece goes before the new one comes
+            self.drop()                 # the old piece goes before the new one comes
             self.buf = self.read(off, max(n, self.chunk))
             self.base = off
+            if self.budget is not None:
+                self.budget.charge(self, len(self.buf))
         return self.buf, off - self.base
 
     def drop(self) -> None:
         self.buf = b""
+        if self.budget is not None:
+            self.budget.release(self)

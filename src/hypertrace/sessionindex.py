@@ -8,7 +8,11 @@ because names become file names (stream files, Parquet files), SQL identifiers
 (`hypertrace sql` views) and labels: domain and stream file names
 `[A-Za-z0-9_.-]`, event and field names C identifiers (what abi.parse_signature
 accepts, the grammar the collector enforces on guests). What is not checked here
-is not read by any reader. Errors raise IndexInvalid naming the field.
+is not read by any reader: the sections only the recorder writes for people to
+read (errors, write_error, control, qemu_clock, trigger_problems, started_ns...)
+are left as they are and no command reads them. Text is checked for its type and
+length only: whoever prints it escapes its control characters (analysis/text.py).
+Errors raise IndexInvalid naming the field.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ MAX_SEGMENTS = 20_000     # host/clock.py MAX_SAMPLES: a segment has at least on
 MAX_SYNCS = 1 << 20
 MAX_NAME = 64             # a channel name is < 32 characters; boots add `.bootK` and `_`s
 MAX_TEXT = 4096
+MAX_TRIGGERS = 4096       # rules in one file; each has a few actions
+MAX_ACTIONS = 256
 I64 = 1 << 63
 OFF_MAX = 1 << 62         # epoch offsets: a mapped time (raw <= abi.MAX_TS) fits in i64
 TS_MAX = abi.MAX_TS + 1   # producer timestamps: the collector refuses larger ones
@@ -146,8 +152,8 @@ def _show(v: Any) -> str:
 
 # -- the document ----------------------------------------------------------------------
 def validate(doc: Any) -> dict:
-    """Check everything a reader uses; returns the document with its clock
-    segments' unbounded uncertainties capped (the only value rewritten)."""
+    """Check everything a reader uses; returns the document with its clocks' and
+    clock segments' unbounded uncertainties capped (the only values rewritten)."""
     if type(doc) is not dict or doc.get("format") != "hypertrace-session":
         raise IndexInvalid("not a hypertrace session index")
     if "trace_uuid" in doc:
@@ -234,7 +240,32 @@ def validate(doc: Any) -> dict:
         if name not in names:
             raise IndexInvalid("%s: sync points of unknown domain" % w)
         _int(n, w, 0, I64)
+    if doc.get("triggers") is not None:
+        _triggers(_list(doc["triggers"], "triggers", MAX_TRIGGERS))
     return doc
+
+
+def _triggers(rules: list) -> None:
+    """The trigger rules' summary (host/actions.py Engine.summary), which `stats` shows."""
+    for i, t in enumerate(rules):
+        w = "triggers[%d]" % i
+        _dict(t, w)
+        for k in ("trigger", "fired", "predicate_errors"):
+            _opt_int(t.get(k), "%s.%s" % (w, k), 0, I64)
+        for k in ("event", "domain", "when", "last_predicate_error"):
+            _opt_str(t.get(k), "%s.%s" % (w, k))
+        if t.get("actions") is not None:
+            for j, a in enumerate(_list(t["actions"], w + ".actions", MAX_ACTIONS)):
+                _str(a, "%s.actions[%d]" % (w, j))
+        for k in ("actions_coalesced", "actions_dropped"):
+            if t.get(k) is None:
+                continue
+            counts = _dict(t[k], "%s.%s" % (w, k))
+            if len(counts) > MAX_ACTIONS:
+                raise IndexInvalid("%s.%s: %d entries (at most %d)" % (w, k, len(counts),
+                                                                      MAX_ACTIONS))
+            for a, n in counts.items():
+                _int(n, "%s.%s.%s" % (w, k, _show(a)), 0, I64)
 
 
 def _events(events: dict, where: str) -> None:
@@ -268,7 +299,8 @@ def _clock(c: dict, where: str) -> None:
         _num(c["drift_ppm"], where + ".drift_ppm", -1e6, 1e6)
     u = c.get("uncertainty_ns")
     if u is not None:
-        _num(u, where + ".uncertainty_ns", 0, math.inf)
+        # unbounded (Infinity) is capped as in the segments: every reader prints a number
+        c["uncertainty_ns"] = min(_num(u, where + ".uncertainty_ns", 0, math.inf), UNC_MAX)
     for k in ("samples", "causality_violations", "min_rtt_ns"):
         _opt_int(c.get(k), "%s.%s" % (where, k), -I64, I64)
     segs: List[dict] = _list(c.get("segments", []), where + ".segments", MAX_SEGMENTS)

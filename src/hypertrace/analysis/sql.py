@@ -22,7 +22,6 @@ import errno
 import hashlib
 import json
 import os
-import re
 import stat
 from typing import BinaryIO, List, Optional, Tuple
 
@@ -34,7 +33,7 @@ from ..session import Session
 from ..sessiondir import SessionError, open_regular, read_bounded
 
 STAMP = ".done"
-OURS = re.compile(r"(events|streams|clocks|sync|event_[A-Za-z0-9_.~-]{1,300})\.parquet\Z")
+OURS = parquet.PARQUET_FILE     # the names an export writes: nothing else is ever removed
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Dict, List
 
 from ..session import Session
+from .text import printable
 
 LOSSES = ("lost_without_ring", "lost_in_refused_claims", "declarations_refused")
 
@@ -66,8 +67,9 @@ def compute(s: Session, with_spans: bool = True) -> dict:
 
 
 def format_text(st: dict) -> str:
-    lines = ["session %s: %d events in %.3f s" % (st["session"], st["totals"]["recorded"],
-                                                  st["duration_s"])]
+    # text from the session directory is escaped (text.py); names were validated
+    lines = ["session %s: %d events in %.3f s" % (printable(st["session"]),
+                                                  st["totals"]["recorded"], st["duration_s"])]
     lines.append("")
     lines.append("%-32s %12s %14s" % ("event", "count", "rate/s"))
     for name, e in st["events"].items():
@@ -78,7 +80,8 @@ def format_text(st: dict) -> str:
         "stream", "domain", "pid", "tid", "thread", "recorded", "discarded", "malformed", "torn"))
     for x in st["streams"]:
         lines.append("%-18s %-8s %8s %8s %-16s %10d %10d %9d %5d" % (
-            x["file"] or "(none)", x["domain"], x["pid"], x["tid"], (x["thread"] or "")[:16],
+            x["file"] or "(none)", x["domain"], x["pid"], x["tid"],
+            printable(x["thread"] or "")[:16],
             x["recorded"], x["discarded"], x["malformed"], x["torn"]))
     if st.get("spans"):
         lines.append("")
@@ -94,18 +97,19 @@ def format_text(st: dict) -> str:
         for k, v in st["triggers"]["actions"].items():
             lat = v["latency_ns"] or {}
             lines.append("%-32s %-24s %6d %6d %12s %12s" % (
-                k[:32], v["event"][:24], v["count"], v["errors"], _n(lat.get("p50")),
-                _n(lat.get("max"))))
+                printable(k)[:32], printable(v["event"])[:24], v["count"], v["errors"],
+                _n(lat.get("p50")), _n(lat.get("max"))))
             if v["last_error"]:
-                lines.append("    error: %s" % v["last_error"])
+                lines.append("    error: %s" % printable(v["last_error"]))
         for t in st["triggers"].get("rules", []):
             lost = sum((t.get("actions_dropped") or {}).values())
             merged = sum((t.get("actions_coalesced") or {}).values())
             if t.get("predicate_errors") or lost or merged:
                 lines.append("trigger %s (%s): fired %s, %s predicate errors%s, %d actions "
                              "merged, %d dropped" % (
-                                 t["trigger"], t["event"], t["fired"], t["predicate_errors"],
-                                 " (%s)" % t["last_predicate_error"]
+                                 t["trigger"], printable(t["event"]), t["fired"],
+                                 t["predicate_errors"],
+                                 " (%s)" % printable(t["last_predicate_error"])
                                  if t.get("last_predicate_error") else "", merged, lost))
     if st.get("clocks"):
         lines.append("")
@@ -114,7 +118,7 @@ def format_text(st: dict) -> str:
             "violations"))
         for dom, c in st["clocks"].items():
             lines.append("%-12s %-20s %14s %12s %14s %8s %10s" % (
-                dom, c["kind"], _n(c["offset_ns"]), _n(c["drift_ppm"], "%.3f"),
+                dom, printable(c["kind"]), _n(c["offset_ns"]), _n(c["drift_ppm"], "%.3f"),
                 _n(c["uncertainty_ns"]), c["samples"], c["causality_violations"]))
     t = st["totals"]
     lines.append("")
@@ -160,6 +164,8 @@ def triggers(s: Session) -> dict:
         if e.name != "hypertrace_trigger":
             continue
         f = e.fields
+        if not _trigger_record(f):      # declared otherwise than the recorder does
+            continue
         a = acts.setdefault(str(f["action"]), {"event": "%s/%s" % (f["domain"], f["event"]),
                                                "lat": [], "errors": 0, "last_error": None})
         if f["ok"] and f["domain"] in s.domains:
@@ -180,18 +186,26 @@ def _sync_latency(s: Session) -> dict:
     """Per domain: guest->host latency of sync points (host receive - mapped guest send)
     and their round trips on the guest clock."""
     out = {}
-    host_off = s.index.get("host_clock_offset_ns", 0)
+    host_off = s.index.get("host_clock_offset_ns") or 0
     dropped = s.index.get("syncs_dropped", {})
     for dom in dict.fromkeys(list(s.index.get("syncs", {})) + list(dropped)):
         syncs = s.index.get("syncs", {}).get(dom, [])
         if not syncs and not dropped.get(dom):
             continue
         lat = sorted(x["host_recv"] + host_off - s.to_host(dom, x["guest_send"]) for x in syncs)
-        rtt = sorted(x["guest_recv"] - x["guest_send"] for x in syncs if "guest_recv" in x)
+        # host_send and guest_recv are null for a sync point the guest never saw answered
+        rtt = sorted(x["guest_recv"] - x["guest_send"] for x in syncs
+                     if x.get("guest_recv") is not None)
         out[dom] = {"count": len(lat), "latency_ns": _pct(lat), "rtt_ns": _pct(rtt),
                     # not in the index (the trace has them: hypertrace_sync_host events)
                     "dropped": dropped.get(dom, 0)}
     return out
+
+
+def _trigger_record(f: dict) -> bool:
+    """Whether a hypertrace_trigger record has the recorder's field types."""
+    return (all(isinstance(f.get(k), str) for k in ("domain", "event", "action", "error"))
+            and type(f.get("event_ts")) is int and type(f.get("ok")) is bool)
 
 
 def _pct(v: list):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import Callable, Dict, Optional
+from typing import BinaryIO, Callable, Dict, Optional, Union
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from ..analysis.spans import edge as span_edge
 from ..columns import Batch, Columns
 from . import jsonfields
+from .output import binary_out
 
 SUFFIX = ".json"
 SYNC_GUEST = "hypertrace_sync"
@@ -84,14 +85,16 @@ def _text(a: pa.Array) -> memoryview:
     return memoryview(a.buffers()[2])[offs[0]:offs[-1]]
 
 
-def write(c: Columns, path: str, progress: Optional[Callable[[int], None]] = None) -> int:
-    """Write the whole session to `path`; returns the number of events written."""
+def write(c: Columns, path: Union[str, BinaryIO],
+          progress: Optional[Callable[[int], None]] = None) -> int:
+    """Write the whole session to `path` (or an open binary file); returns the number
+    of events written."""
     pids = {d: i for i, d in enumerate(c.s.domains, 1)}
     n = 0
     batches = c.batches()
     first = next(batches, None)
     origin = int(first.ts[0]) // 10**9 * 10**9 if first is not None else 0
-    with open(path, "wb") as out:
+    with binary_out(path) as out:
         meta = [{"ph": "M", "name": "process_name", "pid": i, "tid": 0, "args": {"name": d}}
                 for d, i in pids.items()]
         for j, st in enumerate(c.streams, 1):

@@ -16,7 +16,7 @@ import html
 import json
 import math
 import os
-from typing import Callable, Dict, List, Optional
+from typing import BinaryIO, Callable, Dict, List, Optional, Union
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from ..analysis.spans import Pairer
 from ..columns import Columns
 from . import jsonfields
 from .chrome_json import SYNC_GUEST, SYNC_HOST
+from .output import binary_out
 
 SUFFIX = ".html"
 MAX_EVENTS = 40_000
@@ -146,8 +147,10 @@ def _tables(st: dict, data: dict) -> str:
     return "\n".join(out)
 
 
-def write(c: Columns, path: str, progress: Optional[Callable[[int], None]] = None) -> int:
-    """Write the page to `path`; returns the number of events read."""
+def write(c: Columns, path: Union[str, BinaryIO],
+          progress: Optional[Callable[[int], None]] = None) -> int:
+    """Write the page to `path` (or an open binary file); returns the number of events
+    read."""
     st = stats.compute(c.s, with_spans=False)
     data = collect(c, progress)
     data["session"] = c.s.path
@@ -161,8 +164,8 @@ def write(c: Columns, path: str, progress: Optional[Callable[[int], None]] = Non
     page = _PAGE % {"title": html.escape(os.path.basename(c.s.path.rstrip("/")) or "session"),
                     "summary": html.escape(summary), "tables": _tables(st, data),
                     "data": blob, "script": script}
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(page)
+    with binary_out(path) as f:
+        f.write(page.encode("utf-8"))
     return data["total"]
 
 

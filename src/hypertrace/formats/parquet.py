@@ -9,6 +9,7 @@ pandas or Spark read as is.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import BinaryIO, Callable, Dict, List, Optional
 
@@ -20,6 +21,7 @@ from .. import abi
 from ..columns import Columns
 from ..session import Session
 from . import jsonfields
+from .output import PARQUET_FILE
 
 SUFFIX = "-parquet"
 _INT = {("int", 1, True): pa.int8(), ("int", 1, False): pa.uint8(),
@@ -60,20 +62,31 @@ def typed_name(domain: str, event: str, used: set) -> str:
 
 
 class Files:
-    """Where write() puts its files: a directory by path (an export), or through
-    `opener` (the SQL cache opens them under its checked directory descriptor).
-    `names` lists every file written."""
+    """Where write() puts its files: through `opener`, which creates each file
+    exclusively under a checked directory descriptor (an export's temporary
+    directory, formats/output.py; the SQL cache). `names` lists every file written."""
 
     def __init__(self, outdir: str, opener: Optional[Callable[[str], BinaryIO]] = None):
-        self.outdir, self.opener = outdir, opener
+        self.outdir = outdir
+        self.opener = opener or self._in_dir
         self.names: List[str] = []
         self._open: List[BinaryIO] = []
+        self._dir_fd = -1
 
-    def where(self, name: str):
-        self.names.append(name)
-        if self.opener is None:
-            return os.path.join(self.outdir, name)
+    def _in_dir(self, name: str) -> BinaryIO:
+        # a library caller's directory by path: made if missing, never through a symlink
+        if self._dir_fd < 0:
+            os.makedirs(self.outdir, exist_ok=True)
+            self._dir_fd = os.open(self.outdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                   | os.O_CLOEXEC)
+        return os.fdopen(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC, 0o666, dir_fd=self._dir_fd), "wb")
+
+    def where(self, name: str) -> BinaryIO:
+        if not PARQUET_FILE.match(name):
+            raise OSError(errno.EINVAL, "unexpected Parquet file name %r" % name)
         f = self.opener(name)
+        self.names.append(name)
         self._open.append(f)
         return f
 
@@ -81,6 +94,9 @@ class Files:
         for f in self._open:
             f.close()
         self._open = []
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
 
 
 def write(c: Columns, outdir: str, progress: Optional[Callable[[int], None]] = None,
@@ -88,8 +104,6 @@ def write(c: Columns, outdir: str, progress: Optional[Callable[[int], None]] = N
     """Write the session's tables into `outdir` (or through files_out); returns the
     number of events."""
     out = files_out or Files(outdir)
-    if files_out is None:
-        os.makedirs(outdir, exist_ok=True)
     try:
         return _write(c, out, progress)
     finally:
@@ -145,19 +159,32 @@ def _write(c: Columns, out: Files, progress: Optional[Callable[[int], None]]) ->
     return n
 
 
+# the index as tables, with their types stated: a value the index allows (any u64 the
+# guest sent) is never left to pyarrow's inference, which stops at int64
+STREAMS = pa.schema([("file", pa.string()), ("domain", pa.string()), ("ring", pa.int64()),
+                     ("pid", pa.int64()), ("tid", pa.int64()), ("thread", pa.string()),
+                     ("recorded", pa.int64()), ("discarded", pa.int64()),
+                     ("malformed", pa.int64()), ("torn", pa.int64()), ("emitted", pa.int64())])
+CLOCKS = pa.schema([("domain", pa.string()), ("kind", pa.string()), ("offset_ns", pa.int64()),
+                    ("drift_ppm", pa.float64()), ("uncertainty_ns", pa.int64()),
+                    ("samples", pa.int64()), ("causality_violations", pa.int64())])
+SYNC = pa.schema([("domain", pa.string()), ("sync_id", pa.uint64()), ("name", pa.string()),
+                  ("guest_send", pa.uint64()), ("host_recv", pa.uint64()),
+                  ("host_send", pa.uint64()), ("guest_recv", pa.uint64())])
+
+
+def _table(rows: List[dict], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows],
+                                schema=schema)
+
+
 def _index_tables(s: Session, out: Files) -> None:
-    keys = ("file", "domain", "ring", "pid", "tid", "thread", "recorded", "discarded",
-            "malformed", "torn", "emitted")
-    streams = [{k: st.get(k) for k in keys} for st in s.streams]
-    pq.write_table(pa.Table.from_pylist(streams) if streams else pa.table({"file": []}),
-                   out.where("streams.parquet"))
-    clocks = [{"domain": d, **{k: c.get(k) for k in (
-        "kind", "offset_ns", "drift_ppm", "uncertainty_ns", "samples",
-        "causality_violations")}} for d, c in s.clocks.items()]
-    pq.write_table(pa.Table.from_pylist(clocks) if clocks else pa.table({"domain": []}),
-                   out.where("clocks.parquet"))
-    cols = ("sync_id", "name", "guest_send", "host_recv", "host_send", "guest_recv")
-    sync = [{"domain": d, **{k: x.get(k) for k in cols}}
-            for d, xs in s.index.get("syncs", {}).items() for x in xs]
-    pq.write_table(pa.Table.from_pylist(sync) if sync else pa.table(
-        {"domain": pa.array([], pa.string())}), out.where("sync.parquet"))
+    pq.write_table(_table(s.streams, STREAMS), out.where("streams.parquet"))
+    clocks = []
+    for d, c in s.clocks.items():
+        u = c.get("uncertainty_ns")     # a number (sessionindex caps it), shown in whole ns
+        clocks.append(dict(c, domain=d, uncertainty_ns=None if u is None else
+                           int(-(-u // 1))))
+    pq.write_table(_table(clocks, CLOCKS), out.where("clocks.parquet"))
+    sync = [dict(x, domain=d) for d, xs in s.index.get("syncs", {}).items() for x in xs]
+    pq.write_table(_table(sync, SYNC), out.where("sync.parquet"))

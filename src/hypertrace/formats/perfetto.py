@@ -11,7 +11,7 @@ argument names are interned on one packet sequence.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import BinaryIO, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
@@ -19,6 +19,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from ..analysis.spans import edge as span_edge
 from ..columns import Columns, Kind
 from .chrome_json import SYNC_GUEST, SYNC_HOST
+from .output import binary_out
 
 SUFFIX = ".pftrace"
 SEQ = 1                    # trusted_packet_sequence_id of every packet
@@ -224,10 +225,12 @@ class _Writer:
             self.chunks.append(r.serialize())
 
 
-def write(c: Columns, path: str, progress: Optional[Callable[[int], None]] = None) -> int:
-    """Write the session to `path`; returns the number of events written."""
+def write(c: Columns, path: Union[str, BinaryIO],
+          progress: Optional[Callable[[int], None]] = None) -> int:
+    """Write the session to `path` (or an open binary file); returns the number of
+    events written."""
     n = 0
-    with open(path, "wb") as out:
+    with binary_out(path) as out:
         w = _Writer(c, out)
         w.tracks()
         for b in c.batches():
