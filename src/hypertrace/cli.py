@@ -327,7 +327,8 @@ def cmd_ctl(a) -> int:
                 return _fail("ctl %s needs an event name pattern" % a.action)
             r = request(a.dir, {"cmd": a.action, "pattern": a.pattern, "domain": a.domain})
     except LiveError as e:
-        return _fail(str(e))
+        from .analysis.text import printable
+        return _fail(printable(str(e)))
     try:
         # the reply is the recorder's, but the socket could be an old build's or a
         # stranger's: its shape is checked and its text made safe for the terminal
@@ -339,7 +340,7 @@ def cmd_ctl(a) -> int:
 
 
 def _ctl_lines(a, r) -> List[str]:
-    from .host.live import printable as p
+    from .analysis.text import printable as p
     if a.action != "status":
         changed = [p(str(c)) for c in r["changed"]]
         return ["%sd %s in %s: %d event(s) changed%s" % (

@@ -378,12 +378,5 @@ def _exchange(path: str, outdir: str, req: dict, timeout: float) -> dict:
         raise LiveError("the recording at %s sent a bad reply" % outdir)
     if reply.get("ok") is not True:
         err = reply.get("error")
-        raise LiveError(printable(err) if type(err) is str else "refused")
+        raise LiveError(err[:200] if type(err) is str else "refused")   # cli escapes it
     return reply
-
-
-def printable(text: str, most: int = 200) -> str:
-    """Text from a peer, safe for a terminal: control characters shown escaped."""
-    text = text[:most]
-    return "".join(c if c.isprintable() else "\\x%02x" % ord(c) if ord(c) < 256
-                   else "\\u%04x" % ord(c) for c in text)
