@@ -212,6 +212,10 @@ def test_files_that_are_not_regular_files_are_refused(recorded, tmp_path, what):
 
 def test_recover_refuses_a_fifo_among_the_streams(recorded, tmp_path):
     d = _copy(recorded, tmp_path / "s")
+    doc = json.load(open(_index(d)))
+    doc.pop("stopped", None)           # as a killed recorder leaves it: recover goes on
+    with open(_index(d), "w") as f:
+        json.dump(doc, f)
     os.mkfifo(os.path.join(d, "local-0099"))
     r = subprocess.run([sys.executable, "-m", "hypertrace.cli", "recover", d], text=True,
                        capture_output=True, env=env(), timeout=60, preexec_fn=_limit)

@@ -140,6 +140,7 @@ class Channel:
         self.decl_skipped: Set[int] = set()     # empty but locked (being written) then
         self.tracepoints: list = []
         self.decl_waiting: list = []            # tracepoints refused for held slots
+        self.decl_retry_lock = threading.RLock()   # _attach may retry the others
         self._decl_gap = DECL_RETRY_S[0]
         self._decl_retry_at = 0.0
         self.last_enable = b""
@@ -421,9 +422,11 @@ class Channel:
         now = time.monotonic()
         if not force and now < self._decl_retry_at:
             return
-        waiting, self.decl_waiting = self.decl_waiting, []
-        for fn in waiting:
-            self._attach(fn, fn.decl_wait[0])    # busy again: back in decl_waiting
+        with self.decl_retry_lock:      # the poller and a new declaration both retry
+            waiting, self.decl_waiting = self.decl_waiting, []
+            for fn in waiting:
+                if getattr(fn, "event_id", None) is None:
+                    self._attach(fn, fn.decl_wait[0])    # busy again: back in decl_waiting
         if self.decl_waiting:
             self._decl_gap = min(self._decl_gap * 2, DECL_RETRY_S[1])
         else:
@@ -432,8 +435,11 @@ class Channel:
 
     def give_up_declarations(self) -> None:
         """At exit: tracepoints never declared count as refused declarations."""
-        waiting, self.decl_waiting = self.decl_waiting, []
+        with self.decl_retry_lock:
+            waiting, self.decl_waiting = self.decl_waiting, []
         for fn in waiting:
+            if getattr(fn, "event_id", None) is not None:
+                continue                  # declared meanwhile by the other retrier
             refuse(fn, fn.refused or "no declaration slot")
             self.count(refused=1)
 
