@@ -99,11 +99,7 @@ class Session:
         except OSError as e:
             raise SessionError("%s: %s" % (idx, e.strerror)) from None
         try:
-            fd = sessiondir.open_regular(meta, "session.json", idx)
-            try:
-                raw = sessiondir.read_bounded(fd, sessiondir.MAX_INDEX_BYTES, idx)
-            finally:
-                os.close(fd)
+            raw = sessiondir.read_regular(meta, "session.json", idx, sessiondir.MAX_INDEX_BYTES)
         except FileNotFoundError:
             raise SessionError("%s: not a hypertrace session (no .hypertrace/session.json)"
                                % self.path) from None

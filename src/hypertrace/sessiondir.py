@@ -133,6 +133,15 @@ class WindowBudget:
         self.total -= self.held.pop(sb, 0)
 
 
+def read_regular(dir_fd: int, name: str, shown: str, limit: int) -> bytes:
+    """The whole of a regular file under dir_fd, at most `limit` bytes (the index)."""
+    fd = open_regular(dir_fd, name, shown)
+    try:
+        return read_bounded(fd, limit, shown)
+    finally:
+        os.close(fd)
+
+
 class StreamBytes:
     """A stream file of a session read in bounded pieces (pread), without keeping it
     open between pieces: a session may have more streams than a process may have

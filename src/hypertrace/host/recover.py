@@ -79,11 +79,8 @@ def load_index(outdir: str) -> dict:
         try:
             meta = sessiondir.open_dir(SESSION_DIR, dfd)
             try:
-                fd = sessiondir.open_regular(meta, "session.json", idx)
-                try:
-                    raw = sessiondir.read_bounded(fd, sessiondir.MAX_INDEX_BYTES, idx)
-                finally:
-                    os.close(fd)
+                raw = sessiondir.read_regular(meta, "session.json", idx,
+                                              sessiondir.MAX_INDEX_BYTES)
             finally:
                 os.close(meta)
         finally:
