@@ -51,8 +51,9 @@ def count_records(r: RingReader, content) -> int:
             break
         if eid != abi.PAD_ID:
             n += 1
-            if per.get(eid, 0) > 0:
-                per[eid] -= 1
+            # the vectorised walk adds a piece's per-event counts after the packets it
+            # closed were sunk: the count may go below 0 until it does, never after
+            per[eid] = per.get(eid, 0) - 1
         off += size
     st.recorded -= n
     st.unwritten += n
