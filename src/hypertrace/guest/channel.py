@@ -383,7 +383,9 @@ class Channel:
         declaration refused only for now (slots held by other processes) is tried again
         by the poller and at the next declaration; meanwhile each of the tracepoint's
         records is dropped and counted as lost."""
-        if self._attach(fn, tls):
+        with self.decl_retry_lock:      # one declaring thread at a time, the poller too
+            ok = self._attach(fn, tls)
+        if ok:
             self.retry_declarations(force=True)   # a slot could be had: maybe more
 
     def _attach(self, fn: Callable, tls) -> bool:
@@ -434,7 +436,9 @@ class Channel:
         self._decl_retry_at = now + self._decl_gap
 
     def give_up_declarations(self) -> None:
-        """At exit: tracepoints never declared count as refused declarations."""
+        """At exit: tracepoints never declared count as refused declarations, after one
+        last try (the slots may have been freed since the poller's last retry)."""
+        self.retry_declarations(force=True)
         with self.decl_retry_lock:
             waiting, self.decl_waiting = self.decl_waiting, []
         for fn in waiting:
