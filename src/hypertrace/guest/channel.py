@@ -127,6 +127,7 @@ class Channel:
         # byte locks exclude other processes only (threads share the open file
         # description): this lock excludes the other threads of this process
         self.thread_lock = threading.Lock()
+        self._guard_owner: Optional[int] = None  # the thread holding it (signal handlers)
         self.rings_held: Set[int] = set()       # rings this process claimed: their locks
         self.mbox_held: Set[int] = set()
         # counts not yet added to a counter slot: list.append is atomic, so a thread
@@ -162,6 +163,7 @@ class Channel:
         to the open file description the child shares with its parent, and a thread
         lock may have been held at the fork by a thread that does not exist here."""
         self.thread_lock = threading.Lock()
+        self._guard_owner = None
         self._forked()
 
     def _forked(self) -> None:
@@ -173,28 +175,40 @@ class Channel:
         self.lock_pid = os.getpid()      # last: a failed reopen is tried again
 
     def _enter(self, wait: bool = True) -> bool:
-        """Take this process's guard, for at most GUARD_S (not at all unless `wait`);
+        """Take this process's guard, waiting at most GUARD_S for another thread (not at
+        all unless `wait`, nor when this thread holds it: a signal handler that traces);
         False if not taken."""
+        me = threading.get_ident()
+        if self._guard_owner == me:
+            return False
         if not (self.thread_lock.acquire(timeout=GUARD_S) if wait
                 else self.thread_lock.acquire(False)):
             return False
+        self._guard_owner = me
         if self.lock_pid != os.getpid():
             try:
                 self._forked()           # forked with no at-fork hook run
             except OSError:
-                self.thread_lock.release()   # no descriptor to be had: try again later
+                self._leave()            # no descriptor to be had: try again later
                 return False
         return True
+
+    def _leave(self) -> None:
+        self._guard_owner = None
+        self.thread_lock.release()
 
     # -- shared loss counters (ABI 1.4) ------------------------------------------
     def count(self, lost: int = 0, refused: int = 0) -> None:
         """Add to the region's shared counters now: the count must outlive this thread
         and this process (a forked child may leave by os._exit). On the emit path: one
-        pass over the slots, never a wait (when all are held, the count stays pending
-        for the poller, the exit, and the goodbye to the host: take_pending)."""
+        pass over the slots, never a wait for another process (when all are held, the
+        count stays pending for the poller, the exit, and the goodbye to the host:
+        take_pending). It does wait for another thread of this process that holds the
+        guard (the poller; GUARD_S at most): left to that thread, the count is lost if
+        this one leaves by os._exit before the GIL lets that thread publish it."""
         self.pending.append((lost, refused))
         if time.monotonic() >= self._publish_at:
-            self.publish(wait=False)
+            self.publish()
 
     def publish(self, wait: bool = True) -> bool:
         """Add every pending count to a free counter slot, in one pass over the slots
@@ -212,7 +226,7 @@ class Channel:
         except (OSError, ValueError):
             pass                          # the region is unmapped: nothing to count in
         finally:
-            self.thread_lock.release()
+            self._leave()
         return False
 
     def _collapse(self) -> None:
@@ -234,7 +248,7 @@ class Channel:
             self._collapse()
             return self.pending.pop() if self.pending else (0, 0)
         finally:
-            self.thread_lock.release()
+            self._leave()
 
     def give_back(self, counts: Tuple[int, int]) -> None:
         if counts != (0, 0):
@@ -278,7 +292,7 @@ class Channel:
                 return eid
             return self._append(name, sig, decl)
         finally:
-            self.thread_lock.release()
+            self._leave()
 
     def _slot_text(self, j: int) -> Optional[bytes]:
         """Slot j's text, None while empty, b"" if unusable."""
@@ -487,7 +501,7 @@ class Channel:
             except (OSError, ValueError):
                 got = None               # no descriptor left, an unmapped region
             finally:
-                self.thread_lock.release()
+                self._leave()
         if got is None:
             self._next_claim = now + CLAIM_RETRY_S
             self.count(lost=1)
@@ -583,7 +597,7 @@ class Channel:
         except (OSError, ValueError):
             pass
         finally:
-            self.thread_lock.release()
+            self._leave()
         return None
 
     def _release_mailbox(self, index: int) -> None:
