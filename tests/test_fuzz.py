@@ -20,7 +20,7 @@ import time
 import uuid
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hypertrace import abi
@@ -452,6 +452,7 @@ def test_fuzz_session_index(read_session, tmp_path_factory, muts):
 @given(edits=st.lists(st.tuples(st.integers(0, 1 << 20), st.binary(min_size=1, max_size=16)),
                       min_size=1, max_size=6),
        cut=st.one_of(st.none(), st.integers(0, 1 << 16)), which=st.integers(0, 7))
+@example(edits=[(19538, b"\x00")], cut=None, which=0)     # times going back: no progress
 def test_fuzz_stream_files(read_session, tmp_path_factory, edits, cut, which):
     """Stream files with bytes overwritten (packet headers, sizes, record headers,
     payloads) and cut short: readers end the damaged stream with a warning, the

@@ -246,6 +246,13 @@ class Columns:
                 if b > a:
                     pieces.append((si, c, a, b))
                 at[si] = b
+            if not pieces:
+                # times that go back inside a chunk (a damaged or crafted stream file):
+                # the search found nothing to hand out; the stream whose next time is the
+                # earliest gives its whole chunk, so that every pass makes progress
+                si = min(cur, key=lambda s: int(cur[s]["ts"][at[s]]))
+                pieces.append((si, cur[si], at[si], len(cur[si]["ts"])))
+                at[si] = len(cur[si]["ts"])
             yield _merge(pieces)
             for si in [si for si in cur if at[si] >= len(cur[si]["ts"])]:
                 refill(si)
