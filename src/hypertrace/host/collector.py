@@ -622,7 +622,8 @@ class Collector:
                 "channel": src.region.path, "session_id": h.session_id.hex(),
                 "mode": abi.MODE_NAMES[h.mode],
                 "rings": h.n_rings, "ring_size": h.ring_size,
-                "events": {str(i): {"name": d.name, "signature": d.signature}
+                "events": {str(i): {"name": d.name, "signature": d.signature,
+                                    **({"format": d.fmt} if d.fmt else {})}
                            for i, d in sorted(src.events.decls.items())},
                 "rejected_declarations": {str(k): v for k, v in src.events.bad.items()},
                 "claims": src.claims, "claims_refused": src.refused,
