@@ -26,7 +26,7 @@ __all__ = ["MAX_EVENT_ID", "ABI_MAJOR", "ABI_MINOR", "MAGIC", "PAGE", "HEADER_SI
            "Header", "ABIError", "parse_header", "pack_header"]
 
 ABI_MAJOR = 1
-ABI_MINOR = 4
+ABI_MINOR = 5
 MAGIC = 0x4543415254505948  # b"HYPTRACE" read as a little-endian u64
 PAGE = 4096
 HEADER_SIZE = PAGE
