@@ -112,6 +112,26 @@ def test_pri_macros_vcpu_and_disable_declare(tmp_path):
     assert decls["x_off"].disabled
 
 
+OLD_QEMU = r'''
+# QEMU <= 2.x: types before tracetool validated them, tcg events with two formats
+port_in(unsigned int addr, char size, unsigned int val) "addr %#x(%c) value %u"
+map_ptr(void* ptr) "%p"
+nothing(void) ""
+disable vcpu tcg mem_before(TCGv vaddr, uint8_t info) "info=%d", "vaddr=0x%016"PRIx64" info=%d"
+tlb_fill(target_ulong addr, int mmu_idx) "addr " "0x%" PRIx64 " idx %d"
+'''
+
+
+def test_older_qemu_syntax_declares():
+    decls = {d.name: d for d in abi.parse_trace_events(OLD_QEMU, "old")}
+    mb = decls["mem_before"]
+    assert mb.disabled and mb.fmt == '"vaddr=0x%016"PRIx64" info=%d"'   # execution time
+    assert [(a, t, ft.code) for a, t, ft in mb.fields] == [("vaddr", "TCGv", "Q"),
+                                                           ("info", "uint8_t", "B")]
+    assert decls["map_ptr"].fields[0][:2] == ("ptr", "void *")
+    assert decls["tlb_fill"].fields[0][2].code == "Q"
+
+
 @pytest.mark.parametrize("line,cause", [
     ('x(int a) "a=%d', "unterminated string"),
     ('x(int a) "a=%d" garbage"', "where a string or a macro name"),

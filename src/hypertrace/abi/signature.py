@@ -45,8 +45,13 @@ _NAMED: Dict[str, FieldType] = {
     "intptr_t": _int("q"), "uintptr_t": _int("Q"), "ptrdiff_t": _int("q"),
     "intmax_t": _int("q"), "uintmax_t": _int("Q"),
     "size_t": _int("Q"), "ssize_t": _int("q"), "off_t": _int("q"), "pid_t": _int("i"),
-    # QEMU's own typedefs (older trace-events files use them)
+    # QEMU's own typedefs (older trace-events files use them); a target's word as
+    # on a 64-bit target; TCG values (QEMU <= 2.x `tcg` events) as tracetool's
+    # execution-time transform turns them into host types
     "hwaddr": _int("Q", True), "vaddr": _int("Q", True), "ram_addr_t": _int("Q", True),
+    "target_ulong": _int("Q", True), "target_long": _int("q"),
+    "TCGv": _int("Q", True), "TCGv_i32": _int("I"), "TCGv_i64": _int("Q"),
+    "TCGv_ptr": _int("Q", True), "TCGv_env": _int("Q", True),
     "bool": FieldType("bool", "?", 1, False, False),
     "_Bool": FieldType("bool", "?", 1, False, False),
     "float": FieldType("float", "f", 4, True, False),
