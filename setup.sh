@@ -4,11 +4,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-APT_PACKAGES="babeltrace2 qemu-user qemu-system-x86 linux-image-amd64 busybox-static python3 chromium"
+APT_PACKAGES="babeltrace2 qemu-user qemu-system-x86 qemu-system-data linux-image-amd64 busybox-static python3 chromium"
 missing=""
 command -v babeltrace2 >/dev/null || missing=1
 command -v qemu-x86_64 >/dev/null || missing=1
 command -v qemu-system-x86_64 >/dev/null || missing=1
+[ -f /usr/share/qemu/trace-events-all ] || missing=1
 ls /boot/vmlinuz-* >/dev/null 2>&1 || missing=1
 [ -x /bin/busybox ] || missing=1
 [ -x /usr/bin/python3 ] || missing=1

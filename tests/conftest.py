@@ -57,6 +57,24 @@ def totals(st: dict, domain: str = "local") -> dict:
     return {k: sum(s[k] for s in ss) for k in ("recorded", "discarded", "malformed", "torn")}
 
 
+_BT_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "v": "\v", "f": "\f", "a": "\a",
+               "b": "\b", "0": "\0", "e": "\x1b"}
+
+
+def _bt_string(v: str) -> str:
+    """A string field as babeltrace2 prints it, quoted and C-escaped (`\\'` too)."""
+    out, i, body = [], 0, v[1:-1]
+    while i < len(body):
+        c = body[i]
+        if c == "\\" and i + 1 < len(body):
+            i += 1
+            out.append(_BT_ESCAPES.get(body[i], body[i]))
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
 def babeltrace(path: str, allow_discarded: bool = False, internal: bool = False):
     """Run babeltrace2; returns (events, discarded per stream path). Fails on any
     error or warning other than babeltrace2's report of discarded events.
@@ -78,7 +96,7 @@ def babeltrace(path: str, allow_discarded: bool = False, internal: bool = False)
         assert m, "unexpected babeltrace2 line: %r" % line
         fields = {}
         for k, v in BT_FIELD.findall(m.group(2)):
-            fields[k] = json.loads(v) if v.startswith('"') else v
+            fields[k] = _bt_string(v) if v.startswith('"') else v
         if internal or not m.group(1).startswith("hypertrace_"):
             events.append((m.group(1), fields))
     return events, discarded

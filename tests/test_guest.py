@@ -17,9 +17,9 @@ from hypertrace.host.collector import Collector
 from hypertrace.host.region import Region
 from hypertrace.session import Session
 
-GUEST_FILES = [os.path.join(SRC, "hypertrace", f) for f in ("__init__.py", "abi.py")] + [
-    os.path.join(SRC, "hypertrace", "guest", f)
-    for f in os.listdir(os.path.join(SRC, "hypertrace", "guest")) if f.endswith(".py")]
+GUEST_FILES = [os.path.join(SRC, "hypertrace", "__init__.py")] + [
+    os.path.join(SRC, "hypertrace", sub, f) for sub in ("abi", "guest")
+    for f in os.listdir(os.path.join(SRC, "hypertrace", sub)) if f.endswith(".py")]
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def drain(region, out) -> Session:
 def test_guest_imports_with_nothing_but_the_stdlib(tmp_path):
     gp = hypertrace("guest-path").stdout.strip()
     files = sorted(set(os.listdir(os.path.join(gp, "hypertrace"))) - {"__pycache__"})
-    assert files == ["__init__.py", "abi.py", "guest"]
+    assert files == ["__init__.py", "abi", "guest"]
     code = ("import sys\nfrom hypertrace import guest\n"
             "tp = guest.event('x', 'int a, const char *s')\ntp(1, 'a')\n"
             "bad = sorted(m.split('.')[0] for m in sys.modules\n"
@@ -79,11 +79,12 @@ def test_no_channel_means_disabled_and_silent():
 
 
 @pytest.mark.parametrize("args,msg", [
-    ("uint64_t", "bad argument"),
+    ("uint64_t", "has no type"),
     ("float128 x", "unsupported type"),
     ("int a, int a", "duplicate argument"),
-    ("int __x", "must not start with '__'"),
-    ("const char *s, int _s_length", "clashes"),
+    ("int a,", "empty argument"),
+    ("unsigned signed x", "unsupported type"),
+    ("long long long x", "unsupported type"),
     (", ".join("int a%d" % i for i in range(40)), "too many arguments"),
 ])
 def test_bad_signatures_are_rejected_at_declaration(args, msg):
@@ -103,7 +104,7 @@ def test_bad_event_names_and_redeclaration():
 def test_trace_events_errors_name_the_line(tmp_path):
     p = tmp_path / "trace-events"
     p.write_text("# ok\ngood(int x) \"x %d\"\n\nbroken(int x\n")
-    with pytest.raises(ValueError, match=r"trace-events:4: expected"):
+    with pytest.raises(ValueError, match=r"trace-events:4: no '\)' closing"):
         guest.load(str(p))
     p.write_text("a(int x)\na(int y)\n")
     with pytest.raises(ValueError, match=r":2: event 'a' declared twice"):

@@ -121,7 +121,8 @@ class Session:
         self.domains = {d["name"]: d for d in self.index["domains"]}
         self.codecs: Dict[str, Dict[int, abi.Codec]] = {}
         for d in self.index["domains"]:
-            self.codecs[d["name"]] = {int(i): abi.Codec(abi.parse_signature(e["signature"]))
+            self.codecs[d["name"]] = {int(i): abi.Codec(abi.parse_signature(e["signature"],
+                                                                          e.get("format", "")))
                                       for i, e in d["events"].items()}
         self.streams = self.index["streams"]
         self.warnings: List[str] = []

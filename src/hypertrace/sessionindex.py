@@ -279,10 +279,11 @@ def _events(events: dict, where: str) -> None:
             raise IndexInvalid("%s: not an event id" % w)
         _dict(e, w)
         sig = _str(e.get("signature"), w + ".signature", maxlen=abi.DECL_TEXT_MAX)
+        fmt = _opt_str(e.get("format"), w + ".format", abi.DECL_TEXT_MAX) or ""
         try:
-            decl = abi.parse_signature(sig)
+            decl = abi.parse_signature(sig, fmt)
         except ValueError as x:
-            raise IndexInvalid("%s.signature: %s" % (w, x)) from None
+            raise IndexInvalid("%s: %s" % (w, x)) from None
         if e.get("name", decl.name) != decl.name:
             raise IndexInvalid("%s.name: does not match its signature" % w)
         # two processes racing to declare one event may fill two slots with the same

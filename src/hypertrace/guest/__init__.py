@@ -69,32 +69,55 @@ class Events:
 
 
 def event(name: str, args: str = "void", disabled: bool = False,
-          counter: bool = False) -> Callable:
+          counter: bool = False, fmt: str = "") -> Callable:
     """Declare an event (`args` in C syntax as in QEMU trace-events); returns its tracepoint.
-    A `counter` event's numeric arguments are also drawn as counter tracks by the views."""
-    return _register(abi.make_decl(name, args, disabled, counter=counter))
+    A `counter` event's numeric arguments are also drawn as counter tracks by the views.
+    `fmt` is its printf format (`"x=%d"`, as C's printf takes it; a trace-events file
+    writes the same with quotes and PRI macros): `hypertrace report --format qemu`
+    prints the event with it. Raises ValueError for a bad declaration, or one that
+    conflicts with an event of the same name already declared in this process."""
+    if fmt:
+        fmt = '"%s"' % fmt.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return _register([abi.make_decl(name, args, disabled, fmt=fmt, counter=counter)])[0]
 
 
 def load(path: str) -> Events:
-    """Declare every event of a QEMU-style trace-events file."""
+    """Declare every event of a QEMU-style trace-events file, all or none: the whole
+    file is parsed and checked against the events already declared before the first
+    is declared. Raises OSError if unreadable, ValueError `path:line: cause`."""
     with open(path, encoding="utf-8") as f:
-        decls = abi.parse_trace_events(f.read(), path)
-    return Events([_register(d) for d in decls])
+        text = f.read()
+    found = abi.read_trace_events(text, path)
+    return Events(_register([d for _, d in found],
+                            lambda i: "%s:%d: " % (path, found[i][0])))
 
 
-def _register(decl: abi.EventDecl) -> Callable:
+def _register(decls: List[abi.EventDecl], where: Callable[[int], str] = lambda i: ""
+              ) -> List[Callable]:
+    """Tracepoints for `decls`: checked all first (a conflict with an event already
+    declared raises before anything is declared), then built and attached."""
     _connect_from_env()
     with _lock:
-        tp = _tracepoints.get(decl.name)
-        if tp is not None:
-            if tp.signature != decl.signature:
-                raise ValueError("event %s already declared as %s" % (decl.name, tp.signature))
-            return tp
-        tp = build(decl, _tls, _claim, _default_clock)
-        _tracepoints[decl.name] = tp
+        for i, decl in enumerate(decls):
+            tp = _tracepoints.get(decl.name)
+            if tp is not None and tp.signature != decl.signature:
+                raise ValueError("%sevent %s already declared as %s"
+                                 % (where(i), decl.name, tp.signature))
+        out = []
+        new = []
+        for decl in decls:
+            tp = _tracepoints.get(decl.name)
+            if tp is None:
+                tp = build(decl, _tls, _claim, _default_clock)
+                _tracepoints[decl.name] = tp
+                new.append(tp)
+            elif tp.refused:
+                # declared again: say again why it records nothing
+                warn("event %s records nothing: %s" % (tp.name, tp.refused))
+            out.append(tp)
         if _channel is not None:
-            _channel.attach(tp, _tls)
-        return tp
+            _channel.attach_all(new, _tls)
+        return out
 
 
 def connect(spec: Optional[str] = None, clock: Optional[Callable[[], int]] = None,
@@ -150,8 +173,7 @@ def connect(spec: Optional[str] = None, clock: Optional[Callable[[], int]] = Non
                 control.closed.set()
             raise ChannelError("already connected to %s; disconnect() first" % _channel.path)
         _fresh_tls()
-        for tp in _tracepoints.values():
-            ch.attach(tp, _tls)
+        ch.attach_all(list(_tracepoints.values()), _tls)
         _channel = ch
         ch.start_poller()
         _control = control

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 from .. import abi
 from .locks import ByteLocks, LockUnsupported
 from .ring import RingWriter, _Holder
-from .tracepoint import set_cell
+from .tracepoint import get_cell, set_cell
 
 POLL_S = 0.005
 CLAIM_RETRY_S = 0.001     # after a failed claim, emits are dropped (and counted) this long
@@ -134,9 +134,8 @@ class Channel:
         # that cannot take the guard still leaves its count for the next publisher
         self.pending: List[Tuple[int, int]] = []
         self._publish_at = 0.0                  # the emit path's next try (COUNT_RETRY_S)
-        # declarations seen in the region: name -> (first slot, its text); text -> slot
+        # declarations seen in the region: name -> (first slot, its signature)
         self.decl_names: Dict[bytes, Tuple[int, bytes]] = {}
-        self.decl_texts: Dict[bytes, int] = {}
         self.decl_next = 0                      # slots below are learnt or skipped
         self.decl_skipped: Set[int] = set()     # empty but locked (being written) then
         self.tracepoints: list = []
@@ -144,7 +143,7 @@ class Channel:
         self.decl_retry_lock = threading.RLock()   # _attach may retry the others
         self._decl_gap = DECL_RETRY_S[0]
         self._decl_retry_at = 0.0
-        self.last_enable = b""
+        self.last_enable = bytearray()
         self.closed = False
         self._next_claim = 0.0
         self._next_ring = 0
@@ -280,7 +279,7 @@ class Channel:
         DeclarationRefused when the region cannot take it (DeclarationBusy when only
         for now). Linear in the slots it has not seen yet; waits at most DECL_WAIT_S in
         all for slots other processes are writing."""
-        sig = decl.signature.encode()
+        sig = decl.slot_text.encode()
         name = decl.name.encode()
         if not self._enter():
             raise DeclarationBusy("event %s: the channel is busy in another thread"
@@ -307,9 +306,9 @@ class Channel:
     def _learn(self, j: int, text: bytes) -> None:
         if not text:
             return
-        nm = text.split(b"(", 1)[0].split(b" ")[-1]     # after a "counter " property
-        self.decl_names.setdefault(nm, (j, text))
-        self.decl_texts.setdefault(text, j)
+        sig = text.split(b'"', 1)[0].rstrip()           # without the format (§4)
+        nm = sig.split(b"(", 1)[0].split(b" ")[-1]      # after a "counter " property
+        self.decl_names.setdefault(nm, (j, sig))
 
     def _learn_new(self) -> None:
         for j in sorted(self.decl_skipped):
@@ -328,7 +327,7 @@ class Channel:
         seen = self.decl_names.get(name)
         if seen is None:
             return None
-        if seen[1] == sig:
+        if seen[1] == sig.split(b'"', 1)[0].rstrip():     # formats may differ
             return seen[0]
         raise DeclarationRefused("event %s is already declared in this channel as %s"
                                  % (decl.name, seen[1].decode("ascii", "replace")))
@@ -392,13 +391,19 @@ class Channel:
             time.sleep(0.0002)
 
     def attach(self, fn: Callable, tls) -> None:
-        """Bind a tracepoint to this channel; a refused declaration disables it (warned
-        once per event, counted in the region) instead of failing the application. A
-        declaration refused only for now (slots held by other processes) is tried again
-        by the poller and at the next declaration; meanwhile each of the tracepoint's
-        records is dropped and counted as lost."""
+        self.attach_all([fn], tls)
+
+    def attach_all(self, fns: List[Callable], tls) -> None:
+        """Bind tracepoints to this channel; a refused declaration disables its
+        tracepoint (warned once per event, counted in the region) instead of failing
+        the application. A declaration refused only for now (slots held by other
+        processes) is tried again by the poller and at the next declaration; meanwhile
+        each of the tracepoint's records is dropped and counted as lost. Linear in the
+        tracepoints and in the slots not seen yet (a QEMU-scale file: thousands)."""
+        ok = False
         with self.decl_retry_lock:      # one declaring thread at a time, the poller too
-            ok = self._attach(fn, tls)
+            for fn in fns:
+                ok = self._attach(fn, tls) or ok
         if ok:
             self.retry_declarations(force=True)   # a slot could be had: maybe more
 
@@ -422,7 +427,10 @@ class Channel:
                      ("_mm", self.mm), ("_cq", self.q)):
             set_cell(fn, k, v)
         self.tracepoints.append(fn)
-        self.sync_enables(force=True)
+        on = self.mm[self.layout.enable_off + fn.event_id]
+        if fn.event_id < len(self.last_enable):
+            self.last_enable[fn.event_id] = on     # what the poller compares against
+        self._sync_enable(fn, on != 0)
         return True
 
     def _lost_emit(self) -> None:
@@ -462,17 +470,24 @@ class Channel:
             self.count(refused=1)
 
     def sync_enables(self, force: bool = False) -> None:
-        """Mirror the enable table into the tracepoints (poller thread and attach)."""
+        """Mirror the enable table into the tracepoints (the poller). Serialised with
+        declarations: a table read before a declaration wrote its enable byte must not
+        be applied to the tracepoint after (it would switch it off until the next
+        poll, its records dropped uncounted)."""
         lay = self.layout
-        table = bytes(self.mm[lay.enable_off:lay.enable_off + lay.max_events])
-        if table == self.last_enable and not force:
-            return
-        self.last_enable = table
-        for fn in list(self.tracepoints):
-            on = table[fn.event_id] != 0
-            if fn.enabled != on:
-                set_cell(fn, "_on", on)
-                fn.enabled = on
+        with self.decl_retry_lock:
+            table = bytearray(self.mm[lay.enable_off:lay.enable_off + lay.max_events])
+            if table == self.last_enable and not force:
+                return
+            self.last_enable = table
+            for fn in list(self.tracepoints):
+                self._sync_enable(fn, table[fn.event_id] != 0)
+
+    @staticmethod
+    def _sync_enable(fn: Callable, on: bool) -> None:
+        if fn.enabled != on:
+            set_cell(fn, "_on", on)
+            fn.enabled = on
 
     def start_poller(self) -> None:
         def run():
@@ -628,7 +643,7 @@ def wait_for_slot(fn: Callable, reason: str, tls, lost: Callable[[], None]) -> N
     disabled), but with no ring to write to, so that each record it is given is
     counted as lost (`lost`, through the claim hook) rather than dropped silently."""
     old = getattr(fn, "decl_wait", None)     # waiting on an earlier channel already
-    fn.decl_wait = (tls, old[1] if old is not None else fn.__globals__["_claim"])
+    fn.decl_wait = (tls, old[1] if old is not None else get_cell(fn, "_claim"))
     fn.event_id = None
     fn.refused = reason
     set_cell(fn, "_tls", _NoRing())

@@ -9,6 +9,7 @@ syscall.
 
 from __future__ import annotations
 
+import keyword
 import struct
 from typing import Callable, Dict, List
 
@@ -19,6 +20,12 @@ class TraceArgumentError(TypeError, ValueError):
     """An argument does not fit the event's declared type."""
 
 
+# Every name the generated code uses for itself starts with this letter, which no C
+# identifier (hence no argument name) can contain: arguments named `len`, `str`,
+# `_on` or `__w` shadow nothing, whatever else they are called.
+P = "\u0127"          # LATIN SMALL LETTER H WITH STROKE
+
+
 def _cut(b: bytes) -> bytes:
     """Truncate to STR_MAX bytes without splitting a UTF-8 sequence."""
     n = abi.STR_MAX
@@ -27,12 +34,34 @@ def _cut(b: bytes) -> bytes:
     return b[:n]
 
 
-def _source(decl: abi.EventDecl) -> tuple:
-    """Python source of the emit function and the Structs it uses.
+def param_names(decl: abi.EventDecl) -> List[str]:
+    """The Python parameter of each argument: its C name, unless that is a Python
+    keyword (`from`, `in`, `None`) or `__debug__`, which get underscores appended until
+    they clash with no other argument (`from` -> `from_`)."""
+    taken = {a for a, _, _ in decl.fields}
+    out = []
+    for a, _, _ in decl.fields:
+        p = a
+        if keyword.iskeyword(a) or a == "__debug__":
+            p = a + "_"
+            while p in taken:
+                p += "_"
+            taken.add(p)
+        out.append(p)
+    return out
 
-    Locals are named __x: the ABI rejects argument names starting with "__".
-    """
-    args = [a for a, _, _ in decl.fields]
+
+def _char(value: str, signed: bool, err: Callable, arg: str) -> int:
+    """A C char given as a one-character str: its code (a byte, as C would store it)."""
+    if len(value) != 1 or ord(value) > 0xFF:
+        raise err(arg, "one character of code 0..255 or an int", value)
+    c = ord(value)
+    return c - 0x100 if signed and c > 0x7F else c
+
+
+def _source(decl: abi.EventDecl) -> tuple:
+    """Python source of the emit function and the Structs it uses."""
+    args = param_names(decl)
     structs: Dict[str, struct.Struct] = {}
     prep: List[str] = []
     writes: List[str] = []
@@ -40,88 +69,105 @@ def _source(decl: abi.EventDecl) -> tuple:
     # fixed-size fields are packed in runs with one Struct each; a string or bytes
     # field puts its u16 length at the end of the run before it, then its bytes
     run_codes = "HHIQ"           # the record header starts the first run
-    run_vals = ["_id", "__size | __f" if has_var else "__size", "__seq & 0xFFFFFFFF",
-                "_clock()"]
-    offset = "__o"
+    run_vals = [P + "id", P + "size | %sf" % P if has_var else P + "size",
+                P + "seq & 0xFFFFFFFF", P + "clock()"]
+    offset = P + "o"
     var_len: List[str] = []
     nvar = 0
 
     def flush_run(tail: str = "") -> None:
         nonlocal run_codes, run_vals, offset
         if run_codes:
-            sname = "_S%d" % len(structs)
+            sname = "%sS%d" % (P, len(structs))
             st = struct.Struct("<" + run_codes)
             structs[sname] = st
-            writes.append("%s(_mm, %s, %s)" % (sname, offset, ", ".join(run_vals)))
+            writes.append("%s(%smm, %s, %s)" % (sname, P, offset, ", ".join(run_vals)))
             offset = "%s + %d" % (offset, st.size)
         if tail:
-            writes.append("_mm[%s:%s + __l%d] = %s" % (offset, offset, nvar, tail))
-            offset = "(%s + __l%d)" % (offset, nvar)
+            ln = "%sl%d" % (P, nvar)
+            writes.append("%smm[%s:%s + %s] = %s" % (P, offset, offset, ln, tail))
+            offset = "(%s + %s)" % (offset, ln)
         run_codes, run_vals = "", []
 
     fixed = abi.REC_HEADER_SIZE
-    for name, _ctype, ft in decl.fields:
+    for (cname, _ctype, ft), name in zip(decl.fields, args):
         if ft.kind not in ("str", "bytes"):
+            if ft.char:
+                prep += ["if %sisinstance(%s, %sstr):" % (P, name, P),
+                         "    %s = %schar(%s, %r, %sargerr, %r)" % (name, P, name, ft.signed,
+                                                               P, cname)]
+            elif ft.hex:
+                prep += ["if %s is None:" % name, "    %s = 0" % name]   # NULL
             run_codes += ft.code
             run_vals.append(name)
             fixed += ft.size
             continue
         i = nvar
+        sv, lv = "%ss%d" % (P, i), "%sl%d" % (P, i)
         if ft.kind == "str":
             prep += ["try:",
-                     "    __s%d = %s.encode('utf-8', 'replace')" % (i, name),
-                     "except AttributeError:",
-                     "    raise _argerr(%r, 'str', %s) from None" % (name, name),
-                     "__l%d = len(__s%d)" % (i, i),
-                     "if __l%d > %d:" % (i, abi.STR_MAX),
-                     "    __s%d = _cut(__s%d); __l%d = len(__s%d); __f = 1" % (i, i, i, i)]
+                     "    %s = %s.encode('utf-8', 'replace')" % (sv, name),
+                     "except %sAttributeError:" % P,
+                     "    raise %sargerr(%r, 'str', %s) from None" % (P, cname, name),
+                     "%s = %slen(%s)" % (lv, P, sv),
+                     "if %s > %d:" % (lv, abi.STR_MAX),
+                     "    %s = %scut(%s); %s = %slen(%s); %sf = 1" % (sv, P, sv, lv, P, sv, P)]
         else:
-            prep += ["if %s.__class__ is bytes:" % name,
-                     "    __s%d = %s" % (i, name),
-                     "elif isinstance(%s, (bytes, bytearray, memoryview)):" % name,
-                     "    __s%d = bytes(%s)" % (i, name),
+            prep += ["if %s.__class__ is %sbytes:" % (name, P),
+                     "    %s = %s" % (sv, name),
+                     "elif %sisinstance(%s, (%sbytes, %sbytearray, %smemoryview)):"
+                     % (P, name, P, P, P),
+                     "    %s = %sbytes(%s)" % (sv, P, name),
                      "else:",
-                     "    raise _argerr(%r, 'bytes', %s)" % (name, name),
-                     "__l%d = len(__s%d)" % (i, i),
-                     "if __l%d > %d:" % (i, abi.STR_MAX),
-                     "    __s%d = __s%d[:%d]; __l%d = %d; __f = 1" % (i, i, abi.STR_MAX, i,
-                                                                   abi.STR_MAX)]
+                     "    raise %sargerr(%r, 'bytes', %s)" % (P, cname, name),
+                     "%s = %slen(%s)" % (lv, P, sv),
+                     "if %s > %d:" % (lv, abi.STR_MAX),
+                     "    %s = %s[:%d]; %s = %d; %sf = 1" % (sv, sv, abi.STR_MAX, lv,
+                                                          abi.STR_MAX, P)]
         run_codes += "H"
-        run_vals.append("__l%d" % i)
+        run_vals.append(lv)
         fixed += 2
-        var_len.append("__l%d" % i)
-        flush_run("__s%d" % i)
+        var_len.append(lv)
+        flush_run(sv)
         nvar += 1
     flush_run()
-    body = ["if not _on:", "    return",
-            "try:", "    __w = _tls.w", "except AttributeError:",
-            "    __w = _claim()", "    if __w is None:", "        return"]
+    w, pos, end, o, seq, size = (P + x for x in ("w", "pos", "end", "o", "seq", "size"))
+    body = ["if not %son:" % P, "    return",
+            "try:", "    %s = %stls.w" % (w, P), "except %sAttributeError:" % P,
+            "    %s = %sclaim()" % (w, P), "    if %s is None:" % w, "        return"]
     if has_var:
-        body += ["__f = 0"] + prep
-        body += ["__size = (%d + %s) & -8" % (fixed + 7, " + ".join(var_len)),
-                 "if __size > %d:" % abi.REC_MAX,
-                 "    raise _argerr(None, 'record of at most %d bytes', __size)" % abi.REC_MAX]
+        body += ["%sf = 0" % P]
+    body += prep
+    if has_var:
+        body += ["%s = (%d + %s) & -8" % (size, fixed + 7, " + ".join(var_len)),
+                 "if %s > %d:" % (size, abi.REC_MAX),
+                 "    raise %sargerr(None, 'record of at most %d bytes', %s)"
+                 % (P, abi.REC_MAX, size)]
     else:
-        body += ["__size = %d" % abi.align(fixed, abi.REC_ALIGN)]
-    body += ["__pos = __w.pos",
-             "__end = __pos + __size",
-             "if __end > __w.lim:",
-             "    __pos = __w.make_room(__size)",
-             "    if __pos < 0:",
+        body += ["%s = %d" % (size, abi.align(fixed, abi.REC_ALIGN))]
+    body += ["%s = %s.pos" % (pos, w),
+             "%s = %s + %s" % (end, pos, size),
+             "if %s > %s.lim:" % (end, w),
+             "    %s = %s.make_room(%s)" % (pos, w, size),
+             "    if %s < 0:" % pos,
              "        return",
-             "    __end = __pos + __size",
-             "__o = __pos + __w.delta",
-             "__seq = __w.seq",
+             "    %s = %s + %s" % (end, pos, size),
+             "%s = %s + %s.delta" % (o, pos, w),
+             "%s = %s.seq" % (seq, w),
              "try:"]
     body += ["    " + x for x in writes]
-    body += ["except _SE as __e:",
-             "    raise _argerr(None, str(__e), None) from None",
-             "__w.pos = __end",
-             "__w.seq = __seq + 1",
-             "_cq[__w.ci] = __end"]
-    src = "def %s(%s):\n" % (decl.name, ", ".join(args))
+    body += ["except %sSE as %se:" % (P, P),
+             "    raise %sargerr(None, %sstr(%se), None) from None" % (P, P, P),
+             "%s.pos = %s" % (w, end),
+             "%s.seq = %s + 1" % (w, seq),
+             "%scq[%s.ci] = %s" % (P, w, end)]
+    src = "def %stp(%s):\n" % (P, ", ".join(args))
     src += "".join("    %s\n" % line for line in body)
     return src, structs
+
+
+# the globals the channel rebinds (set_cell), by their short names
+CELLS = ("_on", "_id", "_clock", "_tls", "_claim", "_mm", "_cq")
 
 
 def build(decl: abi.EventDecl, tls, claim: Callable, clock: Callable) -> Callable:
@@ -135,14 +181,18 @@ def build(decl: abi.EventDecl, tls, claim: Callable, clock: Callable) -> Callabl
         return TraceArgumentError("%s: argument %r must be %s, not %s" % (
             decl.name, arg, expected, type(value).__name__))
 
-    # each tracepoint gets its own globals: the channel flips `_on` there, and a
+    # each tracepoint gets its own globals: the channel flips `on` there, and a
     # global load is cheaper on entry than closure cells (no per-call copy)
-    ns: dict = {"_on": False, "_id": 0, "_clock": clock, "_tls": tls, "_claim": claim,
-                "_mm": None, "_cq": None, "_argerr": argerr, "_cut": _cut,
-                "_SE": struct.error, "__builtins__": __builtins__}
+    ns: dict = {P + "on": False, P + "id": 0, P + "clock": clock, P + "tls": tls,
+                P + "claim": claim, P + "mm": None, P + "cq": None, P + "argerr": argerr,
+                P + "cut": _cut, P + "char": _char, P + "SE": struct.error,
+                P + "len": len, P + "isinstance": isinstance, P + "str": str,
+                P + "bytes": bytes, P + "bytearray": bytearray, P + "memoryview": memoryview,
+                P + "AttributeError": AttributeError, "__builtins__": {}}
     ns.update({k: v.pack_into for k, v in structs.items()})
     exec(compile(src, "<tracepoint %s>" % decl.name, "exec"), ns)
-    fn = ns[decl.name]
+    fn = ns[P + "tp"]
+    fn.__name__ = fn.__qualname__ = decl.name
     fn.decl = decl
     fn.name = decl.name
     fn.signature = decl.signature
@@ -153,6 +203,10 @@ def build(decl: abi.EventDecl, tls, claim: Callable, clock: Callable) -> Callabl
     return fn
 
 
+def get_cell(fn: Callable, name: str):
+    return fn.__globals__[P + name[1:]]
+
+
 def set_cell(fn: Callable, name: str, value) -> None:
-    """Rebind one of the tracepoint's globals (_on, _id, _clock, _tls, _mm, _cq)."""
-    fn.__globals__[name] = value
+    """Rebind one of the tracepoint's globals (CELLS: _on, _id, _clock, _tls, ...)."""
+    fn.__globals__[P + name[1:]] = value

@@ -27,6 +27,7 @@ from .region import Region
 
 SESSION_DIR = ".hypertrace"          # side files: babeltrace2 ignores hidden folders' files
 PID_CHECK_S = 0.5
+METADATA_GAP_S = 0.25                # new declarations reach the metadata this late at most
 MAX_STREAMS = 4096                   # claims per region served: a guest cannot make more
 LOSSES = ("lost_without_ring", "declarations_refused", "lost_in_refused_claims")
 MAX_BOOTS = 64                       # boots of one guest served in a session (one domain each)
@@ -94,6 +95,7 @@ class Collector:
         self.stream_info: Dict[int, dict] = {}
         self.next_instance = 0
         self.beats = 0
+        self.metadata_due = 0.0
         self.started_ns = time.time_ns()
         self.snapshots = 0
         #: problems of components and peers (bounded; the index's `errors`)
@@ -221,12 +223,14 @@ class Collector:
             check = src.pid_check and now >= src.next_pid_check
             if check:
                 src.next_pid_check = now + PID_CHECK_S
-            if src.events.changed:
+            # a guest declaring thousands of events (QEMU's trace-events-all: 1.4 MB of
+            # metadata, 35 ms to write) would have it rewritten at every poll: at most
+            # every METADATA_GAP_S here; a packet that uses a new id still gets it
+            # written first (_sink)
+            if src.events.changed and now >= self.metadata_due:
                 self.write_metadata()
             for i in self._busy_rings(src):
                 n += self._poll_ring(src, i, check, drain_overwrite)
-            if src.events.changed:
-                self.write_metadata()
         return n
 
     @staticmethod
@@ -584,6 +588,7 @@ class Collector:
             ctf.write_metadata(self.dir, ctf.metadata(self.trace_uuid, doms, env))
         except OSError as e:
             self._write_failed("the trace metadata", e)
+        self.metadata_due = time.monotonic() + METADATA_GAP_S
 
     def streams(self) -> List[dict]:
         out = []
@@ -622,7 +627,8 @@ class Collector:
                 "channel": src.region.path, "session_id": h.session_id.hex(),
                 "mode": abi.MODE_NAMES[h.mode],
                 "rings": h.n_rings, "ring_size": h.ring_size,
-                "events": {str(i): {"name": d.name, "signature": d.signature}
+                "events": {str(i): {"name": d.name, "signature": d.signature,
+                                    **({"format": d.fmt} if d.fmt else {})}
                            for i, d in sorted(src.events.decls.items())},
                 "rejected_declarations": {str(k): v for k, v in src.events.bad.items()},
                 "claims": src.claims, "claims_refused": src.refused,

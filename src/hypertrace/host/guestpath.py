@@ -1,7 +1,7 @@
 """A directory holding only the stdlib-only guest part of the package, for PYTHONPATH.
 
 Guests (VMs, `qemu-x86_64 /usr/bin/python3`, system Pythons) must not see the
-host's site-packages: they get a copy of hypertrace/{__init__,abi}.py and
+host's site-packages: they get a copy of hypertrace/__init__.py, hypertrace/abi/ and
 hypertrace/guest/ and nothing else. The directory is named after a hash of those
 files and never rewritten once complete, so guests of two checkouts (or two
 versions) never run each other's code, nor a file half copied.
@@ -16,14 +16,16 @@ import tempfile
 
 import hypertrace
 
-GUEST_FILES = ("__init__.py", "abi.py")
+GUEST_FILES = ("__init__.py",)
+GUEST_PACKAGES = ("abi", "guest")
 
 
 def _sources() -> list:
     pkg = os.path.dirname(os.path.abspath(hypertrace.__file__))
     files = [(os.path.join(pkg, n), n) for n in GUEST_FILES]
-    files += [(os.path.join(pkg, "guest", n), os.path.join("guest", n))
-              for n in sorted(os.listdir(os.path.join(pkg, "guest"))) if n.endswith(".py")]
+    for sub in GUEST_PACKAGES:
+        files += [(os.path.join(pkg, sub, n), os.path.join(sub, n))
+                  for n in sorted(os.listdir(os.path.join(pkg, sub))) if n.endswith(".py")]
     return files
 
 

@@ -208,7 +208,7 @@ def recover(outdir: str, out=None) -> dict:
                 missing.append("%s (%s)" % (d["name"], e))
             dom = ctf.Domain(d["name"], d["stream_id"], d["clock_offset_ns"],
                              "domain %s (its channel is gone)" % d["name"])
-            dom.events = {int(i): abi.parse_signature(e["signature"])
+            dom.events = {int(i): abi.parse_signature(e["signature"], e.get("format", ""))
                           for i, e in d["events"].items()}
             col.static_domains.append(dom)
             continue

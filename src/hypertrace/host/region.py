@@ -126,10 +126,10 @@ class Region:
         if ln > abi.DECL_TEXT_MAX:
             raise ValueError("declaration %d: length %d out of bounds" % (event_id, ln))
         try:
-            text = raw[abi.DECL_TEXT:abi.DECL_TEXT + ln].decode("ascii")
+            text = raw[abi.DECL_TEXT:abi.DECL_TEXT + ln].decode("utf-8")
         except UnicodeDecodeError:
-            raise ValueError("declaration %d: not ASCII" % event_id) from None
-        return abi.parse_signature(text)
+            raise ValueError("declaration %d: not UTF-8" % event_id) from None
+        return abi.parse_slot_text(text)
 
     def close(self, remove: bool = True) -> None:
         if remove and self.owned:

@@ -1,0 +1,97 @@
+"""QEMU's trace-events file grammar, as QEMU's scripts/tracetool reads it.
+
+A line is `[properties] name(arguments) [format]`: blank lines and lines whose first
+non-blank character is `#` are skipped. The format runs from the first `"` to the
+end of the line and is C string literals joined with macros (`"addr 0x%"
+PRIx64`); QEMU <= 2.x's `tcg` events carry two formats (`"trans", "exec"`), of
+which the second (execution time) is kept. Properties:
+
+    disable   QEMU compiles the event out; here it is declared but off until
+              enabled (`hypertrace ctl enable`, triggers)
+    vcpu      QEMU <= 7.x passes the vCPU as a hidden first argument; a process
+              has no vCPU, the property is accepted and ignored
+    tcg       QEMU <= 2.x splits the event in translation and execution time; the
+              event is declared once, with the execution-time format
+    counter   hypertrace's own: numeric fields are drawn as counter tracks
+
+A file is parsed whole before anything is declared (parse_trace_events raises on
+the first bad line, naming file:line and the cause).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import List, Tuple
+
+from .signature import EventDecl, make_decl
+
+__all__ = ["TRACE_EVENT_PROPERTIES", "parse_trace_events", "read_trace_events",
+           "parse_trace_event"]
+
+TRACE_EVENT_PROPERTIES = ("disable", "vcpu", "tcg", "counter")
+
+# tracetool's Event._CRE, anchored at the end: it accepts trailing text after the
+# closing parenthesis that is not a format; here that is an error, not ignored
+_EVENT = re.compile(r"((?P<props>[\w\s]+)\s+)?"
+                    r"(?P<name>\w+)"
+                    r"\((?P<args>[^)]*)\)"
+                    r"\s*"
+                    r"(?:(?:(?P<fmt_trans>\".+),)?\s*(?P<fmt>\".+))?"
+                    r"\s*\Z")
+
+
+def parse_trace_event(line: str) -> EventDecl:
+    """One non-comment line; ValueError naming the cause."""
+    m = _EVENT.match(line.strip())
+    if m is None:
+        head = re.match(r"\s*((?:\w+\s+)*)(\w+)\s*(\()?", line)
+        if head is None or not head.group(3):
+            raise ValueError("expected 'name(type arg, ...) \"format\"'")
+        if ")" not in line:
+            raise ValueError("no ')' closing the argument list")
+        raise ValueError("unexpected text after the argument list: %r"
+                         % line.split(")", 1)[1].strip()[:60])
+    props = (m.group("props") or "").split()
+    for p in props:
+        if p not in TRACE_EVENT_PROPERTIES:
+            raise ValueError("unknown property %r (known: %s)"
+                             % (p, ", ".join(TRACE_EVENT_PROPERTIES)))
+    if len(set(props)) != len(props):
+        raise ValueError("repeated property in %r" % " ".join(props))
+    fmt = m.group("fmt") or ""
+    for f in (fmt, m.group("fmt_trans") or ""):
+        # tracetool's two rules on formats (QEMU's trace backends rely on them)
+        if "%m" in f:
+            raise ValueError("format '%m' is forbidden, pass the error as an explicit "
+                             "trace argument")
+        if f.rstrip().endswith('\\n"'):
+            raise ValueError("format must not end with a newline character")
+    return make_decl(m.group("name"), m.group("args"), "disable" in props, fmt,
+                     "counter" in props)
+
+
+def parse_trace_events(text: str, source: str = "<string>") -> List[EventDecl]:
+    """Parse a whole trace-events file; ValueError `source:line: cause` on the first
+    bad line (nothing is declared from a file that does not parse whole)."""
+    return [d for _, d in read_trace_events(text, source)]
+
+
+def read_trace_events(text: str, source: str = "<string>") -> List[Tuple[int, EventDecl]]:
+    """parse_trace_events, with each event's line number."""
+    decls = []
+    names = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        where = "%s:%d: " % (source, lineno)
+        try:
+            d = parse_trace_event(s)
+        except ValueError as e:
+            raise ValueError(where + str(e)) from None
+        if d.name in names:
+            raise ValueError(where + "event %r declared twice (first at line %d)"
+                             % (d.name, names[d.name]))
+        names[d.name] = lineno
+        decls.append((lineno, d))
+    return decls
