@@ -57,6 +57,13 @@ def totals(st: dict, domain: str = "local") -> dict:
     return {k: sum(s[k] for s in ss) for k in ("recorded", "discarded", "malformed", "torn")}
 
 
+def bt_string(quoted: str) -> str:
+    """A string as babeltrace2 prints it (in double quotes, C escapes: \\' \\" \\\\ \\n...),
+    unquoted (json.loads would refuse its \\')."""
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t", "r": "\r"}.get(
+        m.group(1), m.group(1)), quoted[1:-1])
+
+
 def babeltrace(path: str, allow_discarded: bool = False, internal: bool = False):
     """Run babeltrace2; returns (events, discarded per stream path). Fails on any
     error or warning other than babeltrace2's report of discarded events.
@@ -78,7 +85,7 @@ def babeltrace(path: str, allow_discarded: bool = False, internal: bool = False)
         assert m, "unexpected babeltrace2 line: %r" % line
         fields = {}
         for k, v in BT_FIELD.findall(m.group(2)):
-            fields[k] = json.loads(v) if v.startswith('"') else v
+            fields[k] = bt_string(v) if v.startswith('"') else v
         if internal or not m.group(1).startswith("hypertrace_"):
             events.append((m.group(1), fields))
     return events, discarded

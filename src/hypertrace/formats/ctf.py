@@ -114,12 +114,16 @@ def field_names(decl: abi.EventDecl) -> List[FieldNames]:
     babeltrace2 drops that `_` and then refuses a field whose written name is the shown
     name of an earlier one (`_y` after `__y`, shown `_y`). So the shown names are kept
     apart from the written ones, whatever the order: no two shown names `n` and `_n`.
-    An argument whose natural name cannot be had (`Bool`, or `a` beside an argument
-    `_a`) and a length name that is taken get `_`s appended to the shown name until it
-    is free: `Bool_`, `a_`, `_x_length_`. Computed per event, from its arguments only."""
+    Of two arguments `a` and `_a`, `a` keeps its name (decided from the fewest leading
+    underscores up: beside `a`, `_a` yields, and `__a` then keeps its own). An argument
+    that yields, one whose `_a` is a keyword (`Bool`), and a length whose name is taken
+    get `_`s appended to the shown name until it is free: `_a_`, `Bool_`, `_x_length_`
+    (beside an argument `x_length`). Computed per event, from its arguments only."""
     args = [a for a, _, _ in decl.fields]
-    argset = set(args)
-    natural = {a for a in args if "_" + a not in TSDL_KEYWORDS and "_" + a not in argset}
+    natural: set = set()
+    for a in sorted(args, key=lambda a: len(a) - len(a.lstrip("_"))):
+        if "_" + a not in TSDL_KEYWORDS and not (a.startswith("_") and a[1:] in natural):
+            natural.add(a)
     shown = set(natural)                 # every shown name given, the natural ones first
 
     def free(base: str) -> str:
