@@ -115,7 +115,7 @@ def field_names(decl: abi.EventDecl) -> List[FieldNames]:
     name of an earlier one (`_y` after `__y`, shown `_y`). So the shown names are kept
     apart from the written ones, whatever the order: no two shown names `n` and `_n`.
     Of two arguments `a` and `_a`, `a` keeps its name (decided from the fewest leading
-    underscores up: beside `a`, `_a` yields, and `__a` then keeps its own). An argument
+    underscores up: of `a`, `_a` and `__a`, only `_a` yields). An argument
     that yields, one whose `_a` is a keyword (`Bool`), and a length whose name is taken
     get `_`s appended to the shown name until it is free: `_a_`, `Bool_`, `_x_length_`
     (beside an argument `x_length`). Computed per event, from its arguments only."""

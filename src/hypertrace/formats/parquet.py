@@ -3,7 +3,8 @@ pandas or Spark read as is.
 
   events.parquet        every event: session, domain, stream, name, ts (host ns),
                         raw_ts (producer clock), ts_uncertainty_ns, truncated, fields (JSON)
-  event_NAME.parquet    one per event type with a typed column per field
+  event_NAME.parquet    one per event type with a typed column per field, f_<arg>
+                        (names taken but for case get ~2...: docs/abi.md §8)
   streams.parquet, clocks.parquet, sync.parquet   the session index as tables
 """
 
