@@ -542,3 +542,20 @@ def test_sql_columns_named_like_keywords_and_builtin_columns(tmp_path):
         {"event_local_Select", "event_local_select~2"} <= views
     other = "event_local_Select~2" if "event_local_Select~2" in views else "event_local_Select"
     assert _sql(s, 'select "f_from" from "%s"' % other) == [{"f_from": 11}]
+
+
+def test_the_session_index_takes_any_c_identifier():
+    """sessionindex refuses nothing a C identifier may be: `__x`, `_s_length` beside `s`,
+    keywords, as event names, argument names and per-event counts."""
+    from hypertrace import sessionindex
+    sigs = ["__x(int __y, uint16_t _s_length, const char *s)", "from(int in, int __debug__)",
+            "_(int _, int __, int ___)", "struct(bytes integer, int Bool, int _Bool)",
+            "%s(int %s)" % ("z" * abi.MAX_NAME, "_" * abi.MAX_NAME)]
+    doc = {"format": "hypertrace-session", "domains": [{
+        "name": "local", "stream_id": 0, "clock_offset_ns": 0,
+        "events": {str(i): {"name": s.split("(")[0], "signature": s}
+                   for i, s in enumerate(sigs)}}],
+        "streams": [{"file": "local-0000", "domain": "local", "recorded": 5, "discarded": 0,
+                     "malformed": 0, "torn": 0,
+                     "per_event": {s.split("(")[0]: 1 for s in sigs}}]}
+    assert sessionindex.validate(json.loads(json.dumps(doc)))["domains"][0]["events"]
