@@ -61,7 +61,7 @@ _BT_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "v": "\v", "f": "\f", "a": "\a",
                "b": "\b", "0": "\0", "e": "\x1b"}
 
 
-def _bt_string(v: str) -> str:
+def bt_string(v: str) -> str:
     """A string field as babeltrace2 prints it, quoted and C-escaped (`\\'` too)."""
     out, i, body = [], 0, v[1:-1]
     while i < len(body):
@@ -96,7 +96,7 @@ def babeltrace(path: str, allow_discarded: bool = False, internal: bool = False)
         assert m, "unexpected babeltrace2 line: %r" % line
         fields = {}
         for k, v in BT_FIELD.findall(m.group(2)):
-            fields[k] = _bt_string(v) if v.startswith('"') else v
+            fields[k] = bt_string(v) if v.startswith('"') else v
         if internal or not m.group(1).startswith("hypertrace_"):
             events.append((m.group(1), fields))
     return events, discarded

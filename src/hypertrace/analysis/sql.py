@@ -1,7 +1,8 @@
 """`hypertrace sql`: DuckDB over a session's Parquet export.
 
 Views: events (every event, fields as JSON), event_<domain>_<name> (typed
-columns f_<arg>), streams, clocks, sync, lost (streams that lost or rejected
+columns f_<arg>; a view or column name taken but for case gets ~2...: SQL folds
+case, docs/abi.md §8), streams, clocks, sync, lost (streams that lost or rejected
 records). The export is cached in DIR/.hypertrace/parquet, or in the user's
 cache directory when that one cannot be used, and redone when the index changes.
 

@@ -13,7 +13,7 @@ import re
 import struct
 import uuid as _uuid
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, NamedTuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional
 
 from .. import abi
 
@@ -80,8 +80,69 @@ def _int(bits: int, signed: bool, align: int = 8, base: int = 10, extra: str = "
         bits, align, "true" if signed else "false", base, extra)
 
 
-def _field_decl(name: str, ft: abi.FieldType) -> List[str]:
-    n = "_" + name  # babeltrace2 strips one leading underscore in CTF 1.8 names
+# TSDL's keywords (CTF 1.8 §7.3, and babeltrace2's lexer): never a field's name. Every
+# name written starts with `_`, so only the last three could be hit (argument `Bool`).
+TSDL_KEYWORDS = frozenset((
+    "align", "callsite", "const", "char", "clock", "double", "enum", "env", "event",
+    "floating_point", "float", "integer", "int", "long", "short", "signed", "stream",
+    "string", "struct", "trace", "typealias", "typedef", "unsigned", "variant", "void",
+    "_Bool", "_Complex", "_Imaginary"))
+
+
+class FieldNames(NamedTuple):
+    """An argument's names in the metadata (babeltrace2 shows each without its first
+    `_`: `shown` is what it prints)."""
+    field: str                  # `_x` for argument `x`
+    length: Optional[str]       # a string's or bytes' u16 length: `__x_length`
+
+    @property
+    def shown(self) -> str:
+        return self.field[1:]
+
+    @property
+    def length_shown(self) -> Optional[str]:
+        return None if self.length is None else self.length[1:]
+
+
+def field_names(decl: abi.EventDecl) -> List[FieldNames]:
+    """The metadata's names for each argument of `decl`, in order (docs/abi.md §8,
+    "Names in the outputs").
+
+    An argument `a` is the field `_a`, which babeltrace2 shows as `a`; the length of a
+    string or bytes argument `a` is `__a_length` (shown `_a_length`). Every name starts
+    with `_` (so none is a TSDL keyword but `_Bool`, `_Complex`, `_Imaginary`), and
+    babeltrace2 drops that `_` and then refuses a field whose written name is the shown
+    name of an earlier one (`_y` after `__y`, shown `_y`). So the shown names are kept
+    apart from the written ones, whatever the order: no two shown names `n` and `_n`.
+    Of two arguments `a` and `_a`, `a` keeps its name (decided from the fewest leading
+    underscores up: of `a`, `_a` and `__a`, only `_a` yields). An argument
+    that yields, one whose `_a` is a keyword (`Bool`), and a length whose name is taken
+    get `_`s appended to the shown name until it is free: `_a_`, `Bool_`, `_x_length_`
+    (beside an argument `x_length`). Computed per event, from its arguments only."""
+    args = [a for a, _, _ in decl.fields]
+    natural: set = set()
+    for a in sorted(args, key=lambda a: len(a) - len(a.lstrip("_"))):
+        if "_" + a not in TSDL_KEYWORDS and not (a.startswith("_") and a[1:] in natural):
+            natural.add(a)
+    shown = set(natural)                 # every shown name given, the natural ones first
+
+    def free(base: str) -> str:
+        n = base
+        while (n in shown or "_" + n in shown or "_" + n in TSDL_KEYWORDS
+               or (n.startswith("_") and n[1:] in shown)):
+            n += "_"
+        shown.add(n)
+        return n
+    out = []
+    for a, _, ft in decl.fields:
+        f = a if a in natural else free(a + "_")
+        ln = free("_%s_length" % a) if ft.kind in ("str", "bytes") else None
+        out.append(FieldNames("_" + f, None if ln is None else "_" + ln))
+    return out
+
+
+def _field_decl(names: FieldNames, ft: abi.FieldType) -> List[str]:
+    n = names.field
     if ft.kind == "int":
         return ["%s %s;" % (_int(ft.size * 8, ft.signed, base=16 if ft.hex else 10), n)]
     if ft.kind == "bool":
@@ -89,7 +150,7 @@ def _field_decl(name: str, ft: abi.FieldType) -> List[str]:
     if ft.kind == "float":
         exp, mant = (8, 24) if ft.size == 4 else (11, 53)
         return ["floating_point { exp_dig = %d; mant_dig = %d; align = 8; } %s;" % (exp, mant, n)]
-    ln = "__%s_length" % name
+    ln = names.length
     elem = _int(8, False, extra=" encoding = UTF8;" if ft.kind == "str" else "")
     return ["%s %s;" % (_int(16, False), ln), "%s %s[%s];" % (elem, n, ln)]
 
@@ -142,8 +203,8 @@ def metadata(trace_uuid: bytes, domains: List[Domain], env: Dict[str, object]) -
             ev = d.events[eid]
             out += ["event {", '\tname = "%s";' % ev.name, "\tid = %d;" % eid,
                     "\tstream_id = %d;" % d.stream_id, "\tfields := struct {"]
-            for name, _ctype, ft in ev.fields:
-                out += ["\t\t" + x for x in _field_decl(name, ft)]
+            for names, (_, _, ft) in zip(field_names(ev), ev.fields):
+                out += ["\t\t" + x for x in _field_decl(names, ft)]
             out += ["\t};", "};", ""]
     return "\n".join(out)
 

@@ -3,7 +3,8 @@ pandas or Spark read as is.
 
   events.parquet        every event: session, domain, stream, name, ts (host ns),
                         raw_ts (producer clock), ts_uncertainty_ns, truncated, fields (JSON)
-  event_NAME.parquet    one per event type with a typed column per field
+  event_NAME.parquet    one per event type with a typed column per field, f_<arg>
+                        (names taken but for case get ~2...: docs/abi.md §8)
   streams.parquet, clocks.parquet, sync.parquet   the session index as tables
 """
 
@@ -42,22 +43,44 @@ def _arrow_type(ft: abi.FieldType) -> pa.DataType:
             "bytes": pa.binary()}[ft.kind]
 
 
+def column_names(decl: abi.EventDecl) -> List[str]:
+    """The typed table's column of each argument: `f_<arg>` (the prefix keeps every
+    argument apart from the columns domain, stream, ts and raw_ts, whatever it is
+    called). SQL engines fold case (DuckDB would rename `f_x` beside `f_X` to `f_x_1`,
+    which an argument `x_1` may own): a name already taken but for case gets `~2`,
+    `~3`... in declaration order, which no `f_<arg>` can contain."""
+    used = set()
+    out = []
+    for a, _, _ in decl.fields:
+        base = name = "f_" + a
+        k = 2
+        while name.lower() in used:
+            name = "%s~%d" % (base, k)
+            k += 1
+        used.add(name.lower())
+        out.append(name)
+    return out
+
+
 def _typed_schema(decl: abi.EventDecl) -> pa.Schema:
     return pa.schema([("domain", pa.string()), ("stream", pa.string()), ("ts", pa.int64()),
                       ("raw_ts", pa.uint64())] +
-                     [("f_" + a, _arrow_type(ft)) for a, _, ft in decl.fields])
+                     [(n, _arrow_type(ft)) for n, (_, _, ft) in zip(column_names(decl),
+                                                                  decl.fields)])
 
 
 def typed_name(domain: str, event: str, used: set) -> str:
     """The file name (without .parquet) of an event type's table: from names the
     session index validated ([A-Za-z0-9_.-] domains, C identifier events), made
-    unique (domain `a_b` event `c` and domain `a` event `b_c` would share one)."""
+    unique (domain `a_b` event `c` and domain `a` event `b_c` would share one), also
+    when case is ignored (events `Tick` and `tick`: DuckDB's view names, and files on
+    a case-insensitive file system, would be one). `used` holds names in lower case."""
     base = name = "event_%s_%s" % (domain, event)
     k = 2
-    while name in used:
+    while name.lower() in used:
         name = "%s~%d" % (base, k)
         k += 1
-    used.add(name)
+    used.add(name.lower())
     return name
 
 
