@@ -117,3 +117,15 @@ def test_the_example_rules_file_loads():
     assert [t.event for t in ts] == ["roi_begin", "roi_end", "request_end", "panic*"]
     assert ts[2].when({"status": 503, "elapsed_us": 10}) and \
         not ts[2].when({"status": 200, "elapsed_us": 10})
+
+
+def test_predicates_reach_fields_named_with_python_keywords():
+    """A field may be named `from` or `in` (QEMU's files do): a predicate writes it with
+    `_` appended, as a tracepoint's keyword call does; check_fields agrees."""
+    from hypertrace.host.triggers import Trigger, check_fields, compile_predicate
+    p = compile_predicate("from_ > 3 and in_ == 'x' and from__ == 1")
+    assert p({"from": 1, "in": "x", "from_": 9})      # from_ is the field from_ itself
+    assert not p({"from": 2, "in": "x", "from_": 9})
+    assert compile_predicate("class_ == 7")({"class": 7})
+    trig = Trigger(1, 1, "e", when=p, when_text="from_ > 3 and nothere_ == 1")
+    assert check_fields(trig, ("from", "in")) == "no field nothere_"

@@ -76,6 +76,21 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
               max_events=max_events, block_timeout_ns=int(block_timeout_ms * 1e6))
     undo: List = []        # run backwards when setup fails: a failed start leaves nothing
     what = "the output directory %s" % outdir
+    flags = {"stop": False, "snapshot": 0}
+    child = None
+
+    def on_stop(signum, _frame):
+        flags["stop"] = True
+        if child is not None and child.poll() is None and signum == signal.SIGTERM:
+            child.send_signal(signal.SIGTERM)
+
+    def on_usr1(_signum, _frame):
+        flags["snapshot"] += 1
+
+    # from the start of the setup: a Ctrl-C while it runs (the session's sockets may
+    # already be bound) ends the recording cleanly once set up, not half way
+    old = {s: signal.signal(s, on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_usr1)
     try:
         if qemu:
             targets = [(qemu_region_path(n), n) for n in qemu]
@@ -120,7 +135,6 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
         undo.append(live.close)
         col.extra_index["control"] = live.log
         col.extra_index["control_changes"] = lambda: live.log_total
-        flags = {"stop": False, "snapshot": 0}
         engine = _engine(rules, col, live, flags, qemu or []) if rules else None
     except BaseException as e:
         for f in reversed(undo):
@@ -129,6 +143,8 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
             except Exception:
                 pass
         _discard_session(col)
+        for sig, h in old.items():
+            signal.signal(sig, h)
         if isinstance(e, (OSError, ValueError)):
             msg = _one_line(what, e)
             if isinstance(e, runtime.PathExists) and what in ("the host side", "QEMU's logs"):
@@ -138,20 +154,9 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
             raise RecordError(msg) from None
         raise
 
-    def on_stop(signum, _frame):
-        flags["stop"] = True
-        if child is not None and child.poll() is None and signum == signal.SIGTERM:
-            child.send_signal(signal.SIGTERM)
-
-    def on_usr1(_signum, _frame):
-        flags["snapshot"] += 1
-
-    child = None
-    old = {s: signal.signal(s, on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_usr1)
     spec = "shm:%s,control=%s" % (path, ctl)
     try:
-        if command:
+        if command and not flags["stop"]:      # stopped during the setup: run nothing
             env = dict(os.environ, HYPERTRACE_CHANNEL=spec,
                        HYPERTRACE_HOST_CHANNEL="shm:" + host.path,
                        HYPERTRACE_SYNC_INTERVAL=str(sync_interval))

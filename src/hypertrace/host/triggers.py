@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import keyword
 import operator
 import re
 import sys
@@ -144,7 +145,12 @@ def _node(n: ast.AST) -> Callable[[Dict[str, Any]], Any]:
         return cmp
     if isinstance(n, ast.Name):
         name = n.id
-        return lambda f: f[name]
+
+        def get(f: Dict[str, Any]) -> Any:
+            if name in f:
+                return f[name]
+            return f[field_of(name, f) or name]       # KeyError: PredicateError above
+        return get
     if isinstance(n, ast.Constant) and isinstance(n.value, (int, float, str, bool)):
         v = n.value
         return lambda f: v
@@ -266,11 +272,25 @@ def _action(a: Any) -> Action:
     return Action(k, v, domain=dom)
 
 
+def field_of(name: str, fields) -> Optional[str]:
+    """The field a predicate's name stands for: itself, or for a field named with a
+    Python keyword (which a predicate cannot write), that name with underscores
+    appended, as the tracepoint's keyword arguments spell it (`from_` for `from`)."""
+    if name in fields:
+        return name
+    for k in range(1, len(name)):
+        base = name[:-k]
+        if name[-k:].strip("_") == "" and (keyword.iskeyword(base) or base == "__debug__") \
+                and base in fields:
+            return base
+    return None
+
+
 def check_fields(trig: Trigger, names: Tuple[str, ...]) -> Optional[str]:
     """Why trig's predicate can never hold for an event with these fields, or None."""
     if trig.when is None:
         return None
     used = {n.id for n in ast.walk(ast.parse(trig.when_text.strip(), mode="eval"))
             if isinstance(n, ast.Name)}
-    missing = sorted(used - set(names))
+    missing = sorted(n for n in used if field_of(n, names) is None)
     return ("no field %s" % ", ".join(missing)) if missing else None
