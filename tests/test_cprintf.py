@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -12,6 +13,7 @@ import subprocess
 import pytest
 
 from hypertrace import abi
+from hypertrace.formats import cprintf
 from hypertrace.formats.cprintf import FormatError, compile_format
 
 TRACE_EVENTS_ALL = "/usr/share/qemu/trace-events-all"
@@ -250,3 +252,175 @@ def test_every_event_of_qemu_trace_events_all_matches_gcc(tmp_path):
     for name, why in refused.items():
         assert "does not fit" in why and "char *" in why, (name, why)
     assert len(refused) < 30, refused
+
+
+def test_bytes_format_as_hex_and_mismatches_are_refused():
+    f = compile_format('"[%s] [%.3s] [%6s]"', fields_of(["bytes"] * 3))
+    assert f.format([b"\x00\xab", b"\x01\x02", b"\xff"]) == b"[00ab] [010] [    ff]"
+    for fmt, types, why in [
+            ('"%d %d"', ["int"], "too few arguments"),
+            ('"%*d"', ["int"], "too few arguments"),
+            ('"%s"', ["int"], "does not fit"),
+            ('"%d"', ["const char *"], "does not fit"),
+            ('"%f"', ["int"], "does not fit"),
+            ('"%d"', ["double"], "does not fit"),
+            ('"%p"', ["const char *"], "does not fit"),
+            ('"%n"', ["int"], "not printable"),
+            ('"%m"', [], "not printable"),
+            ('"%1$d"', ["int"], "positional"),
+            ('"%ls"', ["const char *"], "wide"),
+            ('"%Lf"', ["double"], "long double"),
+            ('"%a"', ["double"], "hex floats"),
+            ('"%y"', ["int"], "unknown conversion"),
+            ('"50%"', [], "ends inside"),
+            ('"%" TARGET_FMT_lx', ["int"], "unknown macro"),
+            ('"x" oops "', ["int"], "format"),
+    ]:
+        with pytest.raises(FormatError, match=why):
+            compile_format(fmt, fields_of(types))
+
+
+def test_widths_and_precisions_are_capped():
+    f = compile_format('"%999999999999d|%.999999999s|%*d|%-*d|%.*f"',
+                       fields_of(["int", "const char *", "int", "int", "int", "int",
+                                  "int", "double"]))
+    out = f.format([1, "abc", 2**31 - 1, 5, -(2**31), 6, 10**9 - 1, 1.5])
+    parts = out.split(b"|")
+    assert [len(p) for p in parts[:4]] == [cprintf.MAX_WIDTH, 3, cprintf.MAX_WIDTH,
+                                           cprintf.MAX_WIDTH]
+    assert parts[0].endswith(b" 1") and parts[3].startswith(b"6 ")
+    assert parts[4] == b"1." + b"5".ljust(cprintf.MAX_WIDTH, b"0")
+
+
+# --- end to end: guest.load, record, report --format qemu ---------------------------
+E2E_EVENTS = r'''# trace-events with PRI macros, as QEMU writes them
+hvf_vm_unmap(uint64_t paddr, uint64_t size) "paddr:0x%016"PRIx64" size:0x%08"PRIx64
+fmt_mix(int32_t delta, uint8_t b, const char *msg, void *p, bool on, int w, uint16_t v) MIX
+fmt_float(double d, float f) "%.3f %g"
+fmt_ctl(const char *s) "ctl:\t%s\x1b[0m"
+fmt_none(int n, const char *s)
+fmt_void(void)
+fmt_empty(void) ""
+fmt_bad(int n) "n=%d s=%s"
+fmt_wrong(int n) "%s"
+'''.replace("MIX", r'''"delta=%" PRId32 " b=%02" PRIx8 " msg='%-6s' p=%p on=%d '''
+                         r'''[%*" PRIu16 "] 100%%"''')
+E2E_APP = r'''import sys, threading
+from hypertrace import guest
+ev = guest.load(sys.argv[1])
+open(sys.argv[2], "w").write(str(threading.get_native_id()))
+ev.hvf_vm_unmap(0, 0)
+ev.hvf_vm_unmap(2**64 - 1, 0x1000)
+ev.fmt_mix(-1, 255, "héllo", 0, True, 8, 65535)
+ev.fmt_mix(-2**31, 7, "a much longer message", 0x7fff1234abcd, False, -3, 0)
+ev.fmt_float(-2.0 / 3, 0.1)
+ev.fmt_ctl("\x1b]0;title\x07")
+ev.fmt_none(5, "x")
+ev.fmt_void()
+ev.fmt_empty()
+ev.fmt_bad(3)
+ev.fmt_wrong(4)
+'''
+# the values above, for the C program (those of events whose format applies)
+E2E_C = {
+    "hvf_vm_unmap": [[A("uint64_t", 0), A("uint64_t", 0)],
+                     [A("uint64_t", 2**64 - 1), A("uint64_t", 0x1000)]],
+    "fmt_mix": [[A("int32_t", -1), A("uint8_t", 255), A("const char *", "héllo"),
+                 A("void *", 0), A("bool", True), A("int", 8), A("uint16_t", 65535)],
+                [A("int32_t", -2**31), A("uint8_t", 7),
+                 A("const char *", "a much longer message"), A("void *", 0x7fff1234abcd),
+                 A("bool", False), A("int", -3), A("uint16_t", 0)]],
+    "fmt_float": [[A("double", -2.0 / 3), A("float", 0.1)]],
+    "fmt_ctl": [[A("const char *", "\x1b]0;title\x07")]],
+    "fmt_empty": [[]],
+}
+
+
+def test_report_format_qemu_prints_what_qemu_log_would(tmp_path):
+    import json
+    import sys
+
+    from conftest import hypertrace, record
+
+    from hypertrace.analysis.text import printable
+    te = tmp_path / "trace-events"
+    te.write_text(E2E_EVENTS)
+    app = tmp_path / "app.py"
+    app.write_text(E2E_APP)
+    session, tidfile = str(tmp_path / "s"), tmp_path / "tid"
+    record(session, sys.executable, str(app), str(te), str(tidfile))
+    tid = int(tidfile.read_text())
+    decls = {d.name: d for d in abi.parse_trace_events(E2E_EVENTS)}
+    cases = [(decls[n].fmt, args) for n, sets in E2E_C.items() for args in sets]
+    gcc = iter(gcc_printf(cases, tmp_path, "e2e"))
+    texts = {n: [printable(next(gcc).decode()) for _ in sets] for n, sets in E2E_C.items()}
+    texts["fmt_none"] = ['n=5 s="x"']
+    texts["fmt_void"] = [None]
+    texts["fmt_bad"] = ["[format not applied: too few arguments: %s wants argument 2, the "
+                        "event has 1] n=3"]
+    texts["fmt_wrong"] = ["[format not applied: %s does not fit argument 1 (int n)] n=4"]
+    events = [json.loads(x) for x in hypertrace("report", session, "--json", "--domain",
+                                                "local").stdout.splitlines()]
+    want = []
+    for e in events:
+        t = texts[e["name"]].pop(0)
+        head = "%d@%d.%06d:%s" % (tid, e["ts"] // 10**9, e["ts"] % 10**9 // 1000, e["name"])
+        want.append(head if t is None else head + " " + t)
+    assert len(want) == 11 and not any(texts.values())
+    r = hypertrace("report", session, "--format", "qemu", "--domain", "local")
+    assert r.stdout.splitlines() == want
+    assert "\x1b" not in r.stdout and "\t" not in r.stdout and r.stderr == ""
+    # what gcc printed, and so the report, for the lines one can read (%-6s pads bytes:
+    # "héllo" is 6 of them)
+    assert want[0].endswith(":hvf_vm_unmap paddr:0x0000000000000000 size:0x00000000")
+    assert ":fmt_mix delta=-1 b=ff msg='héllo' p=(nil) on=1 [   65535] 100%" in r.stdout
+    assert ":fmt_ctl ctl:\\x09\\x1b]0;title\\x07\\x1b[0m" in r.stdout
+    assert ":fmt_empty \n" in r.stdout
+    # text and JSON are unchanged; --json and --format are one choice
+    assert hypertrace("report", session, "--format", "json").stdout == \
+        hypertrace("report", session, "--json").stdout
+    assert hypertrace("report", session, "--format", "text").stdout == \
+        hypertrace("report", session).stdout
+    r = hypertrace("report", session, "--json", "--format", "qemu", check=False)
+    assert r.returncode == 2 and "exclusive" in r.stderr
+
+
+HOSTILE = [   # (format put in the index, what the line shows after "name ")
+    ('"%999999999d|"', " " * (cprintf.MAX_WIDTH - 1) + "7|"),
+    ('"%n"', "[format not applied: %n is not printable from a record] n=7"),
+    ('"%s"', "[format not applied: %s does not fit argument 1 (int n)] n=7"),
+    ('"x" NOT_A_PRI', "[format not applied: unknown macro NOT_A_PRI (glibc's PRI macros are "
+                      "known)] n=7"),
+    ('"%*d"', "[format not applied: too few arguments: %d wants argument 2, the event "
+              "has 1] n=7"),
+    # a lone byte 0x9b (not UTF-8) and U+009B (CSI) are both shown \x9b
+    ('"\\x1b]0;pwned\\a%d\\n\\x9b\\u009b"', "\\x1b]0;pwned\\x077\\x0a\\x9b\\x9b"),
+    ('"50%"', "[format not applied: the format ends inside a conversion] n=7"),
+]
+
+
+def test_report_format_qemu_on_a_session_with_hostile_formats(tmp_path):
+    import json
+    import sys
+
+    from conftest import hypertrace, record
+    app = tmp_path / "app.py"
+    app.write_text("from hypertrace import guest\n" + "".join(
+        "guest.event('h%d', 'int n', fmt='n=%%d')(7)\n" % i for i in range(len(HOSTILE))))
+    session = str(tmp_path / "s")
+    record(session, sys.executable, str(app))
+    idx = os.path.join(session, ".hypertrace", "session.json")
+    with open(idx) as f:
+        doc = json.load(f)
+    for d in doc["domains"]:
+        for e in d["events"].values():
+            if re.match(r"h\d\(", e["signature"]):
+                e["format"] = HOSTILE[int(e["signature"][1:].split("(")[0])][0]
+    with open(idx, "w") as f:
+        json.dump(doc, f)
+    r = hypertrace("report", session, "--format", "qemu", "--domain", "local")
+    assert r.stderr == ""
+    lines = sorted(r.stdout.splitlines(), key=lambda x: x.split(":", 1)[1])
+    assert len(lines) == len(HOSTILE)
+    for i, (line, (_, text)) in enumerate(zip(lines, HOSTILE)):
+        assert line.split(":", 1)[1] == "h%d %s" % (i, text)
