@@ -424,3 +424,28 @@ def test_report_format_qemu_on_a_session_with_hostile_formats(tmp_path):
     assert len(lines) == len(HOSTILE)
     for i, (line, (_, text)) in enumerate(zip(lines, HOSTILE)):
         assert line.split(":", 1)[1] == "h%d %s" % (i, text)
+
+
+def test_qemu_log_lines_of_qemu_domain_events_tids_and_truncation():
+    from types import SimpleNamespace
+
+    from hypertrace.formats.qemu_log import QemuLog
+    from hypertrace.session import Event
+    qe = abi.make_decl("virtio_notify", "uint32_t tid, const char *args")
+    fm = abi.make_decl("tick", "uint64_t n, const char *s", fmt='"n=%" PRIu64 " s=%s"')
+    sess = SimpleNamespace(
+        streams=[{"file": "qemu-1", "tid": None}, {"file": "local-1", "tid": 4242},
+                 {"file": "local-2"}],
+        codecs={"qemu": {0: abi.Codec(qe)}, "local": {0: abi.Codec(fm)}})
+    q = QemuLog(sess)
+    ts = 1_700_000_000 * 10**9 + 123_456_789
+    # QEMU's own line comes back as QEMU wrote it: its tid, its text
+    assert q.line(Event(ts, 0, "qemu", "qemu-1", "virtio_notify",
+                        {"tid": 77, "args": "vdev 0x55d0 vq 0x7f"})) == \
+        "77@1700000000.123456:virtio_notify vdev 0x55d0 vq 0x7f"
+    assert q.line(Event(ts, 0, "local", "local-1", "tick", {"n": 2**64 - 1, "s": "é\x1b"},
+                        truncated=True)) == \
+        "4242@1700000000.123456:tick n=18446744073709551615 s=é\\x1b [truncated]"
+    # a stream without a known tid: 0; an event the index does not declare: raw fields
+    assert q.line(Event(999, 0, "local", "local-2", "other", {"a": b"\x01"})) == \
+        "0@0.000000:other a=01"

@@ -80,6 +80,8 @@ class QemuLog:
                     self._compiled[key] = compile_format(d.fmt, d.fields)
                 except FormatError as e:
                     self._compiled[key] = str(e)
+                except Exception as e:  # noqa: BLE001 - a bug here must not stop the report
+                    self._compiled[key] = "%s: %s" % (type(e).__name__, e)
         return self._compiled[key]
 
     def text(self, domain: str, name: str, fields: Dict[str, object]) -> Tuple[str, bool]:
