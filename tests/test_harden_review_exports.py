@@ -379,6 +379,8 @@ def test_stats_report_and_sql_print_no_raw_control_characters(recorded, tmp_path
     out = hypertrace("report", d).stdout
     assert _raw_controls(out) == []
     assert "\\x9b2J" in out                 # the guest's C1 CSI, shown escaped
+    out = hypertrace("report", d, "--format", "qemu").stdout
+    assert _raw_controls(out) == [] and "\\x9b2J" in out
     out = hypertrace("sql", d, "select thread from streams").stdout
     assert _raw_controls(out) == [] and "\\x1b]0;PWNED" in out
 

@@ -26,7 +26,7 @@ for i in range(200):
 """
 AS_LIMIT = 3 << 30          # numpy + pyarrow + duckdb start in well under this
 READERS = [("report",), ("stats",), ("export", "--format", "json"), ("view",),
-           ("sql", "select count(*) from events")]
+           ("sql", "select count(*) from events"), ("report", "--format", "qemu")]
 
 
 @pytest.fixture(scope="module")

@@ -58,9 +58,18 @@ def _parser() -> argparse.ArgumentParser:
                       ("stats", "event counts, rates and losses")):
         x = sub.add_parser(name, help=hlp)
         x.add_argument("dir")
-        x.add_argument("--json", action="store_true")
+        x.add_argument("--json", action="store_true",
+                       help="one JSON object per line" if name == "report" else None)
         if name == "report":
             x.add_argument("--domain", help="only this domain's events")
+            x.add_argument("--format", choices=REPORT_FORMATS, default=None,
+                           help="text (default): `ts domain/stream name k=v...`; json: as "
+                                "--json; qemu: as QEMU's log backend with -msg "
+                                "timestamp=on, `TID@SEC.USEC:name TEXT`, TEXT the event's "
+                                "printf format applied to its fields as glibc would (an "
+                                "event without a format: `name k=v...`; a format that does "
+                                "not fit its fields: `name [format not applied: WHY] "
+                                "k=v...`)")
 
     e = sub.add_parser("export", help="write the session as Perfetto protobuf, Chrome JSON, "
                                       "Parquet or a self-contained HTML timeline")
@@ -169,14 +178,26 @@ def _session(path: str):
         sys.exit(2)
 
 
+REPORT_FORMATS = ("text", "json", "qemu")
+
+
 def cmd_report(a) -> int:
+    if a.json and a.format not in (None, "json"):
+        return _fail("--json and --format %s are exclusive" % a.format)
+    fmt = "json" if a.json else a.format or "text"
     s = _session(a.dir)
     if a.domain and a.domain not in s.domains:
         return _fail("no domain %r in %s (domains: %s)" % (a.domain, a.dir,
                                                           ", ".join(s.domains)))
     w = sys.stdout.write
+    qemu = None
+    if fmt == "qemu":
+        from .formats.qemu_log import QemuLog
+        qemu = QemuLog(s)
     for e in s.events(a.domain):
-        if a.json:
+        if qemu is not None:
+            w(qemu.line(e) + "\n")
+        elif fmt == "json":
             w(json.dumps(e.to_json()) + "\n")
         else:
             f = " ".join("%s=%s" % (k, _show(v)) for k, v in e.fields.items())
