@@ -95,6 +95,7 @@ x_last(uint32_t v) "v=%" PRIu32
 x_mid(int16_t a, uint8_t b) "a=%"PRId16" b=0x%02"PRIx8" end"
 x_noformat(int a)
 x_escaped(const char *s) "say \"%s\"\t!"
+x_comma(int a, const char *s) "a, " "b=%d s=\"%s\", " "end"
 vcpu guest_cpu_enter(void)
 disable x_off(int v) "v=%d"
 '''
@@ -108,6 +109,7 @@ def test_pri_macros_vcpu_and_disable_declare(tmp_path):
         ("str", "a=%"), ("macro", "PRId16"), ("str", " b=0x%02"), ("macro", "PRIx8"),
         ("str", " end"))
     assert decls["x_noformat"].fmt == ""
+    assert decls["x_comma"].fmt == '"a, " "b=%d s=\\"%s\\", " "end"'   # one format, not two
     assert decls["guest_cpu_enter"].fields == () and not decls["guest_cpu_enter"].disabled
     assert decls["x_off"].disabled
 

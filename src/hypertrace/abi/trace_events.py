@@ -31,13 +31,25 @@ __all__ = ["TRACE_EVENT_PROPERTIES", "parse_trace_events", "read_trace_events",
 TRACE_EVENT_PROPERTIES = ("disable", "vcpu", "tcg", "counter")
 
 # tracetool's Event._CRE, anchored at the end: it accepts trailing text after the
-# closing parenthesis that is not a format; here that is an error, not ignored
+# closing parenthesis that is not a format; here that is an error, not ignored.
+# Its split of `"trans", "exec"` (the greedy `".+,`) would also cut a format that
+# merely holds `, "`; the split is done only for `tcg` events, outside the strings
 _EVENT = re.compile(r"((?P<props>[\w\s]+)\s+)?"
                     r"(?P<name>\w+)"
                     r"\((?P<args>[^)]*)\)"
                     r"\s*"
-                    r"(?:(?:(?P<fmt_trans>\".+),)?\s*(?P<fmt>\".+))?"
+                    r"(?P<fmt>\".+)?"
                     r"\s*\Z")
+_PIECE = re.compile(r'"(?:[^"\\]|\\.)*"|[^",]+|,')
+
+
+def _split_tcg(fmt: str) -> Tuple[str, str]:
+    """`"trans", "exec"` -> (trans, exec) at the first comma outside a string literal;
+    ("", fmt) when there is none."""
+    for m in _PIECE.finditer(fmt):
+        if m.group() == ",":
+            return fmt[:m.start()].rstrip(), fmt[m.end():].strip()
+    return "", fmt
 
 
 def parse_trace_event(line: str) -> EventDecl:
@@ -58,8 +70,10 @@ def parse_trace_event(line: str) -> EventDecl:
                              % (p, ", ".join(TRACE_EVENT_PROPERTIES)))
     if len(set(props)) != len(props):
         raise ValueError("repeated property in %r" % " ".join(props))
-    fmt = m.group("fmt") or ""
-    for f in (fmt, m.group("fmt_trans") or ""):
+    fmt, trans = m.group("fmt") or "", ""
+    if "tcg" in props:
+        trans, fmt = _split_tcg(fmt)
+    for f in (fmt, trans):
         # tracetool's two rules on formats (QEMU's trace backends rely on them)
         if "%m" in f:
             raise ValueError("format '%m' is forbidden, pass the error as an explicit "
