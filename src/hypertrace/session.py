@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import heapq
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ class Event:
     ts_uncertainty: Optional[int] = None   # ns, for domains mapped by clock exchanges
 
     def to_json(self) -> dict:
-        f = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in self.fields.items()}
+        f = {k: json_value(v) for k, v in self.fields.items()}
         d = {"ts": self.ts, "raw_ts": self.raw_ts, "domain": self.domain, "stream": self.stream,
              "name": self.name, "fields": f}
         if self.ts_uncertainty is not None:
@@ -46,6 +47,17 @@ class Event:
         if self.truncated:
             d["truncated"] = True
         return d
+
+
+def json_value(v):
+    """A field's value as JSON can hold it: bytes in hex, and a float that is not finite
+    as JavaScript writes it ("NaN", "Infinity", "-Infinity"): JSON has no such numbers
+    (json.dumps would write bare NaN, which JSON.parse and jq refuse)."""
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+    return v
 
 
 class Session:

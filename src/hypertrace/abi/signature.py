@@ -133,6 +133,11 @@ def parse_args(args: str, where: str = "") -> Tuple[Tuple[str, str, FieldType], 
         if "*" in part:
             ctype, name = part.rsplit("*", 1)
             ctype += "*"
+            # `char *const p`: qualifiers of the pointer itself go with the type
+            words = name.split()
+            while len(words) > 1 and words[0] in ("const", "volatile", "restrict"):
+                ctype += " " + words.pop(0)
+            name = " ".join(words)
         else:
             bits = part.rsplit(None, 1)
             if len(bits) < 2:

@@ -61,6 +61,8 @@ def parse_trace_event(line: str) -> EventDecl:
             raise ValueError("expected 'name(type arg, ...) \"format\"'")
         if ")" not in line:
             raise ValueError("no ')' closing the argument list")
+        if re.match(r"\s*(?:\w+\s+)*\w+\s+\(", line):
+            raise ValueError("no space may separate the event name from its '('")
         raise ValueError("unexpected text after the argument list: %r"
                          % line.split(")", 1)[1].strip()[:60])
     props = (m.group("props") or "").split()
@@ -94,7 +96,10 @@ def read_trace_events(text: str, source: str = "<string>") -> List[Tuple[int, Ev
     """parse_trace_events, with each event's line number."""
     decls = []
     names = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # lines end at \n, \r\n or \r, as Python's universal newlines (tracetool's open())
+    # break them; not at the other breaks str.splitlines() knows (\f, \x1c, U+2028...)
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for lineno, line in enumerate(lines, 1):
         s = line.strip()
         if not s or s.startswith("#"):
             continue

@@ -15,13 +15,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import abi
+from ..session import json_value
 
 
 def _py(decl: abi.EventDecl, cols: List[pa.Array]) -> pa.Array:
     names = [a for a, _, _ in decl.fields]
     rows = zip(*[c.to_pylist() for c in cols])
-    return pa.array([json.dumps({k: (v.hex() if isinstance(v, bytes) else v)
-                                 for k, v in zip(names, r)}, separators=(",", ":"))
+    return pa.array([json.dumps({k: json_value(v) for k, v in zip(names, r)},
+                                separators=(",", ":"), allow_nan=False)
                      for r in rows], pa.string())
 
 

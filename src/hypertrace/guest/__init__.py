@@ -35,6 +35,12 @@ _channel: Optional[Channel] = None
 _control: Optional[Control] = None
 _sync_tp: Optional[Callable] = None
 _env_checked = False
+# connecting (from the environment or by connect()) is one step for every other thread:
+# one that declares meanwhile waits for it, instead of getting a tracepoint that is
+# not attached yet and drops its records uncounted
+_connecting = threading.RLock()
+_in_connect = False
+_env_done = False
 _default_clock = time.monotonic_ns
 
 
@@ -54,18 +60,34 @@ def _fresh_tls() -> None:
 
 
 class Events:
-    """The tracepoints of a trace-events file, one attribute per event."""
+    """The tracepoints of a trace-events file: `ev.NAME`, or `ev["NAME"]` for every
+    name (one such as `__class__` is the object's own attribute), in file order when
+    iterated. Its own state is kept under names no C identifier can be."""
 
     def __init__(self, tps: List[Callable]):
-        self._list = tps
-        for tp in tps:
-            setattr(self, tp.name, tp)
+        self.__dict__["\u0127list"] = tps
+        self.__dict__["\u0127names"] = {tp.name: tp for tp in tps}
+
+    def __getattr__(self, name: str) -> Callable:
+        try:
+            return self.__dict__["\u0127names"][name]
+        except KeyError:
+            raise AttributeError("no event %r in this file" % name) from None
+
+    def __getitem__(self, name: str) -> Callable:
+        return self.__dict__["\u0127names"][name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.__dict__["\u0127names"]
+
+    def __dir__(self) -> List[str]:
+        return sorted(self.__dict__["\u0127names"])
 
     def __iter__(self):
-        return iter(self._list)
+        return iter(self.__dict__["\u0127list"])
 
     def __len__(self) -> int:
-        return len(self._list)
+        return len(self.__dict__["\u0127list"])
 
 
 def event(name: str, args: str = "void", disabled: bool = False,
@@ -76,6 +98,9 @@ def event(name: str, args: str = "void", disabled: bool = False,
     writes the same with quotes and PRI macros): `hypertrace report --format qemu`
     prints the event with it. Raises ValueError for a bad declaration, or one that
     conflicts with an event of the same name already declared in this process."""
+    for what, v in (("name", name), ("args", args), ("fmt", fmt)):
+        if not isinstance(v, str):
+            raise ValueError("event %s must be a str, not %s" % (what, type(v).__name__))
     if fmt:
         fmt = '"%s"' % fmt.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return _register([abi.make_decl(name, args, disabled, fmt=fmt, counter=counter)])[0]
@@ -85,8 +110,13 @@ def load(path: str) -> Events:
     """Declare every event of a QEMU-style trace-events file, all or none: the whole
     file is parsed and checked against the events already declared before the first
     is declared. Raises OSError if unreadable, ValueError `path:line: cause`."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")       # a leading BOM is not part of the first line
+    except UnicodeDecodeError as e:
+        raise ValueError("%s:%d: not UTF-8 text (byte 0x%02x)" % (
+            path, raw.count(b"\n", 0, e.start) + 1, raw[e.start])) from None
     found = abi.read_trace_events(text, path)
     return Events(_register([d for _, d in found],
                             lambda i: "%s:%d: " % (path, found[i][0])))
@@ -108,6 +138,10 @@ def _register(decls: List[abi.EventDecl], where: Callable[[int], str] = lambda i
         for decl in decls:
             tp = _tracepoints.get(decl.name)
             if tp is None:
+                if decl.fmt and decl.slot_text == decl.signature:
+                    warn("event %s: its format is left out of the declaration (signature "
+                         "and format exceed %d bytes): it records, QEMU-style printing "
+                         "shows its fields" % (decl.name, abi.DECL_TEXT_MAX))
                 tp = build(decl, _tls, _claim, _default_clock)
                 _tracepoints[decl.name] = tp
                 new.append(tp)
@@ -128,6 +162,18 @@ def connect(spec: Optional[str] = None, clock: Optional[Callable[[], int]] = Non
     daemon thread runs clock exchanges every `sync_interval` seconds and
     sync_point() is available.
     """
+    global _in_connect, _env_done
+    with _connecting:
+        _in_connect = True
+        try:
+            return _connect(spec, clock, sync_interval)
+        finally:
+            _in_connect = False
+            _env_done = True
+
+
+def _connect(spec: Optional[str], clock: Optional[Callable[[], int]],
+             sync_interval: Optional[float]) -> Channel:
     global _channel, _env_checked, _control, _sync_tp
     _env_checked = True
     spec = spec or os.environ.get("HYPERTRACE_CHANNEL")
@@ -231,23 +277,29 @@ def _release_thread() -> None:
 
 
 def _connect_from_env() -> None:
-    global _env_checked
-    if _env_checked:
+    global _env_checked, _env_done
+    if _env_done:
         return
-    _env_checked = True
-    spec = os.environ.get("HYPERTRACE_CHANNEL")
-    if spec and _channel is None:
-        try:
-            connect(spec)
-        except (ChannelError, OSError, ValueError) as e:
-            warn("tracing disabled: %s" % e)
+    with _connecting:                 # another thread's connect: wait for its end
+        if _env_done or _in_connect:  # done, or re-entered from this thread's connect
+            return
+        if not _env_checked:
+            _env_checked = True
+            spec = os.environ.get("HYPERTRACE_CHANNEL")
+            if spec and _channel is None:
+                try:
+                    connect(spec)
+                except (ChannelError, OSError, ValueError) as e:
+                    warn("tracing disabled: %s" % e)
+        _env_done = True
 
 
 def _after_fork_in_child() -> None:
     # Only the forking thread exists in the child: a lock another thread held at the
     # fork (the clock thread's, during an exchange) would stay locked for ever.
-    global _lock
+    global _lock, _connecting
     _lock = threading.Lock()
+    _connecting = threading.RLock()
     if _control is not None:
         _control.after_fork()
     # the child must never write into the parent's rings: forget this thread's

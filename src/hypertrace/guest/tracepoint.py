@@ -10,6 +10,7 @@ syscall.
 from __future__ import annotations
 
 import keyword
+import operator
 import struct
 from typing import Callable, Dict, List
 
@@ -59,6 +60,18 @@ def _char(value: str, signed: bool, err: Callable, arg: str) -> int:
     return c - 0x100 if signed and c > 0x7F else c
 
 
+_ZERO16 = struct.Struct("<QQ")
+
+
+def _bool_arg(value, err: Callable, arg: str) -> bool:
+    """A bool argument given as something else: an integer (0 or not, as C converts),
+    or anything with __index__ (numpy's integers and bools); nothing else."""
+    try:
+        return operator.index(value) != 0
+    except TypeError:
+        raise err(arg, "a bool or an int", value) from None
+
+
 def _source(decl: abi.EventDecl) -> tuple:
     """Python source of the emit function and the Structs it uses."""
     args = param_names(decl)
@@ -98,6 +111,10 @@ def _source(decl: abi.EventDecl) -> tuple:
                                                                P, cname)]
             elif ft.hex:
                 prep += ["if %s is None:" % name, "    %s = 0" % name]   # NULL
+            elif ft.kind == "bool":
+                # struct's "?" takes any object's truth: "false" would record True
+                prep += ["if %s.__class__ is not %sbool:" % (name, P),
+                         "    %s = %sbool_arg(%s, %sargerr, %r)" % (name, P, name, P, cname)]
             run_codes += ft.code
             run_vals.append(name)
             fixed += ft.size
@@ -105,9 +122,11 @@ def _source(decl: abi.EventDecl) -> tuple:
         i = nvar
         sv, lv = "%ss%d" % (P, i), "%sl%d" % (P, i)
         if ft.kind == "str":
+            # str.encode itself, not the argument's: a str subclass's own encode (or
+            # any object with one) must not decide what is recorded
             prep += ["try:",
-                     "    %s = %s.encode('utf-8', 'replace')" % (sv, name),
-                     "except %sAttributeError:" % P,
+                     "    %s = %sencode(%s, 'utf-8', 'replace')" % (sv, P, name),
+                     "except %sTypeError:" % P,
                      "    raise %sargerr(%r, 'str', %s) from None" % (P, cname, name),
                      "%s = %slen(%s)" % (lv, P, sv),
                      "if %s > %d:" % (lv, abi.STR_MAX),
@@ -156,7 +175,10 @@ def _source(decl: abi.EventDecl) -> tuple:
              "%s = %s.seq" % (seq, w),
              "try:"]
     body += ["    " + x for x in writes]
-    body += ["except %sSE as %se:" % (P, P),
+    body += ["except (%sSE, %sOverflowError) as %se:" % (P, P, P),
+             # nothing half written may look like a record to the collector (a header
+             # with the expected seq after the commit point reads as a torn record)
+             "    %sZ(%smm, %so, 0, 0)" % (P, P, P),
              "    raise %sargerr(None, %sstr(%se), None) from None" % (P, P, P),
              "%s.pos = %s" % (w, end),
              "%s.seq = %s + 1" % (w, seq),
@@ -188,7 +210,10 @@ def build(decl: abi.EventDecl, tls, claim: Callable, clock: Callable) -> Callabl
                 P + "cut": _cut, P + "char": _char, P + "SE": struct.error,
                 P + "len": len, P + "isinstance": isinstance, P + "str": str,
                 P + "bytes": bytes, P + "bytearray": bytearray, P + "memoryview": memoryview,
-                P + "AttributeError": AttributeError, "__builtins__": {}}
+                P + "AttributeError": AttributeError, P + "TypeError": TypeError,
+                P + "OverflowError": OverflowError, P + "encode": str.encode,
+                P + "bool": bool, P + "bool_arg": _bool_arg, P + "Z": _ZERO16.pack_into,
+                "__builtins__": {}}
     ns.update({k: v.pack_into for k, v in structs.items()})
     exec(compile(src, "<tracepoint %s>" % decl.name, "exec"), ns)
     fn = ns[P + "tp"]

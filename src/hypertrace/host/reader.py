@@ -391,10 +391,14 @@ class RingReader:
             a = self.base + (commit & (self.lay.ring_size - 1))
             raw = bytes(self.mm[a:a + 16])
             if len(raw) == 16:
-                eid, sf, seq, _ts = _HDR.unpack(raw)
+                eid, sf, seq, ts = _HDR.unpack(raw)
                 sz = sf & 0xFFF8
+                # an earlier claim of the ring left records there whose seq may be the
+                # one expected (seq restarts at 0 per claim): a record of this claim is
+                # no older than the claim and than the last record taken
+                newest = max(self.identity.get("claim_ts", 0), st.last_ts or 0)
                 if (seq == self.seq & 0xFFFFFFFF and eid < len(self.events.sizes)
-                        and self.events.sizes[eid] >= 0 and sz >= 16):
+                        and self.events.sizes[eid] >= 0 and sz >= 16 and ts >= newest):
                     st.torn += 1
         # the producer publishes `emitted` when it drops or releases, so it may lag
         # behind the records it committed since: take the larger, unless it is nonsense
