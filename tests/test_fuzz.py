@@ -453,6 +453,8 @@ def test_fuzz_session_index(read_session, tmp_path_factory, muts):
                       min_size=1, max_size=6),
        cut=st.one_of(st.none(), st.integers(0, 1 << 16)), which=st.integers(0, 7))
 @example(edits=[(19538, b"\x00")], cut=None, which=0)     # times going back: no progress
+@example(edits=[(120, b"\x00" * 10 + b"X")], cut=None, which=0)   # a length past the chunk
+@example(edits=[(5352, b"\x00")], cut=None, which=0)     # a record past its packet
 def test_fuzz_stream_files(read_session, tmp_path_factory, edits, cut, which):
     """Stream files with bytes overwritten (packet headers, sizes, record headers,
     payloads) and cut short: readers end the damaged stream with a warning, the

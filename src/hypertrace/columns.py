@@ -181,6 +181,7 @@ class Columns:
         bad = (eid == abi.PAD_ID) | (w[starts + 1] > np.uint64(abi.MAX_TS))
         kinds = np.full(len(starts), -1, dtype=np.int32)
         ends = off + size
+        bad |= ends > len(b)     # runs past the packet's content: the scalar reader stops too
         tables: Dict[int, List[pa.Array]] = {}
         for e in np.unique(eid):
             c = codecs.get(int(e))
@@ -388,7 +389,10 @@ def _fields(b: np.ndarray, off: np.ndarray, end: np.ndarray, size: np.ndarray,
             continue
         q = np.minimum(p, len(b) - 2)
         ln = b[q].astype(np.int64) | (b[q + 1].astype(np.int64) << 8)
-        good &= (p + 2 <= end) & (ln <= abi.STR_MAX) & (p + 2 + ln <= end)
+        # within the record and within the bytes at hand (a crafted size may reach past
+        # the chunk: the record is bad, never an index past the buffer)
+        good &= (p + 2 <= end) & (ln <= abi.STR_MAX) & (p + 2 + ln <= end) & \
+            (p + 2 + ln <= len(b))
         ln = np.where(good, ln, 0)
         offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(ln, out=offsets[1:])
