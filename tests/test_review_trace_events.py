@@ -179,3 +179,54 @@ def test_qualified_pointers_declare_as_tracetool_reads_them(session, tmp_path):
     events, _ = babeltrace(session)
     assert [f for n, f in events if n == "qp"] == [{"_p_length": "1", "p": "a",
                                                    "_s_length": "1", "s": "b", "r": "0x10"}]
+
+
+# -- the second review ----------------------------------------------------------------
+
+def test_sql_output_is_valid_json_and_shows_bytes_in_hex(session, tmp_path):
+    app = write(tmp_path, "s.py", r'''
+from hypertrace import guest
+guest.event("sq", "double d, bytes b, const char *s")(float("nan"), b"\x00\xff\x1b", "ok")
+''')
+    record(session, PY, app)
+    r = hypertrace("sql", session, 'select f_d, f_b, f_s from "event_local_sq"', "--json")
+    row = json.loads(r.stdout, parse_constant=lambda c: pytest.fail("bare " + c))
+    assert row == {"f_d": "NaN", "f_b": "00ff1b", "f_s": "ok"}
+    csv = hypertrace("sql", session, 'select f_b from "event_local_sq"', "--csv").stdout
+    assert csv.split() == ["f_b", "00ff1b"]
+
+
+def test_a_format_that_does_not_parse_leaves_the_session_readable(session, tmp_path):
+    app = write(tmp_path, "f.py", "from hypertrace import guest\n"
+                                  "guest.event('bf', 'int a', fmt='a=%d')(5)\n")
+    record(session, PY, app)
+    idx = tmp_path / "session" / ".hypertrace" / "session.json"
+    doc = json.loads(idx.read_text())
+    for d in doc["domains"]:
+        for e in d["events"].values():
+            if e["name"] == "bf":
+                e["format"] = '"unterminated'
+    idx.write_text(json.dumps(doc))
+    out = hypertrace("report", session, "--format", "qemu").stdout
+    assert [x.split(":", 1)[1] for x in out.splitlines() if ":bf " in x] == ["bf a=5"]
+
+
+def test_c_strings_end_at_their_first_nul(session, tmp_path):
+    app = write(tmp_path, "n.py", "from hypertrace import guest\n"
+                                  "guest.event('nf', 'int x', fmt='nul\\x00here %d')(1)\n"
+                                  "guest.event('ns', 'const char *s', fmt='[%s]')('a\\x00b')\n")
+    record(session, PY, app)
+    out = hypertrace("report", session, "--format", "qemu").stdout
+    lines = {x.split(":", 1)[1].split(" ", 1)[0]: x.split(":", 1)[1] for x in out.splitlines()}
+    assert lines["nf"] == "nf nul" and lines["ns"] == "ns [a]"
+
+
+def test_bidi_controls_are_escaped_for_the_terminal():
+    from hypertrace.analysis.text import printable
+    assert printable("a\u202eb\u2028c\u2066d") == "a\\u202eb\\u2028c\\u2066d"
+
+
+def test_a_format_ending_in_a_newline_is_refused_as_tracetool_does():
+    from hypertrace import guest
+    with pytest.raises(ValueError, match="must not end with a newline"):
+        guest.event("nl_fmt", "int a", fmt="a=%d\n")

@@ -300,10 +300,16 @@ def cmd_sql(a) -> int:
         for msg in s.warnings:
             sys.stderr.write("hypertrace: warning: %s (the rest of that stream was skipped)\n"
                              % msg)
+    from .session import json_value  # bytes as hex, NaN as "NaN": as everywhere
+    rows = [[json_value(v) for v in r] for r in rows]
     if a.json:
         for r in rows:
-            print(json.dumps(dict(zip(cols, r)), default=str))
+            print(json.dumps(dict(zip(cols, r)), default=str, allow_nan=False))
     elif a.csv:
+        if sys.stdout.isatty():            # for a terminal: no raw control characters
+            from .analysis.text import printable
+            cols = [printable(c) for c in cols]
+            rows = [[printable(v) if isinstance(v, str) else v for v in r] for r in rows]
         w = csv.writer(sys.stdout)
         w.writerow(cols)
         w.writerows(rows)

@@ -281,7 +281,13 @@ def _events(events: dict, where: str) -> None:
         sig = _str(e.get("signature"), w + ".signature", maxlen=abi.DECL_TEXT_MAX)
         fmt = _opt_str(e.get("format"), w + ".format", abi.DECL_TEXT_MAX) or ""
         try:
-            decl = abi.parse_signature(sig, fmt)
+            abi.parse_format(fmt)
+        except ValueError:
+            # the format only describes the event: one that does not parse is left out
+            # (the event prints its fields), it does not make the session unreadable
+            e.pop("format", None)
+        try:
+            decl = abi.parse_signature(sig)
         except ValueError as x:
             raise IndexInvalid("%s: %s" % (w, x)) from None
         if e.get("name", decl.name) != decl.name:

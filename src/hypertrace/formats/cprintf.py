@@ -124,7 +124,8 @@ def expand_format(fmt: str) -> bytes:
             out += PRI_MACROS[text].encode()
         else:
             raise FormatError("unknown macro %s (glibc's PRI macros are known)" % text[:40])
-    return bytes(out)
+    # a C string ends at its first NUL: printf never sees what follows
+    return bytes(out).split(b"\0", 1)[0]
 
 
 # --- the conversions --------------------------------------------------------------
@@ -319,7 +320,8 @@ class Format:
         left = "-" in conv.flags
         if c == "s":
             if isinstance(v, str):
-                data = v.encode("utf-8", "surrogatepass")
+                # the argument is a C string too: it ends at its first NUL
+                data = v.encode("utf-8", "surrogatepass").split(b"\0", 1)[0]
             elif isinstance(v, (bytes, bytearray)):
                 data = bytes(v).hex().encode()
             else:

@@ -101,6 +101,9 @@ def event(name: str, args: str = "void", disabled: bool = False,
     for what, v in (("name", name), ("args", args), ("fmt", fmt)):
         if not isinstance(v, str):
             raise ValueError("event %s must be a str, not %s" % (what, type(v).__name__))
+    if fmt.endswith("\n"):
+        raise ValueError("event %s: format must not end with a newline character (as "
+                         "QEMU's tracetool says: the log adds one)" % name)
     if fmt:
         fmt = '"%s"' % fmt.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return _register([abi.make_decl(name, args, disabled, fmt=fmt, counter=counter)])[0]
