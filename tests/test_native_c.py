@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import BT_FIELD, BT_LINE, bt_string, env, hypertrace, record, stats
 
 CC = shutil.which("cc") or shutil.which("gcc")

@@ -78,7 +78,7 @@ def _param_names(decl: abi.EventDecl) -> List[str]:
     """C parameter names: the argument's own, unless a keyword or one of ours (`_ht_`)."""
     taken = {a for a, _, _ in decl.fields}
     out = []
-    for a, _, ft in decl.fields:
+    for a, _, _ in decl.fields:
         p = a
         if p in C_KEYWORDS or p.startswith("_ht_"):
             p = a + "_"
@@ -100,7 +100,7 @@ def _event(decl: abi.EventDecl) -> str:
     stores: List[str] = []
     fixed = abi.REC_HEADER_SIZE
     var: List[str] = []
-    for k, ((arg, ctype, ft), pname) in enumerate(zip(decl.fields, names)):
+    for k, ((_, ctype, ft), pname) in enumerate(zip(decl.fields, names)):
         a = "a%d" % k
         if ft.kind == "bytes":
             t = "const void *"
