@@ -319,3 +319,15 @@ def test_gen_c_text_matches_python_declarations(build):
         got = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), lit[1:-1])
         got = got.replace('\\"', '"').replace("\\\\", "\\")
         assert got == d.slot_text
+
+
+def test_no_free_ring_counts_lost(build, tmp_path):
+    """More threads than rings: a thread without a ring counts its records in the
+    shared loss counters; everything emitted is accounted for."""
+    out = str(tmp_path / "s")
+    run_app(build, out, 4, 20000, mode="discard", opts=("--rings", "2"))
+    st = stats(out)
+    ss = [s for s in st["streams"] if s["domain"] == "local"]
+    lost = st["domains"]["local"]["lost_without_ring"]
+    assert lost > 0
+    assert sum(s["recorded"] + s["discarded"] for s in ss) + lost == 4 * 20000 + 4
