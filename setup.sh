@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-APT_PACKAGES="babeltrace2 qemu-user qemu-system-x86 qemu-system-data linux-image-amd64 busybox-static python3 chromium"
+APT_PACKAGES="babeltrace2 qemu-user qemu-system-x86 qemu-system-data linux-image-amd64 busybox-static python3 chromium gcc libc6-dev"
 missing=""
 command -v babeltrace2 >/dev/null || missing=1
 command -v qemu-x86_64 >/dev/null || missing=1
@@ -14,6 +14,8 @@ ls /boot/vmlinuz-* >/dev/null 2>&1 || missing=1
 [ -x /bin/busybox ] || missing=1
 [ -x /usr/bin/python3 ] || missing=1
 command -v chromium >/dev/null || missing=1
+command -v gcc >/dev/null || missing=1
+[ -f /usr/include/stdio.h ] || missing=1
 if [ -n "$missing" ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     echo "== installing Debian packages: $APT_PACKAGES"

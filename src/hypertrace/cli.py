@@ -118,6 +118,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
 
     sub.add_parser("guest-path", help="print a PYTHONPATH entry holding only the guest library")
+
+    g = sub.add_parser("gen-c", help="generate a C header of tracepoints (trace_NAME(...)) "
+                                     "from a trace-events file")
+    g.add_argument("trace_events")
+    g.add_argument("-o", "--output", help="header to write (default: standard output)")
+    cc = sub.add_parser("c-config", help="print the compiler flags of C producers: "
+                                         "cc app.c $(hypertrace c-config --cflags --libs)")
+    cc.add_argument("--cflags", action="store_true", help="include path of hypertrace.h")
+    cc.add_argument("--libs", action="store_true",
+                    help="the runtime (its C source, compiled into the program) and -pthread")
     return p
 
 
@@ -434,6 +444,37 @@ def cmd_guest_path(_a) -> int:
         return _fail("cannot make the guest library directory%s: %s (set XDG_CACHE_HOME to a "
                      "writable directory)" % (" " + e.filename if e.filename else "",
                                              e.strerror or e))
+    return 0
+
+
+def cmd_gen_c(a) -> int:
+    from .native.gen import generate_file
+    try:
+        text, warnings = generate_file(a.trace_events)
+    except OSError as e:
+        return _fail("cannot read %s: %s" % (a.trace_events, e.strerror or e))
+    except ValueError as e:
+        return _fail(str(e))
+    for w in warnings:
+        sys.stderr.write("hypertrace: warning: %s\n" % w)
+    if not a.output:
+        sys.stdout.write(text)
+        return 0
+    tmp = a.output + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, a.output)
+    except OSError as e:
+        return _fail("cannot write %s: %s" % (a.output, e.strerror or e))
+    return 0
+
+
+def cmd_c_config(a) -> int:
+    from .native.gen import cflags, libs
+    if not (a.cflags or a.libs):
+        return _fail("c-config: give --cflags and/or --libs")
+    print(" ".join(x for x, on in ((cflags(), a.cflags), (libs(), a.libs)) if on))
     return 0
 
 

@@ -1,0 +1,921 @@
+/* hypertrace native producer runtime: attach, declare, claim, slow emit paths, loss
+ * counters, fork and exit (docs/abi.md; src/hypertrace/guest/ is the reference
+ * behaviour). C11 + POSIX + Linux (OFD locks), libc and pthreads only.
+ *
+ * Never crashes nor hangs the traced program: whatever fails turns tracing off with
+ * one warning on stderr; nothing here waits for another process for longer than the
+ * ABI's bounds (2 ms per declaration, block_timeout_ns in block mode).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "hypertrace.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* --- the ABI's numbers (src/hypertrace/abi/layout.py) --- */
+#define MAGIC 0x4543415254505948ull
+#define ABI_MAJOR 1
+#define PAGE 4096u
+#define HDR_ABI_MAJOR 8
+#define HDR_REGION_SIZE 16
+#define HDR_N_RINGS 72
+#define HDR_RING_SIZE 76
+#define HDR_MAX_EVENTS 80
+#define HDR_MODE 84
+#define HDR_BLOCK_TIMEOUT 88
+#define HDR_ENABLE_OFF 96
+#define HDR_DECL_OFF 104
+#define HDR_DESC_OFF 112
+#define HDR_DATA_OFF 120
+#define HDR_COLLECTOR 128
+#define HDR_HEARTBEAT 136
+#define CNT_OFF 3072u
+#define CNT_SIZE 64u
+#define N_CNT 16u
+#define CNT_MAX (1ull << 48)
+#define F_OFD_SETLK_ 37
+#define F_OFD_GETLK_ 36
+#define DECL_SLOT 512u
+#define DECL_TEXT_MAX 504u
+#define DESC_SIZE 256u
+#define D_COMMIT 0
+#define D_EMITTED 8
+#define D_FIRST 16
+#define D_DISCARDED 24
+#define D_CONSUMED 64
+#define D_STATE 128
+#define D_GENERATION 132
+#define D_PID 136
+#define D_TID 140
+#define D_CLAIM_TS 144
+#define D_THREAD_NAME 152
+#define MODE_BLOCK 1u
+#define MODE_OVERWRITE 2u
+#define PAD_ID 0xFFFFu
+
+#define GUARD_NS 200000000ull     /* longest wait for another thread of this process */
+#define DECL_WAIT_NS 2000000ull   /* per declaration, for slots other processes write */
+#define CLAIM_RETRY_NS 1000000ull /* after a failed claim, emits are dropped (counted) */
+#define COUNT_RETRY_NS 1000000ull /* every counter slot held: the emit path waits this */
+#define DECL_RETRY_MIN 10000000ull
+#define DECL_RETRY_MAX 1000000000ull
+
+enum { ST_NONE, ST_ON, ST_OFF };
+
+_Thread_local ht_writer *ht__tls_w;
+static const uint8_t zeros[65536];
+volatile uint8_t *ht__enable = (volatile uint8_t *)zeros;
+
+static _Atomic int g_state = ST_NONE;
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Thread_local int t_in_guard;
+static int g_fork_locked;
+
+static uint8_t *g_mm;
+static size_t g_map_size;
+static int g_lockfd = -1;
+static char g_path[4096];
+static uint32_t g_n_rings, g_ring_size, g_max_events, g_mode;
+static uint64_t g_block_timeout, g_decl_off, g_desc_off, g_data_off, g_enable_off;
+static uint8_t *g_rings_held;       /* rings this process claimed (their locks are ours) */
+static uint32_t g_next_ring;
+static _Atomic uint64_t g_next_claim;
+static uint8_t *g_skipped;          /* declaration slots left while held by another process */
+static uint32_t g_nskipped, g_decl_next;
+static _Atomic uint64_t g_pend_lost, g_pend_refused, g_publish_at;
+static ht_event *g_busy;            /* events refused for held slots (retried) */
+static pthread_key_t g_key;
+static _Atomic int g_closed;
+
+static void warn(const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if (n > (int)sizeof buf - 2)
+        n = (int)sizeof buf - 2;
+    buf[n++] = '\n';
+    ssize_t r = write(2, "hypertrace: ", 12);
+    r = write(2, buf, (size_t)n);
+    (void)r;
+}
+
+uint64_t ht_clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void sleep_ns(uint64_t ns)
+{
+    struct timespec ts = { (time_t)(ns / 1000000000u), (long)(ns % 1000000000u) };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+size_t ht__cut(const char *s, size_t n)
+{
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+        n--;
+    return n;
+}
+
+/* --- region words --- */
+static inline uint32_t ld32(uint64_t off)
+{
+    return __atomic_load_n((uint32_t *)(g_mm + off), __ATOMIC_ACQUIRE);
+}
+static inline uint64_t ld64(uint64_t off)
+{
+    return __atomic_load_n((uint64_t *)(g_mm + off), __ATOMIC_ACQUIRE);
+}
+static inline void st32(uint64_t off, uint32_t v)
+{
+    __atomic_store_n((uint32_t *)(g_mm + off), v, __ATOMIC_RELEASE);
+}
+static inline void st64(uint64_t off, uint64_t v)
+{
+    __atomic_store_n((uint64_t *)(g_mm + off), v, __ATOMIC_RELEASE);
+}
+
+/* --- exclusion: byte locks between processes, a mutex between threads --- */
+static int lock_op(uint64_t off, short type)
+{
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = type;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = (off_t)off;
+    fl.l_len = 1;
+    fl.l_pid = 0;
+    if (g_lockfd < 0)
+        return 0;
+    return fcntl(g_lockfd, F_OFD_SETLK_, &fl) == 0;
+}
+static int try_lock(uint64_t off) { return lock_op(off, F_WRLCK); }
+static void unlock(uint64_t off) { (void)lock_op(off, F_UNLCK); }
+
+/* Take the process's guard (waiting at most GUARD_NS for another thread, not at all
+ * unless `wait`, never when this thread holds it: a signal handler that traces). */
+static int guard_enter(int wait)
+{
+    if (t_in_guard)
+        return 0;
+    int r;
+    if (wait) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += (long)(GUARD_NS % 1000000000u);
+        ts.tv_sec += (time_t)(GUARD_NS / 1000000000u) + ts.tv_nsec / 1000000000;
+        ts.tv_nsec %= 1000000000;
+        r = pthread_mutex_timedlock(&g_lock, &ts);
+    } else {
+        r = pthread_mutex_trylock(&g_lock);
+    }
+    if (r != 0)
+        return 0;
+    t_in_guard = 1;
+    return 1;
+}
+static void guard_leave(void)
+{
+    t_in_guard = 0;
+    pthread_mutex_unlock(&g_lock);
+}
+
+/* Tracing off for good in this process (events keep their ids: their enable bytes
+ * are read from a table of zeros). */
+static void turn_off(const char *why)
+{
+    ht__enable = (volatile uint8_t *)zeros;
+    atomic_store(&g_state, ST_OFF);
+    if (why)
+        warn("tracing disabled: %s", why);
+}
+
+/* --- shared loss counters (§11) --- */
+static int publish(int wait)
+{
+    if (!atomic_load(&g_pend_lost) && !atomic_load(&g_pend_refused))
+        return 1;
+    if (atomic_load(&g_state) != ST_ON || !guard_enter(wait))
+        return 0;
+    int done = 0;
+    uint32_t first = (uint32_t)getpid() + (uint32_t)(ht_clock_ns() >> 10);
+    for (uint32_t k = 0; k < N_CNT && !done; k++) {
+        uint64_t off = CNT_OFF + CNT_SIZE * ((first + k) % N_CNT);
+        if (!try_lock(off))
+            continue;
+        uint64_t lost = ld64(off), refused = ld64(off + 8);
+        if (lost < CNT_MAX && refused < CNT_MAX) {
+            lost += atomic_exchange(&g_pend_lost, 0);
+            refused += atomic_exchange(&g_pend_refused, 0);
+            st64(off, lost);
+            st64(off + 8, refused);
+            done = 1;
+        }
+        unlock(off);
+    }
+    if (!done)
+        atomic_store(&g_publish_at, ht_clock_ns() + COUNT_RETRY_NS);
+    guard_leave();
+    return done;
+}
+
+static void count(uint64_t lost, uint64_t refused)
+{
+    atomic_fetch_add(&g_pend_lost, lost);
+    atomic_fetch_add(&g_pend_refused, refused);
+    if (ht_clock_ns() >= atomic_load(&g_publish_at))
+        publish(1);
+}
+
+/* --- attaching --- */
+static int parse_spec(const char *spec, char *path, size_t cap, const char **err)
+{
+    const char *comma = strchr(spec, ',');
+    size_t hl = comma ? (size_t)(comma - spec) : strlen(spec);
+    char head[4096];
+    if (hl >= sizeof head) {
+        *err = "channel spec too long";
+        return 0;
+    }
+    memcpy(head, spec, hl);
+    head[hl] = 0;
+    /* options: only control=ADDRESS is known; this producer does not use it (no HELLO,
+     * no clock exchanges: the local domain needs none) */
+    for (const char *o = comma; o; o = strchr(o + 1, ',')) {
+        if (strncmp(o + 1, "control=", 8) != 0) {
+            *err = "bad channel option (known: control=ADDRESS)";
+            return 0;
+        }
+    }
+    const char *p;
+    if (strncmp(head, "ivshmem", 7) == 0 && (head[7] == 0 || head[7] == ':')) {
+        *err = "ivshmem channels are not supported by the C producer yet";
+        return 0;
+    }
+    if (strncmp(head, "shm:", 4) == 0) {
+        p = head + 4;
+        if (!strchr(p, '/')) {
+            if (snprintf(path, cap, "/dev/shm/%s", p) >= (int)cap) {
+                *err = "channel path too long";
+                return 0;
+            }
+            return 1;
+        }
+    } else if (strncmp(head, "file:", 5) == 0) {
+        p = head + 5;
+    } else if (head[0] == '/') {
+        p = head;
+    } else {
+        *err = "unknown channel spec (expected shm:/dev/shm/NAME or a path)";
+        return 0;
+    }
+    if (strlen(p) >= cap) {
+        *err = "channel path too long";
+        return 0;
+    }
+    strcpy(path, p);
+    return 1;
+}
+
+static uint64_t align_up(uint64_t v, uint64_t to) { return (v + to - 1) & ~(to - 1); }
+
+static const char *check_header(const uint8_t *m, size_t size)
+{
+    uint64_t magic, region_size, off[4];
+    uint16_t major;
+    uint32_t n, rs, me, mode;
+    memcpy(&magic, m, 8);
+    memcpy(&major, m + HDR_ABI_MAJOR, 2);
+    memcpy(&region_size, m + HDR_REGION_SIZE, 8);
+    memcpy(&n, m + HDR_N_RINGS, 4);
+    memcpy(&rs, m + HDR_RING_SIZE, 4);
+    memcpy(&me, m + HDR_MAX_EVENTS, 4);
+    memcpy(&mode, m + HDR_MODE, 4);
+    memcpy(off, m + HDR_ENABLE_OFF, 32);
+    if (magic != MAGIC)
+        return "bad magic: not a hypertrace region";
+    if (major != ABI_MAJOR)
+        return "unknown ABI major version";
+    if (n < 1 || n > 4096 || rs < PAGE || (rs & (rs - 1)) || rs > (1u << 30) || me < 1
+        || me > 65534)
+        return "bad sizing fields";
+    uint64_t enable_off = PAGE;
+    uint64_t decl_off = align_up(enable_off + me, PAGE);
+    uint64_t desc_off = align_up(decl_off + (uint64_t)me * DECL_SLOT, PAGE);
+    uint64_t data_off = align_up(desc_off + (uint64_t)n * DESC_SIZE, PAGE);
+    if (off[0] != enable_off || off[1] != decl_off || off[2] != desc_off || off[3] != data_off)
+        return "region offsets disagree with its sizing fields";
+    if (region_size < data_off + (uint64_t)n * rs)
+        return "region_size too small for its rings";
+    if (region_size > size)
+        return "region_size exceeds the file";
+    if (mode > MODE_OVERWRITE)
+        return "unknown mode";
+    g_n_rings = n;
+    g_ring_size = rs;
+    g_max_events = me;
+    g_mode = mode;
+    memcpy(&g_block_timeout, m + HDR_BLOCK_TIMEOUT, 8);
+    g_enable_off = enable_off;
+    g_decl_off = decl_off;
+    g_desc_off = desc_off;
+    g_data_off = data_off;
+    return NULL;
+}
+
+static void at_exit(void);
+static void thread_exit(void *p);
+static void fork_prepare(void);
+static void fork_parent(void);
+static void fork_child(void);
+
+static void attach_locked(void)
+{
+    const char *spec = getenv("HYPERTRACE_CHANNEL");
+    const char *err = NULL;
+    char why[4400];
+    if (!spec || !*spec) {
+        turn_off(NULL);                 /* no channel: silently off */
+        return;
+    }
+    if (!parse_spec(spec, g_path, sizeof g_path, &err)) {
+        turn_off(err);
+        return;
+    }
+    int fd = open(g_path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(why, sizeof why, "cannot open channel %s: %s", g_path, strerror(errno));
+        turn_off(why);
+        return;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size < (off_t)PAGE) {
+        close(fd);
+        snprintf(why, sizeof why, "%s is too small to be a hypertrace region", g_path);
+        turn_off(why);
+        return;
+    }
+    g_map_size = (size_t)st.st_size;
+    void *m = mmap(NULL, g_map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) {
+        snprintf(why, sizeof why, "cannot map channel %s: %s", g_path, strerror(errno));
+        turn_off(why);
+        return;
+    }
+    if ((err = check_header(m, g_map_size)) != NULL) {
+        munmap(m, g_map_size);
+        snprintf(why, sizeof why, "%s: %s", g_path, err);
+        turn_off(why);
+        return;
+    }
+    g_mm = m;
+    /* an open file description of our own for the locks (a forked child opens its own) */
+    g_lockfd = open(g_path, O_RDWR | O_CLOEXEC);
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_len = 1;
+    if (g_lockfd < 0 || fcntl(g_lockfd, F_OFD_GETLK_, &fl) != 0) {
+        snprintf(why, sizeof why, "cannot lock channel %s: %s (no OFD byte locks?)", g_path,
+                 strerror(errno));
+        turn_off(why);
+        return;
+    }
+    g_rings_held = calloc(g_n_rings, 1);
+    g_skipped = calloc(g_max_events, 1);
+    if (!g_rings_held || !g_skipped || pthread_key_create(&g_key, thread_exit) != 0) {
+        turn_off("out of memory");
+        return;
+    }
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+    atexit(at_exit);
+    ht__enable = g_mm + g_enable_off;
+    atomic_store(&g_state, ST_ON);
+}
+
+int hypertrace_attach(void)
+{
+    if (atomic_load(&g_state) == ST_NONE && guard_enter(1)) {
+        if (atomic_load(&g_state) == ST_NONE)
+            attach_locked();
+        guard_leave();
+    }
+    return atomic_load(&g_state) == ST_ON;
+}
+
+/* --- declarations (§3) --- */
+enum { D_NONE = -1 };
+
+/* slot j's text into buf (NUL ended); 1 valid, 0 empty, -1 unusable */
+static int slot_text(uint32_t j, char *buf, uint32_t *len)
+{
+    uint64_t off = g_decl_off + (uint64_t)DECL_SLOT * j;
+    uint32_t state = ld32(off);
+    if (state == 0)
+        return 0;
+    uint32_t ln = ld32(off + 4);
+    if (state != 1 || ln > DECL_TEXT_MAX)
+        return -1;
+    memcpy(buf, g_mm + off + 8, ln);
+    buf[ln] = 0;
+    *len = ln;
+    return 1;
+}
+
+/* the signature part of a declaration text: before the first '"', trailing spaces cut */
+static size_t sig_len(const char *t, size_t n)
+{
+    const char *q = memchr(t, '"', n);
+    if (q)
+        n = (size_t)(q - t);
+    while (n > 0 && t[n - 1] == ' ')
+        n--;
+    return n;
+}
+
+/* the name in a signature: before '(', after the last space (a `counter` property) */
+static void sig_name(const char *t, size_t n, const char **name, size_t *nl)
+{
+    const char *par = memchr(t, '(', n);
+    size_t e = par ? (size_t)(par - t) : n;
+    size_t b = e;
+    while (b > 0 && t[b - 1] != ' ')
+        b--;
+    *name = t + b;
+    *nl = e - b;
+}
+
+/* -1 not declared, -3 declared otherwise, else the id: `text` against slot j's */
+static int match(const char *slot, uint32_t ln, const char *name, size_t nl, const char *sig,
+                 size_t sl)
+{
+    size_t s2 = sig_len(slot, ln);
+    const char *n2;
+    size_t nl2;
+    sig_name(slot, s2, &n2, &nl2);
+    if (nl2 != nl || memcmp(n2, name, nl) != 0)
+        return D_NONE;
+    return s2 == sl && memcmp(slot, sig, sl) == 0 ? 1 : HT_REFUSED;
+}
+
+static void learn_new(void)
+{
+    char buf[DECL_TEXT_MAX + 1];
+    uint32_t ln;
+    while (g_decl_next < g_max_events && slot_text(g_decl_next, buf, &ln) != 0)
+        g_decl_next++;
+}
+
+static int lookup(const char *name, size_t nl, const char *sig, size_t sl)
+{
+    char buf[DECL_TEXT_MAX + 1];
+    uint32_t ln;
+    for (uint32_t j = 0; j < g_decl_next; j++) {
+        if (slot_text(j, buf, &ln) != 1)
+            continue;
+        int r = match(buf, ln, name, nl, sig, sl);
+        if (r == 1)
+            return (int)j;
+        if (r == HT_REFUSED)
+            return HT_REFUSED;
+    }
+    return D_NONE;
+}
+
+/* slot j for the event: its id, D_NONE to go on with the next slot, HT_REFUSED */
+static int try_slot(uint32_t j, const ht_event *ev, size_t tl, const char *name, size_t nl,
+                    const char *sig, size_t sl, uint64_t deadline)
+{
+    uint64_t off = g_decl_off + (uint64_t)DECL_SLOT * j;
+    char buf[DECL_TEXT_MAX + 1];
+    uint32_t ln;
+    for (;;) {
+        int st = slot_text(j, buf, &ln);
+        if (st == 0 && try_lock(off)) {
+            int r = D_NONE;
+            if (ld32(off) == 0) {
+                memcpy(g_mm + off + 8, ev->text, tl);
+                st32(off + 4, (uint32_t)tl);
+                g_mm[g_enable_off + j] = ev->disabled ? 0 : 1;
+                st32(off, 1);           /* last, release: the text is visible first */
+                r = (int)j;
+            }
+            unlock(off);
+            if (r >= 0) {
+                if (g_skipped[j]) {
+                    g_skipped[j] = 0;
+                    g_nskipped--;
+                }
+                return r;
+            }
+            continue;                   /* written meanwhile: read it again */
+        }
+        if (st != 0) {
+            if (g_skipped[j]) {
+                g_skipped[j] = 0;
+                g_nskipped--;
+            }
+            if (st < 0)
+                return D_NONE;
+            int r = match(buf, ln, name, nl, sig, sl);
+            return r == 1 ? (int)j : r;
+        }
+        if (ht_clock_ns() >= deadline) {    /* held by another process */
+            if (!g_skipped[j]) {
+                g_skipped[j] = 1;
+                g_nskipped++;
+            }
+            return D_NONE;
+        }
+        sleep_ns(200000);
+    }
+}
+
+static const char *g_why;
+
+static int declare_locked(ht_event *ev)
+{
+    size_t tl = strlen(ev->text);
+    if (tl > DECL_TEXT_MAX) {
+        g_why = "declaration longer than 504 bytes";
+        return HT_REFUSED;
+    }
+    size_t sl = sig_len(ev->text, tl);
+    const char *name;
+    size_t nl;
+    sig_name(ev->text, sl, &name, &nl);
+    learn_new();
+    int r = lookup(name, nl, ev->text, sl);
+    if (r == HT_REFUSED) {
+        g_why = "the name is already declared in this channel with another signature";
+        return r;
+    }
+    if (r >= 0)
+        return r;
+    uint64_t deadline = ht_clock_ns() + DECL_WAIT_NS;
+    /* slots left earlier because they were held: first */
+    for (uint32_t j = 0; g_nskipped && j < g_max_events; j++) {
+        if (!g_skipped[j])
+            continue;
+        r = try_slot(j, ev, tl, name, nl, ev->text, sl, deadline);
+        if (r != D_NONE)
+            goto out;
+    }
+    while (g_decl_next < g_max_events) {
+        uint32_t j = g_decl_next;
+        r = try_slot(j, ev, tl, name, nl, ev->text, sl, deadline);
+        g_decl_next = j + 1;
+        if (r != D_NONE)
+            goto out;
+    }
+    if (g_nskipped) {
+        g_why = "the empty declaration slots left are held by other processes (tried again "
+                "later; its records are counted as lost meanwhile)";
+        return HT_BUSY;
+    }
+    g_why = "the declaration table is full";
+    return HT_REFUSED;
+out:
+    if (r == HT_REFUSED)
+        g_why = "the name is already declared in this channel with another signature";
+    return r;
+}
+
+int ht__declare(ht_event *ev, int emitting)
+{
+    if (atomic_load(&g_state) == ST_NONE)
+        hypertrace_attach();
+    if (atomic_load(&g_state) != ST_ON) {
+        atomic_store(&ev->id, HT_OFF);
+        return -1;
+    }
+    int id = atomic_load(&ev->id);
+    if (id >= 0)
+        return id;
+    uint64_t now = ht_clock_ns();
+    if (id == HT_BUSY && now < ev->retry_ns) {
+        if (emitting && !ev->disabled)
+            count(1, 0);
+        return -1;
+    }
+    if (!guard_enter(1)) {
+        if (emitting && !ev->disabled)
+            count(1, 0);
+        return -1;
+    }
+    id = atomic_load(&ev->id);
+    if (id < 0 && id >= HT_BUSY) {
+        int was_busy = id == HT_BUSY;
+        id = declare_locked(ev);
+        if (id == HT_BUSY) {
+            if (!ev->backoff_ns) {
+                ev->next = g_busy;
+                g_busy = ev;
+                ev->backoff_ns = DECL_RETRY_MIN;
+                warn("event %s not declared yet: %s", ev->name, g_why);
+            } else if (ev->backoff_ns < DECL_RETRY_MAX) {
+                ev->backoff_ns *= 2;
+            }
+            ev->retry_ns = now + ev->backoff_ns;
+            atomic_store(&ev->id, HT_BUSY);
+        } else if (id == HT_REFUSED) {
+            atomic_store(&ev->id, HT_REFUSED);
+            warn("event %s disabled: %s", ev->name, g_why);
+        } else {
+            atomic_store_explicit(&ev->id, id, memory_order_release);
+        }
+        (void)was_busy;
+    }
+    guard_leave();
+    if (id == HT_REFUSED)
+        count(0, 1);
+    else if (id == HT_BUSY && emitting && !ev->disabled)
+        count(1, 0);
+    return id >= 0 ? id : -1;
+}
+
+/* --- rings (§5) --- */
+static ht_writer *claim_free(void)
+{
+    uint32_t n = g_n_rings;
+    uint32_t first = g_next_ring % n;
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t i = (first + k) % n;
+        uint64_t d = g_desc_off + (uint64_t)DESC_SIZE * i;
+        if (g_rings_held[i] || ld32(d + D_STATE) != 0 || ld64(d + D_CONSUMED) != 0)
+            continue;
+        if (!try_lock(d))
+            continue;                   /* another process is claiming it, or holds it */
+        if (ld32(d + D_STATE) != 0 || ld64(d + D_CONSUMED) != 0) {
+            unlock(d);
+            continue;
+        }
+        ht_writer *w = calloc(1, sizeof *w);
+        if (!w) {
+            unlock(d);
+            return NULL;
+        }
+        uint32_t gen = ld32(d + D_GENERATION) + 1;
+        char name[16] = { 0 };
+        prctl(PR_GET_NAME, (unsigned long)name, 0, 0, 0);
+        st64(d + D_COMMIT, 0);
+        st64(d + D_EMITTED, 0);
+        st64(d + D_FIRST, 0);
+        st64(d + D_DISCARDED, 0);
+        st64(d + D_CONSUMED, 0);
+        st32(d + D_GENERATION, gen);
+        st32(d + D_PID, (uint32_t)getpid());
+        st32(d + D_TID, (uint32_t)syscall(SYS_gettid));
+        st64(d + D_CLAIM_TS, ht__now());
+        memcpy(g_mm + d + D_THREAD_NAME, name, 16);
+        st32(d + D_STATE, 1);           /* last (release) */
+        g_rings_held[i] = 1;            /* the lock stays ours while the claim lasts */
+        g_next_ring = i + 1;
+        w->data = g_mm + g_data_off + (uint64_t)g_ring_size * i;
+        w->pos = 0;
+        w->size = g_ring_size;
+        w->lim = g_ring_size;
+        w->mask = g_ring_size - 1;
+        w->commit = (_Atomic uint64_t *)(void *)(g_mm + d + D_COMMIT);
+        w->desc = g_mm + d;
+        w->index = i;
+        w->generation = gen;
+        w->pid = (uint32_t)getpid();
+        w->mode = g_mode;
+        w->blocked_heartbeat = UINT64_MAX;
+        return w;
+    }
+    return NULL;
+}
+
+/* No ring free: hand the rings of vanished producers (lock free) to the collector. */
+static void reap_dead(void)
+{
+    for (uint32_t i = 0; i < g_n_rings; i++) {
+        uint64_t d = g_desc_off + (uint64_t)DESC_SIZE * i;
+        if (g_rings_held[i] || ld32(d + D_STATE) != 1)
+            continue;
+        if (try_lock(d)) {
+            if (ld32(d + D_STATE) == 1)
+                st32(d + D_STATE, 2);
+            unlock(d);
+        }
+    }
+}
+
+ht_writer *ht__claim(void)
+{
+    uint64_t now = ht_clock_ns();
+    ht_writer *w = NULL;
+    if (atomic_load(&g_state) != ST_ON)
+        return NULL;
+    if (!atomic_load(&g_closed) && now >= atomic_load(&g_next_claim) && guard_enter(1)) {
+        w = claim_free();
+        if (!w)
+            reap_dead();
+        guard_leave();
+    }
+    if (!w) {
+        atomic_store(&g_next_claim, now + CLAIM_RETRY_NS);
+        count(1, 0);
+        return NULL;
+    }
+    ht__tls_w = w;
+    pthread_setspecific(g_key, w);
+    return w;
+}
+
+static void set_lim(ht_writer *w)
+{
+    uint64_t lap_end = (w->pos | w->mask) + 1;
+    uint64_t t = w->tail + w->size;
+    w->lim = lap_end < t ? lap_end : t;
+}
+
+static uint64_t consumed(ht_writer *w, uint64_t pos)
+{
+    uint64_t c = __atomic_load_n((uint64_t *)(w->desc + D_CONSUMED), __ATOMIC_ACQUIRE);
+    /* outside [pos - size, pos] is nonsense: treat the ring as full (wrapping arithmetic) */
+    return c <= pos && pos - c <= w->size ? c : pos - w->size;
+}
+
+static void block(ht_writer *w, uint64_t end)
+{
+    uint64_t deadline = ht_clock_ns() + g_block_timeout;
+    uint64_t delay = 20000;
+    while (end - w->tail > w->size) {
+        uint64_t hb = ld64(HDR_HEARTBEAT);
+        if (ld32(HDR_COLLECTOR) != 1 || hb == w->blocked_heartbeat)
+            return;         /* no collector, or it stalled through our whole last wait */
+        if (ht_clock_ns() >= deadline) {
+            w->blocked_heartbeat = hb;
+            return;
+        }
+        sleep_ns(delay);
+        delay = delay * 2 < 1000000 ? delay * 2 : 1000000;
+        w->tail = consumed(w, w->pos);
+    }
+    w->blocked_heartbeat = UINT64_MAX;
+}
+
+static void overwrite(ht_writer *w, uint64_t end)
+{
+    uint64_t first = w->tail;
+    if (end - first <= w->size)
+        return;
+    uint64_t goal = end + (w->size >> 3);   /* an eighth more: this path runs rarely */
+    while (goal - first > w->size && first < w->pos) {
+        const uint8_t *o = w->data + (first & w->mask);
+        uint32_t sz = (uint32_t)(o[2] | o[3] << 8) & 0xFFF8u;
+        first += sz ? sz : w->size;
+    }
+    if (first > w->pos)
+        first = w->pos;
+    w->tail = first;
+    __atomic_store_n((uint64_t *)(w->desc + D_FIRST), first, __ATOMIC_RELEASE);
+}
+
+static uint8_t *drop(ht_writer *w)
+{
+    w->seq++;
+    w->discarded++;
+    __atomic_store_n((uint64_t *)(w->desc + D_EMITTED), w->seq, __ATOMIC_RELAXED);
+    __atomic_store_n((uint64_t *)(w->desc + D_DISCARDED), w->discarded, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+uint8_t *ht__make_room(ht_writer *w, uint32_t size)
+{
+    uint64_t pos = w->pos;
+    uint64_t off = pos & w->mask;
+    uint64_t pad = off + size > w->size ? w->size - off : 0;
+    uint64_t need = pad + size;
+    if (size > w->size >> 1)
+        return drop(w);             /* a record larger than half the ring never fits */
+    if (w->mode == MODE_OVERWRITE) {
+        overwrite(w, pos + need);
+    } else if (pos + need - w->tail > w->size) {
+        w->tail = consumed(w, pos);
+        if (pos + need - w->tail > w->size && w->mode == MODE_BLOCK)
+            block(w, pos + need);
+        if (pos + need - w->tail > w->size)
+            return drop(w);
+    }
+    if (pad) {
+        uint16_t h[2] = { PAD_ID, (uint16_t)pad };
+        memcpy(w->data + off, h, 4);
+        pos += pad;
+        w->pos = pos;
+    }
+    set_lim(w);
+    return w->data + (pos & w->mask);
+}
+
+static void release(ht_writer *w)
+{
+    if (w->released || w->pid != (uint32_t)getpid() || atomic_load(&g_state) != ST_ON)
+        return;                     /* a forked child: the parent's ring, not ours */
+    w->released = 1;
+    uint64_t d = (uint64_t)(w->desc - g_mm);
+    st64(d + D_EMITTED, w->seq);
+    if (ld32(d + D_STATE) == 1 && ld32(d + D_GENERATION) == w->generation)
+        st32(d + D_STATE, 2);
+    int g = guard_enter(1);
+    unlock(d);                      /* after the state: the lock says "owner alive" */
+    g_rings_held[w->index] = 0;
+    if (g)
+        guard_leave();
+}
+
+static void thread_exit(void *p)
+{
+    ht_writer *w = p;
+    release(w);
+    if (ht__tls_w == w)
+        ht__tls_w = NULL;
+    free(w);
+}
+
+void hypertrace_release_thread(void)
+{
+    ht_writer *w = ht__tls_w;
+    if (!w)
+        return;
+    ht__tls_w = NULL;
+    pthread_setspecific(g_key, NULL);
+    release(w);
+    free(w);
+}
+
+static void at_exit(void)
+{
+    if (atomic_load(&g_state) != ST_ON)
+        return;
+    hypertrace_release_thread();
+    atomic_store(&g_closed, 1);     /* later emits of this thread are counted lost */
+    /* declarations still waiting for a held slot: one last try, then refused */
+    for (ht_event *ev = g_busy; ev; ev = ev->next) {
+        if (atomic_load(&ev->id) == HT_BUSY) {
+            ev->retry_ns = 0;
+            ht__declare(ev, 0);
+            if (atomic_load(&ev->id) == HT_BUSY) {
+                atomic_store(&ev->id, HT_REFUSED);
+                count(0, 1);
+            }
+        }
+    }
+    for (int k = 0; k < 10 && !publish(1); k++)
+        sleep_ns(1000000);
+}
+
+/* --- fork: the child forgets the parent's rings and locks --- */
+static void fork_prepare(void) { g_fork_locked = guard_enter(1); }
+
+static void fork_parent(void)
+{
+    if (g_fork_locked)
+        guard_leave();
+}
+
+static void fork_child(void)
+{
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    memcpy(&g_lock, &fresh, sizeof fresh);
+    t_in_guard = 0;
+    ht__tls_w = NULL;               /* the parent's, released by the parent */
+    if (atomic_load(&g_state) != ST_ON)
+        return;
+    pthread_setspecific(g_key, NULL);
+    memset(g_rings_held, 0, g_n_rings);
+    atomic_store(&g_pend_lost, 0);  /* the parent's counts: the parent publishes them */
+    atomic_store(&g_pend_refused, 0);
+    atomic_store(&g_next_claim, 0);
+    atomic_store(&g_closed, 0);
+    int old = g_lockfd;
+    g_lockfd = -1;
+    close(old);                     /* the parent's locks must die with the parent */
+    g_lockfd = open(g_path, O_RDWR | O_CLOEXEC);
+    if (g_lockfd < 0)
+        turn_off("forked child: cannot reopen the channel for its locks");
+}
