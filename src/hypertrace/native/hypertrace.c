@@ -13,14 +13,18 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 /* --- the ABI's numbers (src/hypertrace/abi/layout.py) --- */
@@ -246,8 +250,705 @@ static void count(uint64_t lost, uint64_t refused)
         publish(1);
 }
 
+/* --- the control channel (§9) and the clock mailboxes (§10) ---
+ *
+ * One connection per process (a forked child opens its own), used by ht_sync_point()
+ * and by a detached clock thread: a burst of exchanges when it starts, one every
+ * HYPERTRACE_SYNC_INTERVAL seconds, a last burst at exit, then BYE. Nothing here is on
+ * the emit path. Every wait is bounded (CTL_TIMEOUT_NS for an answer, MBOX_WAIT_NS for
+ * a mailbox); a failure only turns these features off until the next try (at most
+ * every CTL_RETRY_NS), with one warning per process. The rings never depend on it.
+ *
+ * Locks: g_ctl_lock (the connection, the mailbox, sync ids) is never taken while the
+ * guard is held, except by attach, before anyone else can use the channel. */
+#define HDR_SESSION_ID 24
+#define HDR_FLAGS 132
+#define FLAG_MAILBOXES 1u
+#define MBOX_OFF 1024u
+#define MBOX_SIZE 64u
+#define N_MBOX 32u
+#define M_STATE 0
+#define M_PID 4
+#define M_REQ 8
+#define M_ANS 12
+#define M_T1 16
+#define M_T4 40
+#define M_DONE 48
+#define MSG_HELLO 1
+#define MSG_HELLO_OK 2
+#define MSG_SYNC 3
+#define MSG_SYNC_OK 4
+#define MSG_CLOCK 5
+#define MSG_CLOCK_OK 6
+#define MSG_SAMPLE 7
+#define MSG_ERROR 8
+#define MSG_BYE 9
+#define CTL_MAGIC 0x5448u
+#define CTL_MAX 4096u
+#define CTL_TIMEOUT_NS 5000000000ull    /* an answer, as the Python library waits */
+#define CTL_RETRY_NS 1000000000ull      /* a failed connection is tried again after this */
+#define CTL_LOCK_NS 6000000000ull       /* longest wait for another thread's exchange */
+#define PORT_OPEN_NS 5000000000ull      /* a virtio port busy in other processes */
+#define MBOX_WAIT_NS 50000000ull        /* no answer in a mailbox: the host is not serving */
+#define CTL_BURST 16
+#define SYNC_NAME_MAX 256u              /* bytes of a sync point's name sent (as Python) */
+#define SYNC_ARGS_MAX 1000u             /* bytes of its args text, sent and recorded */
+
+enum { CTL_NONE, CTL_UNIX, CTL_PORT };
+
+static int g_ctl_kind = CTL_NONE;
+static char g_ctl_path[4096];
+static uint8_t g_boot[16];
+static pthread_mutex_t g_ctl_lock = PTHREAD_MUTEX_INITIALIZER;
+static int g_ctl_fd = -1;
+static pid_t g_ctl_pid;             /* the process that opened g_ctl_fd */
+static uint32_t g_ctl_req;
+static uint64_t g_next_sync = 1;
+static int g_ctl_down, g_ctl_warned, g_ctl_errno;
+static uint64_t g_ctl_retry_at;
+static char g_ctl_err[600];
+static int g_use_mbox = 1;          /* HYPERTRACE_CLOCK=socket: never */
+static int g_mbox = -1;             /* the mailbox slot this process holds */
+static uint32_t g_mbox_req;
+static uint64_t g_interval_ns = 1000000000ull;
+static _Atomic int g_clk_pid;       /* the process whose clock thread runs */
+static _Atomic int g_clk_stop;
+
+static int timed_lock(pthread_mutex_t *m, uint64_t ns)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t t = (uint64_t)ts.tv_nsec + ns % 1000000000u;
+    ts.tv_sec += (time_t)(ns / 1000000000u + t / 1000000000u);
+    ts.tv_nsec = (long)(t % 1000000000u);
+    return pthread_mutex_timedlock(m, &ts) == 0;
+}
+
+static void ctl_failed(int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_ctl_err, sizeof g_ctl_err, fmt, ap);
+    va_end(ap);
+    g_ctl_errno = err;
+}
+
+/* the boot id as the Python library reads it: 16 bytes, zeros when unknown */
+static void read_boot_id(uint8_t out[16])
+{
+    memset(out, 0, 16);
+    char buf[80];
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, buf, 64);
+    close(fd);
+    if (n <= 0)
+        return;
+    uint8_t b[16];
+    int k = 0;
+    for (ssize_t i = 0; i < n; i++) {
+        int c = buf[i], v;
+        if (c == '-' || c == '\n' || c == ' ' || c == '\t' || c == '\r')
+            continue;
+        if (c >= '0' && c <= '9')
+            v = c - '0';
+        else if (c >= 'a' && c <= 'f')
+            v = c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+            v = c - 'A' + 10;
+        else
+            return;
+        if (k >= 32)
+            return;
+        if (k % 2 == 0)
+            b[k / 2] = (uint8_t)(v << 4);
+        else
+            b[k / 2] |= (uint8_t)v;
+        k++;
+    }
+    if (k == 32)
+        memcpy(out, b, 16);
+}
+
+static void ctl_drop(void)
+{
+    if (g_ctl_fd >= 0)
+        close(g_ctl_fd);
+    g_ctl_fd = -1;
+}
+
+/* wait for `ev` on the connection until `deadline`: 1 ready (or hung up), 0 not */
+static int io_wait(short ev, uint64_t deadline)
+{
+    for (;;) {
+        uint64_t now = ht_clock_ns();
+        if (now >= deadline) {
+            ctl_failed(ETIMEDOUT, "the host did not answer within %.0f s",
+                       CTL_TIMEOUT_NS / 1e9);
+            return 0;
+        }
+        struct pollfd p = { g_ctl_fd, ev, 0 };
+        int r = poll(&p, 1, (int)((deadline - now + 999999) / 1000000));
+        if (r > 0)
+            return 1;
+        if (r < 0 && errno != EINTR) {
+            ctl_failed(errno, "control channel %s: %s", g_ctl_path, strerror(errno));
+            return 0;
+        }
+    }
+}
+
+static int io_write(const uint8_t *b, size_t n, uint64_t deadline)
+{
+    while (n) {
+        if (!io_wait(POLLOUT, deadline))
+            return 0;
+        ssize_t k = g_ctl_kind == CTL_UNIX ? send(g_ctl_fd, b, n, MSG_NOSIGNAL | MSG_DONTWAIT)
+                                          : write(g_ctl_fd, b, n);
+        if (k < 0) {
+            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
+                continue;
+            ctl_failed(errno, "control channel %s: %s", g_ctl_path, strerror(errno));
+            return 0;
+        }
+        b += k;
+        n -= (size_t)k;
+    }
+    return 1;
+}
+
+static int io_read(uint8_t *b, size_t n, uint64_t deadline)
+{
+    while (n) {
+        if (!io_wait(POLLIN, deadline))
+            return 0;
+        ssize_t k = read(g_ctl_fd, b, n);
+        if (k == 0) {
+            ctl_failed(ECONNRESET, "the host closed the control channel");
+            return 0;
+        }
+        if (k < 0) {
+            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
+                continue;
+            ctl_failed(errno, "control channel %s: %s", g_ctl_path, strerror(errno));
+            return 0;
+        }
+        b += k;
+        n -= (size_t)k;
+    }
+    return 1;
+}
+
+static int ctl_send(uint8_t type, const uint8_t *payload, uint32_t len, uint32_t *rid,
+                    uint64_t deadline)
+{
+    uint8_t buf[12 + CTL_MAX];
+    uint16_t magic = CTL_MAGIC;
+    uint32_t r = ++g_ctl_req;
+    memcpy(buf, &magic, 2);
+    buf[2] = 1;
+    buf[3] = type;
+    memcpy(buf + 4, &r, 4);
+    memcpy(buf + 8, &len, 4);
+    memcpy(buf + 12, payload, len);
+    if (rid)
+        *rid = r;
+    return io_write(buf, 12 + len, deadline);
+}
+
+static const char *msg_name(uint8_t t)
+{
+    static const char *names[] = { "?", "HELLO", "HELLO_OK", "SYNC", "SYNC_OK", "CLOCK",
+                                    "CLOCK_OK", "SAMPLE", "ERROR", "BYE" };
+    return t < 10 ? names[t] : "?";
+}
+
+/* the payload of the reply of type `expect` to request `rid` (at most `cap` bytes kept) */
+static int ctl_reply(uint8_t req_type, uint32_t rid, uint8_t expect, uint8_t *body,
+                     uint32_t cap, uint32_t *len, uint64_t deadline)
+{
+    uint8_t h[12], buf[CTL_MAX];
+    for (;;) {
+        if (!io_read(h, 12, deadline))
+            return 0;
+        uint16_t magic;
+        uint32_t rrid, l;
+        memcpy(&magic, h, 2);
+        memcpy(&rrid, h + 4, 4);
+        memcpy(&l, h + 8, 4);
+        if (magic != CTL_MAGIC || h[2] != 1 || l > CTL_MAX) {
+            ctl_failed(EPROTO, "control channel %s: bad frame from the host", g_ctl_path);
+            return 0;
+        }
+        if (!io_read(buf, l, deadline))
+            return 0;
+        if (h[3] == MSG_ERROR) {
+            uint16_t n = 0;
+            if (l >= 2)
+                memcpy(&n, buf, 2);
+            if (n > l - 2)
+                n = (uint16_t)(l - 2);
+            ctl_failed(EPROTO, "host refused %s: %.*s", msg_name(req_type), (int)n,
+                       (const char *)buf + 2);
+            return 0;
+        }
+        if (rrid == rid && h[3] == expect) {
+            *len = l < cap ? l : cap;
+            memcpy(body, buf, *len);
+            return 1;
+        }
+    }
+}
+
+static int ctl_open(void)
+{
+    if (g_ctl_kind == CTL_UNIX) {
+        struct sockaddr_un a;
+        memset(&a, 0, sizeof a);
+        a.sun_family = AF_UNIX;
+        strcpy(a.sun_path, g_ctl_path);     /* its length is checked at attach */
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0) {
+            ctl_failed(errno, "socket: %s", strerror(errno));
+            return 0;
+        }
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+            ctl_failed(errno, "cannot connect to control socket %s: %s", g_ctl_path,
+                       strerror(errno));
+            close(fd);
+            return 0;
+        }
+        g_ctl_fd = fd;
+        return 1;
+    }
+    uint64_t deadline = ht_clock_ns() + PORT_OPEN_NS;
+    for (;;) {
+        int fd = open(g_ctl_path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+        if (fd >= 0) {
+            g_ctl_fd = fd;
+            return 1;
+        }
+        if (errno != EBUSY || ht_clock_ns() > deadline) {
+            ctl_failed(errno, "cannot open control port %s: %s", g_ctl_path, strerror(errno));
+            return 0;
+        }
+        sleep_ns(500000);
+    }
+}
+
+static int ctl_hello(void)
+{
+    uint8_t p[40], body[2 + 64];
+    uint64_t pid = (uint64_t)getpid();
+    uint32_t rid, len;
+    memcpy(p, g_mm + HDR_SESSION_ID, 16);
+    memcpy(p + 16, &pid, 8);
+    memcpy(p + 24, g_boot, 16);
+    uint64_t deadline = ht_clock_ns() + CTL_TIMEOUT_NS;
+    return ctl_send(MSG_HELLO, p, sizeof p, &rid, deadline)
+           && ctl_reply(MSG_HELLO, rid, MSG_HELLO_OK, body, sizeof body, &len, deadline);
+}
+
+/* The host never speaks first: a connection readable before a request is one it
+ * closed (or refused with an ERROR). */
+static int ctl_stale(void)
+{
+    if (g_ctl_kind == CTL_PORT)
+        return 0;
+    struct pollfd p = { g_ctl_fd, POLLIN, 0 };
+    return poll(&p, 1, 0) != 0;
+}
+
+static void ctl_warn_once(void)
+{
+    if (!g_ctl_warned) {
+        g_ctl_warned = 1;
+        warn("control channel unavailable (%s): events are still recorded; clock "
+             "exchanges and sync points are not", g_ctl_err);
+    }
+}
+
+/* A connection of this process, said hello (the caller holds g_ctl_lock). */
+static int ctl_ensure(void)
+{
+    pid_t me = getpid();
+    if (g_ctl_fd >= 0 && g_ctl_pid == me) {
+        if (!ctl_stale())
+            return 1;
+        ctl_drop();                 /* the host closed it: open a new one */
+    }
+    if (g_ctl_down && ht_clock_ns() < g_ctl_retry_at) {
+        g_ctl_errno = ENOTCONN;
+        return 0;
+    }
+    if (ctl_open()) {
+        g_ctl_pid = me;
+        if (ctl_hello()) {
+            g_ctl_down = 0;
+            return 1;
+        }
+        ctl_drop();
+    }
+    ctl_warn_once();
+    g_ctl_down = 1;
+    g_ctl_retry_at = ht_clock_ns() + CTL_RETRY_NS;
+    return 0;
+}
+
+/* a failure in the middle of an exchange: the connection is dropped (reopened later) */
+static int64_t ctl_broken(void)
+{
+    ctl_drop();
+    ctl_warn_once();
+    return -(g_ctl_errno ? g_ctl_errno : EIO);
+}
+
+/* a virtio port is open in one process at a time: handed back after each operation */
+static void ctl_release(void)
+{
+    if (g_ctl_kind == CTL_PORT)
+        ctl_drop();
+}
+
+static ht_event ht__ev_sync = HT_EVENT_INIT(
+    "hypertrace_sync(const char *name, uint64_t sync_id, uint64_t t_send, const char *args)",
+    "hypertrace_sync", 0);
+
+/* the guest side of a sync point, as the Python library records it */
+static void emit_sync(const char *name, uint64_t sid, uint64_t t1, const char *args,
+                      size_t al)
+{
+    int id = ht__id(&ht__ev_sync, 1);
+    if (id < 0)
+        return;
+    unsigned f = 0;
+    const char *s0 = name;
+    size_t l0 = ht__strlen(&s0, &f);
+    uint32_t size = (uint32_t)((43 + l0 + al) & ~(size_t)7);
+    ht_writer *w;
+    uint8_t *q = ht__begin(&w, id, size, f);
+    if (!q)
+        return;
+    q = ht__put_str(q, s0, l0);
+    memcpy(q, &sid, 8);
+    memcpy(q + 8, &t1, 8);
+    q = ht__put_str(q + 16, args, al);
+    (void)q;
+    ht__end(w, size);
+}
+
+/* One timed round trip (the caller holds g_ctl_lock and has called ctl_ensure): t1,
+ * the request, the reply's t2/t3, t4, then the SAMPLE with all four. Returns t4 - t1
+ * in ns, or a negative errno. */
+static int64_t ctl_timed(uint8_t type, uint64_t sid, const char *name, const char *args)
+{
+    uint8_t p[16 + 2 + SYNC_NAME_MAX + 2 + SYNC_ARGS_MAX], body[16];
+    uint32_t len = 8, rid, bl;
+    uint64_t t1 = ht__now();
+    if (type == MSG_SYNC) {
+        size_t nl = strlen(name), al = strlen(args);
+        if (nl > SYNC_NAME_MAX)
+            nl = ht__cut(name, SYNC_NAME_MAX);
+        if (al > SYNC_ARGS_MAX)
+            al = ht__cut(args, SYNC_ARGS_MAX);
+        emit_sync(name, sid, t1, args, al);
+        uint16_t n16 = (uint16_t)nl, a16 = (uint16_t)al;
+        memcpy(p, &sid, 8);
+        memcpy(p + 8, &t1, 8);
+        memcpy(p + 16, &n16, 2);
+        memcpy(p + 18, name, nl);
+        memcpy(p + 18 + nl, &a16, 2);
+        memcpy(p + 20 + nl, args, al);
+        len = (uint32_t)(20 + nl + al);
+    } else {
+        memcpy(p, &t1, 8);
+    }
+    uint64_t deadline = ht_clock_ns() + CTL_TIMEOUT_NS;
+    if (!ctl_send(type, p, len, &rid, deadline)
+        || !ctl_reply(type, rid, type + 1, body, sizeof body, &bl, deadline))
+        return ctl_broken();
+    uint64_t t4 = ht__now();
+    if (bl < 16) {
+        ctl_failed(EPROTO, "control channel %s: short %s", g_ctl_path, msg_name(type + 1));
+        return ctl_broken();
+    }
+    uint64_t s[5];
+    s[0] = t1;
+    memcpy(s + 1, body, 16);
+    s[3] = t4;
+    s[4] = sid;
+    if (!ctl_send(MSG_SAMPLE, (const uint8_t *)s, sizeof s, NULL, ht_clock_ns() + CTL_TIMEOUT_NS))
+        return ctl_broken();
+    ctl_release();
+    return (int64_t)(t4 - t1);
+}
+
+/* --- mailboxes: claimed under their byte lock, kept while the process exchanges --- */
+static void mbox_claim(void)
+{
+    if (!g_use_mbox || g_mbox >= 0 || !(ld32(HDR_FLAGS) & FLAG_MAILBOXES))
+        return;
+    for (uint32_t i = 0; i < N_MBOX; i++) {
+        uint64_t o = MBOX_OFF + MBOX_SIZE * i;
+        if (!try_lock(o))
+            continue;               /* claimed by a live process */
+        st32(o + M_PID, (uint32_t)getpid());
+        st32(o + M_STATE, 1);
+        g_mbox_req = ld32(o + M_REQ);   /* continued, never reset */
+        g_mbox = (int)i;
+        return;
+    }
+}
+
+static void mbox_release(void)
+{
+    if (g_mbox < 0)
+        return;
+    uint64_t o = MBOX_OFF + MBOX_SIZE * (uint32_t)g_mbox;
+    st32(o + M_STATE, 0);
+    unlock(o);                      /* after the state, as for a ring */
+    g_mbox = -1;
+}
+
+/* One exchange in the mailbox: its round trip, or -1 when the host did not answer. */
+static int64_t mbox_exchange(void)
+{
+    uint64_t o = MBOX_OFF + MBOX_SIZE * (uint32_t)g_mbox;
+    uint32_t req = g_mbox_req % 0xFFFFFFFFu + 1;   /* 1..2^32-1: 0 means none */
+    g_mbox_req = req;
+    uint64_t t1 = ht__now(), t4;
+    st64(o + M_T1, t1);
+    st32(o + M_REQ, req);           /* release: t1 is visible first */
+    uint64_t deadline = t1 + MBOX_WAIT_NS;
+    for (unsigned n = 1;; n++) {
+        t4 = ht__now();
+        st64(o + M_T1, t4);         /* kept fresh while the host may read it */
+        if (ld32(o + M_ANS) == req) {
+            t4 = ht__now();
+            break;
+        }
+        if (!(n & 63) && t4 > deadline)
+            return -1;
+    }
+    st64(o + M_T4, t4);
+    st32(o + M_DONE, req);          /* release: after t4 */
+    return (int64_t)(t4 - t1);
+}
+
+/* One clock exchange (the caller holds g_ctl_lock): the mailbox if the host serves it,
+ * else CLOCK over the connection. Its round trip, or a negative errno. */
+static int64_t exchange(void)
+{
+    if (g_mbox >= 0) {
+        if (ld32(HDR_FLAGS) & FLAG_MAILBOXES) {
+            int64_t r = mbox_exchange();
+            if (r >= 0)
+                return r;
+        }
+        mbox_release();             /* the host stopped serving it: the socket from now */
+    }
+    if (!ctl_ensure())
+        return -(g_ctl_errno ? g_ctl_errno : ENOTCONN);
+    return ctl_timed(MSG_CLOCK, 0, NULL, NULL);
+}
+
+/* between the exchanges of a burst, leave a shared port free for about one round trip */
+static void yield_port(int64_t rtt)
+{
+    if (g_ctl_kind == CTL_PORT && rtt > 0)
+        sleep_ns(rtt < 50000000 ? (uint64_t)rtt : 50000000u);
+}
+
+static void *clock_main(void *arg)
+{
+    (void)arg;
+    pid_t me = getpid();
+    if (!timed_lock(&g_ctl_lock, CTL_LOCK_NS))
+        return NULL;
+    if (!atomic_load(&g_clk_stop))
+        mbox_claim();
+    pthread_mutex_unlock(&g_ctl_lock);
+    for (int k = 0; k < CTL_BURST && !atomic_load(&g_clk_stop); k++) {
+        if (!timed_lock(&g_ctl_lock, CTL_LOCK_NS))
+            break;
+        int64_t r = atomic_load(&g_clk_stop) ? -1 : exchange();
+        pthread_mutex_unlock(&g_ctl_lock);
+        if (r < 0)
+            break;                  /* tried again at the next interval */
+        yield_port(r);
+    }
+    for (;;) {
+        for (uint64_t slept = 0; slept < g_interval_ns;) {
+            uint64_t d = g_interval_ns - slept < 50000000u ? g_interval_ns - slept : 50000000u;
+            sleep_ns(d);
+            slept += d;
+            if (atomic_load(&g_clk_stop) || atomic_load(&g_clk_pid) != me)
+                return NULL;
+        }
+        if (!timed_lock(&g_ctl_lock, CTL_LOCK_NS))
+            continue;
+        if (!atomic_load(&g_clk_stop))
+            (void)exchange();
+        pthread_mutex_unlock(&g_ctl_lock);
+    }
+}
+
+/* The clock thread of this process, started once (lazily in a forked child). */
+static void clock_start(void)
+{
+    if (g_ctl_kind == CTL_NONE || atomic_load(&g_clk_stop) || atomic_load(&g_closed))
+        return;
+    int me = (int)getpid(), old = atomic_load(&g_clk_pid);
+    if (old == me || !atomic_compare_exchange_strong(&g_clk_pid, &old, me))
+        return;
+    pthread_attr_t at;
+    pthread_t th;
+    sigset_t all, prev;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &prev);  /* the program's signals: not for it */
+    int r = pthread_attr_init(&at);
+    if (r == 0) {
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        r = pthread_create(&th, &at, clock_main, NULL);
+        pthread_attr_destroy(&at);
+    }
+    pthread_sigmask(SIG_SETMASK, &prev, NULL);
+    if (r != 0)
+        warn("no clock thread (%s): clock exchanges only at sync points and exit",
+             strerror(r));
+}
+
+/* At attach (the guard held, nobody else uses the channel yet): the control address
+ * of the spec, then the hello, before this process claims any ring. */
+static void ctl_setup(const char *addr)
+{
+    if (!addr)
+        return;
+    const char *p = NULL;
+    int kind = CTL_NONE;
+    if (strncmp(addr, "unix:", 5) == 0) {
+        p = addr + 5;
+        kind = CTL_UNIX;
+        if (strlen(p) >= sizeof ((struct sockaddr_un *)0)->sun_path) {
+            warn("control channel unavailable (socket path longer than %zu bytes): events "
+                 "are still recorded; clock exchanges and sync points are not",
+                 sizeof ((struct sockaddr_un *)0)->sun_path - 1);
+            return;
+        }
+    } else if (strncmp(addr, "virtio:", 7) == 0) {
+        p = addr + 7;
+        kind = CTL_PORT;
+    } else {
+        warn("control channel unavailable (%s control addresses are not supported by the C "
+             "producer: unix:PATH or virtio:DEVICE): events are still recorded; clock "
+             "exchanges and sync points are not",
+             strncmp(addr, "vsock:", 6) == 0 ? "vsock" : "unknown");
+        return;
+    }
+    if (strlen(p) >= sizeof g_ctl_path || !*p) {
+        warn("control channel unavailable (bad control path): events are still recorded");
+        return;
+    }
+    strcpy(g_ctl_path, p);
+    g_ctl_kind = kind;
+    read_boot_id(g_boot);
+    const char *c = getenv("HYPERTRACE_CLOCK");
+    g_use_mbox = !(c && strcmp(c, "socket") == 0);
+    const char *iv = getenv("HYPERTRACE_SYNC_INTERVAL");
+    if (iv && *iv) {
+        char *end;
+        double s = strtod(iv, &end);
+        if (*end || !(s > 0) || s > 86400)
+            warn("HYPERTRACE_SYNC_INTERVAL=%s is not a number of seconds: 1 s", iv);
+        else
+            g_interval_ns = s < 0.001 ? 1000000u : (uint64_t)(s * 1e9);
+    }
+    if (ctl_ensure())
+        ctl_release();
+}
+
+int64_t ht_sync_point(const char *name, const char *args)
+{
+    if (!hypertrace_attach() || g_ctl_kind == CTL_NONE)
+        return -ENOTCONN;
+    if (atomic_load(&g_closed))
+        return -ESHUTDOWN;
+    if (!name)
+        name = "(null)";
+    if (!args)
+        args = "[]";
+    clock_start();
+    if (!timed_lock(&g_ctl_lock, CTL_LOCK_NS))
+        return -EBUSY;
+    int64_t r;
+    if (!ctl_ensure()) {
+        r = -(g_ctl_errno ? g_ctl_errno : ENOTCONN);
+    } else {
+        uint64_t sid = g_next_sync++;
+        r = ctl_timed(MSG_SYNC, sid, name, args);
+    }
+    pthread_mutex_unlock(&g_ctl_lock);
+    return r;
+}
+
+/* At exit, after the rings: the last burst of exchanges, then BYE with the counts still
+ * pending (so that they reach the host), then close. Returns whether the counts were
+ * sent (1 when there were none). */
+static int ctl_close(uint64_t lost, uint64_t refused)
+{
+    if (g_ctl_kind == CTL_NONE)
+        return 0;
+    atomic_store(&g_clk_stop, 1);
+    if (!timed_lock(&g_ctl_lock, CTL_LOCK_NS))
+        return 0;
+    pid_t me = getpid();
+    int counts = lost || refused, sent = 0;
+    int ours = (g_ctl_kind == CTL_PORT || g_ctl_fd >= 0) && g_ctl_pid == me;
+    if ((ours && !g_ctl_down) || g_mbox >= 0) {
+        for (int k = 0; k < CTL_BURST / 2; k++) {
+            int64_t r = exchange();
+            if (r < 0)
+                break;
+            yield_port(r);
+        }
+        /* §10: the host takes a sample when it next polls the slot, and skips a slot
+         * no longer claimed. An answer to one more request proves it has polled since
+         * the last `done` (it looks at `done` before it answers `req`): that fence's
+         * own sample is the only one that may be lost. */
+        if (g_mbox >= 0 && (ld32(HDR_FLAGS) & FLAG_MAILBOXES))
+            (void)mbox_exchange();
+    }
+    if (counts)
+        (void)ctl_ensure();
+    if (g_ctl_fd >= 0 && g_ctl_pid == me) {
+        uint64_t c[2] = { lost < CNT_MAX - 1 ? lost : CNT_MAX - 1,
+                          refused < CNT_MAX - 1 ? refused : CNT_MAX - 1 };
+        sent = ctl_send(MSG_BYE, (const uint8_t *)c, counts ? 16 : 0, NULL,
+                        ht_clock_ns() + CTL_TIMEOUT_NS);
+    }
+    ctl_drop();
+    mbox_release();
+    pthread_mutex_unlock(&g_ctl_lock);
+    return sent || !counts;
+}
+
+/* in a forked child: the parent's connection and mailbox are not ours */
+static void ctl_after_fork(void)
+{
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    memcpy(&g_ctl_lock, &fresh, sizeof fresh);
+    if (g_ctl_fd >= 0)
+        close(g_ctl_fd);            /* this process's descriptor only */
+    g_ctl_fd = -1;
+    g_mbox = -1;                    /* its lock is the parent's */
+    g_next_sync = ((uint64_t)(uint32_t)getpid() << 32) + 1;   /* unique per process */
+    atomic_store(&g_clk_stop, 0);   /* g_clk_pid names the parent: started on next use */
+}
+
 /* --- attaching --- */
-static int parse_spec(const char *spec, char *path, size_t cap, const char **err)
+static int parse_spec(const char *spec, char *path, size_t cap, char *ctl, size_t ctlcap,
+                      const char **err)
 {
     const char *comma = strchr(spec, ',');
     size_t hl = comma ? (size_t)(comma - spec) : strlen(spec);
@@ -258,13 +959,21 @@ static int parse_spec(const char *spec, char *path, size_t cap, const char **err
     }
     memcpy(head, spec, hl);
     head[hl] = 0;
-    /* options: only control=ADDRESS is known; this producer does not use it (no HELLO,
-     * no clock exchanges: the local domain needs none) */
+    /* options: only control=ADDRESS is known (the last one given counts, as in Python) */
+    ctl[0] = 0;
     for (const char *o = comma; o; o = strchr(o + 1, ',')) {
         if (strncmp(o + 1, "control=", 8) != 0) {
             *err = "bad channel option (known: control=ADDRESS)";
             return 0;
         }
+        const char *v = o + 9, *e = strchr(v, ',');
+        size_t vl = e ? (size_t)(e - v) : strlen(v);
+        if (vl >= ctlcap) {
+            *err = "control address too long";
+            return 0;
+        }
+        memcpy(ctl, v, vl);
+        ctl[vl] = 0;
     }
     const char *p;
     if (strncmp(head, "ivshmem", 7) == 0 && (head[7] == 0 || head[7] == ':')) {
@@ -352,12 +1061,12 @@ static void attach_locked(void)
 {
     const char *spec = getenv("HYPERTRACE_CHANNEL");
     const char *err = NULL;
-    char why[4400];
+    char why[4400], ctl[4200];
     if (!spec || !*spec) {
         turn_off(NULL);                 /* no channel: silently off */
         return;
     }
-    if (!parse_spec(spec, g_path, sizeof g_path, &err)) {
+    if (!parse_spec(spec, g_path, sizeof g_path, ctl, sizeof ctl, &err)) {
         turn_off(err);
         return;
     }
@@ -410,8 +1119,11 @@ static void attach_locked(void)
     }
     pthread_atfork(fork_prepare, fork_parent, fork_child);
     atexit(at_exit);
+    /* the hello before this process claims any ring (§9) */
+    ctl_setup(ctl[0] ? ctl : NULL);
     ht__enable = g_mm + g_enable_off;
     atomic_store(&g_state, ST_ON);
+    clock_start();
 }
 
 int hypertrace_attach(void)
@@ -736,6 +1448,8 @@ ht_writer *ht__claim(void)
             reap_dead();
         guard_leave();
     }
+    if (g_ctl_kind != CTL_NONE && atomic_load(&g_clk_pid) != (int)getpid())
+        clock_start();              /* a forked child's own clock thread */
     if (!w) {
         atomic_store(&g_next_claim, now + CLAIM_RETRY_NS);
         count(1, 0);
@@ -885,6 +1599,14 @@ static void at_exit(void)
             }
         }
     }
+    /* counts every counter slot refused: in the BYE, else tried again for 10 ms */
+    publish(1);
+    uint64_t lost = atomic_exchange(&g_pend_lost, 0);
+    uint64_t refused = atomic_exchange(&g_pend_refused, 0);
+    if (!ctl_close(lost, refused)) {
+        atomic_fetch_add(&g_pend_lost, lost);
+        atomic_fetch_add(&g_pend_refused, refused);
+    }
     for (int k = 0; k < 10 && !publish(1); k++)
         sleep_ns(1000000);
 }
@@ -904,6 +1626,7 @@ static void fork_child(void)
     memcpy(&g_lock, &fresh, sizeof fresh);
     t_in_guard = 0;
     ht__tls_w = NULL;               /* the parent's, released by the parent */
+    ctl_after_fork();
     if (atomic_load(&g_state) != ST_ON)
         return;
     pthread_setspecific(g_key, NULL);

@@ -85,6 +85,19 @@ size_t ht__cut(const char *s, size_t n);
 int hypertrace_attach(void);             /* 1 if tracing is on (attaches if need be) */
 void hypertrace_release_thread(void);    /* hand the calling thread's ring back now */
 
+/* A sync point (docs/abi.md §9): records `hypertrace_sync(name, sync_id, t_send, args)`
+ * in this thread's ring (the event the Python library records), sends SYNC on the
+ * control connection (`control=` of $HYPERTRACE_CHANNEL) and waits for SYNC_OK, at
+ * most 5 s; the host records `hypertrace_sync_host` with the same sync id. `args` is
+ * JSON text, as the Python library sends (`"[1, \"x\"]"`; NULL sends "[]"; the host
+ * keeps it as text, unchecked), cut to 1000 bytes; `name` is sent cut to 256 bytes.
+ * Returns the round trip in ns of CLOCK_MONOTONIC, or a negative errno: -ENOTCONN
+ * (no channel, no control address, or the connection failed: warned once),
+ * -ETIMEDOUT (no answer), -EPROTO (the host refused), -EBUSY (another thread's
+ * exchange held the connection for 6 s), -ESHUTDOWN (the process is exiting).
+ * Thread-safe; not async-signal-safe. */
+int64_t ht_sync_point(const char *name, const char *args);
+
 static inline uint64_t ht__now(void)
 {
 #ifdef CLOCK_MONOTONIC
