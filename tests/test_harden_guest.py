@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import uuid
@@ -503,3 +504,111 @@ def test_abi_doc_and_constants_agree():
     assert mbox["req"] == abi.M_REQ and mbox["done"] == abi.M_DONE
     assert "F_OFD_SETLK` (%d)" % abi.F_OFD_SETLK in text
     assert SRC  # the tree under test
+
+
+def _section(text: str, heading: str) -> str:
+    part = text.split(heading, 1)[1]
+    return part.split("\n## ", 1)[0]
+
+
+def test_every_table_of_the_abi_doc_matches_the_constants():
+    """Every offset, size and number docs/abi.md states in its tables (and the key
+    numbers of its prose) is hypertrace.abi's: a C emitter written from the doc alone
+    agrees with the Python one (tests/test_abi_agreement.py: and with hypertrace.h)."""
+    text = open(os.path.join(ROOT, "docs", "abi.md"), encoding="utf-8").read()
+    # §2: every row of the header table
+    hdr = _doc_table(text, "## 2.")
+    names = {"block_timeout_ns": "HDR_BLOCK_TIMEOUT", "collector_state": "HDR_COLLECTOR"}
+    assert len(hdr) == 19, hdr
+    for field, off in hdr.items():
+        assert off == getattr(abi, names.get(field, "HDR_" + field.upper())), field
+    sec2 = _section(text, "## 2.")
+    assert "`0x%016X`" % abi.MAGIC in sec2
+    assert "| %d | u16 | `abi_major` | %d |" % (abi.HDR_ABI_MAJOR, abi.ABI_MAJOR) in sec2
+    assert "| %d | u16 | `abi_minor` | %d |" % (abi.HDR_ABI_MINOR, abi.ABI_MINOR) in sec2
+    assert "| %d | u32 | `header_size` | %d |" % (abi.HDR_HEADER_SIZE, abi.HEADER_SIZE) in sec2
+    assert "| %d | char[%d] | `name`" % (abi.HDR_NAME, abi.NAME_LEN) in sec2
+    assert "0 discard, 1 block, 2 overwrite" in sec2
+    assert (abi.MODE_DISCARD, abi.MODE_BLOCK, abi.MODE_OVERWRITE) == (0, 1, 2)
+    assert "0 none, 1 running, 2 stopped" in sec2
+    assert (abi.COLLECTOR_NONE, abi.COLLECTOR_RUNNING, abi.COLLECTOR_STOPPED) == (0, 1, 2)
+    assert "bit 0: the collector serves the clock mailboxes" in sec2 and abi.FLAG_MAILBOXES == 1
+    assert "| %d | — | clock mailboxes | %d × %d bytes" % (abi.MBOX_OFF, abi.N_MBOX,
+                                                        abi.MBOX_SIZE) in sec2
+    assert "| %d | — | shared loss counters | %d × %d bytes" % (abi.CNT_OFF, abi.N_CNT,
+                                                              abi.CNT_SIZE) in sec2
+    # §1: the region map
+    sec1 = _section(text, "## 1.")
+    assert "| header | 0 | %d |" % abi.HEADER_SIZE in sec1
+    assert "`max_events` × %d" % abi.DECL_SLOT in sec1
+    assert "`n_rings` × %d" % abi.DESC_SIZE in sec1
+    assert "max_events` ≤ %d" % abi.MAX_EVENT_ID in sec1
+    # §3: the declaration slot
+    sec3 = _section(text, "## 3.")
+    assert "| %d | u32 | `state`: %d empty, %d valid |" % (
+        abi.DECL_STATE, abi.DECL_EMPTY, abi.DECL_VALID) in sec3
+    assert "| %d | u32 | `length` of the text, ≤ %d |" % (abi.DECL_LEN, abi.DECL_TEXT_MAX) in sec3
+    assert "| %d | u8[%d] | declaration text" % (abi.DECL_TEXT, abi.DECL_TEXT_MAX) in sec3
+    assert "`decl_off + %d·i`" % abi.DECL_SLOT in sec3
+    assert "at\nmost %d characters" % abi.MAX_NAME in sec3
+    assert "At most\n%d arguments" % abi.MAX_FIELDS in sec3
+    assert "**truncated to %d bytes**" % abi.STR_MAX in sec3
+    # §4: the record header, sizes, padding
+    rec = _doc_table(text, "## 4.")
+    fields = ("event_id", "size_flags", "seq", "timestamp")
+    offs = [0]
+    for code in abi.REC_HEADER.format.lstrip("<")[:-1]:
+        offs.append(offs[-1] + struct.calcsize("<" + code))
+    assert rec == dict(zip(fields, offs)), rec
+    sec4 = _section(text, "## 4.")
+    assert "`size = size_flags & 0x%04X`, `flags = size_flags & %d`" % (
+        abi.REC_SIZE_MASK, abi.REC_ALIGN - 1) in sec4
+    assert "16 ≤ size ≤ %d" % abi.REC_MAX in sec4 and abi.REC_HEADER_SIZE == 16
+    assert "| 16 | … | payload" in sec4
+    assert "(0x%04X: padding" % abi.PAD_ID in sec4
+    assert "bit 0 = an argument was truncated" in sec4 and abi.REC_FLAG_TRUNCATED == 1
+    assert "A timestamp above 2⁶²" in sec4 and abi.MAX_TS == 1 << 62
+    # §5: every row of the descriptor, states, locks
+    desc = _doc_table(text, "Ring descriptor (256 bytes)")
+    assert abi.DESC_SIZE == 256
+    names = {"state": "D_STATE", "generation": "D_GENERATION", "pid": "D_PID",
+             "tid": "D_TID", "claim_ts": "D_CLAIM_TS"}
+    assert len(desc) == 10, desc
+    for field, off in desc.items():
+        assert off == getattr(abi, names.get(field, "D_" + field.upper())), field
+    sec5 = _section(text, "## 5.")
+    assert "| %d | char[%d] | thread name" % (abi.D_THREAD_NAME, abi.THREAD_NAME_LEN) in sec5
+    assert "`state`: %d free, %d active, %d released" % (
+        abi.RING_FREE, abi.RING_ACTIVE, abi.RING_RELEASED) in sec5
+    assert "`desc_off + %d·i`" % abi.DESC_SIZE in sec5
+    assert "| clock mailbox *k* | `%d + %d·k`" % (abi.MBOX_OFF, abi.MBOX_SIZE) in sec5
+    assert "| counter slot *c* | `%d + %d·c`" % (abi.CNT_OFF, abi.CNT_SIZE) in sec5
+    assert "`F_OFD_SETLK` (%d)" % abi.F_OFD_SETLK in sec5
+    # §9: the control header and message types
+    sec9 = _section(text, "## 9.")
+    assert "a %d-byte header" % abi.CTL_HEADER.size in sec9
+    ctl = re.findall(r"^\| (\d+) \| (u\d+) \|", sec9.split("| type | name |")[0], re.M)
+    offs, size = [], 0
+    for code in abi.CTL_HEADER.format.lstrip("<"):
+        offs.append((str(size), "u%d" % (8 * struct.calcsize("<" + code))))
+        size += struct.calcsize("<" + code)
+    assert ctl == offs, ctl
+    assert "magic `0x%04X`" % abi.CTL_MAGIC in sec9
+    assert "version: %d" % abi.CTL_VERSION in sec9
+    assert "at most **%d**" % abi.CTL_MAX_PAYLOAD in sec9
+    types = dict((name, int(n)) for n, name in re.findall(r"^\| (\d+) \| ([A-Z_]+) \|",
+                                                          sec9, re.M))
+    assert types == {abi.MSG_NAMES[t].upper(): t for t in abi.MSG_NAMES}, types
+    # §10: every row of the mailbox, its states
+    mbox = _doc_table(text, "## 10.")
+    assert len(mbox) == 9, mbox
+    for field, off in mbox.items():
+        assert off == getattr(abi, "M_" + field.upper()), field
+    sec10 = _section(text, "## 10.")
+    assert "`state`: %d free, %d claimed" % (abi.MBOX_FREE, abi.MBOX_CLAIMED) in sec10
+    assert "Slot *i* (0 ≤ i\n< %d) is at offset `%d + %d·i`" % (
+        abi.N_MBOX, abi.MBOX_OFF, abi.MBOX_SIZE) in sec10
+    # §11: the counter slot
+    sec11 = _section(text, "## 11.")
+    assert "%d × %d bytes at offset %d" % (abi.N_CNT, abi.CNT_SIZE, abi.CNT_OFF) in sec11
+    assert "≥\n2⁴⁸" in sec11 and abi.CNT_MAX == 1 << 48

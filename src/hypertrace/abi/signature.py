@@ -1,5 +1,5 @@
 """Event signatures: the C argument types an event may have, the canonical text a
-declaration slot holds, and the printf format that may follow it (docs/abi.md §4).
+declaration slot holds, and the printf format that may follow it (docs/abi.md §3).
 
 Arguments are read as QEMU's tracetool reads them (scripts/tracetool/__init__.py,
 `Arguments.build`): split at commas; an argument with a `*` is a pointer whose

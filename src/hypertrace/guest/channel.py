@@ -306,7 +306,7 @@ class Channel:
     def _learn(self, j: int, text: bytes) -> None:
         if not text:
             return
-        sig = text.split(b'"', 1)[0].rstrip()           # without the format (§4)
+        sig = text.split(b'"', 1)[0].rstrip()           # without the format (§3)
         nm = sig.split(b"(", 1)[0].split(b" ")[-1]      # after a "counter " property
         self.decl_names.setdefault(nm, (j, sig))
 

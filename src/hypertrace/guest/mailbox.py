@@ -57,6 +57,8 @@ class Mailbox:
         return t4 - t1
 
     def release(self) -> None:
+        """Free the slot; at once after the last `done` is fine: the host still takes
+        that exchange (ABI §10)."""
         try:
             _U32.pack_into(self.mm, self.off + abi.M_STATE, abi.MBOX_FREE)
         finally:

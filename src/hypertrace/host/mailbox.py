@@ -74,6 +74,10 @@ class MailboxServer:
                 raw = bytes(region.mm[AREA])
                 for i in range(abi.N_MBOX):
                     state, pid = struct.unpack_from("<II", raw, i * abi.MBOX_SIZE)
+                    # an exchange answered before the hello is the old boot's, even if
+                    # its slot is free by now: its sample goes to no clock (the registry
+                    # names the new boot's)
+                    self.pending.pop((session_id, i), None)
                     if state == abi.MBOX_CLAIMED:
                         self.retired[(session_id, i)] = pid
 
@@ -96,25 +100,36 @@ class MailboxServer:
                     state, _pid, req, _ans, _t1, _t2, _t3, _t4, done = SLOT.unpack_from(
                         raw, i * abi.MBOX_SIZE)
                     key = (sid, i)
+                    o = abi.MBOX_OFF + i * abi.MBOX_SIZE
                     if state != abi.MBOX_CLAIMED:
                         self.retired.pop(key, None)    # free: the next claim is served
+                        # a guest frees its slot right after its last `done`: that
+                        # exchange is still taken (the copy's `done` was read after its
+                        # `state`, and the guest wrote `done` before freeing)
+                        self._done(mm, o, key, sid, done)
                         continue
                     if key in self.retired:
                         if self.retired[key] == _pid:
                             continue                   # the claim of before the hello
                         del self.retired[key]          # claimed anew
-                    o = abi.MBOX_OFF + i * abi.MBOX_SIZE
-                    p = self.pending.get(key)
-                    if p is not None and done == p[0]:
-                        del self.pending[key]
-                        # t4 read again now: the copy may hold the previous exchange's t4
-                        # next to this one's `done` (written after t4)
-                        self._sample(sid, p[1], p[2], p[3], _Q.unpack_from(mm, o + abi.M_T4)[0])
+                    # before answering a new request: a slot freed and claimed anew
+                    # since still holds the previous claimant's `done` and `t4` (a new
+                    # claimant writes `t4` only once this side answered its request)
+                    self._done(mm, o, key, sid, done)
                     if req and req != self.answered.get(key):
                         self._answer(mm, o, key, req)
                         active = True
                     active = active or key in self.pending
         return active
+
+    def _done(self, mm, o: int, key: tuple, sid: bytes, done: int) -> None:
+        """The exchange this side answered in slot `key` is done: take its sample."""
+        p = self.pending.get(key)
+        if p is not None and done == p[0]:
+            del self.pending[key]
+            # t4 read again now: the copy may hold the previous exchange's t4 next to
+            # this one's `done` (written after t4)
+            self._sample(sid, p[1], p[2], p[3], _Q.unpack_from(mm, o + abi.M_T4)[0])
 
     def _answer(self, mm, o: int, key: tuple, req: int) -> None:
         t1 = _Q.unpack_from(mm, o + abi.M_T1)[0]   # the guest wrote it before we read it

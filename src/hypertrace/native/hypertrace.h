@@ -35,6 +35,119 @@ extern "C" {
 #define HT_REC_HEADER 16
 #define HT_FLAG_TRUNCATED 1u
 
+/* The channel ABI's numbers (docs/abi.md; src/hypertrace/abi/ is their Python form:
+ * tests/test_abi_agreement.py compiles this header and compares every one). */
+#define HT_ABI_MAJOR 1
+#define HT_ABI_MINOR 5
+#define HT_MAGIC 0x4543415254505948ull   /* "HYPTRACE" as a little-endian u64 */
+#define HT_PAGE 4096u
+#define HT_HEADER_SIZE 4096u
+/* §2 region header: byte offsets */
+#define HT_HDR_MAGIC 0
+#define HT_HDR_ABI_MAJOR 8
+#define HT_HDR_ABI_MINOR 10
+#define HT_HDR_HEADER_SIZE 12
+#define HT_HDR_REGION_SIZE 16
+#define HT_HDR_SESSION_ID 24
+#define HT_HDR_NAME 40
+#define HT_HDR_N_RINGS 72
+#define HT_HDR_RING_SIZE 76
+#define HT_HDR_MAX_EVENTS 80
+#define HT_HDR_MODE 84
+#define HT_HDR_BLOCK_TIMEOUT 88
+#define HT_HDR_ENABLE_OFF 96
+#define HT_HDR_DECL_OFF 104
+#define HT_HDR_DESC_OFF 112
+#define HT_HDR_DATA_OFF 120
+#define HT_HDR_COLLECTOR 128
+#define HT_HDR_FLAGS 132
+#define HT_HDR_HEARTBEAT 136
+#define HT_NAME_LEN 32
+#define HT_FLAG_MAILBOXES 1u
+#define HT_COLLECTOR_NONE 0
+#define HT_COLLECTOR_RUNNING 1
+#define HT_COLLECTOR_STOPPED 2
+#define HT_MODE_DISCARD 0
+#define HT_MODE_BLOCK 1
+#define HT_MODE_OVERWRITE 2
+/* §10 clock mailboxes */
+#define HT_MBOX_OFF 1024u
+#define HT_MBOX_SIZE 64u
+#define HT_N_MBOX 32u
+#define HT_M_STATE 0
+#define HT_M_PID 4
+#define HT_M_REQ 8
+#define HT_M_ANS 12
+#define HT_M_T1 16
+#define HT_M_T2 24
+#define HT_M_T3 32
+#define HT_M_T4 40
+#define HT_M_DONE 48
+#define HT_MBOX_FREE 0
+#define HT_MBOX_CLAIMED 1
+/* §11 shared loss counters */
+#define HT_CNT_OFF 3072u
+#define HT_CNT_SIZE 64u
+#define HT_N_CNT 16u
+#define HT_C_LOST 0
+#define HT_C_DECL_REFUSED 8
+#define HT_CNT_MAX (1ull << 48)
+/* §5 locking (Linux fcntl commands; <fcntl.h> has them with _GNU_SOURCE) */
+#define HT_F_OFD_GETLK 36
+#define HT_F_OFD_SETLK 37
+/* §3 declaration slots */
+#define HT_DECL_SLOT 512u
+#define HT_DECL_STATE 0
+#define HT_DECL_LEN 4
+#define HT_DECL_TEXT 8
+#define HT_DECL_TEXT_MAX 504u
+#define HT_DECL_EMPTY 0
+#define HT_DECL_VALID 1
+#define HT_MAX_EVENT_ID 0xFFFEu
+#define HT_MAX_FIELDS 32
+#define HT_MAX_NAME 128
+/* §5 ring descriptors */
+#define HT_DESC_SIZE 256u
+#define HT_D_COMMIT 0
+#define HT_D_EMITTED 8
+#define HT_D_FIRST 16
+#define HT_D_DISCARDED 24
+#define HT_D_CONSUMED 64
+#define HT_D_STATE 128
+#define HT_D_GENERATION 132
+#define HT_D_PID 136
+#define HT_D_TID 140
+#define HT_D_CLAIM_TS 144
+#define HT_D_THREAD_NAME 152
+#define HT_THREAD_NAME_LEN 16
+#define HT_RING_FREE 0
+#define HT_RING_ACTIVE 1
+#define HT_RING_RELEASED 2
+/* §4 records: header u16 event_id, u16 size_flags, u32 seq, u64 timestamp */
+#define HT_REC_ID 0
+#define HT_REC_SIZE_FLAGS 2
+#define HT_REC_SEQ 4
+#define HT_REC_TS 8
+#define HT_REC_ALIGN 8
+#define HT_REC_MAX 0xFFF8u
+#define HT_REC_SIZE_MASK 0xFFF8u
+#define HT_PAD_ID 0xFFFFu
+#define HT_MAX_TS (1ull << 62)
+/* §9 control channel: 12-byte header u16 magic, u8 version, u8 type, u32 id, u32 len */
+#define HT_CTL_MAGIC 0x5448u
+#define HT_CTL_VERSION 1
+#define HT_CTL_HEADER_SIZE 12
+#define HT_CTL_MAX_PAYLOAD 4096
+#define HT_MSG_HELLO 1
+#define HT_MSG_HELLO_OK 2
+#define HT_MSG_SYNC 3
+#define HT_MSG_SYNC_OK 4
+#define HT_MSG_CLOCK 5
+#define HT_MSG_CLOCK_OK 6
+#define HT_MSG_SAMPLE 7
+#define HT_MSG_ERROR 8
+#define HT_MSG_BYE 9
+
 /* ht_event.id when it is not an event id yet */
 #define HT_UNDECLARED (-1)       /* not declared yet: the next use declares it */
 #define HT_BUSY (-2)             /* every slot left is held by another process: retried */
