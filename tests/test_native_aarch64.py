@@ -108,10 +108,12 @@ def build(tmp_path_factory):
 def check_events(path: str, gaps: bool) -> tuple:
     """babeltrace2, line by line: every a64_tick/a64_msg field exact, each thread's `i`
     in order (consecutive unless `gaps`). Returns ({thread: records}, {stream file:
-    discarded as babeltrace2 reports it}); any other babeltrace2 warning fails."""
+    discarded as babeltrace2 reports it}, {thread: (first i, last i)}); any other
+    babeltrace2 warning fails."""
     errf = tempfile.TemporaryFile("w+")      # a pipe could fill up while stdout is read
     p = subprocess.Popen(["babeltrace2", path], stdout=subprocess.PIPE, stderr=errf, text=True)
     last = {t: -1 for t in range(1, N_THREADS + 1)}
+    first = dict(last)
     got = {t: 0 for t in last}
     for line in p.stdout:
         m = BT_LINE.match(line.rstrip("\n"))
@@ -129,6 +131,8 @@ def check_events(path: str, gaps: bool) -> tuple:
             s = "t%d-%d-" % (t, i) + chr(ord("a") + i % 26) * (i % 41)
             assert f["msg"] == '"%s"' % s and int(f["_msg_length"]) == len(s), line
             assert int(f["d"]) == -i, line
+        if first[t] < 0:
+            first[t] = i
         last[t] = i
         got[t] += 1
     rc = p.wait()
@@ -143,7 +147,7 @@ def check_events(path: str, gaps: bool) -> tuple:
             bt_discarded[f] = bt_discarded.get(f, 0) + int(mm.group(1))
         elif x.strip():
             raise AssertionError("babeltrace2 said: %s" % x)
-    return got, bt_discarded
+    return got, bt_discarded, {t: (first[t], last[t]) for t in last}
 
 
 def run(build, out, mode, *burst):
@@ -166,7 +170,7 @@ def test_aarch64_block_mode_small_rings_exact(build, tmp_path):
     out = str(tmp_path / "s")
     ss = run(build, out, "block")
     assert all(s["discarded"] == 0 for s in ss), ss
-    got, _ = check_events(out, gaps=False)
+    got, _, _ = check_events(out, gaps=False)
     assert got == {t: N_PER for t in got}, got
 
 
@@ -177,10 +181,26 @@ def test_aarch64_discard_mode_small_rings_accounted(build, tmp_path):
     what is not is counted, per thread, and babeltrace2 reports the same drops."""
     out = str(tmp_path / "s")
     ss = run(build, out, "discard", 400, 2000)
-    got, bt_discarded = check_events(out, gaps=True)
+    got, bt_discarded, _ = check_events(out, gaps=True)
     assert sorted(got.values()) == sorted(s["recorded"] for s in ss), (got, ss)
     for s in ss:
         assert s["discarded"] > 0, s          # the ring-full path ran...
         assert s["recorded"] > 4096 // 40, s  # ...and the ring wrapped
+        assert bt_discarded.get(os.path.basename(s["file"]), 0) == s["discarded"], (
+            bt_discarded, s)
+
+
+def test_aarch64_overwrite_mode_keeps_the_newest(build, tmp_path):
+    """Overwrite mode (flight recorder) into 4 KiB rings: the producer advances `first`
+    (then a release fence: hypertrace.c overwrite()) over its oldest records ~500
+    times; at the end each ring holds its thread's newest records, consecutive and
+    exact up to the last one."""
+    out = str(tmp_path / "s")
+    ss = run(build, out, "overwrite")
+    got, bt_discarded, span = check_events(out, gaps=True)
+    for t, (lo, hi) in span.items():
+        assert hi == N_PER - 1 and got[t] == hi - lo + 1 and got[t] > 4096 // 100, (t, span)
+    assert sorted(got.values()) == sorted(s["recorded"] for s in ss), (got, ss)
+    for s in ss:
         assert bt_discarded.get(os.path.basename(s["file"]), 0) == s["discarded"], (
             bt_discarded, s)
