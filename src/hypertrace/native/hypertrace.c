@@ -1508,6 +1508,9 @@ static void overwrite(ht_writer *w, uint64_t end)
         first = w->pos;
     w->tail = first;
     __atomic_store_n((uint64_t *)(w->desc + D_FIRST), first, __ATOMIC_RELEASE);
+    /* `first` before the new bytes (§6): a release store does not order later stores
+     * (ARM may show them first), the fence does (dmb ish; nothing on x86) */
+    atomic_thread_fence(memory_order_release);
 }
 
 static uint8_t *drop(ht_writer *w)
