@@ -559,3 +559,45 @@ def test_a_refused_control_connection_does_not_stop_tracing(tmp_path):
     assert "control channel unavailable" in r.stderr and "still recorded" in r.stderr
     events, _ = babeltrace(out)
     assert [int(f["i"]) for n, f in events if n == "refused_ev"] == list(range(100))
+
+
+FILLER = r"""
+import os, sys
+from hypertrace import guest
+tp = guest.event("before_full", "uint32_t i")
+for i in range(1000):
+    tp(i)
+fd = os.open(os.path.join(sys.argv[1], "filler"), os.O_WRONLY | os.O_CREAT, 0o600)
+try:
+    while True:
+        os.write(fd, b"\0" * 65536)       # the disk is full: nothing of ours fits any more
+except OSError:
+    pass
+print("FULL", flush=True)
+"""
+
+
+@ROOT_ONLY
+def test_the_final_index_fits_on_a_disk_filled_by_someone_else(tmp_path):
+    """Another writer fills the disk while recording: the final index (stopped, with
+    the counts) is still written, in room the recorder held back from the start."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, "cannot mount a tmpfs: %s" % r.stderr
+    try:
+        app = tmp_path / "filler.py"
+        app.write_text(FILLER)
+        out = str(mnt / "s")
+        r = hypertrace("record", "-o", out, "--", sys.executable, str(app), str(mnt),
+                       check=False)
+        assert "FULL" in r.stdout, r.stdout + r.stderr
+        idx = _index(out)
+        assert idx.get("stopped") is True, idx.get("write_error")
+        st = stats(out)
+        ss = [x for x in st["streams"] if x["domain"] == "local"]
+        assert sum(x["recorded"] + x.get("unwritten", 0) for x in ss) == 1000, ss
+        assert not os.path.exists(os.path.join(out, ".hypertrace", "room.reserve"))
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])

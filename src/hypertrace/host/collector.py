@@ -27,6 +27,8 @@ from .region import Region
 
 SESSION_DIR = ".hypertrace"          # side files: babeltrace2 ignores hidden folders' files
 PID_CHECK_S = 0.5
+RESERVE = "room.reserve"             # in SESSION_DIR: room held back for the index
+RESERVE_BYTES = 1 << 20
 METADATA_GAP_S = 0.25                # new declarations reach the metadata this late at most
 MAX_STREAMS = 4096                   # claims per region served: a guest cannot make more
 LOSSES = ("lost_without_ring", "declarations_refused", "lost_in_refused_claims")
@@ -87,6 +89,7 @@ class Collector:
         except BaseException:
             self.dir.close()
             raise
+        self._keep_room()
         self.trace_uuid = trace_uuid or os.urandom(16)
         #: domains in the metadata without a region (recovery, when a channel is gone)
         self.static_domains: List[ctf.Domain] = []
@@ -421,6 +424,32 @@ class Collector:
     def _write_failed(self, what: str, e: OSError) -> None:
         if self.write_error is None:
             self.write_error = "cannot write %s: %s" % (what, e.strerror or e)
+        self._free_room()         # the index that says so must still fit
+
+    def _keep_room(self) -> None:
+        """Hold back some room for the session index: streams that fill the disk stop
+        being written (counted as unwritten), the index is still written whole. A
+        placeholder file, given back at the first write error and at the end."""
+        size = RESERVE_BYTES
+        while size >= 4096:
+            try:
+                fd = self.meta.create(RESERVE)
+            except OSError:
+                return
+            try:
+                os.posix_fallocate(fd, 0, size)
+                return
+            except OSError:
+                self.meta.unlink(RESERVE)
+                size //= 2
+            finally:
+                os.close(fd)
+
+    def _free_room(self) -> None:
+        try:
+            self.meta.unlink(RESERVE)
+        except OSError:
+            pass
 
     def _sink(self, r: RingReader, content: bytes, ts_begin: int, ts_end: int,
               discarded: int, tail_pad: int) -> None:
@@ -518,6 +547,7 @@ class Collector:
         self.write_metadata()
         self.stopped = True          # the index says so: `recover` has nothing to do
         self.write_index()
+        self._free_room()
 
     def fit_clocks(self) -> None:
         """Map every domain onto the host clock; CTF clocks get the offset (not the drift).
@@ -657,9 +687,13 @@ class Collector:
         if self.unwritten:
             index["packets_not_written"] = self.unwritten
             index["records_not_written"] = self.unwritten_records
+        data = json.dumps(index, indent=1).encode("utf-8")
         try:
-            self.meta.replace("session.json", json.dumps(index, indent=1).encode("utf-8"),
-                              tmp="session.json.tmp")
+            try:
+                self.meta.replace("session.json", data, tmp="session.json.tmp")
+            except OSError:
+                self._free_room()          # no room left: the held-back room is for this
+                self.meta.replace("session.json", data, tmp="session.json.tmp")
         except OSError as e:
             # the previous index (a second old at most) stays in place
             self._write_failed("the session index", e)
