@@ -15,7 +15,7 @@ from .. import abi, guest
 from ..guest.channel import resolve
 from . import pidfile, runtime
 from .actions import Engine
-from .collector import SESSION_DIR, Collector
+from .collector import RESERVE, SESSION_DIR, Collector
 from .control import ControlServer, DomainClock
 from .errors import describe
 from .live import LiveServer, Rules
@@ -229,7 +229,7 @@ def _one_line(what: str, e: BaseException) -> str:
 def _discard_session(col: Collector) -> None:
     """A start that failed: remove what it put in the session directory (which was new or
     empty), and the directory itself if this start created it."""
-    for n in ("session.json", "session.json.tmp", pidfile.NAME):
+    for n in ("session.json", "session.json.tmp", pidfile.NAME, RESERVE):
         col.meta.unlink(n)
     col.dir.rmdir(SESSION_DIR)
     for n in ("metadata", ".metadata.tmp"):
