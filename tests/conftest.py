@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -105,6 +106,20 @@ def babeltrace(path: str, allow_discarded: bool = False, internal: bool = False)
 @pytest.fixture
 def session(tmp_path):
     return str(tmp_path / "session")
+
+
+@contextlib.contextmanager
+def small_disk(path, size: str):
+    """A tmpfs of `size` (e.g. "2m") mounted at directory `path` (created) for the
+    duration: a disk that fills up. Root only (see ROOT_ONLY in the tests)."""
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, "cannot mount a tmpfs: %s" % r.stderr
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)])
 
 
 def write(tmp_path, name: str, text: str) -> str:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, babeltrace, env, hypertrace
+from conftest import ROOT, babeltrace, env, hypertrace, small_disk
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
                                reason="needs root (to mount a small tmpfs / switch users)")
@@ -16,12 +16,7 @@ ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
 
 @ROOT_ONLY
 def test_full_disk_stops_recording_with_a_clear_error_and_a_readable_trace(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, "cannot mount a tmpfs: %s" % r.stderr
-    try:
+    with small_disk(tmp_path / "small", "2m") as mnt:
         out = str(mnt / "s")
         # ~30 MB of records into a 2 MiB file system
         r = hypertrace("record", "-o", out, "--", sys.executable,
@@ -33,8 +28,6 @@ def test_full_disk_stops_recording_with_a_clear_error_and_a_readable_trace(tmp_p
         events, _ = babeltrace(out, allow_discarded=True)
         assert len(events) > 1000
         assert not glob.glob(os.path.join(out, ".metadata.tmp"))
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
 
 
 @ROOT_ONLY

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, babeltrace, env, hypertrace, record, stats, totals
+from conftest import ROOT, babeltrace, env, hypertrace, record, small_disk, stats, totals
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
                                reason="needs root (to mount a small tmpfs)")
@@ -109,12 +109,7 @@ def test_more_concurrent_streams_than_open_files_are_all_recorded(tmp_path):
 # -- item 18: counts after a full disk --------------------------------------------------------
 @ROOT_ONLY
 def test_after_a_full_disk_the_index_counts_what_the_files_hold(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, "cannot mount a tmpfs: %s" % r.stderr
-    try:
+    with small_disk(tmp_path / "small", "2m") as mnt:
         out = str(mnt / "s")
         r = hypertrace("record", "-o", out, "--", sys.executable,
                        os.path.join(ROOT, "examples", "workload.py"), "2", "150000", check=False)
@@ -130,8 +125,6 @@ def test_after_a_full_disk_the_index_counts_what_the_files_hold(tmp_path):
         assert st["totals"]["unwritten"] > 0
         idx = _index(out)
         assert idx["records_not_written"] == sum(s.get("unwritten", 0) for s in idx["streams"])
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
 
 
 # -- item 9: an exception from one component never ends the session ---------------------------
@@ -581,12 +574,7 @@ print("FULL", flush=True)
 def test_the_final_index_fits_on_a_disk_filled_by_someone_else(tmp_path):
     """Another writer fills the disk while recording: the final index (stopped, with
     the counts) is still written, in room the recorder held back from the start."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, "cannot mount a tmpfs: %s" % r.stderr
-    try:
+    with small_disk(tmp_path / "small", "4m") as mnt:
         app = tmp_path / "filler.py"
         app.write_text(FILLER)
         out = str(mnt / "s")
@@ -599,5 +587,3 @@ def test_the_final_index_fits_on_a_disk_filled_by_someone_else(tmp_path):
         ss = [x for x in st["streams"] if x["domain"] == "local"]
         assert sum(x["recorded"] + x.get("unwritten", 0) for x in ss) == 1000, ss
         assert not os.path.exists(os.path.join(out, ".hypertrace", "room.reserve"))
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])

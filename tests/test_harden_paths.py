@@ -23,7 +23,7 @@ import time
 import uuid
 
 import pytest
-from conftest import env, hypertrace, record
+from conftest import env, hypertrace, record, small_disk
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (other users, tmpfs)")
 EMIT = "from hypertrace import guest\nguest.event('x', 'uint32_t i')(1)\n"
@@ -541,12 +541,7 @@ def test_bad_guest_names_are_refused_in_one_line(tmp_path):
 def test_a_full_runtime_filesystem_is_a_one_line_error_and_leaves_nothing(tmp_path):
     """18: no room for the region (a full tmpfs as the runtime directory's file system):
     one line, exit 2, no partial region left, no session directory."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    try:
+    with small_disk(tmp_path / "small", "1m") as mnt:
         rt = mnt / "rt"
         e = env(HYPERTRACE_RUNTIME_DIR=str(rt))
         r = record(str(tmp_path / "s"), sys.executable, "-c", EMIT, check=False, env=e)
@@ -557,8 +552,6 @@ def test_a_full_runtime_filesystem_is_a_one_line_error_and_leaves_nothing(tmp_pa
         r = record(str(tmp_path / "given"), sys.executable, "-c", EMIT, check=False, env=e)
         one_line_error(r, "No space left on device")
         assert os.listdir(rt) == [] and os.listdir(tmp_path / "given") == []
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
 
 
 @ROOT_ONLY
