@@ -21,12 +21,13 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from .. import abi
+from .accel import ACCELERATED, invalidate
 from .channel import Channel, ChannelError, parse_spec, warn
 from .control import Control, ControlError
 from .tracepoint import TraceArgumentError, build, set_cell
 
 __all__ = ["event", "load", "connect", "disconnect", "connected", "channel", "sync_point",
-           "Events", "ChannelError", "ControlError", "TraceArgumentError"]
+           "Events", "ChannelError", "ControlError", "TraceArgumentError", "ACCELERATED"]
 
 _lock = threading.Lock()
 _tls = threading.local()
@@ -55,6 +56,7 @@ def _fresh_tls() -> None:
     """Forget every thread's ring (connect, disconnect): writers never outlive a channel."""
     global _tls
     _tls = threading.local()
+    invalidate()
     for tp in _tracepoints.values():
         set_cell(tp, "_tls", _tls)
 
@@ -277,6 +279,7 @@ def _release_thread() -> None:
         w.release()
         del _tls.w
         del _tls.holder
+        invalidate()
 
 
 def _connect_from_env() -> None:
@@ -310,6 +313,7 @@ def _after_fork_in_child() -> None:
     for attr in ("w", "holder"):
         if hasattr(_tls, attr):
             delattr(_tls, attr)   # the holder's release() sees another pid: a no-op
+    invalidate()
     ch = _channel
     if ch is not None:
         try:

@@ -19,17 +19,19 @@ import struct
 import time
 
 from .. import abi
+from .accel import WriterBase, invalidate
 
 _Q = struct.Struct("<Q")
 _PAD = struct.Struct("<HH")
 
 
-class RingWriter:
-    """State of the calling thread's ring; only that thread touches it."""
+class RingWriter(WriterBase):
+    """State of the calling thread's ring; only that thread touches it. The fields
+    the emit path uses (pos, lim, delta, seq, ci) are WriterBase's: C fields the C
+    tracepoint reads directly when the accelerator is built (guest/accel.py)."""
 
-    __slots__ = ("ch", "mm", "index", "desc", "ci", "base", "size", "mask", "pos", "lim",
-                 "delta", "seq", "tail", "mode", "discarded", "pid", "generation",
-                 "blocked_heartbeat", "released")
+    __slots__ = ("ch", "mm", "index", "desc", "base", "size", "mask", "tail", "mode",
+                 "discarded", "pid", "generation", "blocked_heartbeat", "released")
 
     def __init__(self, ch, index: int, generation: int, pid: int, seq: int = 0,
                  discarded: int = 0):
@@ -131,6 +133,7 @@ class RingWriter:
     def release(self) -> None:
         """Hand the ring back (thread or process exit); only its owning process may,
         once."""
+        invalidate()                       # no thread keeps a writer cached past this
         if os.getpid() != self.pid or self.released:
             return                         # a forked child: the parent's ring, not ours
         self.released = True

@@ -15,6 +15,7 @@ import struct
 from typing import Callable, Dict, List
 
 from .. import abi
+from . import accel
 
 
 class TraceArgumentError(TypeError, ValueError):
@@ -216,22 +217,50 @@ def build(decl: abi.EventDecl, tls, claim: Callable, clock: Callable) -> Callabl
                 "__builtins__": {}}
     ns.update({k: v.pack_into for k, v in structs.items()})
     exec(compile(src, "<tracepoint %s>" % decl.name, "exec"), ns)
-    fn = ns[P + "tp"]
-    fn.__name__ = fn.__qualname__ = decl.name
-    fn.decl = decl
-    fn.name = decl.name
-    fn.signature = decl.signature
+    py = ns[P + "tp"]
+    fn = py
+    if accel.ACCELERATED:
+        # the same tracepoint with its common case in C; every other case (and every
+        # error) is the Python function's, which keeps the cells in step (set_cell)
+        fn = accel._accel.Tracepoint(py, _codes(decl), _fixed(decl), abi.STR_MAX,
+                                     abi.REC_MAX)
+        for k in CELLS:
+            fn._set(k, ns[P + k[1:]])
+        fn.__wrapped__ = py        # inspect.signature() shows the declared arguments
+    for f in {id(py): py, id(fn): fn}.values():
+        f.__name__ = f.__qualname__ = decl.name
+        f.decl = decl
+        f.name = decl.name
+        f.signature = decl.signature
+        f.__doc__ = "Tracepoint %s; call to emit." % decl.signature
     fn.enabled = False
     fn.event_id = None
     fn.refused = None          # why the channel refused its declaration, if it did
-    fn.__doc__ = "Tracepoint %s; call to emit." % decl.signature
     return fn
 
 
+def _codes(decl: abi.EventDecl) -> str:
+    """The C path's field codes: struct's for fixed sizes, s for str, y for bytes."""
+    return "".join(ft.code or ("s" if ft.kind == "str" else "y") for _, _, ft in decl.fields)
+
+
+def _fixed(decl: abi.EventDecl) -> int:
+    """Record header, fixed-size fields and the u16 length of each str/bytes field."""
+    return abi.REC_HEADER_SIZE + sum(ft.size or 2 for _, _, ft in decl.fields)
+
+
+def _py(fn: Callable) -> Callable:
+    return fn.__wrapped__ if not hasattr(fn, "__globals__") else fn
+
+
 def get_cell(fn: Callable, name: str):
-    return fn.__globals__[P + name[1:]]
+    return _py(fn).__globals__[P + name[1:]]
 
 
 def set_cell(fn: Callable, name: str, value) -> None:
-    """Rebind one of the tracepoint's globals (CELLS: _on, _id, _clock, _tls, ...)."""
+    """Rebind one of the tracepoint's globals (CELLS: _on, _id, _clock, _tls, ...), in
+    the C path too when it has one."""
+    if not hasattr(fn, "__globals__"):
+        fn._set(name, value)
+        fn = fn.__wrapped__
     fn.__globals__[P + name[1:]] = value

@@ -2,7 +2,10 @@
 
 Guests (VMs, `qemu-x86_64 /usr/bin/python3`, system Pythons) must not see the
 host's site-packages: they get a copy of hypertrace/__init__.py, hypertrace/abi/ and
-hypertrace/guest/ and nothing else. The directory is named after a hash of those
+hypertrace/guest/ and nothing else, plus the built C accelerator (guest/_accel*.so)
+when there is one: a guest interpreter loads it only if the file name's ABI tag is
+its own (same version, ABI and architecture: a virtme-ng guest running the host's
+Python), and any other guest uses the pure-Python tracepoints. The directory is named after a hash of those
 files and never rewritten once complete, so guests of two checkouts (or two
 versions) never run each other's code, nor a file half copied.
 """
@@ -10,6 +13,7 @@ versions) never run each other's code, nor a file half copied.
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import os
 import shutil
 import tempfile
@@ -20,12 +24,17 @@ GUEST_FILES = ("__init__.py",)
 GUEST_PACKAGES = ("abi", "guest")
 
 
+def _carried(name: str) -> bool:
+    return name.endswith(".py") or (name.startswith("_accel.") and any(
+        name.endswith(x) for x in importlib.machinery.EXTENSION_SUFFIXES))
+
+
 def _sources() -> list:
     pkg = os.path.dirname(os.path.abspath(hypertrace.__file__))
     files = [(os.path.join(pkg, n), n) for n in GUEST_FILES]
     for sub in GUEST_PACKAGES:
         files += [(os.path.join(pkg, sub, n), os.path.join(sub, n))
-                  for n in sorted(os.listdir(os.path.join(pkg, sub))) if n.endswith(".py")]
+                  for n in sorted(os.listdir(os.path.join(pkg, sub))) if _carried(n)]
     return files
 
 

@@ -1,0 +1,521 @@
+/* The CPython accelerator: the enabled path of a Python tracepoint, in C.
+ *
+ * Built as hypertrace.guest._accel when a C compiler is present; optional (the pure
+ * Python tracepoints of guest/tracepoint.py always work, HYPERTRACE_PURE=1 forces
+ * them).  One mechanism, two speeds: a Tracepoint object holds the pure-Python
+ * tracepoint generated for the same declaration and the same seven cells (_on, _id,
+ * _clock, _tls, _claim, _mm, _cq).  Its vectorcall handles the common case itself:
+ * positional arguments of exactly the declared types (int, float, bool, str, bytes)
+ * that fit, the default clock (time.monotonic_ns, read here with clock_gettime) and
+ * the channel's own commit words.  Anything else (keywords, int subclasses, a char
+ * given as a str, NULL pointers as None, strings to cut, values out of range, a
+ * custom clock, a commit hook) goes to the Python tracepoint, which converts it or
+ * raises the error its documentation promises: the two cannot disagree on what
+ * is recorded, because the slow one defines it and tests compare them.
+ *
+ * The record layout and the protocol are docs/abi.md §4-§5 (as guest/tracepoint.py
+ * writes them): header u16 id, u16 size | truncated, u32 seq, u64 ts; fields packed
+ * little-endian without alignment, a str/bytes as u16 length + bytes; size rounded
+ * up to 8; the commit word stored last with release order.  The slow paths (no ring
+ * yet, the ring end or the reader reached) call the Python RingWriter's methods.
+ *
+ * The calling thread's writer is cached in a C thread-local, valid while the
+ * module's epoch is unchanged: Python bumps it (invalidate()) whenever any thread's
+ * writer goes away (release, fork, a new channel), so the cache never points at a
+ * freed writer.  Everything runs with the GIL held.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the record codec stores little-endian values with memcpy: a little-endian target only"
+#endif
+
+#define MAX_FIELDS 64           /* more than any declaration's slot text can hold */
+
+/* ---- the writer's hot state: RingWriter (guest/ring.py) derives from this ---- */
+typedef struct {
+    PyObject_HEAD
+    long long pos, lim, delta, seq, ci;
+} Writer;
+
+static PyMemberDef writer_members[] = {
+    {"pos", T_LONGLONG, offsetof(Writer, pos), 0, "next write position (stream bytes)"},
+    {"lim", T_LONGLONG, offsetof(Writer, lim), 0, "furthest position writable without a check"},
+    {"delta", T_LONGLONG, offsetof(Writer, delta), 0, "mapping offset of position p is p + delta"},
+    {"seq", T_LONGLONG, offsetof(Writer, seq), 0, "next record's sequence number"},
+    {"ci", T_LONGLONG, offsetof(Writer, ci), 0, "index of the ring's commit word (8-byte words)"},
+    {NULL},
+};
+
+static PyTypeObject WriterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "hypertrace.guest._accel.WriterBase",
+    .tp_basicsize = sizeof(Writer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The fields of a ring writer that the C tracepoint reads and writes.",
+    .tp_members = writer_members,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ---- per-thread writer cache ---- */
+static uint64_t g_epoch = 1;
+static _Thread_local struct {
+    uint64_t epoch;
+    PyObject *tls;              /* borrowed: compared only */
+    Writer *w;                  /* borrowed: alive while the epoch holds (see above) */
+} t_cache;
+
+static PyObject *g_monotonic_ns;    /* time.monotonic_ns: the clock read in C */
+static PyObject *g_str_w;           /* "w" */
+static PyObject *g_str_make_room;   /* "make_room" */
+
+/* ---- the tracepoint ---- */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *dict;
+    PyObject *py;               /* the pure-Python tracepoint: defines every other case */
+    PyObject *clock, *tls, *claim, *mm, *cq;
+    Py_buffer buf;              /* the region (from _mm), held while bound */
+    int have_buf, on, cq_ok, clock_mono;
+    unsigned id;
+    int nfields, has_var;
+    long long fixed;            /* header + fixed fields + 2 per str/bytes */
+    long long str_max, rec_max;
+    char codes[MAX_FIELDS];     /* struct codes; 's' str, 'y' bytes */
+} Tracepoint;
+
+/* emits done here and calls handed to the Python tracepoint (tests, benchmarks) */
+static unsigned long long g_fast, g_slow;
+
+static PyObject *fallback(Tracepoint *self, PyObject *const *args, size_t nargsf,
+                          PyObject *kwnames) {
+    g_slow++;
+    return PyObject_Vectorcall(self->py, args, nargsf, kwnames);
+}
+
+typedef union {
+    long long i;
+    unsigned long long u;
+    double d;
+    float f;
+    struct { const char *p; Py_ssize_t n; } s;
+} Value;
+
+/* A field's value if it takes the fast path: 1; 0 for the Python tracepoint. */
+static int convert(char code, PyObject *a, Value *v) {
+    int overflow = 0;
+    switch (code) {
+    case 'b': case 'B': case 'h': case 'H': case 'i': case 'I': case 'q':
+        if (!PyLong_CheckExact(a))
+            return 0;
+        v->i = PyLong_AsLongLongAndOverflow(a, &overflow);
+        if (overflow || (v->i == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+        switch (code) {
+        case 'b': return v->i >= -128 && v->i <= 127;
+        case 'B': return v->i >= 0 && v->i <= 0xFF;
+        case 'h': return v->i >= -32768 && v->i <= 32767;
+        case 'H': return v->i >= 0 && v->i <= 0xFFFF;
+        case 'i': return v->i >= INT32_MIN && v->i <= INT32_MAX;
+        case 'I': return v->i >= 0 && v->i <= (long long)UINT32_MAX;
+        default: return 1;
+        }
+    case 'Q':
+        if (!PyLong_CheckExact(a))
+            return 0;
+        v->u = PyLong_AsUnsignedLongLong(a);
+        if (v->u == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+        return 1;
+    case '?':
+        if (a == Py_True) { v->i = 1; return 1; }
+        if (a == Py_False) { v->i = 0; return 1; }
+        return 0;
+    case 'd':
+        if (!PyFloat_CheckExact(a))
+            return 0;
+        v->d = PyFloat_AS_DOUBLE(a);
+        return 1;
+    case 'f': {
+        if (!PyFloat_CheckExact(a))
+            return 0;
+        double d = PyFloat_AS_DOUBLE(a);
+        v->f = (float)d;
+        return !(isinf(v->f) && !isinf(d));     /* struct's OverflowError: Python says */
+    }
+    case 's':
+        if (!PyUnicode_Check(a))
+            return 0;
+        v->s.p = PyUnicode_AsUTF8AndSize(a, &v->s.n);
+        if (v->s.p == NULL) {           /* lone surrogates: Python replaces them */
+            PyErr_Clear();
+            return 0;
+        }
+        return 1;
+    case 'y':
+        if (!PyBytes_CheckExact(a))
+            return 0;
+        v->s.p = PyBytes_AS_STRING(a);
+        v->s.n = PyBytes_GET_SIZE(a);
+        return 1;
+    }
+    return 0;
+}
+
+static Writer *writer(Tracepoint *self) {
+    /* the calling thread's writer; NULL with no error: drop (the claim counted it);
+       NULL with an error: raise it */
+    if (t_cache.epoch == g_epoch && t_cache.tls == self->tls && t_cache.w != NULL)
+        return t_cache.w;
+    PyObject *w = PyObject_GetAttr(self->tls, g_str_w);
+    if (w == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return NULL;
+        PyErr_Clear();
+        w = PyObject_CallNoArgs(self->claim);
+        if (w == NULL)
+            return NULL;
+        if (w == Py_None) {
+            Py_DECREF(w);
+            return NULL;
+        }
+    }
+    if (!PyObject_TypeCheck(w, &WriterType)) {
+        Py_DECREF(w);
+        PyErr_SetString(PyExc_TypeError, "hypertrace: the thread's writer is not a RingWriter");
+        return NULL;
+    }
+    /* the thread-local keeps it alive; a new writer can only follow an epoch bump,
+       and the claim above may itself have bumped it */
+    t_cache.epoch = g_epoch;
+    t_cache.tls = self->tls;
+    t_cache.w = (Writer *)w;
+    Py_DECREF(w);
+    return t_cache.w;
+}
+
+static inline void put(char *o, const void *p, size_t n) { memcpy(o, p, n); }
+
+static PyObject *tp_call(Tracepoint *self, PyObject *const *args, size_t nargsf,
+                         PyObject *kwnames) {
+    if (!self->on)
+        Py_RETURN_NONE;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames != NULL || nargs != self->nfields || !self->have_buf || !self->cq_ok
+            || !self->clock_mono)
+        return fallback(self, args, nargsf, kwnames);
+    Value vals[MAX_FIELDS];
+    long long var = 0;
+    for (int k = 0; k < self->nfields; k++) {
+        if (!convert(self->codes[k], args[k], &vals[k]))
+            return fallback(self, args, nargsf, kwnames);
+        if (self->codes[k] == 's' || self->codes[k] == 'y') {
+            if (vals[k].s.n > self->str_max)
+                return fallback(self, args, nargsf, kwnames);   /* cut on a boundary */
+            var += vals[k].s.n;
+        }
+    }
+    long long size = (self->fixed + var + 7) & -8;
+    if (size > self->rec_max)
+        return fallback(self, args, nargsf, kwnames);
+    /* the argument checks come first in the Python tracepoint too, but after the
+       claim: a claim happens for a record that is then refused; the order only
+       matters for a thread's first record, which the fallback handles the same */
+    Writer *w = writer(self);
+    if (w == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    long long pos = w->pos, end = pos + size;
+    if (end > w->lim) {
+        /* make_room runs Python code (a signal handler may even disconnect): hold the
+           writer as the Python tracepoint's local does, and look at the buffer after */
+        PyObject *n = PyLong_FromLongLong(size);
+        if (n == NULL)
+            return NULL;
+        Py_INCREF(w);
+        PyObject *r = PyObject_CallMethodOneArg((PyObject *)w, g_str_make_room, n);
+        Py_DECREF(n);
+        pos = r ? PyLong_AsLongLong(r) : -1;
+        Py_XDECREF(r);
+        int ok = r != NULL && !(pos == -1 && PyErr_Occurred());
+        int alive = Py_REFCNT(w) > 1;
+        Py_DECREF(w);
+        if (!ok)
+            return NULL;
+        if (pos < 0)
+            Py_RETURN_NONE;             /* dropped, counted by make_room */
+        if (!alive || !self->have_buf)
+            Py_RETURN_NONE;   /* released meanwhile (a signal handler disconnected):
+                                 no ring to commit into, as for any emit after that */
+        end = pos + size;
+    }
+    long long o = pos + w->delta;
+    long long cw = w->ci * 8;
+    if (o < 0 || o + size > (long long)self->buf.len || cw < 0
+            || cw + 8 > (long long)self->buf.len)
+        return fallback(self, args, nargsf, kwnames);   /* says what is wrong */
+    char *base = (char *)self->buf.buf;
+    char *p = base + o;
+    uint16_t h16 = (uint16_t)self->id;
+    uint16_t sz = (uint16_t)size;
+    uint32_t seq = (uint32_t)w->seq;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t t = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    put(p + 4, &seq, 4);
+    put(p + 8, &t, 8);
+    char *q = p + 16;
+    for (int k = 0; k < self->nfields; k++) {
+        Value *v = &vals[k];
+        switch (self->codes[k]) {
+        case 'b': case 'B': case '?': { uint8_t x = (uint8_t)v->i; put(q, &x, 1); q += 1; break; }
+        case 'h': case 'H': { uint16_t x = (uint16_t)v->i; put(q, &x, 2); q += 2; break; }
+        case 'i': case 'I': { uint32_t x = (uint32_t)v->i; put(q, &x, 4); q += 4; break; }
+        case 'q': case 'Q': put(q, &v->u, 8); q += 8; break;
+        case 'f': put(q, &v->f, 4); q += 4; break;
+        case 'd': put(q, &v->d, 8); q += 8; break;
+        case 's': case 'y': {
+            uint16_t n = (uint16_t)v->s.n;
+            put(q, &n, 2);
+            memcpy(q + 2, v->s.p, (size_t)v->s.n);
+            q += 2 + v->s.n;
+            break;
+        }
+        }
+    }
+    put(p, &h16, 2);
+    put(p + 2, &sz, 2);
+    w->pos = end;
+    w->seq = w->seq + 1;
+    /* the commit: every store above is visible before the new commit word (§5) */
+    atomic_store_explicit((_Atomic uint64_t *)(void *)(base + cw), (uint64_t)end,
+                          memory_order_release);
+    g_fast++;
+    Py_RETURN_NONE;
+}
+
+static int tp_init(Tracepoint *self, PyObject *args, PyObject *kw) {
+    static char *names[] = {"py", "codes", "fixed", "str_max", "rec_max", NULL};
+    PyObject *py;
+    const char *codes;
+    Py_ssize_t ncodes;
+    long long fixed, str_max, rec_max;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Os#LLL", names, &py, &codes, &ncodes,
+                                     &fixed, &str_max, &rec_max))
+        return -1;
+    if (ncodes > MAX_FIELDS || !PyCallable_Check(py) || fixed < 16 || str_max < 0
+            || str_max > 0xFFFF || rec_max > 0xFFF8) {
+        PyErr_SetString(PyExc_ValueError, "hypertrace: tracepoint layout out of range");
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < ncodes; k++)
+        if (!strchr("bBhHiIqQ?fdsy", codes[k]) || codes[k] == 0) {
+            PyErr_SetString(PyExc_ValueError, "hypertrace: unknown field code");
+            return -1;
+        }
+    Py_INCREF(py);
+    Py_XSETREF(self->py, py);
+    memcpy(self->codes, codes, (size_t)ncodes);
+    self->nfields = (int)ncodes;
+    self->fixed = fixed;
+    self->str_max = str_max;
+    self->rec_max = rec_max;
+    return 0;
+}
+
+static PyObject *tp_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    Tracepoint *self = (Tracepoint *)type->tp_alloc(type, 0);
+    if (self != NULL)
+        self->vectorcall = (vectorcallfunc)tp_call;
+    return (PyObject *)self;
+}
+
+static void release_buf(Tracepoint *self) {
+    if (self->have_buf) {
+        self->have_buf = 0;
+        PyBuffer_Release(&self->buf);
+    }
+}
+
+static int tp_traverse(Tracepoint *self, visitproc visit, void *arg) {
+    Py_VISIT(self->dict);
+    Py_VISIT(self->py);
+    Py_VISIT(self->clock);
+    Py_VISIT(self->tls);
+    Py_VISIT(self->claim);
+    Py_VISIT(self->mm);
+    Py_VISIT(self->cq);
+    return 0;
+}
+
+static int tp_clear(Tracepoint *self) {
+    release_buf(self);
+    Py_CLEAR(self->dict);
+    Py_CLEAR(self->py);
+    Py_CLEAR(self->clock);
+    Py_CLEAR(self->tls);
+    Py_CLEAR(self->claim);
+    Py_CLEAR(self->mm);
+    Py_CLEAR(self->cq);
+    return 0;
+}
+
+static void tp_dealloc(Tracepoint *self) {
+    PyObject_GC_UnTrack(self);
+    tp_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* set(name, value): rebind one cell (guest/tracepoint.py set_cell keeps the Python
+   tracepoint's copy too) */
+static PyObject *tp_set(Tracepoint *self, PyObject *args) {
+    const char *name;
+    PyObject *v;
+    if (!PyArg_ParseTuple(args, "sO", &name, &v))
+        return NULL;
+    if (strcmp(name, "_on") == 0) {
+        int on = PyObject_IsTrue(v);
+        if (on < 0)
+            return NULL;
+        self->on = on;
+    } else if (strcmp(name, "_id") == 0) {
+        long id = PyLong_AsLong(v);
+        if (id == -1 && PyErr_Occurred())
+            return NULL;
+        if (id < 0 || id > 0xFFFF) {
+            PyErr_SetString(PyExc_ValueError, "hypertrace: event id out of range");
+            return NULL;
+        }
+        self->id = (unsigned)id;
+    } else if (strcmp(name, "_clock") == 0) {
+        Py_INCREF(v);
+        Py_XSETREF(self->clock, v);
+        self->clock_mono = v == g_monotonic_ns;
+    } else if (strcmp(name, "_tls") == 0) {
+        Py_INCREF(v);
+        Py_XSETREF(self->tls, v);
+    } else if (strcmp(name, "_claim") == 0) {
+        Py_INCREF(v);
+        Py_XSETREF(self->claim, v);
+    } else if (strcmp(name, "_mm") == 0) {
+        release_buf(self);
+        Py_INCREF(v);
+        Py_XSETREF(self->mm, v);
+        if (v != Py_None) {
+            if (PyObject_GetBuffer(v, &self->buf, PyBUF_WRITABLE) == 0)
+                self->have_buf = 1;
+            else
+                PyErr_Clear();          /* not a writable buffer: Python's path says */
+        }
+    } else if (strcmp(name, "_cq") == 0) {
+        Py_INCREF(v);
+        Py_XSETREF(self->cq, v);
+        self->cq_ok = PyMemoryView_Check(v);
+    } else {
+        PyErr_Format(PyExc_KeyError, "no tracepoint cell %s", name);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *tp_get_py(Tracepoint *self, void *closure) {
+    Py_INCREF(self->py);
+    return self->py;
+}
+
+static PyMethodDef tp_methods[] = {
+    {"_set", (PyCFunction)tp_set, METH_VARARGS, "rebind a cell of the C path"},
+    {NULL},
+};
+
+static PyGetSetDef tp_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {"py", (getter)tp_get_py, NULL, "the pure-Python tracepoint of the same event", NULL},
+    {NULL},
+};
+
+static PyObject *tp_descr_get(PyObject *self, PyObject *obj, PyObject *type) {
+    Py_INCREF(self);                /* a class attribute stays a plain callable */
+    return self;
+}
+
+static PyTypeObject TracepointType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "hypertrace.guest._accel.Tracepoint",
+    .tp_basicsize = sizeof(Tracepoint),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "A tracepoint whose common case runs in C (see native/accel.c).",
+    .tp_new = tp_new,
+    .tp_init = (initproc)tp_init,
+    .tp_dealloc = (destructor)tp_dealloc,
+    .tp_traverse = (traverseproc)tp_traverse,
+    .tp_clear = (inquiry)tp_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Tracepoint, vectorcall),
+    .tp_dictoffset = offsetof(Tracepoint, dict),
+    .tp_methods = tp_methods,
+    .tp_getset = tp_getset,
+    .tp_descr_get = tp_descr_get,
+};
+
+static PyObject *invalidate(PyObject *mod, PyObject *unused) {
+    g_epoch++;
+    Py_RETURN_NONE;
+}
+
+static PyObject *counts(PyObject *mod, PyObject *unused) {
+    return Py_BuildValue("KK", g_fast, g_slow);
+}
+
+static PyMethodDef module_methods[] = {
+    {"counts", counts, METH_NOARGS,
+     "(records written by the C path, calls handed to the Python tracepoint)"},
+    {"invalidate", invalidate, METH_NOARGS,
+     "forget every thread's cached writer (one went away)"},
+    {NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_accel",
+    "hypertrace's optional C tracepoints (source: hypertrace/native/accel.c)", -1,
+    module_methods,
+};
+
+PyMODINIT_FUNC PyInit__accel(void) {
+    PyObject *time = PyImport_ImportModule("time");
+    if (time == NULL)
+        return NULL;
+    g_monotonic_ns = PyObject_GetAttrString(time, "monotonic_ns");
+    Py_DECREF(time);
+    g_str_w = PyUnicode_InternFromString("w");
+    g_str_make_room = PyUnicode_InternFromString("make_room");
+    if (g_monotonic_ns == NULL || g_str_w == NULL || g_str_make_room == NULL)
+        return NULL;
+    if (PyType_Ready(&WriterType) < 0 || PyType_Ready(&TracepointType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&WriterType);
+    Py_INCREF(&TracepointType);
+    if (PyModule_AddObject(m, "WriterBase", (PyObject *)&WriterType) < 0
+            || PyModule_AddObject(m, "Tracepoint", (PyObject *)&TracepointType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
