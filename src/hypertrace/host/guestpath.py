@@ -5,7 +5,9 @@ host's site-packages: they get a copy of hypertrace/__init__.py, hypertrace/abi/
 hypertrace/guest/ and nothing else, plus the built C accelerator (guest/_accel*.so)
 when there is one: a guest interpreter loads it only if the file name's ABI tag is
 its own (same version, ABI and architecture: a virtme-ng guest running the host's
-Python), and any other guest uses the pure-Python tracepoints. The directory is named after a hash of those
+Python), and any other guest uses the pure-Python tracepoints; with HYPERTRACE_PURE
+set (as for the host's own tracepoints, guest/accel.py) it is left out, so that
+guests run pure Python too. The directory is named after a hash of those
 files and never rewritten once complete, so guests of two checkouts (or two
 versions) never run each other's code, nor a file half copied.
 """
@@ -25,8 +27,12 @@ GUEST_PACKAGES = ("abi", "guest")
 
 
 def _carried(name: str) -> bool:
-    return name.endswith(".py") or (name.startswith("_accel.") and any(
-        name.endswith(x) for x in importlib.machinery.EXTENSION_SUFFIXES))
+    if name.endswith(".py"):
+        return True
+    if os.environ.get("HYPERTRACE_PURE", "") not in ("", "0"):
+        return False
+    return name.startswith("_accel.") and any(
+        name.endswith(x) for x in importlib.machinery.EXTENSION_SUFFIXES)
 
 
 def _sources() -> list:
