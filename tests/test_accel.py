@@ -127,7 +127,7 @@ def test_threads_fork_and_reconnect_exact_in_block_mode(tmp_path):
 
 
 def test_guest_path_carries_the_extension_for_the_same_interpreter(tmp_path):
-    d = hypertrace("guest-path").stdout.strip()
+    d = hypertrace("guest-path", env=env(HYPERTRACE_PURE="")).stdout.strip()
     files = os.listdir(os.path.join(d, "hypertrace", "guest"))
     assert any(f.startswith("_accel.") and f.endswith(".so") for f in files), files
     # nothing else of the host package: the guest sees its own part only
