@@ -17,17 +17,17 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-import time
 from typing import Callable, Dict, List, Optional
 
 from .. import abi
-from .accel import ACCELERATED, invalidate
+from .accel import ACCELERATED, clock_info, default_clock, invalidate
 from .channel import Channel, ChannelError, parse_spec, warn
 from .control import Control, ControlError
 from .tracepoint import TraceArgumentError, build, set_cell
 
 __all__ = ["event", "load", "connect", "disconnect", "connected", "channel", "sync_point",
-           "Events", "ChannelError", "ControlError", "TraceArgumentError", "ACCELERATED"]
+           "Events", "ChannelError", "ControlError", "TraceArgumentError", "ACCELERATED",
+           "clock_info"]
 
 _lock = threading.Lock()
 _tls = threading.local()
@@ -42,7 +42,7 @@ _env_checked = False
 _connecting = threading.RLock()
 _in_connect = False
 _env_done = False
-_default_clock = time.monotonic_ns
+_default_clock = default_clock()
 
 
 def _claim():
@@ -163,6 +163,8 @@ def connect(spec: Optional[str] = None, clock: Optional[Callable[[], int]] = Non
             sync_interval: Optional[float] = None) -> Channel:
     """Connect to a channel; `clock` returns the guest time in ns (CLOCK_MONOTONIC by default).
 
+    The default clock is CLOCK_MONOTONIC, read from the TSC where the accelerator can
+    (guest/accel.py; clock_info() says how and to what error).
     `spec` is `shm:/dev/shm/NAME[,control=unix:PATH]`; with a control address, a
     daemon thread runs clock exchanges every `sync_interval` seconds and
     sync_point() is available.

@@ -5,11 +5,18 @@ Python path is used when the extension is absent (no compiler at install, a gues
 interpreter it was not built for: Python's import only loads an extension whose
 file name carries its own ABI tag) or when HYPERTRACE_PURE is set to anything but
 "" or "0".
+
+The default clock of the process's records and clock exchanges is CLOCK_MONOTONIC:
+read by time.monotonic_ns, or with the accelerator, where the TSC is invariant and
+the kernel keeps time with it, read from the TSC by a line that tracks
+CLOCK_MONOTONIC (native/accel.c; HYPERTRACE_TSC=0: never).
 """
 
 from __future__ import annotations
 
 import os
+import time
+from typing import Callable
 
 _accel = None
 if os.environ.get("HYPERTRACE_PURE", "") in ("", "0"):
@@ -35,3 +42,16 @@ def invalidate() -> None:
     keep using a cached one."""
     if _accel is not None:
         _accel.invalidate()
+
+
+def default_clock() -> Callable[[], int]:
+    """CLOCK_MONOTONIC in ns: from the TSC where the accelerator can, else time's."""
+    return getattr(_accel, "tsc_ns", None) or time.monotonic_ns
+
+
+def clock_info() -> dict:
+    """How the default clock is read: `source` "tsc" (with its largest error against
+    CLOCK_MONOTONIC seen so far, `max_error_ns`, and its corrections) or "monotonic"."""
+    if _accel is not None and hasattr(_accel, "tsc_ns"):
+        return dict(_accel.tsc_info(), source="tsc")
+    return {"source": "monotonic", "max_error_ns": 0.0}
