@@ -32,6 +32,14 @@ byt = guest.event("byt", "bytes b, uint16_t n")
 chp = guest.event("chp", "char c, void *p, unsigned char u")
 none = guest.event("none", "void")
 kw = guest.event("kw", "int from, int in")
+off = guest.event("off", "int a, int b", disabled=True)
+
+
+class Holder:
+    bound = ints                        # a class attribute binds, as a function does
+
+
+bound = Holder().bound
 
 B = 2 ** 63
 cases = [
@@ -64,6 +72,8 @@ cases = [
     (chp, ("A", None, 200)), (chp, (65, 0xDEADBEEF, "\xff")), (chp, ("AB", 1, 1)),
     (chp, (-1, 1, 1)),
     (none, ()), (none, (1,)),
+    (off, (1, 2)), (off, (1,)), (off, ("not", "checked")),
+    (bound, (0, 0, 0, 0, 0, 0, 0)), (bound, (0, 0, 0, 0, 0, 0, 0, 0)),
 ]
 out = []
 for tp, args in cases:

@@ -387,11 +387,13 @@ static inline void put(char *o, const void *p, size_t n) { memcpy(o, p, n); }
 
 static PyObject *tp_call(Tracepoint *self, PyObject *const *args, size_t nargsf,
                          PyObject *kwnames) {
+    /* the arguments are bound first, as a Python function's are: a wrong call raises
+       the same TypeError whether the event is enabled or not */
+    if (kwnames != NULL || PyVectorcall_NARGS(nargsf) != self->nfields)
+        return fallback(self, args, nargsf, kwnames);
     if (!self->on)
         Py_RETURN_NONE;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (kwnames != NULL || nargs != self->nfields || !self->have_buf || !self->cq_ok
-            || !(self->clock_mono || self->clock_tsc))
+    if (!self->have_buf || !self->cq_ok || !(self->clock_mono || self->clock_tsc))
         return fallback(self, args, nargsf, kwnames);
     Value vals[MAX_FIELDS];
     long long var = 0;
@@ -625,8 +627,13 @@ static PyGetSetDef tp_getset[] = {
 };
 
 static PyObject *tp_descr_get(PyObject *self, PyObject *obj, PyObject *type) {
-    Py_INCREF(self);                /* a class attribute stays a plain callable */
-    return self;
+    /* as a Python function: a tracepoint kept as a class attribute binds, so both
+       paths take the same arguments however it is called */
+    if (obj == NULL || obj == Py_None) {
+        Py_INCREF(self);
+        return self;
+    }
+    return PyMethod_New(self, obj);
 }
 
 static PyTypeObject TracepointType = {
