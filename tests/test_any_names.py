@@ -221,7 +221,8 @@ def test_any_names_round_trip_through_a_collector(tmp_path, evs, data):
         for d in evs:
             tp = build(d, tls, lambda: ch.claim(tls), time.monotonic_ns)
             ch.attach(tp, tls)
-            assert getattr(tp, "__wrapped__", tp).__code__.co_varnames[:len(d.fields)] == tuple(param_names(d))
+            code = getattr(tp, "__wrapped__", tp).__code__     # the Python tracepoint
+            assert code.co_varnames[:len(d.fields)] == tuple(param_names(d))
             tps.append(tp)
         for _ in range(2):
             for d, tp in zip(evs, tps):

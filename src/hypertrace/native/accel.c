@@ -35,6 +35,8 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "tsc_clock.h"
+
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the record codec stores little-endian values with memcpy: a little-endian target only"
 #endif
@@ -66,177 +68,22 @@ static PyTypeObject WriterType = {
     .tp_new = PyType_GenericNew,
 };
 
-/* ---- the TSC clock: CLOCK_MONOTONIC, tracked by the time-stamp counter ----
- *
- * clock_gettime costs more than the rest of an accelerated emit (the vDSO reads the
- * TSC too, then scales it under a seqlock).  Where the TSC is invariant and the
- * kernel itself keeps time with it (clocksource "tsc"), tsc_ns() reads it and
- * scales it with a line (t0, m0, k) that tracks CLOCK_MONOTONIC: the value stays
- * CLOCK_MONOTONIC to within the tracking error, so a process using it shares its
- * domain's clock mapping with every other producer of the domain (C ones read
- * CLOCK_MONOTONIC).  The line is corrected from inside tsc_ns() itself, at 1 ms,
- * 2 ms, ... then every 64 ms: a fresh (tsc, monotonic) pair read within a short
- * bracket gives the error, and the next line starts where the old one is (the
- * clock never steps) with a slope that cancels the error over the next interval,
- * the frequency itself measured over the whole life of the clock.  All of it runs
- * with the GIL held: no reader can see a line half updated.  The largest error
- * seen after the first 100 ms is kept (tsc_info()) and stated by guest.clock_info().
- */
-#if defined(__x86_64__) || defined(__i386__)
-#include <x86intrin.h>
-#define HAVE_TSC 1
-static inline uint64_t rd_tsc(void) { return __rdtsc(); }
-#else
-#define HAVE_TSC 0
-static inline uint64_t rd_tsc(void) { return 0; }
-#endif
+/* ---- the TSC clock (tsc_clock.h): CLOCK_MONOTONIC from the time-stamp counter,
+   where it can stand in for it; the default clock of an accelerated process ---- */
+static ht_tsc_clock g_tsc;
 
-#define TSC_BRACKET_NS 1000      /* a (tsc, monotonic) pair read in a longer bracket
-                                    (preempted, an interrupt) is not used */
-#define TSC_MAX_GAP_NS 64000000  /* correction interval, once settled */
-#define TSC_SLEW 1e-3            /* at most 1000 ppm of correction: never backwards */
-
-static struct {
-    int on;
-    uint64_t t0;                 /* the line: ns = m0 + (tsc - t0) * k up to tsc `next`, */
-    int64_t m0;                  /* then on at the measured rate klong (a correction */
-    double k, klong;             /* cancels its error by `next`, and no further) */
-    uint64_t tf;                 /* the first pair: the long-run frequency */
-    int64_t mf;
-    uint64_t next;               /* tsc at which to correct next */
-    int64_t gap_ns;
-    double max_err;              /* largest |error| seen once settled, ns */
-    unsigned long long updates, skipped;
-} g_tsc;
-
-static inline int64_t mono_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-/* a (tsc, monotonic) pair: the tsc read between two clock reads, the narrowest of a
-   few tries (its midpoint is off by at most half the width); 0 if all too wide */
-static int tsc_pair(uint64_t *t, int64_t *m) {
-    int64_t best = INT64_MAX;
-    for (int i = 0; i < 8; i++) {
-        int64_t a = mono_ns();
-        uint64_t x = rd_tsc();
-        int64_t b = mono_ns();
-        if (b - a < best) {
-            best = b - a;
-            *t = x;
-            *m = a + (b - a) / 2;
-        }
-    }
-    return best <= TSC_BRACKET_NS;
-}
-
-static inline int64_t tsc_value(uint64_t x) {
-    if (x <= g_tsc.next)
-        return g_tsc.m0 + (int64_t)((double)(int64_t)(x - g_tsc.t0) * g_tsc.k);
-    int64_t at = g_tsc.m0 + (int64_t)((double)(int64_t)(g_tsc.next - g_tsc.t0) * g_tsc.k);
-    return at + (int64_t)((double)(x - g_tsc.next) * g_tsc.klong);
-}
-
-static void tsc_correct(uint64_t now) {
-    uint64_t tn;
-    int64_t mn;
-    if (!tsc_pair(&tn, &mn) || tn <= g_tsc.tf) {
-        g_tsc.skipped++;
-        int64_t at = tsc_value(now);    /* again in ~1 ms, on from here */
-        g_tsc.t0 = now;
-        g_tsc.m0 = at;
-        g_tsc.k = g_tsc.klong;
-        g_tsc.next = now + (uint64_t)(1e6 / g_tsc.klong);
-        return;
-    }
-    double klong = (double)(mn - g_tsc.mf) / (double)(tn - g_tsc.tf);
-    int64_t c = tsc_value(tn);
-    double err = (double)(c - mn);
-    if (mn - g_tsc.mf > 100000000 && fabs(err) > g_tsc.max_err)
-        g_tsc.max_err = fabs(err);
-    if (g_tsc.gap_ns < TSC_MAX_GAP_NS)
-        g_tsc.gap_ns *= 2;
-    double slew = -err / (double)g_tsc.gap_ns;
-    if (slew > TSC_SLEW) slew = TSC_SLEW;
-    if (slew < -TSC_SLEW) slew = -TSC_SLEW;
-    g_tsc.t0 = tn;
-    g_tsc.m0 = c;
-    g_tsc.k = klong * (1.0 + slew);
-    g_tsc.klong = klong;
-    g_tsc.next = tn + (uint64_t)((double)g_tsc.gap_ns / klong);
-    g_tsc.updates++;
-}
-
-static inline uint64_t tsc_now(void) {
-    uint64_t x = rd_tsc();
-    if (x >= g_tsc.next)
-        tsc_correct(x);
-    return (uint64_t)tsc_value(x);
-}
-
-/* whether the TSC can stand in for CLOCK_MONOTONIC here, and the first line */
-static int tsc_start(void) {
-#if HAVE_TSC
-    char buf[64] = {0};
-    FILE *f = fopen("/sys/devices/system/clocksource/clocksource0/current_clocksource", "r");
-    if (f == NULL)
-        return 0;
-    int ok = fgets(buf, sizeof buf, f) != NULL && strcmp(buf, "tsc\n") == 0;
-    fclose(f);
-    if (!ok)
-        return 0;           /* the kernel does not trust it (kvm-clock, hpet...) */
-    int constant = 0, nonstop = 0;
-    f = fopen("/proc/cpuinfo", "r");
-    if (f == NULL)
-        return 0;
-    char line[4096];
-    while (fgets(line, sizeof line, f) != NULL) {
-        if (strncmp(line, "flags", 5) != 0)
-            continue;
-        constant = strstr(line, " constant_tsc") != NULL;
-        nonstop = strstr(line, " nonstop_tsc") != NULL;
-        break;
-    }
-    fclose(f);
-    if (!constant || !nonstop)
-        return 0;           /* not invariant: its rate follows the CPU's frequency */
-    uint64_t a, b;
-    int64_t ma, mb;
-    if (!tsc_pair(&a, &ma))
-        return 0;
-    /* a first rate over ~1 ms (the pairs' error: tens of ns, so tens of ppm); the
-       corrections then measure it over the whole life */
-    do {
-        if (!tsc_pair(&b, &mb))
-            return 0;
-    } while (mb - ma < 1000000);
-    if (b <= a)
-        return 0;
-    g_tsc.k = g_tsc.klong = (double)(mb - ma) / (double)(b - a);
-    if (!(g_tsc.k > 0.01 && g_tsc.k < 100))
-        return 0;           /* 10 MHz .. 100 GHz, or the pairs are nonsense */
-    g_tsc.tf = a;
-    g_tsc.mf = ma;
-    g_tsc.t0 = b;
-    g_tsc.m0 = mb;
-    g_tsc.gap_ns = 500000;
-    g_tsc.next = b + (uint64_t)(1e6 / g_tsc.k);
-    g_tsc.on = 1;
-    return 1;
-#else
-    return 0;
-#endif
-}
+static inline uint64_t tsc_now(void) { return ht_tsc_now(&g_tsc); }
+static inline int64_t mono_ns(void) { return ht_mono_ns(); }
 
 static PyObject *tsc_ns(PyObject *mod, PyObject *unused) {
     return PyLong_FromUnsignedLongLong(tsc_now());
 }
 
 static PyObject *tsc_info(PyObject *mod, PyObject *unused) {
+    ht_tsc_line l;
+    ht__tsc_read(&g_tsc, &l);
     return Py_BuildValue("{s:O,s:d,s:d,s:K,s:K}", "on", g_tsc.on ? Py_True : Py_False,
-                         "max_error_ns", g_tsc.max_err, "ns_per_tick", g_tsc.k,
+                         "max_error_ns", g_tsc.max_err_ns, "ns_per_tick", l.klong,
                          "updates", g_tsc.updates, "skipped", g_tsc.skipped);
 }
 
@@ -706,8 +553,7 @@ PyMODINIT_FUNC PyInit__accel(void) {
     }
     /* the TSC clock exists only where it can stand in for CLOCK_MONOTONIC, and
        HYPERTRACE_TSC=0 keeps clock_gettime */
-    const char *want = getenv("HYPERTRACE_TSC");
-    if ((want == NULL || strcmp(want, "0") != 0) && tsc_start()) {
+    if (ht_tsc_start(&g_tsc, getenv("HYPERTRACE_TSC"))) {
         g_tsc_ns = PyObject_GetAttrString(m, "tsc_ns");
         if (g_tsc_ns == NULL) {
             Py_DECREF(m);

@@ -119,6 +119,23 @@ static void warn(const char *fmt, ...)
     (void)r;
 }
 
+ht_tsc_clock ht__tsc;
+
+const char *hypertrace_clock(double *max_error_ns)
+{
+    int tsc = atomic_load_explicit(&ht__tsc.on, memory_order_acquire);
+    if (max_error_ns) {
+        *max_error_ns = 0.0;
+        if (tsc) {
+            while (atomic_flag_test_and_set_explicit(&ht__tsc.busy, memory_order_acquire))
+                ;                      /* a correction runs: it is short */
+            *max_error_ns = ht__tsc.max_err_ns;
+            atomic_flag_clear_explicit(&ht__tsc.busy, memory_order_release);
+        }
+    }
+    return tsc ? "tsc" : "monotonic";
+}
+
 uint64_t ht_clock_ns(void)
 {
     struct timespec ts;
@@ -1066,6 +1083,7 @@ static void attach_locked(void)
         turn_off(NULL);                 /* no channel: silently off */
         return;
     }
+    ht_tsc_start(&ht__tsc, getenv("HYPERTRACE_TSC"));    /* else clock_gettime */
     if (!parse_spec(spec, g_path, sizeof g_path, ctl, sizeof ctl, &err)) {
         turn_off(err);
         return;

@@ -23,6 +23,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "tsc_clock.h"
+
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "hypertrace records are little-endian: this producer stores host-order words"
 #endif
@@ -176,6 +178,8 @@ typedef struct ht_writer {
     uint64_t lim;                /* furthest position writable without looking */
     uint64_t mask;               /* ring_size - 1 */
     uint64_t seq;                /* emit counter */
+    uint64_t last_ts;            /* a TSC clock read racing a correction may lag by
+                                    a few ns: a thread's times never go back */
     _Atomic uint64_t *commit;    /* the descriptor's commit word */
     /* slow path only */
     uint8_t *desc;
@@ -185,6 +189,7 @@ typedef struct ht_writer {
 } ht_writer;
 
 extern _Thread_local ht_writer *ht__tls_w;
+extern ht_tsc_clock ht__tsc;
 extern volatile uint8_t *ht__enable;     /* the region's enable table, once attached */
 
 /* slow paths (hypertrace.c) */
@@ -197,6 +202,9 @@ size_t ht__cut(const char *s, size_t n);
 /* public API */
 int hypertrace_attach(void);             /* 1 if tracing is on (attaches if need be) */
 void hypertrace_release_thread(void);    /* hand the calling thread's ring back now */
+/* how records are timed, once attached: "tsc" (CLOCK_MONOTONIC from the TSC; the
+   largest error a correction found goes to *max_error_ns if not NULL) or "monotonic" */
+const char *hypertrace_clock(double *max_error_ns);
 
 /* A sync point (docs/abi.md §9): records `hypertrace_sync(name, sync_id, t_send, args)`
  * in this thread's ring (the event the Python library records), sends SYNC on the
@@ -211,15 +219,13 @@ void hypertrace_release_thread(void);    /* hand the calling thread's ring back 
  * Thread-safe; not async-signal-safe. */
 int64_t ht_sync_point(const char *name, const char *args);
 
+/* The records' and clock exchanges' clock: CLOCK_MONOTONIC, read from the TSC where
+   it can stand in for it (tsc_clock.h; HYPERTRACE_TSC=0: never), else clock_gettime */
 static inline uint64_t ht__now(void)
 {
-#ifdef CLOCK_MONOTONIC
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-#else
-    return ht_clock_ns();
-#endif
+    if (atomic_load_explicit(&ht__tsc.on, memory_order_acquire))
+        return ht_tsc_now(&ht__tsc);
+    return (uint64_t)ht_mono_ns();
 }
 
 /* The event's id if it records now, else -1 (declares it on first use). */
@@ -273,6 +279,9 @@ static inline uint8_t *ht__begin(ht_writer **wp, int id, uint32_t size, unsigned
     uint16_t h[2] = { (uint16_t)id, (uint16_t)(size | flags) };
     uint32_t seq = (uint32_t)w->seq;
     uint64_t ts = ht__now();
+    if (__builtin_expect(ts < w->last_ts, 0))
+        ts = w->last_ts;
+    w->last_ts = ts;
     memcpy(p, h, 4);
     memcpy(p + 4, &seq, 4);
     memcpy(p + 8, &ts, 8);
