@@ -11,8 +11,10 @@
 #endif
 #include "hypertrace.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -90,6 +92,7 @@ static uint8_t *g_mm;
 static size_t g_map_size;
 static int g_lockfd = -1;
 static char g_path[4096];
+static int g_open_flags = O_RDWR | O_CLOEXEC;   /* the region file (+ O_NOFOLLOW: a BAR) */
 static uint32_t g_n_rings, g_ring_size, g_max_events, g_mode;
 static uint64_t g_block_timeout, g_decl_off, g_desc_off, g_data_off, g_enable_off;
 static uint8_t *g_rings_held;       /* rings this process claimed (their locks are ours) */
@@ -314,6 +317,7 @@ static void count(uint64_t lost, uint64_t refused)
 enum { CTL_NONE, CTL_UNIX, CTL_PORT };
 
 static int g_ctl_kind = CTL_NONE;
+static int g_ctl_found;             /* the port was found by name (ivshmem): checked */
 static char g_ctl_path[4096];
 static uint8_t g_boot[16];
 static pthread_mutex_t g_ctl_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -541,8 +545,15 @@ static int ctl_open(void)
     }
     uint64_t deadline = ht_clock_ns() + PORT_OPEN_NS;
     for (;;) {
-        int fd = open(g_ctl_path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+        int fd = open(g_ctl_path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY
+                                  | (g_ctl_found ? O_NOFOLLOW : 0));
         if (fd >= 0) {
+            struct stat st;
+            if (g_ctl_found && (fstat(fd, &st) != 0 || !S_ISCHR(st.st_mode))) {
+                close(fd);          /* a port found by its name must be a port */
+                ctl_failed(ENODEV, "control port %s is not a character device", g_ctl_path);
+                return 0;
+            }
             g_ctl_fd = fd;
             return 1;
         }
@@ -964,12 +975,17 @@ static void ctl_after_fork(void)
 }
 
 /* --- attaching --- */
+/* HYPERTRACE_CHANNEL (§0) -> the region file in `path`, or *ivs set and the wanted
+ * ivshmem region name in `path` ("" for the first one found); the control address, if
+ * a control= option was given (*have_ctl), in `ctl`. */
 static int parse_spec(const char *spec, char *path, size_t cap, char *ctl, size_t ctlcap,
-                      const char **err)
+                      int *have_ctl, int *ivs, const char **err)
 {
     const char *comma = strchr(spec, ',');
     size_t hl = comma ? (size_t)(comma - spec) : strlen(spec);
     char head[4096];
+    *have_ctl = 0;
+    *ivs = 0;
     if (hl >= sizeof head) {
         *err = "channel spec too long";
         return 0;
@@ -991,13 +1007,13 @@ static int parse_spec(const char *spec, char *path, size_t cap, char *ctl, size_
         }
         memcpy(ctl, v, vl);
         ctl[vl] = 0;
+        *have_ctl = 1;
     }
     const char *p;
     if (strncmp(head, "ivshmem", 7) == 0 && (head[7] == 0 || head[7] == ':')) {
-        *err = "ivshmem channels are not supported by the C producer yet";
-        return 0;
-    }
-    if (strncmp(head, "shm:", 4) == 0) {
+        p = head[7] ? head + 8 : "";    /* "ivshmem:" is "ivshmem", as in Python */
+        *ivs = 1;
+    } else if (strncmp(head, "shm:", 4) == 0) {
         p = head + 4;
         if (!strchr(p, '/')) {
             if (snprintf(path, cap, "/dev/shm/%s", p) >= (int)cap) {
@@ -1011,7 +1027,7 @@ static int parse_spec(const char *spec, char *path, size_t cap, char *ctl, size_
     } else if (head[0] == '/') {
         p = head;
     } else {
-        *err = "unknown channel spec (expected shm:/dev/shm/NAME or a path)";
+        *err = "unknown channel spec (expected shm:/dev/shm/NAME, ivshmem[:NAME] or a path)";
         return 0;
     }
     if (strlen(p) >= cap) {
@@ -1024,7 +1040,14 @@ static int parse_spec(const char *spec, char *path, size_t cap, char *ctl, size_
 
 static uint64_t align_up(uint64_t v, uint64_t to) { return (v + to - 1) & ~(to - 1); }
 
-static const char *check_header(const uint8_t *m, size_t size)
+struct hdr {
+    uint32_t n_rings, ring_size, max_events, mode;
+    uint64_t block_timeout, enable_off, decl_off, desc_off, data_off;
+};
+
+/* §2's checks of a header (each field read once: the region may change under us),
+ * `size` the bytes behind it (UINT64_MAX: not checked, as a look at one page is). */
+static const char *parse_header(const uint8_t *m, uint64_t size, struct hdr *h)
 {
     uint64_t magic, region_size, off[4];
     uint16_t major;
@@ -1056,16 +1079,349 @@ static const char *check_header(const uint8_t *m, size_t size)
         return "region_size exceeds the file";
     if (mode > MODE_OVERWRITE)
         return "unknown mode";
-    g_n_rings = n;
-    g_ring_size = rs;
-    g_max_events = me;
-    g_mode = mode;
-    memcpy(&g_block_timeout, m + HDR_BLOCK_TIMEOUT, 8);
-    g_enable_off = enable_off;
-    g_decl_off = decl_off;
-    g_desc_off = desc_off;
-    g_data_off = data_off;
+    h->n_rings = n;
+    h->ring_size = rs;
+    h->max_events = me;
+    h->mode = mode;
+    memcpy(&h->block_timeout, m + HDR_BLOCK_TIMEOUT, 8);
+    h->enable_off = enable_off;
+    h->decl_off = decl_off;
+    h->desc_off = desc_off;
+    h->data_off = data_off;
     return NULL;
+}
+
+static const char *check_header(const uint8_t *m, size_t size)
+{
+    struct hdr h;
+    const char *err = parse_header(m, size, &h);
+    if (err)
+        return err;
+    g_n_rings = h.n_rings;
+    g_ring_size = h.ring_size;
+    g_max_events = h.max_events;
+    g_mode = h.mode;
+    g_block_timeout = h.block_timeout;
+    g_enable_off = h.enable_off;
+    g_decl_off = h.decl_off;
+    g_desc_off = h.desc_off;
+    g_data_off = h.data_off;
+    return NULL;
+}
+
+/* --- ivshmem: inside a QEMU guest the region is the BAR2 of an ivshmem-plain PCI
+ * device, found as the Python library finds it (guest/devices.py): every device
+ * 1af4:1110 of /sys/bus/pci/devices, in name order, is enabled if its `enable` reads 0,
+ * and its `resource2` taken if its first page holds a region header (with the wanted
+ * name); the control port is the virtio-serial port named org.hypertrace.NAME. The
+ * guest's sysfs, /dev and the BAR are not trusted: every read is bounded, every file
+ * opened with O_NOFOLLOW and checked to be what it should be, names are checked before
+ * they make a path, and what is shown in a message is made printable. The roots can be
+ * moved at build time (-DHT_SYSFS_PCI=DIR...: the tests' fake trees). */
+#ifndef HT_SYSFS_PCI
+#define HT_SYSFS_PCI "/sys/bus/pci/devices"
+#endif
+#ifndef HT_SYSFS_PORTS
+#define HT_SYSFS_PORTS "/sys/class/virtio-ports"
+#endif
+#ifndef HT_DEV_DIR
+#define HT_DEV_DIR "/dev"
+#endif
+#define IVSHMEM_VENDOR "0x1af4"
+#define IVSHMEM_DEVICE "0x1110"
+#define PORT_PREFIX "org.hypertrace."
+#define ATTR_MAX 256            /* bytes of a sysfs attribute read, at most */
+#define DIR_MAX 65536u          /* entries of a sysfs directory looked at, at most */
+#define FOUND_MAX 8             /* region names listed in an error */
+#define NAME_TEXT (3 * HT_NAME_LEN + 1)   /* a header name, non-ASCII bytes as U+FFFD */
+#define BAR_OPEN (O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
+
+/* the whitespace of Python's str.strip(), in ASCII */
+static int py_space(unsigned char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f);
+}
+
+/* A small attribute file, stripped as Python's _read() strips it: its length (the text
+ * NUL-terminated in buf), or -1: absent, a symlink, not a regular file, unreadable, or
+ * longer than cap - 1 bytes. */
+static ssize_t read_attr(const char *path, char *buf, size_t cap)
+{
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return -1;
+    struct stat st;
+    size_t n = 0;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return -1;
+    }
+    for (;;) {
+        ssize_t k = read(fd, buf + n, cap - n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0) {
+            close(fd);
+            return -1;
+        }
+        if (k == 0)
+            break;
+        n += (size_t)k;
+        if (n >= cap) {
+            close(fd);
+            return -1;
+        }
+    }
+    close(fd);
+    size_t a = 0;
+    while (a < n && py_space((unsigned char)buf[a]))
+        a++;
+    while (n > a && py_space((unsigned char)buf[n - 1]))
+        n--;
+    memmove(buf, buf + a, n - a);
+    buf[n - a] = 0;
+    return (ssize_t)(n - a);
+}
+
+static int attr_is(const char *path, const char *want)
+{
+    char b[ATTR_MAX];
+    ssize_t n = read_attr(path, b, sizeof b);
+    return n >= 0 && (size_t)n == strlen(want) && memcmp(b, want, (size_t)n) == 0;
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void free_names(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+/* The entries of `dir` as Python's sorted(glob(dir/"*")) gives them (hidden ones left
+ * out, byte order), at most DIR_MAX; none when it cannot be read. */
+static char **list_dir(const char *dir, size_t *count)
+{
+    char **v = NULL;
+    size_t n = 0, cap = 0;
+    *count = 0;
+    DIR *d = opendir(dir);
+    if (!d)
+        return NULL;
+    struct dirent *e;
+    while (n < DIR_MAX && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.' || strlen(e->d_name) > NAME_MAX)
+            continue;
+        if (n == cap) {
+            size_t nc = cap ? 2 * cap : 64;
+            char **nv = realloc(v, nc * sizeof *v);
+            if (!nv)
+                break;
+            v = nv;
+            cap = nc;
+        }
+        if (!(v[n] = strdup(e->d_name)))
+            break;
+        n++;
+    }
+    closedir(d);
+    if (n)
+        qsort(v, n, sizeof *v, cmp_names);
+    *count = n;
+    return v;
+}
+
+/* a header's name as the Python library reads it: the bytes before the first NUL, each
+ * non-ASCII one read as U+FFFD (decode("ascii", "replace")) */
+static void header_name(const uint8_t *raw, char out[NAME_TEXT])
+{
+    size_t k = 0;
+    for (size_t i = 0; i < HT_NAME_LEN && raw[i]; i++) {
+        if (raw[i] < 0x80) {
+            out[k++] = (char)raw[i];
+        } else {
+            memcpy(out + k, "\xef\xbf\xbd", 3);
+            k += 3;
+        }
+    }
+    out[k] = 0;
+}
+
+/* at most `max` characters of `s` for a one-line message: a control byte, and each
+ * non-ASCII character (a lead byte and its continuation bytes), shown as one '?' */
+static const char *shown(const char *s, char *out, size_t cap, size_t max)
+{
+    size_t k = 0;
+    int in_char = 0;
+    for (; *s && k + 1 < cap && k < max; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c >= 0x80 && (c & 0xC0) == 0x80 && in_char)
+            continue;
+        in_char = c >= 0x80;
+        out[k++] = c < 0x20 || c >= 0x7f ? '?' : (char)c;
+    }
+    if (*s && k >= 3 && k + 1 <= cap)
+        memcpy(out + k - 3, "...", 3);
+    out[k] = 0;
+    return out;
+}
+
+/* The name of the region in the BAR file `res` (into `name`), or 0 when its first page
+ * holds no hypertrace region header (or the file is not a BAR of a page at least). */
+static int bar_region(const char *res, char name[NAME_TEXT])
+{
+    int fd = open(res, BAR_OPEN);
+    if (fd < 0)
+        return 0;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < (off_t)PAGE) {
+        close(fd);
+        return 0;
+    }
+    void *m = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED)
+        return 0;
+    uint8_t h[HDR_HEARTBEAT];       /* a copy: the host may rewrite it meanwhile */
+    memcpy(h, m, sizeof h);
+    munmap(m, PAGE);
+    struct hdr fields;
+    if (parse_header(h, UINT64_MAX, &fields) != NULL)
+        return 0;
+    header_name(h + HT_HDR_NAME, name);
+    return 1;
+}
+
+/* The resource2 of the ivshmem device holding the region named `want` (NULL: the first
+ * one), into `path`; else 0 and the reason in `why`. Every device is looked at (and
+ * enabled) before one is chosen, as guest/devices.py does. */
+static int find_ivshmem(const char *want, char *path, size_t cap, char *why, size_t wcap)
+{
+    size_t n, nfound = 0;
+    char **devs = list_dir(HT_SYSFS_PCI, &n);
+    char found[FOUND_MAX][NAME_TEXT], nm[NAME_TEXT], p[PATH_MAX];
+    int chosen = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *d = devs[i];
+        if (snprintf(p, sizeof p, "%s/%s/vendor", HT_SYSFS_PCI, d) >= (int)sizeof p
+            || !attr_is(p, IVSHMEM_VENDOR))
+            continue;
+        snprintf(p, sizeof p, "%s/%s/device", HT_SYSFS_PCI, d);
+        if (!attr_is(p, IVSHMEM_DEVICE))
+            continue;
+        snprintf(p, sizeof p, "%s/%s/enable", HT_SYSFS_PCI, d);
+        if (attr_is(p, "0")) {
+            int fd = open(p, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+            struct stat st;
+            if (fd >= 0) {
+                if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+                    ssize_t r = write(fd, "1", 1);
+                    (void)r;        /* not allowed: the mapping below says */
+                }
+                close(fd);
+            }
+        }
+        snprintf(p, sizeof p, "%s/%s/resource2", HT_SYSFS_PCI, d);
+        if (!bar_region(p, nm))
+            continue;
+        if (!chosen && (!want || strcmp(nm, want) == 0) && strlen(p) < cap) {
+            strcpy(path, p);
+            chosen = 1;
+        }
+        if (nfound < FOUND_MAX)
+            strcpy(found[nfound], nm);
+        nfound++;
+    }
+    free_names(devs, n);
+    if (chosen)
+        return 1;
+    if (!nfound) {
+        snprintf(why, wcap, "no ivshmem-plain device (1af4:1110) with a hypertrace region; "
+                 "start QEMU with the options of `hypertrace qemu-args --name NAME`");
+        return 0;
+    }
+    char list[FOUND_MAX * (HT_NAME_LEN + 2) + 8], w[HT_NAME_LEN + 8], s[HT_NAME_LEN + 8];
+    size_t k = 0;
+    list[0] = 0;
+    for (size_t i = 0; i < nfound && i < FOUND_MAX && k < sizeof list; i++)
+        k += (size_t)snprintf(list + k, sizeof list - k, "%s%s", i ? ", " : "",
+                              shown(found[i], s, sizeof s, HT_NAME_LEN));
+    if (nfound > FOUND_MAX && k < sizeof list)
+        snprintf(list + k, sizeof list - k, ", ...");
+    snprintf(why, wcap, "no hypertrace region named '%s' among ivshmem devices (found: %s)",
+             shown(want, w, sizeof w, HT_NAME_LEN + 4), list);
+    return 0;
+}
+
+/* `p` with every symlink resolved, into `out`: 0 if it does not exist */
+static int resolved(const char *p, char *out, size_t cap)
+{
+    char *r = realpath(p, NULL);
+    if (!r)
+        return 0;
+    size_t l = strlen(r);
+    int ok = l < cap;
+    if (ok)
+        memcpy(out, r, l + 1);
+    free(r);
+    return ok;
+}
+
+/* The device of the virtio-serial port named `name`, as guest/devices.py find_port
+ * finds it (/dev/virtio-ports/NAME, else the /dev node of the /sys/class/virtio-ports
+ * entry whose `name` it is), resolved: ctl_open opens it without following links and
+ * checks it is a character device. 0 if there is none. */
+static int find_port(const char *name, char *out, size_t cap)
+{
+    char p[PATH_MAX], b[ATTR_MAX];
+    if (snprintf(p, sizeof p, "%s/virtio-ports/%s", HT_DEV_DIR, name) < (int)sizeof p
+        && resolved(p, out, cap))
+        return 1;
+    size_t n;
+    int ok = 0;
+    char **ports = list_dir(HT_SYSFS_PORTS, &n);
+    for (size_t i = 0; i < n && !ok; i++) {
+        ssize_t l = snprintf(p, sizeof p, "%s/%s/name", HT_SYSFS_PORTS, ports[i]) < (int)sizeof p
+                    ? read_attr(p, b, sizeof b) : -1;
+        if (l < 0 || (size_t)l != strlen(name) || memcmp(b, name, (size_t)l) != 0)
+            continue;
+        ok = snprintf(p, sizeof p, "%s/%s", HT_DEV_DIR, ports[i]) < (int)sizeof p
+             && resolved(p, out, cap);
+    }
+    free_names(ports, n);
+    return ok;
+}
+
+/* An ivshmem region's default control address (no control= given): "virtio:" and its
+ * port, into ctl; left empty when there is none (as in Python: no control, silently). */
+static void ivshmem_control(char *ctl, size_t cap)
+{
+    uint8_t raw[HT_NAME_LEN];
+    char port[sizeof PORT_PREFIX + HT_NAME_LEN], dev[PATH_MAX];
+    memcpy(raw, g_mm + HT_HDR_NAME, sizeof raw);    /* read once */
+    ctl[0] = 0;
+    size_t l = 0;
+    for (; l < sizeof raw && raw[l]; l++) {
+        unsigned char c = raw[l];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+              || c == '_' || c == '.' || c == '-')) {
+            warn("control channel unavailable (the region's name is not [A-Za-z0-9_.-]: "
+                 "no port to look for): events are still recorded; clock exchanges and "
+                 "sync points are not");
+            return;
+        }
+    }
+    memcpy(port, PORT_PREFIX, sizeof PORT_PREFIX - 1);
+    memcpy(port + sizeof PORT_PREFIX - 1, raw, l);
+    port[sizeof PORT_PREFIX - 1 + l] = 0;
+    if (find_port(port, dev, sizeof dev) && strlen(dev) + 8 <= cap) {
+        snprintf(ctl, cap, "virtio:%s", dev);
+        g_ctl_found = 1;
+    }
 }
 
 static void at_exit(void);
@@ -1079,23 +1435,34 @@ static void attach_locked(void)
     const char *spec = getenv("HYPERTRACE_CHANNEL");
     const char *err = NULL;
     char why[4400], ctl[4200];
+    int have_ctl, ivs;
     if (!spec || !*spec) {
         turn_off(NULL);                 /* no channel: silently off */
         return;
     }
     ht_tsc_start(&ht__tsc, getenv("HYPERTRACE_TSC"));    /* else clock_gettime */
-    if (!parse_spec(spec, g_path, sizeof g_path, ctl, sizeof ctl, &err)) {
+    if (!parse_spec(spec, g_path, sizeof g_path, ctl, sizeof ctl, &have_ctl, &ivs, &err)) {
         turn_off(err);
         return;
     }
-    int fd = open(g_path, O_RDWR | O_CLOEXEC);
+    if (ivs) {
+        char want[sizeof g_path];
+        strcpy(want, g_path);
+        if (!find_ivshmem(want[0] ? want : NULL, g_path, sizeof g_path, why, sizeof why)) {
+            turn_off(why);
+            return;
+        }
+        g_open_flags = BAR_OPEN;        /* the BAR file, and the lock descriptors */
+    }
+    int fd = open(g_path, g_open_flags);
     if (fd < 0) {
         snprintf(why, sizeof why, "cannot open channel %s: %s", g_path, strerror(errno));
         turn_off(why);
         return;
     }
     struct stat st;
-    if (fstat(fd, &st) != 0 || st.st_size < (off_t)PAGE) {
+    if (fstat(fd, &st) != 0 || (ivs && !S_ISREG(st.st_mode)) || st.st_size < (off_t)PAGE
+        || (uint64_t)st.st_size > SIZE_MAX) {
         close(fd);
         snprintf(why, sizeof why, "%s is too small to be a hypertrace region", g_path);
         turn_off(why);
@@ -1117,7 +1484,7 @@ static void attach_locked(void)
     }
     g_mm = m;
     /* an open file description of our own for the locks (a forked child opens its own) */
-    g_lockfd = open(g_path, O_RDWR | O_CLOEXEC);
+    g_lockfd = open(g_path, g_open_flags);
     struct flock fl;
     memset(&fl, 0, sizeof fl);
     fl.l_type = F_WRLCK;
@@ -1137,6 +1504,9 @@ static void attach_locked(void)
     }
     pthread_atfork(fork_prepare, fork_parent, fork_child);
     atexit(at_exit);
+    /* in a QEMU guest, with no control= given: the port named after the region */
+    if (ivs && !have_ctl)
+        ivshmem_control(ctl, sizeof ctl);
     /* the hello before this process claims any ring (§9) */
     ctl_setup(ctl[0] ? ctl : NULL);
     ht__enable = g_mm + g_enable_off;
@@ -1659,7 +2029,7 @@ static void fork_child(void)
     int old = g_lockfd;
     g_lockfd = -1;
     close(old);                     /* the parent's locks must die with the parent */
-    g_lockfd = open(g_path, O_RDWR | O_CLOEXEC);
+    g_lockfd = open(g_path, g_open_flags);
     if (g_lockfd < 0)
         turn_off("forked child: cannot reopen the channel for its locks");
 }

@@ -6,8 +6,10 @@
  *     cc app.c $(hypertrace c-config --cflags --libs)
  *
  * The runtime (hypertrace.c) attaches on first use to $HYPERTRACE_CHANNEL
- * (`shm:/dev/shm/NAME[,control=...]`, `shm:NAME`, `file:PATH` or a path). With no
- * channel, or on any failure, every tracepoint is a no-op (one warning on stderr).
+ * (`shm:/dev/shm/NAME[,control=...]`, `shm:NAME`, `file:PATH`, a path, or inside a QEMU
+ * guest `ivshmem[:NAME]`: the BAR2 of the ivshmem-plain device holding region NAME, its
+ * control port the virtio-serial port org.hypertrace.NAME). With no channel, or on any
+ * failure, every tracepoint is a no-op (one warning on stderr).
  *
  * The fast path below is inline: event id and enable byte (one load from the
  * host-written enable table: no poller thread), the calling thread's ring
