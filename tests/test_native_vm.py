@@ -197,7 +197,10 @@ class Fake:
 @pytest.fixture(scope="module")
 def fake_exe(tmp_path_factory):
     d = tmp_path_factory.mktemp("native-fake")
-    root = tempfile.mkdtemp(prefix="ht-fake-", dir="/dev/shm")
+    # beside the runtime directory: the session's region is hard-linked in as a BAR
+    rt = os.environ.get("HYPERTRACE_RUNTIME_DIR")
+    root = tempfile.mkdtemp(prefix="ht-fake-",
+                            dir=os.path.dirname(os.path.abspath(rt)) if rt else "/dev/shm")
     try:
         yield root, build_app(d, '-DHT_SYSFS_PCI="%s/pci"' % root,
                               '-DHT_SYSFS_PORTS="%s/ports"' % root,
