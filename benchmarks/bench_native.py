@@ -263,7 +263,9 @@ def worker_main(a) -> None:
 
 
 # ---------------------------------------------------------------------------------
-# driver side
+# driver side. Each measuring process runs once per round, the processes taking
+# turns round after round, so that a noisy minute of the shared machine falls on
+# all rows alike; a row's figure is the median over all its repetitions.
 
 class Row:
     def __init__(self, label, ns=None, base=None, base_ns=None, note="", status=None):
@@ -277,19 +279,86 @@ class Row:
         return self.ns / self.base_ns
 
 
+class Sample:
+    """One process's repetitions of one row: its figures and its baseline's, taken in
+    turns; what it emitted and what the tracer recorded of it; the note, where
+    `{counts}` stands for the counts pooled over the rounds."""
+
+    def __init__(self, ns, base, note="", recorded=None, emitted=None, discarded=0):
+        self.ns, self.base, self.note = list(ns), list(base), note
+        self.recorded, self.emitted, self.discarded = recorded, emitted, discarded
+
+
+class Measurement:
+    """A process to run once per round: `run()` gives {row key: Sample}."""
+
+    def __init__(self, keys, run, base):
+        self.keys, self.run, self.base = keys, run, base   # base: "empty call", "clock"
+        self.samples = {k: [] for k in keys}
+        self.failed = None
+
+
+PY_LABELS = {"int2": "Python tracepoint, %s, 2 ints",
+             "str": "Python tracepoint, %%s, int + %d-char string" % len(STRING),
+             "disabled": "Python tracepoint, %s, disabled"}
+LABELS = {"logging": "Python logging to a FileHandler, logger.info with 2 args",
+          "lttng_agent": "LTTng Python agent (logging handler), logger.info with 2 args",
+          "viztracer": "VizTracer log_instant, 2-int args dict, tracer running",
+          "c_nochan": "C tracepoint (2 x u64), hypertrace, no channel",
+          "c_discard": "C tracepoint (2 x u64), hypertrace, record --mode discard",
+          "c_block": "C tracepoint (2 x u64), hypertrace, record --mode block",
+          "c_lttng": "C tracepoint (2 x u64), LTTng-UST, session recording"}
+for _v in ("accelerated", "pure"):
+    for _k, _l in PY_LABELS.items():
+        LABELS["py_%s_%s" % (_v, _k)] = _l % _v
+
+
 class Bench:
-    def __init__(self, a, tmp: str):
-        self.a, self.tmp = a, tmp
+    def __init__(self, a, tmp: str, lt):
+        self.a, self.tmp, self.lt = a, tmp, lt
         self.n, self.repeat = a.events, a.repeat
         self.slow_n = max(100, a.events // 10)   # logging, the LTTng agent
-        self.empty_reps = []                      # every empty-call repetition (venv's Python)
-        self.clock_reps = []                      # every clock_gettime-loop repetition
-        self.results = {}                         # key -> Row, for the targets
         self.seq = 0
+        self.cdir = os.path.join(tmp, "c")
+        os.makedirs(self.cdir)
+        self.apps = {}
+        self.pause_ms = max(50, int(self.n * 0.5e-3))   # collectors drain between repetitions
+        self.ht_ring = pow2_at_least(4 * self.n * 32)
+        self.lttng_subbuf = max(4096, pow2_at_least(2 * self.n * 32) // 8)
+        self.py_ring = pow2_at_least(4 * self.n * 48)
+        self.probed = {}
+        py = "empty call"
+        self.measurements = [
+            Measurement(["py_accelerated_int2", "py_accelerated_str",
+                         "py_accelerated_disabled"], lambda: self.py_tracepoint("accelerated"),
+                        py),
+            Measurement(["py_pure_int2", "py_pure_str", "py_pure_disabled"],
+                        lambda: self.py_tracepoint("pure"), py),
+            Measurement(["logging"], self.logging, py),
+            Measurement(["lttng_agent"], self.lttng_agent, py),
+            Measurement(["viztracer"], self.viztracer, py),
+            Measurement(["c_nochan"], self.c_nochan, "clock"),
+            Measurement(["c_discard"], lambda: self.c_record("discard"), "clock"),
+            Measurement(["c_block"], lambda: self.c_record("block"), "clock"),
+            Measurement(["c_lttng"], self.c_lttng, "clock"),
+        ]
 
     def path(self, stem: str) -> str:
         self.seq += 1
-        return os.path.join(self.tmp, "%02d-%s" % (self.seq, stem))
+        return os.path.join(self.tmp, "%03d-%s" % (self.seq, stem))
+
+    def measure(self, rounds: int) -> None:
+        for r in range(rounds):
+            for m in self.measurements:
+                if m.failed:
+                    continue
+                try:
+                    got = m.run()
+                except Unavailable as e:
+                    m.failed = str(e) if r == 0 else "round %d of %d: %s" % (r + 1, rounds, e)
+                    continue
+                for k, s in got.items():
+                    m.samples[k].append(s)
 
     def worker(self, kind: str, *, python=None, env=None, prefix=(), timeout=None,
                events=None, extra=()) -> dict:
@@ -314,190 +383,168 @@ class Bench:
         return json.loads(cp.stdout)
 
     # ---- Python ----------------------------------------------------------------
-    def python_rows(self) -> list:
-        rows = []
-        for variant in ("accelerated", "pure"):
-            env = py_env(HYPERTRACE_PURE="1") if variant == "pure" else py_env()
-            if variant == "accelerated":
-                env.pop("HYPERTRACE_PURE", None)
-            labels = [("int2", "Python tracepoint, %s, 2 ints" % variant),
-                      ("str", "Python tracepoint, %s, int + %d-char string"
-                       % (variant, len(STRING))),
-                      ("disabled", "Python tracepoint, %s, disabled" % variant)]
-            try:
-                probe = self.worker("tracepoint", env=env, extra=["--probe"], timeout=60)
-                if variant == "accelerated" and not probe["accelerated"]:
-                    raise Unavailable("not built (hypertrace.guest.ACCELERATED is False)")
-                if variant == "pure" and probe["accelerated"]:
-                    raise Unavailable("HYPERTRACE_PURE=1 did not force the pure path")
-                ring = pow2_at_least(4 * self.n * 48)
-                session = self.path("py-%s" % variant)
-                res = self.worker("tracepoint", env=env, prefix=ht(
-                    "record", "-o", session, "--mode", "discard", "--rings", "2",
-                    "--buffer-size", str(ring), "--"))
-                counts = self.stats(session)["events"]
-            except Unavailable as e:
-                for key, label in labels:
-                    self.results["py_%s_%s" % (variant, key)] = None
-                    rows.append(Row(label, status=str(e)))
-                continue
-            ns = res["ns"]
-            empty = statistics.median(ns["empty"])
-            self.empty_reps += ns["empty"]
-            for key, label in labels:
-                name = {"int2": "bench_int", "str": "bench_str", "disabled": "bench_off"}[key]
-                got = counts.get(name, {}).get("count", 0)
-                if key == "disabled":
-                    note = "declared disabled; %d recorded" % got
-                else:
-                    note = "%s/%s recorded (record --mode discard, %s ring)" % (
-                        got, res["emitted"], size_text(ring))
-                row = Row(label, statistics.median(ns[key]), "empty call", empty, note)
-                self.results["py_%s_%s" % (variant, key)] = row
-                rows.append(row)
-        return rows
+    def py_tracepoint(self, variant: str) -> dict:
+        env = py_env(HYPERTRACE_PURE="1") if variant == "pure" else py_env()
+        if variant == "accelerated":
+            env.pop("HYPERTRACE_PURE", None)
+        if variant not in self.probed:
+            probe = self.worker("tracepoint", env=env, extra=["--probe"], timeout=60)
+            self.probed[variant] = probe["accelerated"]
+        if variant == "accelerated" and not self.probed[variant]:
+            raise Unavailable("not built (hypertrace.guest.ACCELERATED is False)")
+        if variant == "pure" and self.probed[variant]:
+            raise Unavailable("HYPERTRACE_PURE=1 did not force the pure path")
+        session = self.path("py-%s" % variant)
+        res = self.worker("tracepoint", env=env, prefix=ht(
+            "record", "-o", session, "--mode", "discard", "--rings", "2",
+            "--buffer-size", str(self.py_ring), "--"))
+        counts = self.stats(session)["events"]
+        ns, out = res["ns"], {}
+        for key, name in (("int2", "bench_int"), ("str", "bench_str"),
+                          ("disabled", "bench_off")):
+            got = counts.get(name, {}).get("count", 0)
+            if key == "disabled":
+                s = Sample(ns[key], ns["empty"], "declared disabled; {counts}", got, 0)
+            else:
+                s = Sample(ns[key], ns["empty"], "{counts} (record --mode discard, %s ring)"
+                           % size_text(self.py_ring), got, res["emitted"])
+            out["py_%s_%s" % (variant, key)] = s
+        return out
 
-    def logging_row(self) -> Row:
-        label = "Python logging to a FileHandler, logger.info with 2 args"
-        try:
-            res = self.worker("logging", events=self.slow_n)
-        except Unavailable as e:
-            return self.keep("logging", Row(label, status=str(e)))
-        self.empty_reps += res["ns"]["empty"]
-        return self.keep("logging", Row(label, statistics.median(res["ns"]["logging"]),
-                                        "empty call", statistics.median(res["ns"]["empty"]),
-                                        "%d calls per repetition" % self.slow_n))
+    def logging(self) -> dict:
+        res = self.worker("logging", events=self.slow_n)
+        return {"logging": Sample(res["ns"]["logging"], res["ns"]["empty"],
+                                  "%d calls per repetition" % self.slow_n)}
 
-    def viztracer_row(self) -> Row:
-        label = "VizTracer log_instant, 2-int args dict, tracer running"
-        try:
-            res = self.worker("viztracer")
-        except Unavailable as e:
-            return self.keep("viztracer", Row(label, status=str(e)))
-        self.empty_reps += res["ns"]["empty"]
-        return self.keep("viztracer", Row(
-            label, statistics.median(res["ns"]["instant"]), "empty call",
-            statistics.median(res["ns"]["empty"]),
+    def viztracer(self) -> dict:
+        res = self.worker("viztracer")
+        return {"viztracer": Sample(
+            res["ns"]["instant"], res["ns"]["empty"],
             "viztracer %s, default options (function tracing on, 1 M-entry circular buffer)"
-            % res["version"]))
+            % res["version"])}
 
-    def lttng_agent_row(self, lt) -> Row:
-        label = "LTTng Python agent (logging handler), logger.info with 2 args"
-        try:
-            if not os.path.exists(SYSTEM_PYTHON):
-                raise Unavailable("%s not found (the agent is Debian's python3-lttngust)"
-                                  % SYSTEM_PYTHON)
-            lt.ready()
-            trace = self.path("lttng-agent-trace")
-            with lt.session(trace) as sess:
-                lt.cmd("enable-event", "-s", sess, "--python", "bench_native")
-                lt.cmd("start", sess)
-                res = self.worker("lttng-agent", python=SYSTEM_PYTHON, env=lt.env,
-                                  events=self.slow_n)
-                discarded = lt.stop(sess)
-            recorded = count_ctf(trace)
-        except Unavailable as e:
-            return self.keep("lttng_agent", Row(label, status=str(e)))
-        return self.keep("lttng_agent", Row(
-            label, statistics.median(res["ns"]["agent"]), "empty call",
-            statistics.median(res["ns"]["empty"]),
-            "%s Python %s; %s/%d recorded%s; ratio to that interpreter's empty call"
-            % (SYSTEM_PYTHON, res["python"], recorded, res["emitted"],
-               ", %d discarded" % discarded if discarded else "")))
-
-    def keep(self, key: str, row: Row) -> Row:
-        self.results[key] = row if row.ns is not None else None
-        return row
+    def lttng_agent(self) -> dict:
+        if not os.path.exists(SYSTEM_PYTHON):
+            raise Unavailable("%s not found (the agent is Debian's python3-lttngust)"
+                              % SYSTEM_PYTHON)
+        lt = self.lt
+        lt.ready()
+        trace = self.path("lttng-agent-trace")
+        with lt.session(trace) as sess:
+            lt.cmd("enable-event", "-s", sess, "--python", "bench_native")
+            lt.cmd("start", sess)
+            res = self.worker("lttng-agent", python=SYSTEM_PYTHON, env=lt.env,
+                              events=self.slow_n)
+            discarded = lt.stop(sess)
+        return {"lttng_agent": Sample(
+            res["ns"]["agent"], res["ns"]["empty"],
+            "%s Python %s; {counts}; ratio to that interpreter's empty call"
+            % (SYSTEM_PYTHON, res["python"]), count_ctf(trace), res["emitted"], discarded)}
 
     # ---- C ---------------------------------------------------------------------
-    def c_rows(self, lt) -> list:
-        rows = []
-        cdir = os.path.join(self.tmp, "c")
-        os.makedirs(cdir)
-        n, reps = self.n, self.repeat
-        pause_ms = max(50, int(n * 0.5e-3))       # the collectors drain between repetitions
-        args = [str(n), str(reps), str(pause_ms)]
-        try:
-            ht_app = build_hypertrace_app(cdir)
-        except Unavailable as e:
-            ht_app = None
-            for key, label in (("c_nochan", "C tracepoint, hypertrace, no channel"),
-                               ("c_discard", "C tracepoint, hypertrace, record --mode discard"),
-                               ("c_block", "C tracepoint, hypertrace, record --mode block")):
-                rows.append(self.keep(key, Row(label, status=str(e))))
-        if ht_app:
-            label = "C tracepoint (2 x u64), hypertrace, no channel"
+    def app(self, kind: str) -> str:
+        if kind not in self.apps:
             try:
-                r = run_c([ht_app] + args, self.a.timeout, py_env(), "the C program")
-                self.clock_reps += r["clock"]
-                rows.append(self.keep("c_nochan", Row(
-                    label, r["tp_ns"], "clock_gettime", r["clock_ns"],
-                    "HYPERTRACE_CHANNEL unset: tracing off")))
+                build = build_hypertrace_app if kind == "hypertrace" else build_lttng_app
+                self.apps[kind] = build(self.cdir)
             except Unavailable as e:
-                rows.append(self.keep("c_nochan", Row(label, status=str(e))))
-            ring = pow2_at_least(4 * n * 32)
-            for mode, key, how in (
-                    ("discard", "c_discard", ["--buffer-size", str(ring)]),
-                    ("block", "c_block", [])):
-                label = "C tracepoint (2 x u64), hypertrace, record --mode %s" % mode
-                try:
-                    session = self.path("c-" + mode)
-                    cargs = args if mode == "discard" else args[:2] + ["0"]
-                    r = run_c(ht("record", "-o", session, "--mode", mode, "--rings", "2", *how,
-                                 "--", ht_app, *cargs), self.a.timeout, py_env(),
-                              "hypertrace record (C program)")
-                    got = self.stats(session)["events"].get("bench_u64", {}).get("count", 0)
-                    if not r["enabled"]:
-                        raise Unavailable("the tracepoint was not enabled under record")
-                except Unavailable as e:
-                    rows.append(self.keep(key, Row(label, status=str(e))))
-                    continue
-                self.clock_reps += r["clock"]
-                if mode == "discard":
-                    note = ("%d/%d recorded; %s ring (a repetition fits), %d ms pauses"
-                            % (got, r["emitted"], size_text(ring), pause_ms))
-                else:
-                    paced = (": more than it holds, so at the collector's pace"
-                             if n * 32 > 512 * 1024 else ": it holds a repetition")
-                    note = ("%d/%d recorded; default %s ring, no pauses%s"
-                            % (got, r["emitted"], size_text(512 * 1024), paced))
-                rows.append(self.keep(key, Row(label, r["tp_ns"], "clock_gettime",
-                                               r["clock_ns"], note)))
-        rows.append(self.lttng_ust_row(lt, cdir, args, n))
-        clock = Row("bare clock_gettime(CLOCK_MONOTONIC) loop",
-                    statistics.median(self.clock_reps) if self.clock_reps else None,
-                    note="median over every C process's repetitions",
-                    status=None if self.clock_reps else "no C program ran")
-        clock.base, clock.base_ns = "clock_gettime", clock.ns
-        return [clock] + rows
+                self.apps[kind] = e
+        if isinstance(self.apps[kind], Unavailable):
+            raise self.apps[kind]
+        return self.apps[kind]
 
-    def lttng_ust_row(self, lt, cdir: str, args: list, n: int) -> Row:
-        label = "C tracepoint (2 x u64), LTTng-UST, session recording"
-        try:
-            app = build_lttng_app(cdir)
-            lt.ready()
-            trace = self.path("lttng-ust-trace")
-            total = pow2_at_least(2 * n * 32, 1 << 20)
-            subbuf = max(4096, total // 8)
-            with lt.session(trace) as sess:
-                lt.cmd("enable-channel", "-s", sess, "--userspace", "--subbuf-size",
-                       str(subbuf), "--num-subbuf", "8", "htbench")
-                lt.cmd("enable-event", "-s", sess, "--userspace", "-c", "htbench",
-                       "htbench:tick")
-                lt.cmd("start", sess)
-                r = run_c([app] + args, self.a.timeout, lt.env, "the LTTng-UST program")
-                discarded = lt.stop(sess)
-            if not r["enabled"]:
-                raise Unavailable("the LTTng tracepoint was not enabled (app not registered?)")
-            recorded = count_ctf(trace)
-        except Unavailable as e:
-            return self.keep("c_lttng", Row(label, status=str(e)))
-        self.clock_reps += r["clock"]
-        return self.keep("c_lttng", Row(
-            label, r["tp_ns"], "clock_gettime", r["clock_ns"],
-            "lttng-ust %s; %s/%d recorded%s; channel 8 x %s per CPU, same pauses"
-            % (lt.ust_version(), recorded, r["emitted"],
-               ", %d discarded" % discarded if discarded else "", size_text(subbuf))))
+    def c_args(self, pause: bool = True) -> list:
+        return [str(self.n), str(self.repeat), str(self.pause_ms if pause else 0)]
+
+    def c_nochan(self) -> dict:
+        r = run_c([self.app("hypertrace")] + self.c_args(), self.a.timeout, py_env(),
+                  "the C program")
+        return {"c_nochan": Sample(r["tp"], r["clock"], "HYPERTRACE_CHANNEL unset: tracing off")}
+
+    def c_record(self, mode: str) -> dict:
+        app = self.app("hypertrace")
+        session = self.path("c-" + mode)
+        how = ["--buffer-size", str(self.ht_ring)] if mode == "discard" else []
+        r = run_c(ht("record", "-o", session, "--mode", mode, "--rings", "2", *how, "--", app,
+                     *self.c_args(mode == "discard")), self.a.timeout, py_env(),
+                  "hypertrace record (C program)")
+        if not r["enabled"]:
+            raise Unavailable("the tracepoint was not enabled under record")
+        got = self.stats(session)["events"].get("bench_u64", {}).get("count", 0)
+        if mode == "discard":
+            note = "{counts}; %s ring (a repetition fits), %d ms pauses" % (
+                size_text(self.ht_ring), self.pause_ms)
+        else:
+            paced = (": more than it holds, so at the collector's pace"
+                     if self.n * 32 > 512 * 1024 else ": it holds a repetition")
+            note = "{counts}; default %s ring, no pauses%s" % (size_text(512 * 1024), paced)
+        return {"c_" + mode: Sample(r["tp"], r["clock"], note, got, r["emitted"])}
+
+    def c_lttng(self) -> dict:
+        app = self.app("lttng")
+        lt = self.lt
+        lt.ready()
+        trace = self.path("lttng-ust-trace")
+        with lt.session(trace) as sess:
+            lt.cmd("enable-channel", "-s", sess, "--userspace", "--subbuf-size",
+                   str(self.lttng_subbuf), "--num-subbuf", "8", "htbench")
+            lt.cmd("enable-event", "-s", sess, "--userspace", "-c", "htbench", "htbench:tick")
+            lt.cmd("start", sess)
+            r = run_c([app] + self.c_args(), self.a.timeout, lt.env, "the LTTng-UST program")
+            discarded = lt.stop(sess)
+        if not r["enabled"]:
+            raise Unavailable("the LTTng tracepoint was not enabled (app not registered?)")
+        return {"c_lttng": Sample(
+            r["tp"], r["clock"], "lttng-ust %s; {counts}; channel 8 x %s per CPU, same pauses"
+            % (lt.ust_version(), size_text(self.lttng_subbuf)), count_ctf(trace),
+            r["emitted"], discarded)}
+
+    # ---- the rows ----------------------------------------------------------------
+    def rows(self):
+        """(Python rows, C rows, {key: Row} of the measured ones), baselines first."""
+        by_key, pooled = {}, {"empty call": [], "clock": []}
+        for m in self.measurements:
+            for k in m.keys:
+                ss = m.samples[k]
+                if m.failed or not ss:
+                    by_key[k] = Row(LABELS[k], status=m.failed or "not measured")
+                    continue
+                ns = [x for s in ss for x in s.ns]
+                base = [x for s in ss for x in s.base]
+                if k != "lttng_agent":       # another interpreter: its own baseline only
+                    pooled[m.base] += base
+                rec = [s.recorded for s in ss]
+                counts = ""
+                if all(isinstance(x, int) for x in rec):
+                    counts = "%d" % sum(rec)
+                elif rec[0] is not None:
+                    counts = next(x for x in rec if not isinstance(x, int))
+                if rec[0] is not None and ss[0].emitted:
+                    counts += "/%d recorded" % sum(s.emitted for s in ss)
+                elif rec[0] is not None:
+                    counts += " recorded"
+                disc = sum(s.discarded for s in ss)
+                if disc:
+                    counts += ", %d discarded" % disc
+                by_key[k] = Row(LABELS[k], statistics.median(ns),
+                                "empty call" if m.base == "empty call" else "clock_gettime",
+                                statistics.median(base), ss[0].note.format(counts=counts))
+        empty = Row("empty Python call, def f(a, b): pass with 2 ints",
+                    note="median over every repetition in the venv's processes")
+        clock = Row("bare clock_gettime(CLOCK_MONOTONIC) loop",
+                    note="median over every repetition in the C processes")
+        for row, key in ((empty, "empty call"), (clock, "clock")):
+            if pooled[key]:
+                row.ns = row.base_ns = statistics.median(pooled[key])
+                row.base = "empty call" if key == "empty call" else "clock_gettime"
+            else:
+                row.status = "nothing measured it"
+        py = [empty] + [by_key[k] for k in (
+            "py_accelerated_int2", "py_accelerated_str", "py_accelerated_disabled",
+            "py_pure_int2", "py_pure_str", "py_pure_disabled", "logging", "lttng_agent",
+            "viztracer")]
+        c = [clock] + [by_key[k] for k in ("c_nochan", "c_discard", "c_block", "c_lttng")]
+        return py, c, {k: r for k, r in by_key.items() if r.ns is not None}
 
     # ---- in the guest --------------------------------------------------------------
     def guest_rows(self) -> list:
@@ -890,8 +937,10 @@ def header(a) -> None:
         pass
     print("bench_native: %s, %d CPUs, %s, Python %s, %s" % (
         platform.node(), os.cpu_count() or 0, cpu, platform.python_version(), cc))
-    print("%d events per repetition (logging and the LTTng agent: %d), median of %d "
-          "repetitions" % (a.events, max(100, a.events // 10), a.repeat))
+    print("%d events per repetition (logging and the LTTng agent: %d); each measuring process "
+          "runs %d repetitions, once in each of %d rounds, the processes taking turns; "
+          "figures are medians over the %d repetitions"
+          % (a.events, max(100, a.events // 10), a.repeat, a.rounds, a.repeat * a.rounds))
     print()
 
 
@@ -901,8 +950,11 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000, metavar="N",
                     help="events (calls) per repetition (default 200000; logging and the "
                          "LTTng agent: N/10)")
-    ap.add_argument("--repeat", type=int, default=9, metavar="R",
-                    help="repetitions; each figure is their median (default 9)")
+    ap.add_argument("--repeat", type=int, default=5, metavar="R",
+                    help="repetitions in each measuring process (default 5)")
+    ap.add_argument("--rounds", type=int, default=3, metavar="K",
+                    help="times each measuring process runs, in turns with the others; a "
+                         "figure is the median of its K x R repetitions (default 3)")
     ap.add_argument("--no-vm", action="store_true", help="skip the in-guest rows")
     ap.add_argument("--vm-events", type=int, default=3000, metavar="N",
                     help="n for bench_guest_native.measure(n) (default 3000)")
@@ -917,8 +969,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.worker:
         return worker_main(a)
-    if a.events < 10 or a.repeat < 1:
-        ap.error("--events must be at least 10 and --repeat at least 1")
+    if a.events < 10 or a.repeat < 1 or a.rounds < 1:
+        ap.error("--events must be at least 10, --repeat and --rounds at least 1")
 
     # SIGTERM and SIGHUP unwind like Ctrl-C: sessions destroyed, our daemon stopped
     def bye(sig, frame):
@@ -929,25 +981,20 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="ht-bench-native-")
     lt = Lttng(tmp)
     try:
-        b = Bench(a, tmp)
+        b = Bench(a, tmp, lt)
         header(a)
-        py = b.python_rows()
-        peers = [b.logging_row(), b.lttng_agent_row(lt), b.viztracer_row()]
-        c = b.c_rows(lt)
+        b.measure(a.rounds)
+        lt.close()          # nothing LTTng from here on: our session daemon stopped now
         guest = b.guest_rows()
-        empty = Row("empty Python call, def f(a, b): pass with 2 ints",
-                    statistics.median(b.empty_reps) if b.empty_reps else None,
-                    note="median over every venv process's repetitions",
-                    status=None if b.empty_reps else "no Python worker ran")
-        empty.base, empty.base_ns = "empty call", empty.ns
-        print_table([("Python", [empty] + py + peers), ("C", c), ("inside a TCG guest", guest)])
+        py, c, measured = b.rows()
+        print_table([("Python", py), ("C", c), ("inside a TCG guest", guest)])
         print()
         print("ratio: to the baseline measured in the same process, the repetitions of the "
               "two taking turns (empty call: Python rows; clock_gettime loop: C rows).")
         print()
         print("| target (issue 13) | measured | |")
         print("|---|---|---|")
-        for name, got, verdict in targets(b.results):
+        for name, got, verdict in targets(measured):
             print("| %s | %s | %s |" % (name, got, verdict))
     finally:
         lt.close()
