@@ -268,9 +268,10 @@ def worker_main(a) -> None:
 # all rows alike; a row's figure is the median over all its repetitions.
 
 class Row:
-    def __init__(self, label, ns=None, base=None, base_ns=None, note="", status=None):
+    def __init__(self, label, ns=None, base=None, base_ns=None, note="", status=None,
+                 min_ns=None):
         self.label, self.ns, self.base, self.base_ns = label, ns, base, base_ns
-        self.note, self.status = note, status
+        self.note, self.status, self.min_ns = note, status, min_ns
 
     @property
     def ratio(self):
@@ -528,7 +529,8 @@ class Bench:
                     counts += ", %d discarded" % disc
                 by_key[k] = Row(LABELS[k], statistics.median(ns),
                                 "empty call" if m.base == "empty call" else "clock_gettime",
-                                statistics.median(base), ss[0].note.format(counts=counts))
+                                statistics.median(base), ss[0].note.format(counts=counts),
+                                min_ns=min(ns))
         empty = Row("empty Python call, def f(a, b): pass with 2 ints",
                     note="median over every repetition in the venv's processes")
         clock = Row("bare clock_gettime(CLOCK_MONOTONIC) loop",
@@ -536,6 +538,7 @@ class Bench:
         for row, key in ((empty, "empty call"), (clock, "clock")):
             if pooled[key]:
                 row.ns = row.base_ns = statistics.median(pooled[key])
+                row.min_ns = min(pooled[key])
                 row.base = "empty call" if key == "empty call" else "clock_gettime"
             else:
                 row.status = "nothing measured it"
@@ -545,6 +548,16 @@ class Bench:
             "viztracer")]
         c = [clock] + [by_key[k] for k in ("c_nochan", "c_discard", "c_block", "c_lttng")]
         return py, c, {k: r for k, r in by_key.items() if r.ns is not None}
+
+    def write_raw(self, path: str) -> None:
+        out = {}
+        for m in self.measurements:
+            for k in m.keys:
+                out[k] = {"failed": m.failed, "rounds": [
+                    {"ns": s.ns, "base": s.base, "recorded": s.recorded, "emitted": s.emitted,
+                     "discarded": s.discarded} for s in m.samples[k]]}
+        with open(path, "w") as f:
+            json.dump({"events": self.n, "repeat": self.repeat, "rows": out}, f, indent=1)
 
     # ---- in the guest --------------------------------------------------------------
     def guest_rows(self) -> list:
@@ -861,19 +874,20 @@ def fmt_ns(x: float) -> str:
 
 
 def print_table(sections) -> None:
-    print("| per-event cost | ns/event | ratio | note |")
-    print("|---|---:|---:|---|")
+    print("| per-event cost | ns/event (median) | min | ratio | note |")
+    print("|---|---:|---:|---:|---|")
     for title, rows in sections:
-        print("| **%s** | | | |" % title)
+        print("| **%s** | | | | |" % title)
         for r in rows:
             if r.ns is None:
                 st = r.status or "unavailable"
                 if not st.startswith(("not built", "skipped", "unavailable")):
                     st = "unavailable: " + st
-                print("| %s | %s | | %s |" % (r.label, st, r.note))
+                print("| %s | %s | | | %s |" % (r.label, st, r.note))
                 continue
             ratio = "%.2f× %s" % (r.ratio, r.base) if r.ratio is not None else ""
-            print("| %s | %s | %s | %s |" % (r.label, fmt_ns(r.ns), ratio, r.note))
+            low = fmt_ns(r.min_ns) if r.min_ns is not None else ""
+            print("| %s | %s | %s | %s | %s |" % (r.label, fmt_ns(r.ns), low, ratio, r.note))
 
 
 def targets(res: dict) -> list:
@@ -962,6 +976,8 @@ def main() -> None:
                     help="longest the in-guest rows may take (default 1200 s)")
     ap.add_argument("--timeout", type=float, default=300, metavar="S",
                     help="longest any other measuring subprocess may take (default 300 s)")
+    ap.add_argument("--raw", metavar="FILE",
+                    help="also write every repetition's figures (and baselines) as JSON")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--tmp", help=argparse.SUPPRESS)
@@ -987,10 +1003,14 @@ def main() -> None:
         lt.close()          # nothing LTTng from here on: our session daemon stopped now
         guest = b.guest_rows()
         py, c, measured = b.rows()
+        if a.raw:
+            b.write_raw(a.raw)
         print_table([("Python", py), ("C", c), ("inside a TCG guest", guest)])
         print()
-        print("ratio: to the baseline measured in the same process, the repetitions of the "
-              "two taking turns (empty call: Python rows; clock_gettime loop: C rows).")
+        print("ratio: median over the row's repetitions / median of the baseline measured in "
+              "the same processes, the two taking turns (empty call: Python rows; "
+              "clock_gettime loop: C rows). min: the fastest repetition (the machine is "
+              "shared: a wide gap between min and median is other work).")
         print()
         print("| target (issue 13) | measured | |")
         print("|---|---|---|")
