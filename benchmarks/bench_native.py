@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Native emitters against their peers: one table from one run (issue 13, section 4).
 
-Every figure is ns per event, the median of several repetitions measured in this run,
-with its ratio to a baseline measured in the same process, repetition by repetition
-(the empty Python call for Python rows, a bare clock_gettime loop for C rows):
+Every figure is ns per event measured in this run: the median (and the minimum) of
+R repetitions in each of K rounds, every measuring process running once per round in
+turn with the others, with its ratio to a baseline measured in the same processes,
+repetition by repetition (the empty Python call for Python rows, a bare clock_gettime
+loop for C rows):
 
   * an empty Python call, `def f(a, b): pass` with 2 ints;
   * the hypertrace Python tracepoint, accelerated (`hypertrace.guest._accel`) and pure
@@ -22,7 +24,8 @@ then the issue's targets with met / not met. A baseline whose tool is missing ge
 row "unavailable: why". lttng-sessiond is started if none is running and stopped
 after; every lttng session made here is destroyed, whatever happens.
 
-Usage: python benchmarks/bench_native.py [--events N] [--repeat R] [--no-vm]
+Usage: python benchmarks/bench_native.py [--events N] [--repeat R] [--rounds K] [--no-vm]
+       [--raw FILE]
 """
 
 from __future__ import annotations
