@@ -973,8 +973,8 @@ def main() -> None:
                     help="times each measuring process runs, in turns with the others; a "
                          "figure is the median of its K x R repetitions (default 3)")
     ap.add_argument("--no-vm", action="store_true", help="skip the in-guest rows")
-    ap.add_argument("--vm-events", type=int, default=3000, metavar="N",
-                    help="n for bench_guest_native.measure(n) (default 3000)")
+    ap.add_argument("--vm-events", type=int, default=5000, metavar="N",
+                    help="n for bench_guest_native.measure(n) (default 5000)")
     ap.add_argument("--vm-timeout", type=float, default=1200, metavar="S",
                     help="longest the in-guest rows may take (default 1200 s)")
     ap.add_argument("--timeout", type=float, default=300, metavar="S",
