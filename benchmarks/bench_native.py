@@ -575,10 +575,12 @@ class Bench:
             return [Row("in-guest rows", status=str(e))]
         rows = []
         for label, ns, note in res["rows"]:
+            if not label.lower().startswith(("guest", "in guest", "in the guest")):
+                label = "guest: " + label
             if ns is None:      # the reason is the note
-                rows.append(Row("in guest: " + label, status=note or "no figure"))
+                rows.append(Row(label, status=note or "no figure"))
             else:
-                rows.append(Row("in guest: " + label, ns, note=note))
+                rows.append(Row(label, ns, note=note))
         return rows
 
 
