@@ -90,12 +90,20 @@ def test_c_records_are_clock_monotonic(tmp_path, tsc):
 
 
 def test_tsc_clock_header_builds_alone_for_aarch64(tmp_path):
-    """Without a TSC (aarch64) the header compiles to clock_gettime only."""
+    """Without a TSC (aarch64) the clock compiles to clock_gettime only, and the
+    producer's header still compiles in a strict ISO C translation unit."""
     cc = "aarch64-linux-gnu-gcc"
     if subprocess.run(["sh", "-c", "command -v " + cc], capture_output=True).returncode:
         pytest.skip(cc + " is not installed")
     native = os.path.dirname(hypertrace("c-config", "--cflags").stdout.split()[0][2:] + "/")
-    (tmp_path / "t.c").write_text('#include "tsc_clock.h"\nint main(void) { ht_tsc_clock c = {0};'
-                                  ' return ht_tsc_start(&c, 0); }\n')
-    subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-I" + native, "-c",
-                    "-o", str(tmp_path / "t.o"), str(tmp_path / "t.c")], check=True, timeout=120)
+    (tmp_path / "t.c").write_text(
+        "#define _POSIX_C_SOURCE 200809L\n#define HT_TSC_IMPLEMENTATION\n"
+        '#include "tsc_clock.h"\nint main(void) { static ht_tsc_clock c;'
+        " return ht_tsc_start(&c, 0); }\n")
+    # and a strict ISO C program using the producer's header (no POSIX clock there)
+    (tmp_path / "u.c").write_text('#include "hypertrace.h"\nint f(void);\n'
+                                  "int f(void) { return (int)ht__now(); }\n")
+    for src in ("t.c", "u.c"):
+        subprocess.run([cc, "-std=c11", "-pedantic", "-Wall", "-Wextra", "-Werror",
+                        "-I" + native, "-c", "-o", str(tmp_path / (src + ".o")),
+                        str(tmp_path / src)], check=True, timeout=120)

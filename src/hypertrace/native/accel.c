@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#define HT_TSC_IMPLEMENTATION
 #include "tsc_clock.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__

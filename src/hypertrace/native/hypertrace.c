@@ -8,6 +8,7 @@
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#define HT_TSC_IMPLEMENTATION      /* this program's TSC clock lives here */
 #endif
 #include "hypertrace.h"
 

@@ -227,7 +227,13 @@ static inline uint64_t ht__now(void)
 {
     if (atomic_load_explicit(&ht__tsc.on, memory_order_acquire))
         return ht_tsc_now(&ht__tsc);
-    return (uint64_t)ht_mono_ns();
+#ifdef CLOCK_MONOTONIC
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+#else
+    return ht_clock_ns();            /* -std=c11 without POSIX: no clock_gettime here */
+#endif
 }
 
 /* The event's id if it records now, else -1 (declares it on first use). */

@@ -23,9 +23,11 @@
 
 #include <stdatomic.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <string.h>
+#ifdef HT_TSC_IMPLEMENTATION
+#include <stdio.h>
 #include <time.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <x86intrin.h>
@@ -48,6 +50,8 @@ typedef struct {
     /* the line, written under seq (relaxed atomics: a reader may race a writer) */
     _Atomic uint64_t t0, next, k_bits, klong_bits;
     _Atomic int64_t m0;
+    /* set by ht_tsc_start() (the implementation's translation unit) before `on` */
+    void (*correct)(void *c, const void *line, uint64_t now);
     /* the corrector's own state (under busy) */
     uint64_t tf;
     int64_t mf, gap_ns;
@@ -57,19 +61,6 @@ typedef struct {
 
 static inline double ht__dbl(uint64_t b) { double d; memcpy(&d, &b, 8); return d; }
 static inline uint64_t ht__bits(double d) { uint64_t b; memcpy(&b, &d, 8); return b; }
-
-uint64_t ht_clock_ns(void);        /* hypertrace.c's, for strict ISO C callers */
-
-static inline int64_t ht_mono_ns(void)
-{
-#ifdef CLOCK_MONOTONIC
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-#else
-    return (int64_t)ht_clock_ns();   /* -std=c11 without POSIX: no clock_gettime here */
-#endif
-}
 
 typedef struct { uint64_t t0, next; int64_t m0; double k, klong; } ht_tsc_line;
 
@@ -93,6 +84,34 @@ static inline int64_t ht__tsc_value(const ht_tsc_line *l, uint64_t x)
         return l->m0 + (int64_t)((double)(int64_t)(x - l->t0) * l->k);
     int64_t at = l->m0 + (int64_t)((double)(int64_t)(l->next - l->t0) * l->k);
     return at + (int64_t)((double)(x - l->next) * l->klong);
+}
+
+/* CLOCK_MONOTONIC in ns from the TSC (only once ht_tsc_start() said yes) */
+static inline uint64_t ht_tsc_now(ht_tsc_clock *c)
+{
+    ht_tsc_line l;
+    ht__tsc_read(c, &l);
+    uint64_t x = ht_rdtsc();
+    if (__builtin_expect(x >= l.next, 0)
+            && !atomic_flag_test_and_set_explicit(&c->busy, memory_order_acquire)) {
+        ht__tsc_read(c, &l);             /* another corrector may just have been */
+        if (x >= l.next)
+            c->correct(c, &l, x);
+        atomic_flag_clear_explicit(&c->busy, memory_order_release);
+        ht__tsc_read(c, &l);
+    }
+    return (uint64_t)ht__tsc_value(&l, x);
+}
+
+/* The corrections and the start: in the one translation unit that owns the clock
+   (hypertrace.c, accel.c: POSIX, for clock_gettime), which defines
+   HT_TSC_IMPLEMENTATION before including this header. */
+#ifdef HT_TSC_IMPLEMENTATION
+static inline int64_t ht_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 static inline void ht__tsc_write(ht_tsc_clock *c, const ht_tsc_line *l)
@@ -126,8 +145,10 @@ static inline int ht__tsc_pair(uint64_t *t, int64_t *m)
     return best <= HT_TSC_BRACKET_NS;
 }
 
-static inline void ht__tsc_correct(ht_tsc_clock *c, const ht_tsc_line *old, uint64_t now)
+static void ht__tsc_correct(void *cv, const void *oldv, uint64_t now)
 {
+    ht_tsc_clock *c = cv;
+    const ht_tsc_line *old = oldv;
     uint64_t tn;
     int64_t mn;
     ht_tsc_line l;
@@ -162,26 +183,9 @@ static inline void ht__tsc_correct(ht_tsc_clock *c, const ht_tsc_line *old, uint
     c->updates++;
 }
 
-/* CLOCK_MONOTONIC in ns from the TSC (only once ht_tsc_start() said yes) */
-static inline uint64_t ht_tsc_now(ht_tsc_clock *c)
-{
-    ht_tsc_line l;
-    ht__tsc_read(c, &l);
-    uint64_t x = ht_rdtsc();
-    if (__builtin_expect(x >= l.next, 0)
-            && !atomic_flag_test_and_set_explicit(&c->busy, memory_order_acquire)) {
-        ht__tsc_read(c, &l);             /* another corrector may just have been */
-        if (x >= l.next)
-            ht__tsc_correct(c, &l, x);
-        atomic_flag_clear_explicit(&c->busy, memory_order_release);
-        ht__tsc_read(c, &l);
-    }
-    return (uint64_t)ht__tsc_value(&l, x);
-}
-
 /* Whether the TSC can stand in for CLOCK_MONOTONIC here; if so, the first line
    (its rate over ~2 ms of busy waiting). `env` is $HYPERTRACE_TSC: "0" says no. */
-static inline int ht_tsc_start(ht_tsc_clock *c, const char *env)
+static int ht_tsc_start(ht_tsc_clock *c, const char *env)
 {
 #if HT_HAVE_TSC
     if (env != NULL && strcmp(env, "0") == 0)
@@ -227,6 +231,7 @@ static inline int ht_tsc_start(ht_tsc_clock *c, const char *env)
     c->tf = a;
     c->mf = ma;
     c->gap_ns = 500000;
+    c->correct = ht__tsc_correct;
     l.t0 = b;
     l.m0 = mb;
     l.next = b + (uint64_t)(1e6 / l.k);
@@ -237,8 +242,11 @@ static inline int ht_tsc_start(ht_tsc_clock *c, const char *env)
 #else
     (void)c;
     (void)env;
+    (void)ht__tsc_correct;      /* no TSC here: never used */
     return 0;
 #endif
 }
+
+#endif /* HT_TSC_IMPLEMENTATION */
 
 #endif /* HYPERTRACE_TSC_CLOCK_H */
