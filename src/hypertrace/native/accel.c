@@ -134,6 +134,23 @@ typedef union {
     struct { const char *p; Py_ssize_t n; } s;
 } Value;
 
+/* An int of one digit (|v| < 2**30, most arguments): its value without the general
+   conversion's calls. */
+static inline int small_int(PyObject *a, long long *v) {
+#if PY_VERSION_HEX >= 0x030C0000
+    if (!PyUnstable_Long_IsCompact((PyLongObject *)a))
+        return 0;
+    *v = (long long)PyUnstable_Long_CompactValue((PyLongObject *)a);
+    return 1;
+#else
+    Py_ssize_t n = Py_SIZE(a);
+    if (n < -1 || n > 1)
+        return 0;
+    *v = n * (long long)((PyLongObject *)a)->ob_digit[0];
+    return 1;
+#endif
+}
+
 /* A field's value if it takes the fast path: 1; 0 for the Python tracepoint. */
 static int convert(char code, PyObject *a, Value *v) {
     int overflow = 0;
@@ -141,10 +158,12 @@ static int convert(char code, PyObject *a, Value *v) {
     case 'b': case 'B': case 'h': case 'H': case 'i': case 'I': case 'q':
         if (!PyLong_CheckExact(a))
             return 0;
-        v->i = PyLong_AsLongLongAndOverflow(a, &overflow);
-        if (overflow || (v->i == -1 && PyErr_Occurred())) {
-            PyErr_Clear();
-            return 0;
+        if (!small_int(a, &v->i)) {
+            v->i = PyLong_AsLongLongAndOverflow(a, &overflow);
+            if (overflow || (v->i == -1 && PyErr_Occurred())) {
+                PyErr_Clear();
+                return 0;
+            }
         }
         switch (code) {
         case 'b': return v->i >= -128 && v->i <= 127;
@@ -158,6 +177,8 @@ static int convert(char code, PyObject *a, Value *v) {
     case 'Q':
         if (!PyLong_CheckExact(a))
             return 0;
+        if (small_int(a, &v->i))
+            return v->i >= 0;
         v->u = PyLong_AsUnsignedLongLong(a);
         if (v->u == (unsigned long long)-1 && PyErr_Occurred()) {
             PyErr_Clear();
@@ -244,14 +265,34 @@ static PyObject *tp_call(Tracepoint *self, PyObject *const *args, size_t nargsf,
     if (!self->have_buf || !self->cq_ok || !(self->clock_mono || self->clock_tsc))
         return fallback(self, args, nargsf, kwnames);
     Value vals[MAX_FIELDS];
+    /* an event of fixed-size fields only (the common case): its payload is packed
+       here while checked, then copied into the ring in one go */
+    uint8_t stage[MAX_FIELDS * 8 + 8];
     long long var = 0;
-    for (int k = 0; k < self->nfields; k++) {
-        if (!convert(self->codes[k], args[k], &vals[k]))
-            return fallback(self, args, nargsf, kwnames);
-        if (self->codes[k] == 's' || self->codes[k] == 'y') {
-            if (vals[k].s.n > self->str_max)
-                return fallback(self, args, nargsf, kwnames);   /* cut on a boundary */
-            var += vals[k].s.n;
+    if (!self->has_var) {
+        uint8_t *q = stage;
+        memset(stage + ((self->fixed - 16) & ~7), 0, 8);    /* the last word's padding */
+        for (int k = 0; k < self->nfields; k++) {
+            Value v;
+            if (!convert(self->codes[k], args[k], &v))
+                return fallback(self, args, nargsf, kwnames);
+            switch (self->codes[k]) {
+            case 'b': case 'B': case '?': *q++ = (uint8_t)v.i; break;
+            case 'h': case 'H': { uint16_t x = (uint16_t)v.i; memcpy(q, &x, 2); q += 2; break; }
+            case 'i': case 'I': { uint32_t x = (uint32_t)v.i; memcpy(q, &x, 4); q += 4; break; }
+            case 'f': memcpy(q, &v.f, 4); q += 4; break;
+            default: memcpy(q, &v.u, 8); q += 8; break;             /* q Q d */
+            }
+        }
+    } else {
+        for (int k = 0; k < self->nfields; k++) {
+            if (!convert(self->codes[k], args[k], &vals[k]))
+                return fallback(self, args, nargsf, kwnames);
+            if (self->codes[k] == 's' || self->codes[k] == 'y') {
+                if (vals[k].s.n > self->str_max)
+                    return fallback(self, args, nargsf, kwnames);   /* cut on a boundary */
+                var += vals[k].s.n;
+            }
         }
     }
     long long size = (self->fixed + var + 7) & -8;
@@ -304,7 +345,11 @@ static PyObject *tp_call(Tracepoint *self, PyObject *const *args, size_t nargsf,
     put(p + 4, &seq, 4);
     put(p + 8, &t, 8);
     char *q = p + 16;
-    for (int k = 0; k < self->nfields; k++) {
+    if (!self->has_var) {
+        /* whole words, up to the record's end (its padding: zeros, set below) */
+        for (long long i = 0; i < size - 16; i += 8)
+            memcpy(q + i, stage + i, 8);
+    } else for (int k = 0; k < self->nfields; k++) {
         Value *v = &vals[k];
         switch (self->codes[k]) {
         case 'b': case 'B': case '?': { uint8_t x = (uint8_t)v->i; put(q, &x, 1); q += 1; break; }
@@ -333,6 +378,14 @@ static PyObject *tp_call(Tracepoint *self, PyObject *const *args, size_t nargsf,
     Py_RETURN_NONE;
 }
 
+static size_t struct_size(const char *codes, Py_ssize_t n) {
+    size_t size = 0;
+    for (Py_ssize_t k = 0; k < n; k++)
+        size += strchr("bB?", codes[k]) ? 1 : strchr("hH", codes[k]) ? 2
+              : strchr("iIf", codes[k]) ? 4 : 8;
+    return size;
+}
+
 static int tp_init(Tracepoint *self, PyObject *args, PyObject *kw) {
     static char *names[] = {"py", "codes", "fixed", "str_max", "rec_max", NULL};
     PyObject *py;
@@ -356,6 +409,11 @@ static int tp_init(Tracepoint *self, PyObject *args, PyObject *kw) {
     Py_XSETREF(self->py, py);
     memcpy(self->codes, codes, (size_t)ncodes);
     self->nfields = (int)ncodes;
+    self->has_var = memchr(codes, 's', (size_t)ncodes) || memchr(codes, 'y', (size_t)ncodes);
+    if (!self->has_var && fixed != 16 + (long long)struct_size(codes, ncodes)) {
+        PyErr_SetString(PyExc_ValueError, "hypertrace: fixed size disagrees with the fields");
+        return -1;
+    }
     self->fixed = fixed;
     self->str_max = str_max;
     self->rec_max = rec_max;
