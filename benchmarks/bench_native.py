@@ -704,14 +704,18 @@ def compiler() -> str:
     return cc
 
 
+def sources(d: str, files: dict) -> str:
+    """A new directory d holding each of `files` (name: text)."""
+    os.makedirs(d)
+    for name, text in files.items():
+        with open(os.path.join(d, name), "w") as f:
+            f.write(text)
+    return d
+
+
 def build_hypertrace_app(cdir: str) -> str:
     cc = compiler()
-    d = os.path.join(cdir, "hypertrace")
-    os.makedirs(d)
-    with open(os.path.join(d, "trace-events"), "w") as f:
-        f.write(TRACE_EVENTS)
-    with open(os.path.join(d, "app.c"), "w") as f:
-        f.write(APP_C)
+    d = sources(os.path.join(cdir, "hypertrace"), {"trace-events": TRACE_EVENTS, "app.c": APP_C})
     check(run(ht("gen-c", "trace-events", "-o", "trace.h"), 60, env=py_env(), cwd=d),
           "hypertrace gen-c")
     flags = check(run(ht("c-config", "--cflags", "--libs"), 60, env=py_env()),
@@ -723,12 +727,7 @@ def build_hypertrace_app(cdir: str) -> str:
 
 def build_lttng_app(cdir: str) -> str:
     cc = compiler()
-    d = os.path.join(cdir, "lttng")
-    os.makedirs(d)
-    with open(os.path.join(d, "tp.h"), "w") as f:
-        f.write(LTTNG_TP_H)
-    with open(os.path.join(d, "app.c"), "w") as f:
-        f.write(APP_C)
+    d = sources(os.path.join(cdir, "lttng"), {"tp.h": LTTNG_TP_H, "app.c": APP_C})
     cp = run([cc, "-O2", "-DBENCH_LTTNG", "-I.", "-o", "app", "app.c", "-llttng-ust", "-ldl"],
              180, cwd=d)
     if cp.returncode:

@@ -43,6 +43,24 @@ def record(out: str, *command: str, opts=(), **kw):
     return hypertrace("record", "-o", out, *opts, "--", *command, **kw)
 
 
+def build_c(d, trace_events: str, app: str, cc: str = "cc", cflags=()) -> str:
+    """A C producer as README's C section builds one: trace.h from `gen-c`, flags from
+    `c-config`, every warning an error; returns the program's path (in directory d)."""
+    d = str(d)
+    with open(os.path.join(d, "trace-events"), "w") as f:
+        f.write(trace_events)
+    with open(os.path.join(d, "app.c"), "w") as f:
+        f.write(app)
+    hypertrace("gen-c", os.path.join(d, "trace-events"), "-o", os.path.join(d, "trace.h"))
+    flags = hypertrace("c-config", "--cflags", "--libs").stdout.split()
+    exe = os.path.join(d, "app")
+    r = subprocess.run([cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", *cflags, "-o",
+                        exe, os.path.join(d, "app.c"), *flags], capture_output=True,
+                       text=True, cwd=d, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    return exe
+
+
 def stats(out: str) -> dict:
     return json.loads(hypertrace("stats", out, "--json").stdout)
 

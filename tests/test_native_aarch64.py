@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 
 import pytest
-from conftest import BT_DISCARDED, BT_FIELD, BT_LINE, hypertrace, local, record, stats
+from conftest import BT_DISCARDED, BT_FIELD, BT_LINE, build_c, local, record, stats
 
 CROSS_CC = shutil.which("aarch64-linux-gnu-gcc")
 QEMU = shutil.which("qemu-aarch64")
@@ -92,14 +92,7 @@ M64 = (1 << 64) - 1
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
     d = tmp_path_factory.mktemp("aarch64")
-    (d / "trace-events").write_text(TRACE_EVENTS)
-    (d / "app.c").write_text(APP)
-    hypertrace("gen-c", str(d / "trace-events"), "-o", str(d / "trace.h"))
-    flags = hypertrace("c-config", "--cflags", "--libs").stdout.split()
-    r = subprocess.run([CROSS_CC, "-std=c11", "-static", "-O2", "-Wall", "-Wextra", "-Werror",
-                        "-o", str(d / "app"), str(d / "app.c"), *flags], capture_output=True,
-                       text=True, cwd=str(d))
-    assert r.returncode == 0, r.stderr
+    build_c(d, TRACE_EVENTS, APP, cc=CROSS_CC, cflags=("-static",))
     head = (d / "app").read_bytes()[:20]
     assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
     return d

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import BT_FIELD, BT_LINE, bt_string, env, hypertrace, record, stats
+from conftest import BT_FIELD, BT_LINE, bt_string, build_c, env, record, stats
 
 CC = shutil.which("cc") or shutil.which("gcc")
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (cc/gcc)")
@@ -91,14 +91,7 @@ int main(int argc, char **argv)
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
     d = tmp_path_factory.mktemp("native")
-    (d / "trace-events").write_text(TRACE_EVENTS)
-    (d / "app.c").write_text(APP)
-    hypertrace("gen-c", str(d / "trace-events"), "-o", str(d / "trace.h"))
-    flags = hypertrace("c-config", "--cflags", "--libs").stdout.split()
-    r = subprocess.run([CC, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-o",
-                        str(d / "app"), str(d / "app.c"), *flags], capture_output=True,
-                       text=True, cwd=str(d))
-    assert r.returncode == 0, r.stderr
+    build_c(d, TRACE_EVENTS, APP, cc=CC)
     return d
 
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 
 import pytest
-from conftest import babeltrace, env, hypertrace, record, stats
+from conftest import babeltrace, build_c, env, record, stats
 
 from hypertrace.session import Session
 
@@ -92,16 +91,8 @@ int main(int argc, char **argv)
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    d = tmp_path_factory.mktemp("native_ctl")
-    (d / "trace-events").write_text(TRACE_EVENTS)
-    (d / "app.c").write_text(APP)
-    hypertrace("gen-c", str(d / "trace-events"), "-o", str(d / "trace.h"))
-    flags = hypertrace("c-config", "--cflags", "--libs").stdout.split()
-    r = subprocess.run([CC, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread",
-                        "-o", str(d / "app"), str(d / "app.c"), *flags], capture_output=True,
-                       text=True, cwd=str(d))
-    assert r.returncode == 0, r.stderr
-    return str(d / "app")
+    return build_c(tmp_path_factory.mktemp("native_ctl"), TRACE_EVENTS, APP, cc=CC,
+                   cflags=("-pthread",))
 
 
 def rtts(stdout: str) -> dict:

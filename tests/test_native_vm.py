@@ -32,7 +32,7 @@ import tty
 
 import pytest
 from apps import vmboot
-from conftest import ROOT, babeltrace, env, hypertrace, record, stats
+from conftest import ROOT, babeltrace, build_c, env, hypertrace, record, stats
 
 from hypertrace import abi
 
@@ -145,16 +145,7 @@ def report(out: str) -> list:
 
 
 def build_app(d, *defines: str) -> str:
-    (d / "trace-events").write_text(TRACE_EVENTS)
-    (d / "app.c").write_text(APP)
-    hypertrace("gen-c", str(d / "trace-events"), "-o", str(d / "trace.h"))
-    flags = hypertrace("c-config", "--cflags", "--libs").stdout.split()
-    exe = str(d / "app")
-    r = subprocess.run([CC, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", *defines, "-o",
-                        exe, str(d / "app.c"), *flags], capture_output=True, text=True,
-                       cwd=str(d))
-    assert r.returncode == 0, r.stderr
-    return exe
+    return build_c(d, TRACE_EVENTS, APP, cc=CC, cflags=defines)
 
 
 # --- on the host: fake sysfs and /dev trees ------------------------------------------
@@ -186,6 +177,11 @@ class Fake:
             return f.read()
 
     def record(self, out: str, links, spec: str, *args: str, check=True):
+        """Run the program with the session's region hard-linked at each of `links`
+        (the previous run's links go first)."""
+        for x in links:
+            if os.path.lexists(x):
+                os.unlink(x)
         wrap = os.path.join(self.root, "wrap.py")
         if not os.path.exists(wrap):
             with open(wrap, "w") as f:
@@ -260,8 +256,6 @@ def test_c_finds_the_bar_of_the_named_region_as_python_does(fake, tmp_path):
     from hypertrace.guest import devices
     py_names = [nm for _, nm in devices.ivshmem_regions(fake.pci)]
     assert py_names == ["other", "localx", "LOCAL", "loca", "local"]
-    for x in links:
-        os.unlink(x)
     out = str(tmp_path / "unknown")
     r = fake.record(out, links, "ivshmem:nope", str(N))
     assert r.returncode == 0 and c_rtts(r.stdout) == [-107] * 5
@@ -271,8 +265,6 @@ def test_c_finds_the_bar_of_the_named_region_as_python_does(fake, tmp_path):
     assert c_events(report(out)) == {k: [] for k in expected_c(N)}
 
     # no name: the first region found, here "other" (its own declaration table shows it)
-    for x in links:
-        os.unlink(x)
     out = str(tmp_path / "first")
     r = fake.record(out, links, "ivshmem:", str(N))
     assert warnings(r.stderr) == [], r.stderr
@@ -327,8 +319,6 @@ def test_c_refuses_what_a_hostile_guest_plants_in_sysfs(fake, tmp_path):
 
     # the oddly named region is a region: attached (and its events kept there), but its
     # name makes no port path
-    for x in links:
-        os.unlink(x)
     out = str(tmp_path / "oddname")
     r = fake.record(out, links, "ivshmem", str(N))
     assert r.returncode == 0 and c_rtts(r.stdout) == [-107] * 5
@@ -338,8 +328,6 @@ def test_c_refuses_what_a_hostile_guest_plants_in_sysfs(fake, tmp_path):
         "are not"], r.stderr
 
     # no device at all: the Python library's own words
-    for x in links:
-        os.unlink(x)
     shutil.rmtree(fake.pci)
     os.mkdir(fake.pci)
     from hypertrace.guest import devices

@@ -10,7 +10,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import env, hypertrace, record, stats
+from conftest import build_c, env, hypertrace, record, stats
 
 APP = r"""
 #include <pthread.h>
@@ -53,14 +53,7 @@ int main(void) {
 
 
 def _build(tmp_path) -> str:
-    (tmp_path / "trace-events").write_text("bracket(uint64_t t, uint64_t i, uint64_t before)\n")
-    hypertrace("gen-c", str(tmp_path / "trace-events"), "-o", str(tmp_path / "trace.h"))
-    (tmp_path / "app.c").write_text(APP)
-    flags = hypertrace("c-config", "--cflags", "--libs").stdout.split()
-    exe = str(tmp_path / "app")
-    subprocess.run(["cc", "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-o", exe,
-                    str(tmp_path / "app.c"), *flags], check=True, timeout=120)
-    return exe
+    return build_c(tmp_path, "bracket(uint64_t t, uint64_t i, uint64_t before)\n", APP)
 
 
 @pytest.mark.parametrize("tsc", ["1", "0"])
@@ -107,3 +100,11 @@ def test_tsc_clock_header_builds_alone_for_aarch64(tmp_path):
         subprocess.run([cc, "-std=c11", "-pedantic", "-Wall", "-Wextra", "-Werror",
                         "-I" + native, "-c", "-o", str(tmp_path / (src + ".o")),
                         str(tmp_path / src)], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("flags", [("-D_GNU_SOURCE",), ("-D_POSIX_C_SOURCE=200809L",),
+                                   ("-D_XOPEN_SOURCE=700",), ("-std=gnu11",)])
+def test_runtime_builds_under_the_programs_feature_macros(tmp_path, flags):
+    """A program's own CFLAGS (feature macros, a GNU dialect) must not take the TSC clock's
+    implementation out of the runtime: the link would fail."""
+    build_c(tmp_path, "bracket(uint64_t t, uint64_t i, uint64_t before)\n", APP, cflags=flags)

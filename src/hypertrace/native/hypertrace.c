@@ -8,8 +8,8 @@
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
-#define HT_TSC_IMPLEMENTATION      /* this program's TSC clock lives here */
 #endif
+#define HT_TSC_IMPLEMENTATION      /* this program's TSC clock lives here */
 #include "hypertrace.h"
 
 #include <dirent.h>
@@ -421,32 +421,17 @@ static int io_wait(short ev, uint64_t deadline)
     }
 }
 
-static int io_write(const uint8_t *b, size_t n, uint64_t deadline)
+/* the whole of b[0..n) written (out) or read, by `deadline`; 0 (and the channel given
+   up, said once) on an error or the host's end of file */
+static int io_all(int out, uint8_t *b, size_t n, uint64_t deadline)
 {
     while (n) {
-        if (!io_wait(POLLOUT, deadline))
+        if (!io_wait(out ? POLLOUT : POLLIN, deadline))
             return 0;
-        ssize_t k = g_ctl_kind == CTL_UNIX ? send(g_ctl_fd, b, n, MSG_NOSIGNAL | MSG_DONTWAIT)
-                                          : write(g_ctl_fd, b, n);
-        if (k < 0) {
-            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
-                continue;
-            ctl_failed(errno, "control channel %s: %s", g_ctl_path, strerror(errno));
-            return 0;
-        }
-        b += k;
-        n -= (size_t)k;
-    }
-    return 1;
-}
-
-static int io_read(uint8_t *b, size_t n, uint64_t deadline)
-{
-    while (n) {
-        if (!io_wait(POLLIN, deadline))
-            return 0;
-        ssize_t k = read(g_ctl_fd, b, n);
-        if (k == 0) {
+        ssize_t k = !out ? read(g_ctl_fd, b, n)
+                  : g_ctl_kind == CTL_UNIX ? send(g_ctl_fd, b, n, MSG_NOSIGNAL | MSG_DONTWAIT)
+                  : write(g_ctl_fd, b, n);
+        if (k == 0 && !out) {
             ctl_failed(ECONNRESET, "the host closed the control channel");
             return 0;
         }
@@ -476,7 +461,7 @@ static int ctl_send(uint8_t type, const uint8_t *payload, uint32_t len, uint32_t
     memcpy(buf + 12, payload, len);
     if (rid)
         *rid = r;
-    return io_write(buf, 12 + len, deadline);
+    return io_all(1, buf, 12 + len, deadline);
 }
 
 static const char *msg_name(uint8_t t)
@@ -492,7 +477,7 @@ static int ctl_reply(uint8_t req_type, uint32_t rid, uint8_t expect, uint8_t *bo
 {
     uint8_t h[12], buf[CTL_MAX];
     for (;;) {
-        if (!io_read(h, 12, deadline))
+        if (!io_all(0, h, 12, deadline))
             return 0;
         uint16_t magic;
         uint32_t rrid, l;
@@ -503,7 +488,7 @@ static int ctl_reply(uint8_t req_type, uint32_t rid, uint8_t expect, uint8_t *bo
             ctl_failed(EPROTO, "control channel %s: bad frame from the host", g_ctl_path);
             return 0;
         }
-        if (!io_read(buf, l, deadline))
+        if (!io_all(0, buf, l, deadline))
             return 0;
         if (h[3] == MSG_ERROR) {
             uint16_t n = 0;
