@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, List
 
+from ..host import losses as why
 from ..session import Session
 from .text import printable
 
@@ -40,6 +41,11 @@ def compute(s: Session, with_spans: bool = True) -> dict:
     # losses no stream holds (ABI 1.4 counters): emitted = recorded + discarded + these
     losses = {d["name"]: {k: int(d.get(k) or 0) for k in LOSSES}
               for d in s.index.get("domains", []) if isinstance(d, dict) and "name" in d}
+    # why each loss happened, and the setting that would have avoided it
+    werr = s.index.get("write_error")
+    causes = {d["name"]: why.explain(d, [x for x in streams if x["domain"] == d["name"]],
+                                     werr if isinstance(werr, str) else None)
+              for d in s.index.get("domains", []) if isinstance(d, dict) and "name" in d}
     return {
         "session": s.path,
         "duration_s": dur,
@@ -47,6 +53,7 @@ def compute(s: Session, with_spans: bool = True) -> dict:
                    for k, v in sorted(events.items())},
         "streams": streams,
         "domains": losses,
+        "losses": {k: v for k, v in causes.items() if v},
         "clocks": {k: {x: v.get(x) for x in (
             "kind", "offset_ns", "drift_ppm", "uncertainty_ns", "samples",
             "causality_violations", "min_rtt_ns", "segments")} for k, v in s.clocks.items()},
@@ -129,6 +136,8 @@ def format_text(st: dict) -> str:
         lines.append("lost without a ring: %d, in refused claims: %d; declarations refused: "
                      "%d" % (t["lost_without_ring"], t["lost_in_refused_claims"],
                              t["declarations_refused"]))
+    for dom, causes in st.get("losses", {}).items():
+        lines += [printable(x) for x in why.lines(dom, causes)]
     return "\n".join(lines)
 
 

@@ -31,7 +31,7 @@ ACCELERATED = _accel is not None
 class _PureWriter:
     """The hot fields of a ring writer, as the C tracepoint's WriterBase has them."""
 
-    __slots__ = ("pos", "lim", "delta", "seq", "ci")
+    __slots__ = ("pos", "lim", "delta", "seq", "ci", "busy")
 
 
 WriterBase = _accel.WriterBase if _accel is not None else _PureWriter

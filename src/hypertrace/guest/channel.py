@@ -63,6 +63,21 @@ class DeclarationBusy(DeclarationRefused):
     are dropped and counted as lost."""
 
 
+MADV_POPULATE_WRITE = 23     # Linux 5.14; Python's mmap module does not name it
+
+
+def _populate(mm: mmap.mmap, lay: abi.Layout) -> None:
+    """Map the region's pages now, only once its header is valid (a file that is not a
+    region is never read in whole) and only up to its last ring (the rest, up to the
+    power of two a BAR needs, is never touched): a first-touch fault per page on the
+    emit path costs more than the emit itself, worse under nested virtualisation."""
+    used = lay.data_off + lay.n_rings * lay.ring_size
+    try:
+        mm.madvise(MADV_POPULATE_WRITE, 0, min(used, len(mm)))
+    except (AttributeError, OSError, ValueError):
+        pass                     # an older kernel or Python: the pages fault in on use
+
+
 def parse_spec(spec: str) -> tuple:
     """`shm:/dev/shm/NAME[,control=unix:PATH]` -> (region path, {option: value})."""
     head, *opts = spec.split(",")
@@ -107,14 +122,12 @@ class Channel:
             size = os.fstat(fd).st_size
             if size < abi.HEADER_SIZE:
                 raise ChannelError("%s is too small to be a hypertrace region" % path)
-            # populate the page tables now: a first-touch fault per page on the emit
-            # path costs more than the emit itself (worse under nested virtualisation)
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            self.mm = mmap.mmap(fd, size, flags=flags)
+            self.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
             try:
                 self.header, self.layout = abi.parse_header(self.mm, size)
             except abi.ABIError as e:
                 raise ChannelError("%s: %s" % (path, e)) from None
+            _populate(self.mm, self.layout)
         finally:
             os.close(fd)
         try:

@@ -47,6 +47,7 @@ class RingWriter(WriterBase):
         self.pos = 0
         self.delta = self.base      # mapping offset of position p is p + delta (this lap)
         self.seq = seq
+        self.busy = 0               # an emit is between reading pos and its commit
         self.tail = 0               # consumed (discard/block) or first intact (overwrite)
         self.lim = self.size
         self.mode = ch.header.mode
@@ -122,6 +123,14 @@ class RingWriter(WriterBase):
         first = min(first, self.pos)
         self.tail = first
         _Q.pack_into(mm, self.desc + abi.D_FIRST, first)
+
+    def nested(self) -> None:
+        """An emit made while another emit of this thread was between reading `pos`
+        and its commit (by a signal handler, an argument's __index__, a __del__ that
+        traces): it would write over the outer record, so it is dropped, counted as
+        discarded like a record that found no room (the outer one takes the next
+        seq after it: the collector sees the gap)."""
+        self._drop()
 
     def _drop(self) -> int:
         self.seq += 1

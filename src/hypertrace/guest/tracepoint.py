@@ -165,7 +165,11 @@ def _source(decl: abi.EventDecl) -> tuple:
                  % (P, abi.REC_MAX, size)]
     else:
         body += ["%s = %d" % (size, abi.align(fixed, abi.REC_ALIGN))]
-    body += ["%s = %s.pos" % (pos, w),
+    # from reading pos to the commit the writer is busy: Python code that runs in
+    # between (a signal handler, an argument's __index__, make_room) and emits finds
+    # it so and drops its record, counted (RingWriter.nested); the outer record then
+    # takes seq + 1 whatever that code did (w.seq += 1, not the local's + 1)
+    inner = ["%s = %s.pos" % (pos, w),
              "%s = %s + %s" % (end, pos, size),
              "if %s > %s.lim:" % (end, w),
              "    %s = %s.make_room(%s)" % (pos, w, size),
@@ -175,15 +179,22 @@ def _source(decl: abi.EventDecl) -> tuple:
              "%s = %s + %s.delta" % (o, pos, w),
              "%s = %s.seq" % (seq, w),
              "try:"]
-    body += ["    " + x for x in writes]
-    body += ["except (%sSE, %sOverflowError) as %se:" % (P, P, P),
-             # nothing half written may look like a record to the collector (a header
-             # with the expected seq after the commit point reads as a torn record)
-             "    %sZ(%smm, %so, 0, 0)" % (P, P, P),
-             "    raise %sargerr(None, %sstr(%se), None) from None" % (P, P, P),
-             "%s.pos = %s" % (w, end),
-             "%s.seq = %s + 1" % (w, seq),
-             "%scq[%s.ci] = %s" % (P, w, end)]
+    inner += ["    " + x for x in writes]
+    inner += ["except (%sSE, %sOverflowError) as %se:" % (P, P, P),
+              # nothing half written may look like a record to the collector (a header
+              # with the expected seq after the commit point reads as a torn record)
+              "    %sZ(%smm, %so, 0, 0)" % (P, P, P),
+              "    raise %sargerr(None, %sstr(%se), None) from None" % (P, P, P),
+              "%s.pos = %s" % (w, end),
+              "%s.seq += 1" % w,
+              "%scq[%s.ci] = %s" % (P, w, end)]
+    body += ["if %s.busy:" % w,
+             "    %s.nested()" % w,
+             "    return",
+             "%s.busy = 1" % w,
+             "try:"]
+    body += ["    " + x for x in inner]
+    body += ["finally:", "    %s.busy = 0" % w]
     src = "def %stp(%s):\n" % (P, ", ".join(args))
     src += "".join("    %s\n" % line for line in body)
     return src, structs
@@ -229,6 +240,7 @@ def build(decl: abi.EventDecl, tls, claim: Callable, clock: Callable) -> Callabl
         fn.__wrapped__ = py        # inspect.signature() shows the declared arguments
     for f in {id(py): py, id(fn): fn}.values():
         f.__name__ = f.__qualname__ = decl.name
+        f.__module__ = __package__      # both kinds say where they come from alike
         f.decl = decl
         f.name = decl.name
         f.signature = decl.signature

@@ -645,7 +645,9 @@ class Collector:
                                                               "generation")}, **st})
         return out
 
-    def write_index(self) -> None:
+    def domain_entries(self) -> List[dict]:
+        """The index's entry of every domain: its channel's settings, events, claims
+        and the losses no stream holds."""
         doms = []
         for src, dom in [(s, d) for s in self.sources for d in s.all_domains()]:
             h = src.region.header
@@ -668,6 +670,10 @@ class Collector:
                 # claims past the budget; tracepoints whose declaration was refused
                 **src.losses.get(dom.name, dict.fromkeys(LOSSES, 0)),
             })
+        return doms
+
+    def write_index(self) -> None:
+        doms = self.domain_entries()
         index = {"format": "hypertrace-session", "version": 1, "hypertrace": __version__,
                  "trace_uuid": self.trace_uuid.hex(), "started_ns": self.started_ns,
                  "stopped_ns": time.time_ns(), "snapshots": self.snapshots,

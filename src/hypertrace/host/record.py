@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from .. import abi, guest
 from ..guest.channel import resolve
-from . import pidfile, runtime
+from . import losses, pidfile, runtime
 from .actions import Engine
 from .collector import RESERVE, SESSION_DIR, Collector
 from .control import ControlServer, DomainClock
@@ -479,11 +479,16 @@ def summary(col: Collector) -> str:
         lines.append("%-16s %8d %8d %-16s %10d %10d %9d %5d" % (
             s["file"] or "(none)", s["pid"], s["tid"], s["thread"][:16], s["recorded"],
             s["discarded"], s["malformed"], s["torn"]))
+    entries = {d["name"]: d for d in col.domain_entries()}
+    why = []
     for dom in dict.fromkeys(d.name for src in col.sources for d in src.all_domains()):
         mine = [s for s in streams if s["domain"] == dom]
-        tot = [sum(s[k] for s in mine) for k in ("recorded", "discarded", "malformed", "torn")]
-        line = "%s: %d events recorded, %d lost (discarded), %d malformed, %d torn, " \
-               "from %d producer streams" % (dom, *tot, len(mine))
+        causes = losses.explain(entries.get(dom, {}), mine, col.write_error)
+        why += losses.lines(dom, causes)
+        tot = [sum(s[k] for s in mine) for k in ("recorded", "malformed", "torn")]
+        lost = sum(x["count"] for x in causes if x["kind"] != "declarations_refused")
+        line = "%s: %d events recorded, %d lost, %d malformed, %d torn, " \
+               "from %d producer streams" % (dom, tot[0], lost, tot[1], tot[2], len(mine))
         c = col.clock_summary.get(dom, {})
         if c.get("kind") == "estimated":
             line += "; clock: offset %+d ns, drift %+.3f ppm, uncertainty %d ns, %d samples, " \
@@ -491,4 +496,4 @@ def summary(col: Collector) -> str:
                                                  c["uncertainty_ns"], c["samples"],
                                                  c["causality_violations"])
         lines.append(line)
-    return "\n".join(lines)
+    return "\n".join(lines + why)

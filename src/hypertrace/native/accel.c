@@ -48,6 +48,7 @@
 typedef struct {
     PyObject_HEAD
     long long pos, lim, delta, seq, ci;
+    int busy;                   /* an emit is between reading pos and its commit */
 } Writer;
 
 static PyMemberDef writer_members[] = {
@@ -56,6 +57,7 @@ static PyMemberDef writer_members[] = {
     {"delta", T_LONGLONG, offsetof(Writer, delta), 0, "mapping offset of position p is p + delta"},
     {"seq", T_LONGLONG, offsetof(Writer, seq), 0, "next record's sequence number"},
     {"ci", T_LONGLONG, offsetof(Writer, ci), 0, "index of the ring's commit word (8-byte words)"},
+    {"busy", T_INT, offsetof(Writer, busy), 0, "an emit is in progress on this writer"},
     {NULL},
 };
 
@@ -106,6 +108,7 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     PyObject *dict;
+    PyObject *weaklist;         /* weak references work as they do to a function */
     PyObject *py;               /* the pure-Python tracepoint: defines every other case */
     PyObject *clock, *tls, *claim, *mm, *cq;
     Py_buffer buf;              /* the region (from _mm), held while bound */
@@ -123,6 +126,10 @@ static unsigned long long g_fast, g_slow;
 static PyObject *fallback(Tracepoint *self, PyObject *const *args, size_t nargsf,
                           PyObject *kwnames) {
     g_slow++;
+    if (self->py == NULL) {         /* made by __new__ alone: never initialised */
+        PyErr_SetString(PyExc_TypeError, "hypertrace: an uninitialised tracepoint");
+        return NULL;
+    }
     return PyObject_Vectorcall(self->py, args, nargsf, kwnames);
 }
 
@@ -254,6 +261,17 @@ static Writer *writer(Tracepoint *self) {
 
 static inline void put(char *o, const void *p, size_t n) { memcpy(o, p, n); }
 
+/* an emit from Python code that ran in the middle of another emit on this thread's
+   writer (a signal handler, an argument's __index__, a __del__): its position is the
+   outer record's, so it is dropped and counted (RingWriter.nested: a seq gap) */
+static PyObject *nested(Writer *w) {
+    PyObject *r = PyObject_CallMethod((PyObject *)w, "nested", NULL);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
 static PyObject *tp_call(Tracepoint *self, PyObject *const *args, size_t nargsf,
                          PyObject *kwnames) {
     /* the arguments are bound first, as a Python function's are: a wrong call raises
@@ -307,15 +325,20 @@ static PyObject *tp_call(Tracepoint *self, PyObject *const *args, size_t nargsf,
             return NULL;
         Py_RETURN_NONE;
     }
+    if (w->busy)
+        return nested(w);
     long long pos = w->pos, end = pos + size;
     if (end > w->lim) {
         /* make_room runs Python code (a signal handler may even disconnect): hold the
-           writer as the Python tracepoint's local does, and look at the buffer after */
+           writer as the Python tracepoint's local does, and look at the buffer after;
+           an emit from that code finds the writer busy */
         PyObject *n = PyLong_FromLongLong(size);
         if (n == NULL)
             return NULL;
         Py_INCREF(w);
+        w->busy = 1;
         PyObject *r = PyObject_CallMethodOneArg((PyObject *)w, g_str_make_room, n);
+        w->busy = 0;
         Py_DECREF(n);
         pos = r ? PyLong_AsLongLong(r) : -1;
         Py_XDECREF(r);
@@ -459,6 +482,8 @@ static int tp_clear(Tracepoint *self) {
 
 static void tp_dealloc(Tracepoint *self) {
     PyObject_GC_UnTrack(self);
+    if (self->weaklist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
     tp_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -521,8 +546,16 @@ static PyObject *tp_get_py(Tracepoint *self, void *closure) {
     return self->py;
 }
 
+/* copy.copy and copy.deepcopy of a function give the function itself: the same here */
+static PyObject *tp_copy(PyObject *self, PyObject *unused) {
+    Py_INCREF(self);
+    return self;
+}
+
 static PyMethodDef tp_methods[] = {
     {"_set", (PyCFunction)tp_set, METH_VARARGS, "rebind a cell of the C path"},
+    {"__copy__", tp_copy, METH_NOARGS, "the tracepoint itself, as for a function"},
+    {"__deepcopy__", tp_copy, METH_O, "the tracepoint itself, as for a function"},
     {NULL},
 };
 
@@ -556,6 +589,7 @@ static PyTypeObject TracepointType = {
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(Tracepoint, vectorcall),
     .tp_dictoffset = offsetof(Tracepoint, dict),
+    .tp_weaklistoffset = offsetof(Tracepoint, weaklist),
     .tp_methods = tp_methods,
     .tp_getset = tp_getset,
     .tp_descr_get = tp_descr_get,

@@ -1455,7 +1455,9 @@ static void attach_locked(void)
         return;
     }
     g_map_size = (size_t)st.st_size;
-    void *m = mmap(NULL, g_map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    /* no MAP_POPULATE: a file that is not a region (a sparse 8 GB one) would be read
+       in whole before its header is refused; the pages the producer touches fault in */
+    void *m = mmap(NULL, g_map_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     close(fd);
     if (m == MAP_FAILED) {
         snprintf(why, sizeof why, "cannot map channel %s: %s", g_path, strerror(errno));

@@ -32,7 +32,9 @@
 #endif
 
 #ifdef __cplusplus
-extern "C" {
+/* the inline fast path uses C11 <stdatomic.h>, which C++ before C++23 does not have:
+   call trace_NAME() from a C file of the program and that file from C++ */
+#error "hypertrace.h and generated trace headers are C11, not C++ (see README, C producers)"
 #endif
 
 #define HT_STR_MAX 1024          /* bytes kept of a string argument (docs/abi.md §3) */
@@ -313,7 +315,4 @@ static inline uint8_t *ht__put_str(uint8_t *q, const char *s, size_t n)
     return q + 2 + n;
 }
 
-#ifdef __cplusplus
-}
-#endif
 #endif /* HYPERTRACE_H */
