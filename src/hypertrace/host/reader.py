@@ -84,6 +84,14 @@ class EventTable:
         self.np_sizes[:region.layout.max_events] = -1
         self.parsed = np.zeros(region.layout.max_events, dtype=bool)   # accepted or bad
         self.changed = False
+        self._layout: Optional[bytes] = None    # the C walk's view of the codecs
+
+    def var_layout(self) -> bytes:
+        """The payload layouts of the codecs for the C walk (walk.var_layout), rebuilt
+        only after a declaration was accepted."""
+        if self._layout is None:
+            self._layout = vwalk.var_layout(self.codecs)
+        return self._layout
 
     def refresh(self) -> None:
         """Parse every declaration that became valid since the last call."""
@@ -119,6 +127,7 @@ class EventTable:
             self.by_name[d.name] = i
         c = abi.Codec(d)
         self.decls[i], self.codecs[i] = d, c
+        self._layout = None
         self.sizes[i] = self.np_sizes[i] = c.fixed_size or 0
         self.changed = True
 
@@ -201,10 +210,10 @@ class RingReader:
         ev = self.events
         st = self.stats
         last = st.last_ts if st.last_ts is not None else 0
-        res = vwalk.walk(buf, ev.np_sizes, ev.codecs, self.seq, last)
+        res = vwalk.walk(buf, ev.np_sizes, ev.codecs, self.seq, last, ev.var_layout())
         if res is None:
             ev.refresh()
-            res = vwalk.walk(buf, ev.np_sizes, ev.codecs, self.seq, last)
+            res = vwalk.walk(buf, ev.np_sizes, ev.codecs, self.seq, last, ev.var_layout())
             if res is None:
                 return self._walk(buf)   # odd input: the scalar walk handles every case
         st.malformed += res.malformed
@@ -230,10 +239,15 @@ class RingReader:
             if len(self.buf) >= PACKET_TARGET:
                 self._close_packet()
         self.seq = res.next_seq
-        if res.per_event is not None:
+        pe = res.per_event
+        if isinstance(pe, dict):            # the C walk's: only the ids it saw
             per = st.per_event
-            for e in np.flatnonzero(res.per_event):
-                per[int(e)] = per.get(int(e), 0) + int(res.per_event[e])
+            for e, k in pe.items():
+                per[e] = per.get(e, 0) + k
+        elif pe is not None:
+            per = st.per_event
+            for e in np.flatnonzero(pe):
+                per[int(e)] = per.get(int(e), 0) + int(pe[e])
         return total
 
     def _copy(self, start: int, end: int) -> list:
