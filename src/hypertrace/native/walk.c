@@ -326,6 +326,7 @@ fail:
 }
 
 static PyObject *py_walk(PyObject *self, PyObject *args) {
+    (void)self;
     PyObject *bufo, *sizeso, *layo, *seqo, *lasto;
     if (!PyArg_ParseTuple(args, "OOOOO:walk", &bufo, &sizeso, &layo, &seqo, &lasto))
         return NULL;
@@ -417,7 +418,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_walk",
     "hypertrace's optional C walk of ring data (source: hypertrace/native/walk.c)", -1,
-    methods,
+    methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__walk(void) {
