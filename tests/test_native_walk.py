@@ -287,36 +287,61 @@ def test_c_walk_equals_numpy_walk(table, case):
     check(table, piece, seq, last_ts)
 
 
-def sink(*_a):
-    pass
+class Packets(list):
+    """A reader's sink: the packets it was given, as the stream file would hold them."""
+
+    def __call__(self, _r, content, ts_begin, ts_end, discarded, tail_pad):
+        self.append((bytes(content), ts_begin, ts_end, discarded, tail_pad))
+
+
+def reader_outcome(region, table, how: str, pieces_, seq: int, c_walk) -> tuple:
+    """What a RingReader made of `pieces_` with the C, the numpy or the scalar walk."""
+    out = Packets()
+    r = RingReader(region, table, 0, 1, {}, out)
+    r.seq = seq
+    c_walk.setattr(vwalk, "_native", _walk if how == "c" else None)
+    n = 0
+    for piece in pieces_:
+        n += r._walk(bytearray(piece)) if how == "scalar" else r._walk_fast(bytearray(piece))
+    c_walk.setattr(vwalk, "_native", _walk)
+    s = r.stats
+    return (n, s.recorded, s.discarded, s.malformed, s.clamped, s.first_ts, s.last_ts,
+            dict(s.per_event), r.seq, bytes(r.buf), r.pkt_begin, r.pkt_end,
+            r.last_rec if r.buf else None,           # only meaningful with a buffer
+            r.buf_end_pos, list(out))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=pieces())
 def test_readers_agree_c_numpy_scalar(region, table, case, c_walk):
     """RingReader with the C walk, with the numpy walk and with the scalar walk: the
-    same packet bytes and counts (where the vector walks give up, the scalar one runs)."""
+    same packets, buffer and counts (where the vector walks give up, the scalar one runs)."""
     piece, seq, _ = case
-    readers = [RingReader(region, table, 0, 1, {}, sink) for _ in range(3)]
-    for r in readers:
-        r.seq = seq
-    got = []
-    for r, how in zip(readers, ("c", "numpy", "scalar")):
-        if how == "scalar":
-            n = r._walk(bytearray(piece))
-        else:
-            c_walk.setattr(vwalk, "_native", _walk if how == "c" else None)
-            n = r._walk_fast(bytearray(piece))
-        s = r.stats
-        got.append((n, s.recorded, s.discarded, s.malformed, s.clamped, s.first_ts,
-                    s.last_ts, dict(s.per_event), r.seq, bytes(r.buf), r.pkt_begin,
-                    r.pkt_end))
-    c_walk.setattr(vwalk, "_native", _walk)
+    got = [reader_outcome(region, table, how, [piece], seq, c_walk)
+           for how in ("c", "numpy", "scalar")]
     assert got[0] == got[1]
     # the scalar walk treats padding in the middle of a piece its own way (it ends the
     # run there, the vector walks drop it as one malformed record)
     if not _pad_inside(piece):
         assert got[0] == got[2]
+
+
+def test_readers_agree_on_pieces_larger_than_a_packet(region, table, c_walk):
+    """Runs of a packet's size or more are written straight from the piece."""
+    rng = random.Random(8)
+    kinds = {"big": (12000, [0], 0, 0, 0),                  # 384 KiB: one run, one packet
+             "mixed": (9000, [0, 2, 3], 0, 0.01, 8),
+             "small": (100, [0, 2], 0, 0, 0)}
+    for names in (["big"], ["small", "big"], ["big", "mixed", "small"], ["mixed", "big"]):
+        seq, ts, ps = 0, 1000, []
+        for name in names:
+            n, eids, gaps, regress, pad = kinds[name]
+            ps.append(make_piece(rng, n, eids, seq, ts, gaps, regress, pad))
+            seq, ts = seq + n + 5, ts + 50 * n              # a loss between pieces
+        got = [reader_outcome(region, table, how, ps, 0, c_walk)
+               for how in ("c", "numpy", "scalar")]
+        assert got[0] == got[1] == got[2]
+        assert got[0][-1] and got[0][3] == 0, names
 
 
 def _pad_inside(piece: bytes) -> bool:

@@ -228,15 +228,22 @@ class RingReader:
                 self.pkt_begin = r.first_ts
             if st.first_ts is None:
                 st.first_ts = r.first_ts
-            self.last_rec = len(self.buf) + r.last_rec - r.start
-            self.buf += mv[r.start:r.end]
+            # a packet's worth of records in the piece itself (a drain of a full ring
+            # is one run of megabytes) is written from the piece: copying it into the
+            # packet buffer first would only cost time
+            direct = not self.buf and r.end - r.start >= PACKET_TARGET
+            if not direct:
+                self.last_rec = len(self.buf) + r.last_rec - r.start
+                self.buf += mv[r.start:r.end]
             self.buf_end_pos = self.piece_pos + r.end
             if self.watch is not None:
                 self.watch(bytes(mv[r.start:r.end]))
             st.recorded += r.count
             total += r.count
             st.last_ts = self.pkt_end = r.last_ts
-            if len(self.buf) >= PACKET_TARGET:
+            if direct:
+                self._packet(mv[r.start:r.end], r.last_rec - r.start)
+            elif len(self.buf) >= PACKET_TARGET:
                 self._close_packet()
         self.seq = res.next_seq
         pe = res.per_event
@@ -378,16 +385,21 @@ class RingReader:
     def _close_packet(self) -> None:
         if not self.buf:
             return
+        self._packet(self.buf, self.last_rec)
+        self.buf.clear()
+
+    def _packet(self, content, last_rec: int) -> None:
+        """Write `content` (validated records, the last one at `last_rec`) as a packet
+        from pkt_begin to pkt_end, and publish the room it gave back."""
         # CTF readers expect content_size to end exactly after the last event's
         # payload, not after its padding: find that end by decoding the last record
-        eid, sf = struct.unpack_from("<HH", self.buf, self.last_rec)
-        payload = self.last_rec + abi.REC_HEADER_SIZE
-        rec_end = self.last_rec + (sf & 0xFFF8)
-        _vals, end = self.events.codecs[eid].decode(self.buf, payload, rec_end)
+        eid, sf = struct.unpack_from("<HH", content, last_rec)
+        payload = last_rec + abi.REC_HEADER_SIZE
+        rec_end = last_rec + (sf & 0xFFF8)
+        _vals, end = self.events.codecs[eid].decode(content, payload, rec_end)
         # the sink writes the packet before returning: it gets the buffer itself, no copy
-        self.sink(self, self.buf, self.pkt_begin or 0, self.pkt_end, self.stats.discarded,
-                  len(self.buf) - end)
-        self.buf.clear()
+        self.sink(self, content, self.pkt_begin or 0, self.pkt_end, self.stats.discarded,
+                  len(content) - end)
         self.pkt_begin = None
         if self.buf_end_pos is not None:
             self._publish(self.buf_end_pos)    # written: the producer may reuse it

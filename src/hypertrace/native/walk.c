@@ -231,10 +231,39 @@ static int walk_piece(const uint8_t *b, size_t nw, const int32_t *sizes,
             run = (run_t){bs, bs + sz, 1, gap, cur, cur, bs};
             have = 1;
         }
-        if (g_count[eid]++ == 0)
-            g_touched[g_ntouched++] = (uint16_t)eid;
-        accepted++;
+        uint64_t k = 1;
         p += szw;
+        if (want > 0) {
+            /* A hot loop emitting one event writes runs of records with the same
+             * header but for seq and ts.  Each one that follows with the next seq and
+             * a timestamp needing no clamp would take the general path above to the
+             * same outcome: take it in this tighter loop instead. */
+            uint32_t lo = (uint32_t)h;
+            while (szw <= nw - p) {
+                const uint8_t *q = b + 8 * p;
+                uint64_t h2 = le64(q);
+                if ((uint32_t)h2 != lo || (uint32_t)(h2 >> 32) != exp)
+                    break;
+                uint64_t t2 = le64(q + 8);
+                if (t2 < cur || t2 > MAX_TS)
+                    break;
+                cur = t2;
+                exp++;
+                k++;
+                p += szw;
+            }
+            if (k > 1) {
+                run.end = 8 * (uint64_t)p;
+                run.count += k - 1;
+                run.last_ts = cur;
+                run.last_rec = 8 * (uint64_t)(p - szw);
+                delta += k - 1;
+            }
+        }
+        if (g_count[eid] == 0)
+            g_touched[g_ntouched++] = (uint16_t)eid;
+        g_count[eid] += k;
+        accepted += k;
     }
     if (have) {
         run_t *q = vec_push(runs);
