@@ -84,6 +84,14 @@ class EventTable:
         self.np_sizes[:region.layout.max_events] = -1
         self.parsed = np.zeros(region.layout.max_events, dtype=bool)   # accepted or bad
         self.changed = False
+        self._layout: Optional[bytes] = None    # the C walk's view of the codecs
+
+    def var_layout(self) -> bytes:
+        """The payload layouts of the codecs for the C walk (walk.var_layout), rebuilt
+        only after a declaration was accepted."""
+        if self._layout is None:
+            self._layout = vwalk.var_layout(self.codecs)
+        return self._layout
 
     def refresh(self) -> None:
         """Parse every declaration that became valid since the last call."""
@@ -119,6 +127,7 @@ class EventTable:
             self.by_name[d.name] = i
         c = abi.Codec(d)
         self.decls[i], self.codecs[i] = d, c
+        self._layout = None
         self.sizes[i] = self.np_sizes[i] = c.fixed_size or 0
         self.changed = True
 
@@ -201,10 +210,10 @@ class RingReader:
         ev = self.events
         st = self.stats
         last = st.last_ts if st.last_ts is not None else 0
-        res = vwalk.walk(buf, ev.np_sizes, ev.codecs, self.seq, last)
+        res = vwalk.walk(buf, ev.np_sizes, ev.codecs, self.seq, last, ev.var_layout())
         if res is None:
             ev.refresh()
-            res = vwalk.walk(buf, ev.np_sizes, ev.codecs, self.seq, last)
+            res = vwalk.walk(buf, ev.np_sizes, ev.codecs, self.seq, last, ev.var_layout())
             if res is None:
                 return self._walk(buf)   # odd input: the scalar walk handles every case
         st.malformed += res.malformed
@@ -219,21 +228,33 @@ class RingReader:
                 self.pkt_begin = r.first_ts
             if st.first_ts is None:
                 st.first_ts = r.first_ts
-            self.last_rec = len(self.buf) + r.last_rec - r.start
-            self.buf += mv[r.start:r.end]
+            # a packet's worth of records in the piece itself (a drain of a full ring
+            # is one run of megabytes) is written from the piece: copying it into the
+            # packet buffer first would only cost time
+            direct = not self.buf and r.end - r.start >= PACKET_TARGET
+            if not direct:
+                self.last_rec = len(self.buf) + r.last_rec - r.start
+                self.buf += mv[r.start:r.end]
             self.buf_end_pos = self.piece_pos + r.end
             if self.watch is not None:
                 self.watch(bytes(mv[r.start:r.end]))
             st.recorded += r.count
             total += r.count
             st.last_ts = self.pkt_end = r.last_ts
-            if len(self.buf) >= PACKET_TARGET:
+            if direct:
+                self._packet(mv[r.start:r.end], r.last_rec - r.start)
+            elif len(self.buf) >= PACKET_TARGET:
                 self._close_packet()
         self.seq = res.next_seq
-        if res.per_event is not None:
+        pe = res.per_event
+        if isinstance(pe, dict):            # the C walk's: only the ids it saw
             per = st.per_event
-            for e in np.flatnonzero(res.per_event):
-                per[int(e)] = per.get(int(e), 0) + int(res.per_event[e])
+            for e, k in pe.items():
+                per[e] = per.get(e, 0) + k
+        elif pe is not None:
+            per = st.per_event
+            for e in np.flatnonzero(pe):
+                per[int(e)] = per.get(int(e), 0) + int(pe[e])
         return total
 
     def _copy(self, start: int, end: int) -> list:
@@ -364,16 +385,21 @@ class RingReader:
     def _close_packet(self) -> None:
         if not self.buf:
             return
+        self._packet(self.buf, self.last_rec)
+        self.buf.clear()
+
+    def _packet(self, content, last_rec: int) -> None:
+        """Write `content` (validated records, the last one at `last_rec`) as a packet
+        from pkt_begin to pkt_end, and publish the room it gave back."""
         # CTF readers expect content_size to end exactly after the last event's
         # payload, not after its padding: find that end by decoding the last record
-        eid, sf = struct.unpack_from("<HH", self.buf, self.last_rec)
-        payload = self.last_rec + abi.REC_HEADER_SIZE
-        rec_end = self.last_rec + (sf & 0xFFF8)
-        _vals, end = self.events.codecs[eid].decode(self.buf, payload, rec_end)
+        eid, sf = struct.unpack_from("<HH", content, last_rec)
+        payload = last_rec + abi.REC_HEADER_SIZE
+        rec_end = last_rec + (sf & 0xFFF8)
+        _vals, end = self.events.codecs[eid].decode(content, payload, rec_end)
         # the sink writes the packet before returning: it gets the buffer itself, no copy
-        self.sink(self, self.buf, self.pkt_begin or 0, self.pkt_end, self.stats.discarded,
-                  len(self.buf) - end)
-        self.buf.clear()
+        self.sink(self, content, self.pkt_begin or 0, self.pkt_end, self.stats.discarded,
+                  len(content) - end)
         self.pkt_begin = None
         if self.buf_end_pos is not None:
             self._publish(self.buf_end_pos)    # written: the producer may reuse it

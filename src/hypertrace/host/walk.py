@@ -8,15 +8,27 @@ known event id, exact size, string lengths inside the record, sequence
 numbers (gaps are losses, backwards is malformed) and timestamps (clamped to
 stay monotonic). The result says which byte runs are good, where losses sit,
 and how many records were bad; RingReader turns it into CTF packets.
+
+`walk` takes the C walk (native/walk.c, built as host/_walk) when it is built and
+HYPERTRACE_PURE is "" or "0", else `numpy_walk`: the numpy walk is the reference
+the C one must agree with, result for result (tests/test_native_walk.py).
 """
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional
+import os
+from typing import Dict, List, NamedTuple, Optional, Union
 
 import numpy as np
 
 from .. import abi
+
+_native = None
+if os.environ.get("HYPERTRACE_PURE", "") in ("", "0"):
+    try:
+        from . import _walk as _native  # type: ignore[no-redef]
+    except ImportError:
+        _native = None
 
 PAD = abi.PAD_ID
 WINDOW = 4096             # words per pointer-doubling pass (32 KiB)
@@ -39,7 +51,48 @@ class WalkResult(NamedTuple):
     clamped: int
     next_seq: int
     last_ts: int
-    per_event: Optional[np.ndarray]   # counts indexed by event id
+    # counts by event id: indexed by it (numpy walk) or a dict of the ids seen (C walk)
+    per_event: Optional[Union[np.ndarray, Dict[int, int]]]
+
+
+# steps of var_layout(): a fixed run of n >= 0 bytes, a u16 length + bytes, the end
+STEP_VAR = -1
+STEP_END = -2
+
+
+def var_layout(codecs: dict) -> bytes:
+    """The payload layouts of `codecs`, {event id: abi.Codec}, as the C walk reads
+    them: little-endian int32 words [L, index of event 0 .. L-1, steps...], an index
+    being the word where that event's steps start (-1: no codec)."""
+    n = max(codecs, default=-1) + 1
+    index = [-1] * n
+    steps: List[int] = []
+    for e, c in codecs.items():
+        index[e] = 1 + n + len(steps)
+        steps.extend(st.size if kind == "fixed" else STEP_VAR for kind, st in c.steps)
+        steps.append(STEP_END)
+    return np.array([n] + index + steps, dtype="<i4").tobytes()
+
+
+def native() -> bool:
+    """Whether `walk` takes the C walk."""
+    return _native is not None
+
+
+def walk(buf: bytearray, sizes: np.ndarray, codecs: dict, seq: int, last_ts: int,
+         layout: Optional[bytes] = None) -> Optional[WalkResult]:
+    """Validate one piece; None means 'use the scalar walk' (rare, odd cases).
+
+    `layout` is var_layout(codecs), which the caller may keep (the EventTable does)
+    rather than have it rebuilt for every piece the C walk takes."""
+    if _native is None:
+        return numpy_walk(buf, sizes, codecs, seq, last_ts)
+    r = _native.walk(buf, sizes, var_layout(codecs) if layout is None else layout, seq,
+                     last_ts)
+    if r is None:
+        return None
+    runs, malformed, clamped, next_seq, last, per = r
+    return WalkResult(list(map(Run._make, runs)), malformed, clamped, next_seq, last, per)
 
 
 def chain(w: np.ndarray, limit: int) -> tuple:
@@ -92,9 +145,9 @@ def _uniform(w: np.ndarray, base: int):
     return np.arange(base, base + k * szw, szw, dtype=np.int64)
 
 
-def walk(buf: bytearray, sizes: np.ndarray, codecs: dict, seq: int, last_ts: int) -> Optional[
-        WalkResult]:
-    """Validate one piece; None means 'use the scalar walk' (rare, odd cases)."""
+def numpy_walk(buf: bytearray, sizes: np.ndarray, codecs: dict, seq: int,
+               last_ts: int) -> Optional[WalkResult]:
+    """The numpy walk of one piece (the reference); None: 'use the scalar walk'."""
     nbytes = len(buf) & ~7
     if nbytes != len(buf):
         return None
