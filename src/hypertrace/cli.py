@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--triggers", metavar="RULES.toml",
                    help="guest events that make the host act (see README: Triggers)")
     r.add_argument("--buffer-size", type=_size, default=abi.DEFAULT_RING_SIZE,
-                   help="bytes per ring, a power of two (default 512K)")
+                   help="bytes per ring, a power of two (default 4M)")
     r.add_argument("--rings", type=int, default=abi.DEFAULT_RINGS,
                    help="rings in the channel: producing threads at once (default 32)")
     r.add_argument("--max-events", type=int, default=abi.DEFAULT_MAX_EVENTS)

@@ -143,7 +143,9 @@ RING_ACTIVE = 1
 RING_RELEASED = 2
 
 DEFAULT_RINGS = 32
-DEFAULT_RING_SIZE = 512 * 1024
+# 4 MiB: 174 762 records of 24 bytes, 35 ms of a C producer's sustained 5 M events/s
+# and a Python thread's burst of 130 000 events, before the collector need look
+DEFAULT_RING_SIZE = 4 << 20
 DEFAULT_MAX_EVENTS = 8192     # QEMU's trace-events-all holds ~5 100
 DEFAULT_BLOCK_TIMEOUT_NS = 1_000_000_000
 

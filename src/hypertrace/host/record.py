@@ -277,7 +277,7 @@ def _host_side(col: Collector, regions: List[Region], ctls: List[str], names: Li
     """The host domain (a region for host-side producers, the collector among them) and
     one control server per region (its socket `ctls[i]`, in the private runtime
     directory), answering its sync points and clock exchanges."""
-    host = Region.create(host_path, "host", n_rings=64, ring_size=256 * 1024)
+    host = Region.create(host_path, "host", n_rings=64, ring_size=1 << 20)
     servers: list = []
     try:
         _serve(col, host, regions, ctls, names, vsock_port, servers, qemu)

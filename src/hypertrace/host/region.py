@@ -34,12 +34,15 @@ class Region:
         try:
             os.fchmod(fd, 0o600)  # whatever the umask
             os.ftruncate(fd, lay.region_size)
+            # allocate the pages up front, up to the last ring (the rest of the power of
+            # two an ivshmem BAR needs is never touched, by anyone)
+            used = lay.data_off + lay.n_rings * lay.ring_size
             try:
-                os.posix_fallocate(fd, 0, lay.region_size)  # allocate the pages up front
+                os.posix_fallocate(fd, 0, used)
             except OSError as e:
                 if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                     raise          # a full /dev/shm: fail now, not with SIGBUS on first touch
-            mm = mmap.mmap(fd, lay.region_size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+            mm = mmap.mmap(fd, lay.region_size, flags=mmap.MAP_SHARED)
         except BaseException:
             os.close(fd)
             os.unlink(path)
