@@ -450,7 +450,7 @@ def cmd_guest_path(_a) -> int:
 def cmd_gen_c(a) -> int:
     from .native.gen import generate_file
     try:
-        text, warnings = generate_file(a.trace_events)
+        text, warnings = generate_file(a.trace_events, a.output)
     except OSError as e:
         return _fail("cannot read %s: %s" % (a.trace_events, e.strerror or e))
     except ValueError as e:

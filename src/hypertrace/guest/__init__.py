@@ -114,15 +114,10 @@ def event(name: str, args: str = "void", disabled: bool = False,
 def load(path: str) -> Events:
     """Declare every event of a QEMU-style trace-events file, all or none: the whole
     file is parsed and checked against the events already declared before the first
-    is declared. Raises OSError if unreadable, ValueError `path:line: cause`."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        text = raw.decode("utf-8-sig")       # a leading BOM is not part of the first line
-    except UnicodeDecodeError as e:
-        raise ValueError("%s:%d: not UTF-8 text (byte 0x%02x)" % (
-            path, raw.count(b"\n", 0, e.start) + 1, raw[e.start])) from None
-    found = abi.read_trace_events(text, path)
+    is declared. Raises OSError if unreadable, ValueError `path:line: cause` (also for a
+    file over abi.MAX_FILE_SIZE bytes or a line over abi.MAX_LINE: read in bounded
+    chunks, so /dev/zero or an endless FIFO is refused, not read into memory)."""
+    found = abi.load_file(path)
     return Events(_register([d for _, d in found],
                             lambda i: "%s:%d: " % (path, found[i][0])))
 

@@ -3,7 +3,8 @@ tracetool generates its backends), and `hypertrace c-config`: the compiler flags
 that build a program with them.
 
 Each event NAME becomes `static inline void trace_NAME(args...)` and
-`static inline int trace_NAME_enabled(void)`. The declaration text is the Python
+`static inline int trace_NAME_enabled(void)` (an event `NAME_enabled` beside `NAME`
+is refused). The declaration text is the Python
 library's (`EventDecl.slot_text`), byte for byte, so C and Python producers of
 one channel share their events. The record is stored inline (hypertrace.h) in
 the encoding of docs/abi.md §3-§4; the runtime (hypertrace.c) is compiled into
@@ -13,22 +14,18 @@ time and nothing is downloaded.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from .. import abi
 
-__all__ = ["NATIVE_DIR", "generate", "cflags", "libs", "c_type"]
+__all__ = ["NATIVE_DIR", "generate", "generate_file", "cflags", "libs", "c_type",
+           "prototype", "check_c_names"]
 
 NATIVE_DIR = os.path.dirname(os.path.abspath(__file__))
 
-C_KEYWORDS = frozenset(
-    "auto break case char const continue default do double else enum extern float for goto "
-    "if inline int long register restrict return short signed sizeof static struct switch "
-    "typedef union unsigned void volatile while _Bool _Complex _Imaginary _Alignas _Alignof "
-    "_Atomic _Generic _Noreturn _Static_assert _Thread_local bool true false alignas alignof "
-    "nullptr static_assert thread_local typeof typeof_unqual constexpr".split())
 QUALIFIERS = ("const", "volatile", "restrict")
 STD_NAMES = frozenset(
     "int8_t uint8_t int16_t uint16_t int32_t uint32_t int64_t uint64_t intptr_t uintptr_t "
@@ -74,57 +71,61 @@ def _c_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _param_names(decl: abi.EventDecl) -> List[str]:
-    """C parameter names: the argument's own, unless a keyword or one of ours (`_ht_`)."""
-    taken = {a for a, _, _ in decl.fields}
-    out = []
-    for a, _, _ in decl.fields:
-        p = a
-        if p in C_KEYWORDS or p.startswith("_ht_"):
-            p = a + "_"
-            while p in taken or p.startswith("_ht_"):
-                p = "x" + p
-            taken.add(p)
-        out.append(p)
-    return out
+def _comment(text: str) -> str:
+    """`text` inside a one-line C comment: `*/` and `/*` broken by a space (gcc -Wall
+    warns of a `/*` in a comment), control characters written as `\\xNN` (a NUL
+    draws a warning too, and -Werror makes warnings errors)."""
+    text = re.sub(r"/(?=\*)|\*(?=/)", r"\g<0> ", text)
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: "\\x%02x" % ord(m.group()), text)
 
 
-def _event(decl: abi.EventDecl) -> str:
+def prototype(decl: abi.EventDecl) -> str:
+    """`void trace_NAME(type arg, ...)` with the argument names of trace-events: the
+    function as documented (its C parameters are named `_ht_aN`, see _event)."""
+    params = []
+    for a, ctype, ft in decl.fields:
+        if ft.kind == "bytes":
+            params.append("const void *%s, size_t %s_len" % (a, a))
+        else:
+            t = c_type(ctype, ft)
+            params.append(t + ("" if t.endswith("*") else " ") + a)
+    return "void trace_%s(%s)" % (decl.name, ", ".join(params) or "void")
+
+
+def _event(decl: abi.EventDecl, origin: str) -> str:
+    # Every name the function's code uses is the header's own (`_ht_` then a letter, at
+    # block scope: a name C leaves to programs): the argument names of trace-events
+    # are only in the comment. Any C identifier is an argument name (`errno`, `stdin`,
+    # `bool`, `I`, `assert`, `NULL`, a keyword, `__x`, a name of hypertrace.h), and
+    # many are macros of the C library or of the program, which a parameter of that
+    # name would expand.
     n = decl.name
     ev = "_ht_ev_%s" % n
-    names = _param_names(decl)
-    params: List[str] = []        # the public prototype
-    inner: List[str] = []         # the emitter's own parameters: a0, a1...
-    call: List[str] = []
+    params: List[str] = []
     body: List[str] = []
     stores: List[str] = []
     fixed = abi.REC_HEADER_SIZE
     var: List[str] = []
-    for k, ((_, ctype, ft), pname) in enumerate(zip(decl.fields, names)):
-        a = "a%d" % k
+    for k, (_, ctype, ft) in enumerate(decl.fields):
+        a, ln = "_ht_a%d" % k, "_ht_l%d" % k
         if ft.kind == "bytes":
-            t = "const void *"
-            params += [t + pname, "size_t %s_len" % pname]
-            inner += [t + a, "size_t %sn" % a]
-            call += [pname, "%s_len" % pname]
-            body += ["size_t l%d = %s ? %sn : 0;" % (k, a, a),
-                     "if (l%d > HT_STR_MAX) { l%d = HT_STR_MAX; f |= HT_FLAG_TRUNCATED; }"
-                     % (k, k)]
-            stores.append("q = ht__put_str(q, (const char *)%s, l%d);" % (a, k))
+            params += ["const void *" + a, "size_t %s_len" % a]
+            body += ["size_t %s = %s ? %s_len : 0;" % (ln, a, a),
+                     "if (%s > HT_STR_MAX) { %s = HT_STR_MAX; _ht_f |= HT_FLAG_TRUNCATED; }"
+                     % (ln, ln)]
+            stores.append("_ht_q = ht__put_str(_ht_q, (const char *)%s, %s);" % (a, ln))
             fixed += 2
-            var.append("l%d" % k)
+            var.append(ln)
             continue
         t = c_type(ctype, ft)
-        sep = "" if t.endswith("*") else " "
-        params.append(t + sep + pname)
-        inner.append(t + sep + a)
-        call.append(pname)
+        params.append(t + ("" if t.endswith("*") else " ") + a)
         if ft.kind == "str":
-            body += ["const char *s%d = %s;" % (k, a), "size_t l%d = ht__strlen(&s%d, &f);"
-                     % (k, k)]
-            stores.append("q = ht__put_str(q, s%d, l%d);" % (k, k))
+            sk = "_ht_s%d" % k
+            body += ["const char *%s = %s;" % (sk, a),
+                     "size_t %s = ht__strlen(&%s, &_ht_f);" % (ln, sk)]
+            stores.append("_ht_q = ht__put_str(_ht_q, %s, %s);" % (sk, ln))
             fixed += 2
-            var.append("l%d" % k)
+            var.append(ln)
             continue
         st = INT_C[ft.code]
         if "*" in ctype:
@@ -133,62 +134,97 @@ def _event(decl: abi.EventDecl) -> str:
             val = "(uint8_t)((%s) ? 1 : 0)" % a
         else:
             val = "(%s)(%s)" % (st, a)
-        stores.append("{ %s v = %s; memcpy(q, &v, %d); q += %d; }" % (st, val, ft.size,
-                                                                      ft.size))
+        stores.append("{ %s _ht_v = %s; memcpy(_ht_q, &_ht_v, %d); _ht_q += %d; }"
+                      % (st, val, ft.size, ft.size))
         fixed += ft.size
     if var:
         size = "(uint32_t)((%d + %s) & ~(size_t)7)" % (fixed + 7, " + ".join(var))
     else:
         size = "%du" % abi.align(fixed, abi.REC_ALIGN)
-    lines = ["/* %s */" % decl.slot_text.replace("*/", "* /"),
+    # the same event in two generated headers of one translation unit: said once, by
+    # name, before the compiler's redefinitions of its functions
+    mark = "HT_GEN_EVENT_%s" % n
+    lines = ["/* %s */" % _comment(decl.slot_text),
+             "/* %s */" % _comment(prototype(decl)),
+             "#ifdef %s" % mark,
+             "#error %s" % _c_string("hypertrace: event %s is declared by two generated "
+                                     "headers (again in the one of %s)" % (n, origin)),
+             "#endif",
+             "#define %s 1" % mark,
              "static ht_event %s = HT_EVENT_INIT(%s, %s, %d);" % (
                  ev, _c_string(decl.slot_text), _c_string(n), 1 if decl.disabled else 0),
              "static inline int trace_%s_enabled(void) { return ht_enabled(&%s); }" % (n, ev),
-             "static inline void _ht_emit_%s(%s)" % (n, ", ".join(inner) or "void"),
+             "static inline void trace_%s(%s)" % (n, ", ".join(params) or "void"),
              "{",
-             "    int id = ht__id(&%s, 1);" % ev,
-             "    if (__builtin_expect(id < 0, 1))" if decl.disabled else
-             "    if (__builtin_expect(id < 0, 0))",
+             "    int _ht_id = ht__id(&%s, 1);" % ev,
+             "    if (__builtin_expect(_ht_id < 0, 1))" if decl.disabled else
+             "    if (__builtin_expect(_ht_id < 0, 0))",
              "        return;",
-             "    unsigned f = 0;"]
+             "    unsigned _ht_f = 0;"]
     lines += ["    " + x for x in body]
-    lines += ["    (void)f;",
-              "    uint32_t size = %s;" % size,
-              "    ht_writer *w;",
-              "    uint8_t *q = ht__begin(&w, id, size, f);",
-              "    if (!q)",
+    lines += ["    (void)_ht_f;",
+              "    uint32_t _ht_size = %s;" % size,
+              "    ht_writer *_ht_w;",
+              "    uint8_t *_ht_q = ht__begin(&_ht_w, _ht_id, _ht_size, _ht_f);",
+              "    if (!_ht_q)",
               "        return;"]
     lines += ["    " + x for x in stores]
-    lines += ["    (void)q;", "    ht__end(w, size);", "}",
-              "static inline void trace_%s(%s)" % (n, ", ".join(params) or "void"),
-              "{",
-              "    _ht_emit_%s(%s);" % (n, ", ".join(call)),
-              "}", ""]
+    lines += ["    (void)_ht_q;", "    ht__end(_ht_w, _ht_size);", "}", ""]
     return "\n".join(lines)
 
 
-def generate(decls: List[abi.EventDecl], source: str = "trace-events") -> str:
-    guard = "HT_TRACE_%s_H" % re.sub(r"[^A-Za-z0-9]", "_", os.path.basename(source)).upper()
-    out = ["/* Generated by `hypertrace gen-c %s`: do not edit. */" % os.path.basename(source),
+def check_c_names(found: List[Tuple[int, abi.EventDecl]], source: str) -> None:
+    """ValueError `source:line: ...` for what C cannot hold: two events' functions of one
+    name (`foo`'s trace_foo_enabled() and event `foo_enabled`'s trace_foo_enabled();
+    refused, not renamed: a renamed function would not be the one the program calls),
+    or a NUL in a declaration (the runtime takes its text as a C string: it would be
+    declared cut, and refused)."""
+    line = {d.name: n for n, d in found}
+    for n, d in found:
+        if "\x00" in d.slot_text:
+            raise ValueError("%s:%d: event %s: its format holds a NUL character, which "
+                             "the C string of its declaration cannot" % (source, n, d.name))
+        if d.name.endswith("_enabled") and d.name[:-8] in line:
+            raise ValueError("%s:%d: event %s: trace_%s() is also the enabled test of event "
+                             "%s (line %d); rename one of them"
+                             % (source, n, d.name, d.name, d.name[:-8], line[d.name[:-8]]))
+
+
+def _guard_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", text).upper()
+
+
+def generate(decls: List[abi.EventDecl], source: str = "trace-events",
+             output: Optional[str] = None) -> str:
+    """The header of `decls` (read from `source`, written to `output`; None: standard
+    output). Headers of different trace-events files can be included in one
+    translation unit: their include guards differ (below), every other name is the
+    event's own, and everything is static (nothing to collide at link time).
+    ValueError from check_c_names (lines counted as positions in `decls`)."""
+    check_c_names(list(enumerate(decls, 1)), source)
+    # QEMU has a `trace-events` file per directory: the guard is the output's name
+    # and a hash of the events, not the input's name. A hash of the declarations, not
+    # of a path: the same file gives the same guard in any build tree
+    digest = hashlib.sha256("\n".join("%d %s" % (d.disabled, d.slot_text) for d in decls)
+                            .encode()).hexdigest()[:16].upper()
+    guard = "HT_TRACE_%s_%s_H" % (_guard_name(os.path.basename(output or source)), digest)
+    body = [_event(d, source) for d in decls]
+    out = ["/* Generated by `hypertrace gen-c %s`: do not edit. */" % _comment(source),
            "#ifndef %s" % guard, "#define %s" % guard, "",
            "#include <stdbool.h>", "#include <stddef.h>", "#include <stdint.h>",
            "#include <string.h>", "#include <sys/types.h>", '#include "hypertrace.h"', ""]
-    out += [_event(d) for d in decls]
+    out += body
     out += ["#endif /* %s */" % guard, ""]
     return "\n".join(out)
 
 
-def generate_file(path: str) -> Tuple[str, List[str]]:
-    """(header text, warnings) for a trace-events file; ValueError `path:line: cause`."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ValueError("%s:%d: not UTF-8 text (byte 0x%02x)" % (
-            path, raw.count(b"\n", 0, e.start) + 1, raw[e.start])) from None
-    decls = abi.parse_trace_events(text, path)
+def generate_file(path: str, output: Optional[str] = None) -> Tuple[str, List[str]]:
+    """(header text, warnings) for a trace-events file; ValueError `path:line: cause`
+    (the file's size and line length are bounded: abi.load_file)."""
+    found = abi.load_file(path)
+    check_c_names(found, path)
+    decls = [d for _, d in found]
     warnings = ["event %s: its format is left out of the declaration (signature and format "
                 "exceed %d bytes)" % (d.name, abi.DECL_TEXT_MAX)
                 for d in decls if d.fmt and d.slot_text == d.signature]
-    return generate(decls, path), warnings
+    return generate(decls, path, output), warnings
