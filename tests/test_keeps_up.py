@@ -6,6 +6,7 @@ through ivshmem. Counts only (recorded, discarded, lost), never a time."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -55,10 +56,15 @@ def c_app(tmp_path_factory):
                    cflags=("-pthread",))
 
 
+@pytest.mark.skipif(importlib.util.find_spec("hypertrace.host._walk") is None,
+                    reason="the collector's C walk is not built")
 def test_a_c_producer_at_5m_events_per_second_for_10s_loses_nothing(tmp_path, c_app):
+    # the collector's C walk, in both passes: the numpy walk (HYPERTRACE_PURE=1, the
+    # fallback without a compiler) drains 8-9 M events/s, not enough beside a producer
+    # on one of the two cores; the C producer ignores HYPERTRACE_PURE
     out = str(tmp_path / "s")
     try:
-        r = record(out, c_app, "rate", "5e6", "10")
+        r = record(out, c_app, "rate", "5e6", "10", env=env(HYPERTRACE_PURE="0"))
         assert "EMITTED 50000000" in r.stdout
         lossless(out, "local", 50_000_000)
     finally:
