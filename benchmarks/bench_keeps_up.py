@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -80,20 +79,12 @@ def in_guest(tmp: str) -> dict:
     from apps import vmboot
     name = "htbku%d" % os.getpid()
     out = os.path.join(tmp, "vm")
-    rec = subprocess.Popen(HT + ["record", "-o", out, "--qemu", name], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
     gp = ht("guest-path").stdout.strip()
     t = time.perf_counter()
-    try:
-        time.sleep(1.0)
-        booted = vmboot.boot(ht("qemu-args", "--name", name).stdout.strip(),
-                             "HYPERTRACE_CHANNEL=ivshmem PYTHONPATH=%s /usr/bin/python3 %s "
-                             "2500 2 4" % (gp, os.path.join(APPS, "burst.py")), False,
-                             dict(os.environ))
-    finally:
-        rec.send_signal(signal.SIGINT)
-        rec.communicate(timeout=180)
-    if booted is None:
+    lines, _rc, _err = vmboot.record_guest(
+        out, name, "HYPERTRACE_CHANNEL=ivshmem PYTHONPATH=%s /usr/bin/python3 %s 2500 2 4" % (
+            gp, os.path.join(APPS, "burst.py")), dict(os.environ))
+    if lines is None:
         return {"emitted": 20000, "error": "the TCG guest did not boot"}
     c = counts(out, name)
     c.update(emitted=20000, wall=time.perf_counter() - t)

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -180,3 +181,20 @@ def other_user():
     finally:
         subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
         subprocess.run(["userdel", name], capture_output=True)
+
+
+def encode_record(signature: str, eid: int, seq: int, ts: int, vals: list) -> bytes:
+    """One record as docs/abi.md §4 lays it out, for tests that write ring contents
+    themselves: header, fields (strings and bytes with their u16 length), padding 0xAA."""
+    from hypertrace import abi
+    decl = abi.parse_signature(signature)
+    body = b""
+    for (_n, _t, ft), v in zip(decl.fields, vals):
+        if ft.kind in ("str", "bytes"):
+            raw = v.encode() if ft.kind == "str" else v
+            body += struct.pack("<H", len(raw)) + raw
+        else:
+            body += struct.pack("<" + ft.code, v)
+    size = abi.align(16 + len(body), 8)
+    rec = abi.REC_HEADER.pack(eid, size, seq & 0xFFFFFFFF, ts) + body
+    return rec + b"\xaa" * (size - len(rec))

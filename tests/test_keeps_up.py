@@ -9,10 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 from apps import vmboot
@@ -84,22 +81,11 @@ def test_c_bursts_that_fit_the_rings_lose_nothing(tmp_path, c_app):
 def test_python_in_a_tcg_guest_loses_nothing_with_default_settings(tmp_path):
     name = "htku%d" % os.getpid()
     out = str(tmp_path / "session")
-    rec = subprocess.Popen([sys.executable, "-m", "hypertrace.cli", "record", "-o", out,
-                            "--qemu", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, env=env())
     gp = hypertrace("guest-path").stdout.strip()
-    try:
-        time.sleep(1.0)
-        assert rec.poll() is None, rec.stderr.read()
-        booted = vmboot.boot(
-            hypertrace("qemu-args", "--name", name).stdout.strip(),
-            "HYPERTRACE_CHANNEL=ivshmem PYTHONPATH=%s /usr/bin/python3 %s 2500 2 4" % (
-                gp, BURST), False, env())
-    finally:
-        rec.send_signal(signal.SIGINT)
-        _, rerr = rec.communicate(timeout=180)
-    assert booted is not None, "the TCG guest did not boot within %d s" % vmboot.TCG_BOOT_TIMEOUT
-    lines, _mode = booted
-    assert rec.returncode == 0 and "Traceback" not in rerr, rerr
+    lines, rc, rerr = vmboot.record_guest(
+        out, name, "HYPERTRACE_CHANNEL=ivshmem PYTHONPATH=%s /usr/bin/python3 %s 2500 2 4" % (
+            gp, BURST), env())
+    assert lines is not None, "the TCG guest did not boot within %d s" % vmboot.TCG_BOOT_TIMEOUT
+    assert rc == 0 and "Traceback" not in rerr, rerr
     assert any("BURST EMITTED 20000 failed 0" in x for x in lines), "\n".join(lines[-30:])
     lossless(out, name, 20000)

@@ -491,25 +491,13 @@ def test_c_and_python_in_one_guest_emit_into_the_bar_at_once(tmp_path):
     exe = build_app(d)
     name = "htnv%d" % os.getpid()
     out = str(tmp_path / "session")
-    rec = subprocess.Popen([sys.executable, "-m", "hypertrace.cli", "record", "-o", out,
-                            "--qemu", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, env=env())
     gp = hypertrace("guest-path").stdout.strip()
-    try:
-        time.sleep(1.0)
-        assert rec.poll() is None, rec.stderr.read()
-        # one boot, under TCG (nested KVM hangs on this machine class: not tried)
-        booted = vmboot.boot(
-            hypertrace("qemu-args", "--name", name).stdout.strip(),
-            "HYPERTRACE_CHANNEL=ivshmem PYTHONPATH=%s /usr/bin/python3 %s %s %d" % (
-                gp, os.path.join(ROOT, "tests", "apps", "vmnative.py"), exe, N),
-            False, env(), vng_args=("--rwdir=%s" % d,))
-    finally:
-        rec.send_signal(signal.SIGINT)
-        rout, rerr = rec.communicate(timeout=180)
-    assert booted is not None, "the TCG guest did not boot within %d s" % vmboot.TCG_BOOT_TIMEOUT
-    lines, mode = booted
-    assert rec.returncode == 0, rerr
+    lines, rc, rerr = vmboot.record_guest(
+        out, name, "HYPERTRACE_CHANNEL=ivshmem PYTHONPATH=%s /usr/bin/python3 %s %s %d" % (
+            gp, os.path.join(ROOT, "tests", "apps", "vmnative.py"), exe, N),
+        env(), vng_args=("--rwdir=%s" % d,))
+    assert lines is not None, "the TCG guest did not boot within %d s" % vmboot.TCG_BOOT_TIMEOUT
+    assert rc == 0, rerr
     assert "Traceback" not in rerr, rerr
     res = [x for x in lines if x.startswith("HT-RESULT ")]
     assert res, "\n".join(lines[-40:])
@@ -566,5 +554,5 @@ def test_c_and_python_in_one_guest_emit_into_the_bar_at_once(tmp_path):
     assert c["kind"] == "estimated" and c["causality_violations"] == 0 and c["samples"] >= 16, c
     print("QEMU %s guest: C + Python producers in one BAR, %d + %d events; C sync point RTT "
           "min %.2f ms; clock %d samples, uncertainty %s ns, 0 violations; Python path %s" % (
-              mode, len(c_ts), len(p_ts), min(crtt) / 1e6, c["samples"], c["uncertainty_ns"],
+              "tcg", len(c_ts), len(p_ts), min(crtt) / 1e6, c["samples"], c["uncertainty_ns"],
               "accelerated" if res["accelerated"] else "pure Python"))

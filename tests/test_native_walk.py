@@ -13,7 +13,7 @@ import uuid
 
 import numpy as np
 import pytest
-from conftest import env, hypertrace, record
+from conftest import encode_record, env, hypertrace, record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -71,17 +71,7 @@ def table(region):
 
 
 def encode(eid: int, seq: int, ts: int, vals: list) -> bytes:
-    decl = abi.parse_signature(DECLS[eid])
-    body = b""
-    for (_n, _t, ft), v in zip(decl.fields, vals):
-        if ft.kind in ("str", "bytes"):
-            raw = v.encode() if ft.kind == "str" else v
-            body += struct.pack("<H", len(raw)) + raw
-        else:
-            body += struct.pack("<" + ft.code, v)
-    size = abi.align(16 + len(body), 8)
-    rec = abi.REC_HEADER.pack(eid, size, seq & 0xFFFFFFFF, ts) + body
-    return rec + b"\xaa" * (size - len(rec))
+    return encode_record(DECLS[eid], eid, seq, ts, vals)
 
 
 def sample_values(rng: random.Random, eid: int) -> list:

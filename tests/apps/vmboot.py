@@ -100,6 +100,29 @@ def run_guest(qemu_opts: str, command: str, env: dict, vng_args=()) -> tuple:
     return r
 
 
+def record_guest(out: str, name: str, command: str, env: dict, vng_args=()) -> tuple:
+    """`hypertrace record --qemu NAME` into `out` while one TCG guest runs `command`
+    (nested KVM hangs on this machine class: not tried); returns (guest lines or None
+    if it never booted, the recorder's exit code, its stderr)."""
+    import time
+    ht = [sys.executable, "-m", "hypertrace.cli"]
+    rec = subprocess.Popen(ht + ["record", "-o", out, "--qemu", name], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=env)
+    booted = None
+    try:
+        time.sleep(1.0)
+        if rec.poll() is None:
+            opts = subprocess.run(ht + ["qemu-args", "--name", name], capture_output=True,
+                                  text=True, env=env, check=True).stdout.strip()
+            r = boot(opts, command, False, env, vng_args)
+            booted = r[0] if r is not None else None
+    finally:
+        if rec.poll() is None:
+            rec.send_signal(signal.SIGINT)
+        _, rerr = rec.communicate(timeout=180)
+    return booted, rec.returncode, rerr
+
+
 if __name__ == "__main__":
     # vmboot.py QEMU_OPTS COMMAND: boot, run COMMAND (which prints HT-BOOTED first), print
     # what the guest printed (examples/vm-demo.sh uses this)
