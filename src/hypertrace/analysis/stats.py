@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-from ..host import losses as why
+from .. import losses as why
 from ..session import Session
 from .text import printable
 

@@ -11,9 +11,9 @@ import time
 import uuid
 from typing import List, Optional
 
-from .. import abi, guest
+from .. import abi, guest, losses
 from ..guest.channel import resolve
-from . import losses, pidfile, runtime
+from . import pidfile, runtime
 from .actions import Engine
 from .collector import RESERVE, SESSION_DIR, Collector
 from .control import ControlServer, DomainClock
