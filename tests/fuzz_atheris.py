@@ -4,8 +4,8 @@
     .venv/bin/python tests/fuzz_atheris.py -atheris_runs=500000     # or -max_total_time=600
 
 The first input byte picks a target:
-  0  a piece of ring data through the scalar and the vectorised record walks
-     (they must agree on the records taken, and neither may raise);
+  0  a piece of ring data through the scalar, the numpy and the C record walks
+     (they must agree on the records taken, and none may raise);
   1  a declaration slot (must parse or be refused with ValueError);
   2  a control byte stream through the frame reader and the message decoders
      (must yield frames or raise ProtocolError);
@@ -59,6 +59,13 @@ def ring_piece(data: bytes) -> None:
     res = walk.walk(bytearray(buf), EVENTS.np_sizes, EVENTS.codecs, 0, 0)
     if res is not None:
         assert sum(r.count for r in res.runs) == n_scalar, (n_scalar, res)
+    # the C walk (walk.walk when built) and the numpy walk: the same result, or both
+    # leaving the piece to the scalar walk
+    ref = walk.numpy_walk(bytearray(buf), EVENTS.np_sizes, EVENTS.codecs, 0, 0)
+    if (res is None) != (ref is None) or (res is not None and (
+            res.runs, res.malformed, res.clamped, res.next_seq, res.last_ts) != (
+            ref.runs, ref.malformed, ref.clamped, ref.next_seq, ref.last_ts)):
+        raise AssertionError("C and numpy walks disagree: %r / %r" % (res, ref))
 
 
 def declaration(data: bytes) -> None:
