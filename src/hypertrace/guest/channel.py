@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .. import abi
 from .locks import ByteLocks, LockUnsupported
-from .ring import RingWriter, _Holder
+from .ring import RingWriter, _Holder, populate
 from .tracepoint import get_cell, set_cell
 
 POLL_S = 0.005
@@ -61,21 +61,6 @@ class DeclarationBusy(DeclarationRefused):
     """Every slot left is held by another process (or the guard by another thread): not
     for good. The declaration is tried again later; meanwhile the tracepoint's records
     are dropped and counted as lost."""
-
-
-MADV_POPULATE_WRITE = 23     # Linux 5.14; Python's mmap module does not name it
-
-
-def _populate(mm: mmap.mmap, lay: abi.Layout) -> None:
-    """Map the region's pages now, only once its header is valid (a file that is not a
-    region is never read in whole) and only up to its last ring (the rest, up to the
-    power of two a BAR needs, is never touched): a first-touch fault per page on the
-    emit path costs more than the emit itself, worse under nested virtualisation."""
-    used = lay.data_off + lay.n_rings * lay.ring_size
-    try:
-        mm.madvise(MADV_POPULATE_WRITE, 0, min(used, len(mm)))
-    except (AttributeError, OSError, ValueError):
-        pass                     # an older kernel or Python: the pages fault in on use
 
 
 def parse_spec(spec: str) -> tuple:
@@ -127,7 +112,7 @@ class Channel:
                 self.header, self.layout = abi.parse_header(self.mm, size)
             except abi.ABIError as e:
                 raise ChannelError("%s: %s" % (path, e)) from None
-            _populate(self.mm, self.layout)
+            populate(self.mm, 0, self.layout.data_off)
         finally:
             os.close(fd)
         try:
