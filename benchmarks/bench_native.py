@@ -481,7 +481,8 @@ class Bench:
         else:
             paced = (": more than it holds, so at the collector's pace"
                      if self.n * 32 > 512 * 1024 else ": it holds a repetition")
-            note = "{counts}; default %s ring, no pauses%s" % (size_text(512 * 1024), paced)
+            default = __import__("hypertrace.abi").abi.DEFAULT_RING_SIZE
+            note = "{counts}; default %s ring, no pauses%s" % (size_text(default), paced)
         return {"c_" + mode: Sample(r["tp"], r["clock"], note, got, r["emitted"])}
 
     def c_lttng(self) -> dict:

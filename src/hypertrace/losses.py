@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import List, Optional
 
 MAX_RING = 1 << 30        # the largest ring the layout allows (abi.make_layout)
+MAX_RINGS = 4096          # the most rings `record` accepts
 
 
 def _size(n: int) -> str:
@@ -28,30 +29,48 @@ def _int(d: dict, k: str) -> int:
 def explain(domain: dict, streams: List[dict], write_error: Optional[str] = None) -> List[dict]:
     """The losses of one domain, each {"kind", "count", "why", "avoid"}, largest first.
     `domain` is the index's entry (mode, rings, ring_size, max-event and loss counts);
-    `streams` are that domain's streams (discarded, unwritten)."""
+    `streams` are that domain's streams (discarded, malformed, unwritten, recorded)."""
     out = []
     mode = domain.get("mode") if isinstance(domain.get("mode"), str) else "discard"
     ring = _int(domain, "ring_size")
     rings = _int(domain, "rings")
-    bigger = ("--buffer-size %s" % _size(min(MAX_RING, ring * 4)) if ring
-              else "a larger --buffer-size")
-    discarded = sum(_int(s, "discarded") for s in streams)
-    if discarded:
+    if ring and ring < MAX_RING:
+        bigger = "--buffer-size %s" % _size(min(MAX_RING, 1 << (ring * 4 - 1).bit_length()))
+    else:
+        bigger = "" if ring else "a larger --buffer-size"
+    recorded = sum(_int(s, "recorded") for s in streams)
+    malformed = sum(_int(s, "malformed") for s in streams)
+    # a record rejected as malformed leaves a seq gap: it is in `discarded` too
+    discarded = max(0, sum(_int(s, "discarded") for s in streams) - malformed)
+    if malformed:
+        out.append(("malformed", malformed,
+                    "records rejected as malformed (a broken or hostile producer wrote them)",
+                    "nothing to set: fix the producer"))
+    if discarded and write_error:
+        out.append(("disk", discarded,
+                    "rings full after the recording stopped writing (%s); events emitted "
+                    "after that are not counted" % write_error,
+                    "free space on the session's file system, or -o on another one"))
+    elif discarded:
         per = " of %s per thread" % _size(ring) if ring else ""
+        block = "--mode block (producers wait for room instead)"
+        # more lost than one ring holds: a bigger ring only delays it, waiting avoids it
+        sustained = discarded > recorded
         if mode == "block":
             out.append(("ring_full", discarded,
                         "rings full%s: the collector freed no room within --block-timeout, "
                         "or was not running" % per,
-                        "%s, or a longer --block-timeout" % bigger))
+                        " or ".join(x for x in (bigger, "a longer --block-timeout") if x)))
         elif mode == "overwrite":
             out.append(("overwritten", discarded,
                         "overwrite mode keeps each ring's newest records%s; older ones were "
-                        "replaced" % per, bigger + " keeps more of them"))
+                        "replaced" % per, (bigger or "a larger ring") + " keeps more of them"))
         else:
             out.append(("ring_full", discarded,
                         "rings full%s: producers emitted faster than the collector drained "
                         "them for longer than a ring holds" % per,
-                        "%s, or --mode block (producers wait for room instead)" % bigger))
+                        ", or ".join(x for x in ((block, bigger) if sustained or not bigger
+                                                 else (bigger, block)) if x)))
     unwritten = sum(_int(s, "unwritten") for s in streams)
     if unwritten:
         out.append(("disk", unwritten,
@@ -60,22 +79,27 @@ def explain(domain: dict, streams: List[dict], write_error: Optional[str] = None
                     "free space on the session's file system, or -o on another one"))
     n = _int(domain, "lost_without_ring")
     if n:
+        more = ("--rings %d" % min(MAX_RINGS, rings * 2) if rings and rings < MAX_RINGS
+                else "")
         out.append(("no_ring", n,
-                    "emitted while the thread had no ring: all %s rings were held by other "
-                    "threads or processes" % (rings or "the"),
-                    "--rings %d" % (rings * 2) if rings else "more --rings"))
+                    "emitted while the thread had no ring: every one of the %s rings was "
+                    "held, or handed back by an exited thread and not yet freed by the "
+                    "collector (many short-lived threads or processes), or the event's "
+                    "declaration was still waiting for a slot" % (rings or "domain's"),
+                    ", or ".join(x for x in (more, "fewer, longer-lived threads (a thread "
+                                                   "pool)") if x)))
     n = _int(domain, "lost_in_refused_claims")
     if n:
         out.append(("claims_refused", n,
                     "recorded by threads whose ring claim was past the session's stream "
                     "budget (many short-lived threads or processes)",
-                    "fewer, longer-lived threads (a thread pool); --rings spreads the budget "
-                    "over more rings"))
+                    "fewer, longer-lived threads (a thread pool): the budget is per session"))
     n = _int(domain, "declarations_refused")
     if n:
         out.append(("declarations_refused", n,
-                    "tracepoints whose declaration was refused (the declaration table was "
-                    "full, or the name was declared with another signature)",
+                    "tracepoints (not events) whose declaration was refused: the declaration "
+                    "table was full, or the name was declared with another signature; their "
+                    "events are not recorded and not counted",
                     "a larger --max-events, or one signature per event name"))
     out.sort(key=lambda x: -x[1])
     return [{"kind": k, "count": c, "why": w, "avoid": a} for k, c, w, a in out]
@@ -83,5 +107,6 @@ def explain(domain: dict, streams: List[dict], write_error: Optional[str] = None
 
 def lines(domain_name: str, losses: List[dict]) -> List[str]:
     """Text lines for a terminal, one per cause."""
-    return ["%s: %d lost: %s; to avoid: %s" % (domain_name, x["count"], x["why"], x["avoid"])
-            for x in losses]
+    return ["%s: %d %s: %s; to avoid: %s" % (
+        domain_name, x["count"], "refused" if x["kind"] == "declarations_refused" else "lost",
+        x["why"], x["avoid"]) for x in losses]

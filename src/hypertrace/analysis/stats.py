@@ -32,7 +32,8 @@ def compute(s: Session, with_spans: bool = True) -> dict:
     t0, t1 = time_range(s)
     for st in s.streams:
         for name, n in st.get("per_event", {}).items():
-            events[name] = events.get(name, 0) + n
+            if n:            # an event whose every record went unwritten (a full disk)
+                events[name] = events.get(name, 0) + n
         streams.append({k: st.get(k) for k in (
             "file", "domain", "ring", "pid", "tid", "thread", "recorded", "discarded",
             "malformed", "torn", "clamped", "emitted", "unwritten", "per_event")})

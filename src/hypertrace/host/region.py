@@ -76,6 +76,13 @@ class Region:
             os.fchmod(fd, 0o600)
             if st.st_size < lay.region_size:
                 os.ftruncate(fd, lay.region_size)
+            # QEMU's file is sparse (no prealloc): allocate the rings now, so that a full
+            # /dev/shm fails here and never with SIGBUS in the guest's QEMU or the collector
+            try:
+                os.posix_fallocate(fd, 0, lay.data_off + lay.n_rings * lay.ring_size)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
             mm = mmap.mmap(fd, max(st.st_size, lay.region_size))
         finally:
             os.close(fd)
