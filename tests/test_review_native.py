@@ -233,3 +233,22 @@ def test_each_cause_is_named_and_advised_within_what_record_accepts():
     dec = losses.explain({"declarations_refused": 3}, [])
     assert dec[0]["kind"] == "declarations_refused" and "not events" in dec[0]["why"]
     assert losses.lines("local", dec)[0].startswith("local: 3 refused:")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+def test_a_sparse_qemu_region_on_a_full_shm_fails_at_setup_not_with_sigbus(tmp_path):
+    """QEMU (started first) created the region file, sparse; /dev/shm has no room for its
+    rings: the recorder must say so in one line at setup, never fault on first touch."""
+    from conftest import small_disk
+    with small_disk(tmp_path / "shm", "200m") as shm:
+        rt = shm / "rt"
+        rt.mkdir(mode=0o700)
+        (rt / "vm1").touch(mode=0o600)
+        with open(shm / "filler", "wb") as f:        # room for the host's region only
+            f.write(b"\0" * (100 << 20))
+        # before: the sparse file was attached, and the recording served it (until the
+        # guest's first write into a ring page faulted)
+        r = hypertrace("record", "-o", str(tmp_path / "s"), "--qemu", "vm1", check=False,
+                       env=env(HYPERTRACE_RUNTIME_DIR=str(rt)), timeout=60)
+        assert r.returncode not in (0, -7, 135) and "Traceback" not in r.stderr, r.stderr
+        assert "No space left on device" in r.stderr and r.stderr.count("\n") == 1, r.stderr
