@@ -198,3 +198,19 @@ def encode_record(signature: str, eid: int, seq: int, ts: int, vals: list) -> by
     size = abi.align(16 + len(body), 8)
     rec = abi.REC_HEADER.pack(eid, size, seq & 0xFFFFFFFF, ts) + body
     return rec + b"\xaa" * (size - len(rec))
+
+
+def declared_region(name: str, decls: list, **kw):
+    """A region of the host's own (Region.create) with `decls` written into declaration
+    slots 0, 1, ... as a producer would (docs/abi.md §3), for tests of the readers."""
+    import uuid
+
+    from hypertrace.host.region import Region
+    r = Region.create("/dev/shm/ht-%s-%s" % (name, uuid.uuid4().hex[:8]), name, n_rings=2,
+                      ring_size=4096, **kw)
+    for i, text in enumerate(decls):
+        off = r.layout.decl(i)
+        t = text.encode()
+        r.mm[off + 8:off + 8 + len(t)] = t
+        struct.pack_into("<II", r.mm, off, 1, len(t))
+    return r

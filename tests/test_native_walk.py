@@ -9,18 +9,16 @@ import os
 import random
 import struct
 import sys
-import uuid
 
 import numpy as np
 import pytest
-from conftest import encode_record, env, hypertrace, record
+from conftest import declared_region, encode_record, env, hypertrace, record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hypertrace import abi
 from hypertrace.host import walk as vwalk
 from hypertrace.host.reader import EventTable, RingReader
-from hypertrace.host.region import Region
 
 try:
     from hypertrace.host import _walk
@@ -41,13 +39,7 @@ UNLOADED = 7
 
 @pytest.fixture(scope="module")
 def region():
-    r = Region.create("/dev/shm/ht-nwalk-%s" % uuid.uuid4().hex[:8], "nwalk", n_rings=2,
-                      ring_size=4096, max_events=MAX_EVENTS)
-    for i, text in enumerate(DECLS):
-        off = r.layout.decl(i)
-        t = text.encode()
-        r.mm[off + 8:off + 8 + len(t)] = t
-        struct.pack_into("<II", r.mm, off, 1, len(t))
+    r = declared_region("nwalk", DECLS, max_events=MAX_EVENTS)
     yield r
     r.close()
 

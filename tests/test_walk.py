@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import struct
-import uuid
 
 import pytest
-from conftest import encode_record
+from conftest import declared_region, encode_record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hypertrace import abi
 from hypertrace.host.reader import EventTable, RingReader
-from hypertrace.host.region import Region
 
 DECLS = ["fixed(uint64_t a, int32_t b)", "other(uint64_t a, int32_t b)",
          "one_str(uint32_t n, const char *s)", "two(const char *a, bytes b, uint16_t c)",
@@ -21,13 +19,7 @@ DECLS = ["fixed(uint64_t a, int32_t b)", "other(uint64_t a, int32_t b)",
 
 @pytest.fixture(scope="module")
 def region():
-    r = Region.create("/dev/shm/ht-walk-%s" % uuid.uuid4().hex[:8], "walk", n_rings=2,
-                      ring_size=4096)
-    for i, text in enumerate(DECLS):
-        off = r.layout.decl(i)
-        t = text.encode()
-        r.mm[off + 8:off + 8 + len(t)] = t
-        struct.pack_into("<II", r.mm, off, 1, len(t))
+    r = declared_region("walk", DECLS)
     yield r
     r.close()
 
