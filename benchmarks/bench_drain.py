@@ -120,6 +120,16 @@ class Filler:
         self.ts += n
 
 
+def poll_until_empty(col: Collector) -> int:
+    """Poll until a pass over the rings finds nothing: the records taken."""
+    n = 0
+    while True:
+        k = col.poll()
+        n += k
+        if not k:
+            return n
+
+
 def drain(tmp: str, load: str, rings: int, ring_mib: int, rounds: int, native: bool):
     """Events, seconds and bytes of `rounds` full drains of every ring."""
     vwalk._native = _NATIVE if native else None
@@ -140,11 +150,7 @@ def drain(tmp: str, load: str, rings: int, ring_mib: int, rounds: int, native: b
         for _ in range(rounds):
             filler.fill()
             t = time.perf_counter()
-            while True:
-                k = col.poll()
-                n += k
-                if not k:
-                    break
+            n += poll_until_empty(col)
             col.flush()
             dt += time.perf_counter() - t
         col.stop()

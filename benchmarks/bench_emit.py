@@ -36,6 +36,9 @@ from hypertrace import guest  # noqa: E402
 from hypertrace.host.collector import Collector  # noqa: E402
 from hypertrace.host.region import Region  # noqa: E402
 
+sys.path.insert(0, HERE)
+from bench_drain import poll_until_empty  # noqa: E402
+
 
 def per_call(stmt: str, g: dict, n: int, repeat: int = 7) -> float:
     """Best-of-`repeat` cost in ns of one execution of `stmt`."""
@@ -197,12 +200,7 @@ def drain_rate(events: int, tmp: str) -> tuple:
     col = Collector(os.path.join(tmp, "drain"))
     col.add_region(region, "drain")
     t = time.perf_counter()
-    n = 0
-    while True:
-        k = col.poll()
-        n += k
-        if not k:
-            break
+    n = poll_until_empty(col)
     col.flush()
     dt = time.perf_counter() - t
     col.stop()
