@@ -172,6 +172,12 @@ class Layout(NamedTuple):
     def data(self, ring: int) -> int:
         return self.data_off + ring * self.ring_size
 
+    @property
+    def used(self) -> int:
+        """The end of the last ring: the rest of region_size (up to the power of two an
+        ivshmem BAR needs) is never touched."""
+        return self.data(self.n_rings)
+
     def decl(self, event_id: int) -> int:
         return self.decl_off + event_id * DECL_SLOT
 
@@ -236,7 +242,7 @@ def parse_header(buf, expect_size: Optional[int] = None) -> Tuple[Header, Layout
     got = (hdr.enable_off, hdr.decl_off, hdr.desc_off, hdr.data_off)
     if got != (lay.enable_off, lay.decl_off, lay.desc_off, lay.data_off):
         raise ABIError("region offsets disagree with its sizing fields")
-    if hdr.region_size < lay.data_off + lay.n_rings * lay.ring_size:
+    if hdr.region_size < lay.used:
         raise ABIError("region_size too small for its rings")
     if expect_size is not None and hdr.region_size > expect_size:
         raise ABIError("region_size %d exceeds the mapping (%d)" % (hdr.region_size, expect_size))

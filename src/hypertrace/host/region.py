@@ -16,6 +16,17 @@ _U32 = struct.Struct("<I")
 _Q = struct.Struct("<Q")
 
 
+def _allocate(fd: int, lay: abi.Layout) -> None:
+    """Allocate the region's pages up to its last ring now, so that a full /dev/shm fails
+    here, in one line, and never with SIGBUS at a producer's or the collector's first
+    touch of a page (QEMU's guest among them)."""
+    try:
+        os.posix_fallocate(fd, 0, lay.used)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+
+
 @dataclass
 class Region:
     path: str
@@ -34,14 +45,7 @@ class Region:
         try:
             os.fchmod(fd, 0o600)  # whatever the umask
             os.ftruncate(fd, lay.region_size)
-            # allocate the pages up front, up to the last ring (the rest of the power of
-            # two an ivshmem BAR needs is never touched, by anyone)
-            used = lay.data_off + lay.n_rings * lay.ring_size
-            try:
-                os.posix_fallocate(fd, 0, used)
-            except OSError as e:
-                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise          # a full /dev/shm: fail now, not with SIGBUS on first touch
+            _allocate(fd, lay)
             mm = mmap.mmap(fd, lay.region_size, flags=mmap.MAP_SHARED)
         except BaseException:
             os.close(fd)
@@ -76,13 +80,7 @@ class Region:
             os.fchmod(fd, 0o600)
             if st.st_size < lay.region_size:
                 os.ftruncate(fd, lay.region_size)
-            # QEMU's file is sparse (no prealloc): allocate the rings now, so that a full
-            # /dev/shm fails here and never with SIGBUS in the guest's QEMU or the collector
-            try:
-                os.posix_fallocate(fd, 0, lay.data_off + lay.n_rings * lay.ring_size)
-            except OSError as e:
-                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
+            _allocate(fd, lay)       # QEMU's file is sparse (no prealloc)
             mm = mmap.mmap(fd, max(st.st_size, lay.region_size))
         finally:
             os.close(fd)
