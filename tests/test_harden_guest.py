@@ -612,3 +612,55 @@ def test_every_table_of_the_abi_doc_matches_the_constants():
     sec11 = _section(text, "## 11.")
     assert "%d × %d bytes at offset %d" % (abi.N_CNT, abi.CNT_SIZE, abi.CNT_OFF) in sec11
     assert "≥\n2⁴⁸" in sec11 and abi.CNT_MAX == 1 << 48
+
+
+LOCKS_HELD_AT_FORK = r"""
+import os, sys, threading
+from hypertrace import guest
+tp = guest.event("fk_ev", "uint32_t who, uint32_t i")
+tp(0, 0)
+LOCK = (type(threading.Lock()), type(threading.RLock()))
+owners = [guest.channel(), guest._control, guest]
+locks = [(o, k) for o in owners if o is not None for k, v in vars(o).items()
+         if isinstance(v, LOCK)]
+print("LOCKS", sorted(k for _, k in locks), flush=True)
+held, done = threading.Event(), threading.Event()
+def hold():                     # another thread inside every lock of the library at the
+    got = [getattr(o, k) for o, k in locks]       # fork: the poller mid-pass, the clock
+    for lk in got:                                # thread mid-exchange
+        lk.acquire()
+    held.set()
+    done.wait()
+    for lk in got:
+        lk.release()
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+kids = []
+for who in (1, 2):
+    pid = os.fork()
+    if pid == 0:
+        late = guest.event("fk_late", "uint32_t who")   # declaring in the child
+        for i in range(100):
+            tp(who, i)
+        late(who)
+        sys.exit(0)             # atexit: the goodbye, as any program's
+    kids.append(pid)
+done.set()
+print("KIDS", [os.waitpid(k, 0)[1] for k in kids], flush=True)
+"""
+
+
+def test_children_forked_while_another_thread_holds_the_librarys_locks_exit(session,
+                                                                            tmp_path):
+    """A child forked while another thread held one of the library's locks (the poller's
+    declaration lock during its 5 ms pass) waited for it for ever at exit: its parent
+    hung in waitpid (CI: a 4-process burst recording killed after 600 s). Every lock
+    is new in the child; its events are all recorded."""
+    app = tmp_path / "fork_locks.py"
+    app.write_text(LOCKS_HELD_AT_FORK)
+    r = record(session, PY, str(app), timeout=120)
+    assert "KIDS [0, 0]" in r.stdout, r.stdout + r.stderr
+    assert "decl_retry_lock" in r.stdout           # the one that hung
+    st = stats(session)
+    counts = {k: v["count"] for k, v in st["events"].items()}
+    assert counts.get("fk_ev") == 201 and counts.get("fk_late") == 2, counts

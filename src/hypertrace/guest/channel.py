@@ -160,6 +160,7 @@ class Channel:
         to the open file description the child shares with its parent, and a thread
         lock may have been held at the fork by a thread that does not exist here."""
         self.thread_lock = threading.Lock()
+        self.decl_retry_lock = threading.RLock()   # the poller holds it 5 ms in 5 ms
         self._guard_owner = None
         self._forked()
 
