@@ -7,6 +7,7 @@ here depends on Python-specific encodings. One concern per module, read in order
     trace_events  QEMU's trace-events file grammar (as tracetool reads it)
     codec         records: header and payload codec
     control       control channel frames
+    words         one aligned load or store per shared word
 
 Everything is re-exported here: `from hypertrace import abi; abi.make_layout(...)`.
 """
@@ -21,5 +22,7 @@ from .signature import *  # noqa: F403
 from .signature import __all__ as _signature
 from .trace_events import *  # noqa: F403
 from .trace_events import __all__ as _trace_events
+from .words import *  # noqa: F403
+from .words import __all__ as _words
 
-__all__ = _layout + _signature + _trace_events + _codec + _control
+__all__ = _layout + _signature + _trace_events + _codec + _control + _words

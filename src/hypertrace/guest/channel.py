@@ -18,7 +18,6 @@ from __future__ import annotations
 import mmap
 import os
 import random
-import struct
 import sys
 import threading
 import time
@@ -41,9 +40,6 @@ COUNT_RETRY_S = 0.001     # after a pass found every counter slot held, the emit
                           # leaves the count pending this long (the poller retries)
 DECL_RETRY_S = (0.01, 1.0)   # a declaration refused for held slots: retried by the
                              # poller, first after 10 ms, then less and less often
-_U32 = struct.Struct("<I")
-_Q = struct.Struct("<Q")
-_CNT = struct.Struct("<QQ")
 _warned: Set[Tuple[str, str]] = set()    # (event, what) warned about once
 
 
@@ -120,6 +116,7 @@ class Channel:
         except (LockUnsupported, OSError) as e:
             raise ChannelError("cannot lock channel %s: %s" % (path, e.strerror or e)) from None
         self.q = memoryview(self.mm).cast("Q")   # 8-byte words: the commit stores
+        self.words = abi.Words(self.mm)          # every other shared word, untorn
         self.closed_mm = False
         self.lock_pid = os.getpid()
         # byte locks exclude other processes only (threads share the open file
@@ -149,10 +146,10 @@ class Channel:
 
     # -- host-written state --------------------------------------------------
     def collector_state(self) -> int:
-        return _U32.unpack_from(self.mm, abi.HDR_COLLECTOR)[0]
+        return self.words.u32(abi.HDR_COLLECTOR)
 
     def heartbeat(self) -> int:
-        return _Q.unpack_from(self.mm, abi.HDR_HEARTBEAT)[0]
+        return self.words.u64(abi.HDR_HEARTBEAT)
 
     # -- exclusion -------------------------------------------------------------
     def after_fork(self) -> None:
@@ -259,14 +256,16 @@ class Channel:
             if not self.locks.try_lock(off):
                 continue
             try:
-                lost, refused = _CNT.unpack_from(self.mm, off)
+                lost = self.words.u64(off)
+                refused = self.words.u64(off + 8)
                 if lost >= abi.CNT_MAX or refused >= abi.CNT_MAX:
                     continue              # scribble: the host ignores this slot
                 while self.pending:
                     dl, dr = self.pending.pop()
                     lost += dl
                     refused += dr
-                _CNT.pack_into(self.mm, off, lost, refused)
+                self.words.set_u64(off, lost)
+                self.words.set_u64(off + 8, refused)
                 return True
             finally:
                 self.locks.unlock(off)
@@ -295,7 +294,8 @@ class Channel:
     def _slot_text(self, j: int) -> Optional[bytes]:
         """Slot j's text, None while empty, b"" if unusable."""
         off = self.layout.decl(j)
-        state, ln = struct.unpack_from("<II", self.mm, off)
+        state = self.words.u32(off + abi.DECL_STATE)
+        ln = self.words.u32(off + abi.DECL_LEN)
         if state == abi.DECL_EMPTY:
             return None
         if state != abi.DECL_VALID or ln > abi.DECL_TEXT_MAX:
@@ -370,9 +370,9 @@ class Channel:
                 try:
                     if self._slot_text(j) is None:
                         self.mm[off + abi.DECL_TEXT:off + abi.DECL_TEXT + len(sig)] = sig
-                        _U32.pack_into(self.mm, off + abi.DECL_LEN, len(sig))
+                        self.words.set_u32(off + abi.DECL_LEN, len(sig))
                         self.mm[self.layout.enable_off + j] = 0 if decl.disabled else 1
-                        _U32.pack_into(self.mm, off + abi.DECL_STATE, abi.DECL_VALID)
+                        self.words.set_u32(off + abi.DECL_STATE, abi.DECL_VALID)
                         self.decl_skipped.discard(j)
                         self._learn(j, sig)
                         return j
@@ -548,24 +548,30 @@ class Channel:
             if states[i] != abi.RING_FREE or i in self.rings_held:
                 continue
             d = lay.desc(i)
-            if _Q.unpack_from(self.mm, d + abi.D_CONSUMED)[0] != 0:
+            if self.words.u64(d + abi.D_CONSUMED) != 0:
                 continue
             if not self.locks.try_lock(d):
                 continue                 # another process is claiming it, or holds it
-            st = _U32.unpack_from(self.mm, d + abi.D_STATE)[0]
-            if st != abi.RING_FREE or _Q.unpack_from(self.mm, d + abi.D_CONSUMED)[0] != 0:
+            st = self.words.u32(d + abi.D_STATE)
+            if st != abi.RING_FREE or self.words.u64(d + abi.D_CONSUMED) != 0:
                 self.locks.unlock(d)
                 continue
             pid = os.getpid()
             tid = threading.get_native_id() if hasattr(threading, "get_native_id") else 0
             name = threading.current_thread().name.encode("utf-8", "replace")[
                 :abi.THREAD_NAME_LEN]
-            gen = (_U32.unpack_from(self.mm, d + abi.D_GENERATION)[0] + 1) & 0xFFFFFFFF
-            struct.pack_into("<QQQQ", self.mm, d, 0, 0, 0, 0)
-            _Q.pack_into(self.mm, d + abi.D_CONSUMED, 0)
-            struct.pack_into("<IIIQ16s", self.mm, d + abi.D_GENERATION, gen, pid, tid,
-                             self.clock() & 0xFFFFFFFFFFFFFFFF, name)
-            _U32.pack_into(self.mm, d + abi.D_STATE, abi.RING_ACTIVE)
+            wd = self.words
+            gen = (wd.u32(d + abi.D_GENERATION) + 1) & 0xFFFFFFFF
+            for off in (abi.D_COMMIT, abi.D_EMITTED, abi.D_FIRST, abi.D_DISCARDED,
+                        abi.D_CONSUMED):
+                wd.set_u64(d + off, 0)
+            wd.set_u32(d + abi.D_GENERATION, gen)
+            wd.set_u32(d + abi.D_PID, pid)
+            wd.set_u32(d + abi.D_TID, tid)
+            wd.set_u64(d + abi.D_CLAIM_TS, self.clock() & 0xFFFFFFFFFFFFFFFF)
+            nm = d + abi.D_THREAD_NAME
+            self.mm[nm:nm + abi.THREAD_NAME_LEN] = name.ljust(abi.THREAD_NAME_LEN, b"\0")
+            wd.set_u32(d + abi.D_STATE, abi.RING_ACTIVE)
             self.rings_held.add(i)       # the lock stays ours while the claim lasts
             self._next_ring = i + 1
             return i, gen, pid
@@ -582,8 +588,8 @@ class Channel:
             d = lay.desc(i)
             if self.locks.try_lock(d):
                 try:
-                    if _U32.unpack_from(self.mm, d + abi.D_STATE)[0] == abi.RING_ACTIVE:
-                        _U32.pack_into(self.mm, d + abi.D_STATE, abi.RING_RELEASED)
+                    if self.words.u32(d + abi.D_STATE) == abi.RING_ACTIVE:
+                        self.words.set_u32(d + abi.D_STATE, abi.RING_RELEASED)
                 finally:
                     self.locks.unlock(d)
 
@@ -605,7 +611,8 @@ class Channel:
                 o = abi.MBOX_OFF + i * abi.MBOX_SIZE
                 if i in self.mbox_held or not self.locks.try_lock(o):
                     continue             # claimed by a live process (its lock is held)
-                struct.pack_into("<II", self.mm, o, abi.MBOX_CLAIMED, os.getpid())
+                self.words.set_u32(o + abi.M_PID, os.getpid())
+                self.words.set_u32(o + abi.M_STATE, abi.MBOX_CLAIMED)
                 self.mbox_held.add(i)
                 return Mailbox(self.mm, i, self.clock, on_release=self._release_mailbox)
         except (OSError, ValueError):

@@ -7,14 +7,11 @@ two Python processes leaves tens of µs.
 
 from __future__ import annotations
 
-import struct
 import time
 from typing import Callable, Optional
 
 from .. import abi
 
-_U32 = struct.Struct("<I")
-_Q = struct.Struct("<Q")
 WAIT_S = 0.05          # the host polls every few ms; longer means it is not serving
 
 
@@ -22,28 +19,29 @@ class Mailbox:
     def __init__(self, mm, index: int, clock: Callable[[], int],
                  on_release: Optional[Callable[[int], None]] = None):
         self.mm = mm
+        self.words = abi.Words(mm)        # t1 and req read by the host as we write them
         self.index = index
         self.on_release = on_release      # drops the slot's lock (the channel's)
         self.off = abi.MBOX_OFF + index * abi.MBOX_SIZE
         self.clock = clock
-        self.req = _U32.unpack_from(mm, self.off + abi.M_REQ)[0]
+        self.req = self.words.u32(self.off + abi.M_REQ)
 
     def exchange(self) -> Optional[int]:
         """One exchange; returns its round trip (guest ns), or None when the host did
         not answer within WAIT_S."""
-        mm, o, clock = self.mm, self.off, self.clock
+        wd, o, clock = self.words, self.off, self.clock
         req = self.req % 0xFFFFFFFF + 1            # 1..2**32-1: 0 means none
         self.req = req
-        pack_t1 = _Q.pack_into
-        ans = _U32.unpack_from
+        set_t1 = wd.set_u64
+        ans = wd.u32
         t1 = clock()
-        pack_t1(mm, o + abi.M_T1, t1)
-        _U32.pack_into(mm, o + abi.M_REQ, req)     # after t1: the host reads both
+        set_t1(o + abi.M_T1, t1)
+        wd.set_u32(o + abi.M_REQ, req)             # after t1: the host reads both
         deadline = time.monotonic() + WAIT_S
         n = 0
         while True:
-            pack_t1(mm, o + abi.M_T1, clock())
-            if ans(mm, o + abi.M_ANS)[0] == req:
+            set_t1(o + abi.M_T1, clock())
+            if ans(o + abi.M_ANS) == req:
                 t4 = clock()
                 break
             n += 1
@@ -52,15 +50,15 @@ class Mailbox:
             # per exchange: the host answers within a few ms)
             if n & 63 == 0 and time.monotonic() > deadline:
                 return None
-        _Q.pack_into(mm, o + abi.M_T4, t4)
-        _U32.pack_into(mm, o + abi.M_DONE, req)   # after t4: the host takes the sample
+        wd.set_u64(o + abi.M_T4, t4)
+        wd.set_u32(o + abi.M_DONE, req)            # after t4: the host takes the sample
         return t4 - t1
 
     def release(self) -> None:
         """Free the slot; at once after the last `done` is fine: the host still takes
         that exchange (ABI §10)."""
         try:
-            _U32.pack_into(self.mm, self.off + abi.M_STATE, abi.MBOX_FREE)
+            self.words.set_u32(self.off + abi.M_STATE, abi.MBOX_FREE)
         finally:
             if self.on_release is not None:
                 self.on_release(self.index)     # after the state, as for a ring
@@ -68,4 +66,4 @@ class Mailbox:
 
 def serving(mm) -> bool:
     """Whether the collector serves the region's mailboxes."""
-    return bool(_U32.unpack_from(mm, abi.HDR_FLAGS)[0] & abi.FLAG_MAILBOXES)
+    return bool(abi.Words(mm).u32(abi.HDR_FLAGS) & abi.FLAG_MAILBOXES)

@@ -37,7 +37,6 @@ def populate(mm: mmap.mmap, start: int, end: int) -> None:
         pass                     # an older kernel or Python: the pages fault in on use
 
 
-_Q = struct.Struct("<Q")
 _PAD = struct.Struct("<HH")
 
 
@@ -47,13 +46,14 @@ class RingWriter(WriterBase):
     tracepoint reads directly when the accelerator is built (guest/accel.py)."""
 
     __slots__ = ("ch", "mm", "index", "desc", "base", "size", "mask", "tail", "mode",
-                 "discarded", "pid", "generation", "blocked_heartbeat", "released")
+                 "discarded", "pid", "generation", "blocked_heartbeat", "released", "words")
 
     def __init__(self, ch, index: int, generation: int, pid: int, seq: int = 0,
                  discarded: int = 0):
         lay = ch.layout
         self.ch = ch
         self.mm = ch.mm
+        self.words = ch.words        # the descriptor's words, each in one store
         self.index = index
         self.desc = lay.desc(index)
         self.ci = (self.desc + abi.D_COMMIT) // 8   # index of the commit word in ch.q
@@ -104,7 +104,7 @@ class RingWriter(WriterBase):
         return pos
 
     def _consumed(self, pos: int) -> int:
-        c = _Q.unpack_from(self.mm, self.desc + abi.D_CONSUMED)[0]
+        c = self.words.u64(self.desc + abi.D_CONSUMED)
         # a consumed position outside [pos - size, pos] is nonsense: treat the ring as full
         return c if pos - self.size <= c <= pos else pos - self.size
 
@@ -139,7 +139,7 @@ class RingWriter(WriterBase):
             first += sz if sz else self.size  # a zero size cannot happen; never spin
         first = min(first, self.pos)
         self.tail = first
-        _Q.pack_into(mm, self.desc + abi.D_FIRST, first)
+        self.words.set_u64(self.desc + abi.D_FIRST, first)
 
     def nested(self) -> None:
         """An emit made while another emit of this thread was between reading `pos`
@@ -152,8 +152,8 @@ class RingWriter(WriterBase):
     def _drop(self) -> int:
         self.seq += 1
         self.discarded += 1
-        _Q.pack_into(self.mm, self.desc + abi.D_EMITTED, self.seq)
-        _Q.pack_into(self.mm, self.desc + abi.D_DISCARDED, self.discarded)
+        self.words.set_u64(self.desc + abi.D_EMITTED, self.seq)
+        self.words.set_u64(self.desc + abi.D_DISCARDED, self.discarded)
         return -1
 
     def release(self) -> None:
@@ -165,11 +165,11 @@ class RingWriter(WriterBase):
         self.released = True
         try:
             if not (self.ch.closed_mm or self.mm.closed):
-                _Q.pack_into(self.mm, self.desc + abi.D_EMITTED, self.seq)
-                st, gen = struct.unpack_from("<II", self.mm, self.desc + abi.D_STATE)
-                if st == abi.RING_ACTIVE and gen == self.generation:
-                    struct.pack_into("<I", self.mm, self.desc + abi.D_STATE,
-                                     abi.RING_RELEASED)
+                wd, d = self.words, self.desc
+                wd.set_u64(d + abi.D_EMITTED, self.seq)
+                if (wd.u32(d + abi.D_STATE) == abi.RING_ACTIVE
+                        and wd.u32(d + abi.D_GENERATION) == self.generation):
+                    wd.set_u32(d + abi.D_STATE, abi.RING_RELEASED)
         except (ValueError, OSError):
             pass
         self.ch.release_ring(self.index)   # after the state: the lock says "owner alive"

@@ -7,7 +7,6 @@ import errno
 import json
 import os
 import socket
-import struct
 import threading
 import time
 from dataclasses import asdict
@@ -65,6 +64,9 @@ class Source:
         self.ring_claims = [0] * n
         self.ring_refused = [0] * n
         self.refused_gen: List[Optional[int]] = [None] * n   # the claim refused on ring i
+        # the claim last finished on ring i: never read twice (a claim's stream is one
+        # stream, whatever its state word says after)
+        self.done_gen: List[Optional[int]] = [None] * n
         # losses the producers counted in the region (ABI 1.4 counter slots), per domain
         self.losses: Dict[str, Dict[str, int]] = {}
         self.counted = (0, 0)                # the slots' sums at the last look
@@ -248,10 +250,16 @@ class Collector:
         return sorted(busy)
 
     def _identity(self, src: Source, i: int) -> dict:
-        d = src.region.layout.desc(i) + abi.D_STATE
-        raw = bytes(src.region.mm[d:d + 40])
-        state, gen, pid, tid, claim_ts = struct.unpack_from("<IIIIQ", raw)
-        name = raw[24:40].split(b"\0", 1)[0].decode("utf-8", "replace")
+        d = src.region.layout.desc(i)
+        wd = src.region.words
+        # the state first: the producer writes it last (a claim) or alone (a release)
+        state = wd.u32(d + abi.D_STATE)
+        gen = wd.u32(d + abi.D_GENERATION)
+        pid, tid = wd.u32(d + abi.D_PID), wd.u32(d + abi.D_TID)
+        claim_ts = wd.u64(d + abi.D_CLAIM_TS)
+        nm = d + abi.D_THREAD_NAME
+        raw = bytes(src.region.mm[nm:nm + abi.THREAD_NAME_LEN])
+        name = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
         name = "".join(c if c.isprintable() else "?" for c in name)
         return {"state": state, "generation": gen, "pid": pid, "tid": tid,
                 "claim_ts": claim_ts, "thread": name}
@@ -261,6 +269,10 @@ class Collector:
         state = ident["state"]
         r = src.readers[i]
         if r is None and state not in (abi.RING_ACTIVE, abi.RING_RELEASED):
+            return 0
+        if r is None and src.done_gen[i] == ident["generation"]:
+            if state == abi.RING_RELEASED:
+                self._free_ring(src, i)          # finished already: only hand it back
             return 0
         if r is not None and (r.generation != ident["generation"] or state == abi.RING_FREE):
             self._finish(src, r, gone=False)     # reclaimed behind our back
@@ -273,8 +285,7 @@ class Collector:
             if not self._serve(src, i, ident["generation"]):
                 if gone:
                     # not drained, but counted: the producer's own count of its records
-                    emitted = struct.unpack_from("<Q", src.region.mm,
-                                                 src.region.layout.desc(i) + abi.D_EMITTED)[0]
+                    emitted = src.region.words.u64(src.region.layout.desc(i) + abi.D_EMITTED)
                     self._loss(src, "lost_in_refused_claims", min(emitted, abi.CNT_MAX))
                     src.refused_gen[i] = None
                     self._free_ring(src, i)    # so that the ring serves later claims
@@ -337,10 +348,11 @@ class Collector:
         """Take what the producers added to the region's counter slots since the last
         look (ABI 1.4). Slots beyond CNT_MAX are scribble and left out; a sum that went
         down (a slot scribbled or zeroed) only moves the baseline."""
-        raw = bytes(src.region.mm[abi.CNT_OFF:abi.CNT_OFF + abi.N_CNT * abi.CNT_SIZE])
+        wd = src.region.words
         lost = refused = 0
         for c in range(abi.N_CNT):
-            a, b = struct.unpack_from("<QQ", raw, c * abi.CNT_SIZE)
+            off = abi.CNT_OFF + c * abi.CNT_SIZE
+            a, b = wd.u64(off), wd.u64(off + 8)
             if a < abi.CNT_MAX and b < abi.CNT_MAX:
                 lost += a
                 refused += b
@@ -354,10 +366,11 @@ class Collector:
     def _free_ring(src: Source, i: int) -> None:
         """Hand a drained ring back for the next claim: consumed back to 0 first."""
         d = src.region.layout.desc(i)
-        struct.pack_into("<Q", src.region.mm, d + abi.D_CONSUMED, 0)
-        struct.pack_into("<I", src.region.mm, d + abi.D_STATE, abi.RING_FREE)
+        src.region.words.set_u64(d + abi.D_CONSUMED, 0)
+        src.region.words.set_u32(d + abi.D_STATE, abi.RING_FREE)
 
     def _finish(self, src: Source, r: RingReader, gone: bool) -> None:
+        src.done_gen[r.index] = r.generation
         r.finish(gone)
         src.finished.append(r)
         # the stream ended (its producer is gone or its ring was reclaimed): this reader

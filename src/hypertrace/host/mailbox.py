@@ -7,7 +7,6 @@ nothing but t4, accepted for the request this side answered and only if t4 >= t1
 
 from __future__ import annotations
 
-import struct
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
@@ -16,9 +15,6 @@ from .. import abi
 from .control import DomainClock
 from .region import Region
 
-SLOT = struct.Struct("<IIIIQQQQI")        # state, pid, req, ans, t1, t2, t3, t4, done
-_Q = struct.Struct("<Q")
-_U32 = struct.Struct("<I")
 MAX_RTT_NS = 10 * 10**9                   # a slower "exchange" is a lie or a pause
 FAST_S, SLOW_S = 0.0002, 0.002
 AREA = slice(abi.MBOX_OFF, abi.MBOX_OFF + abi.N_MBOX * abi.MBOX_SIZE)
@@ -47,10 +43,9 @@ class MailboxServer:
 
     def add(self, region: Region) -> None:
         """Serve this region's mailboxes and tell its guests so (the header flag)."""
-        mm = region.mm
-        _clear(mm)
-        flags = _U32.unpack_from(mm, abi.HDR_FLAGS)[0]
-        _U32.pack_into(mm, abi.HDR_FLAGS, flags | abi.FLAG_MAILBOXES)
+        _clear(region.mm)
+        wd = region.words
+        wd.set_u32(abi.HDR_FLAGS, wd.u32(abi.HDR_FLAGS) | abi.FLAG_MAILBOXES)
         with self.lock:
             self.regions.append(region)
 
@@ -71,9 +66,10 @@ class MailboxServer:
             for region in self.regions:
                 if region.header.session_id != session_id:
                     continue
-                raw = bytes(region.mm[AREA])
+                wd = region.words
                 for i in range(abi.N_MBOX):
-                    state, pid = struct.unpack_from("<II", raw, i * abi.MBOX_SIZE)
+                    o = abi.MBOX_OFF + i * abi.MBOX_SIZE
+                    state, pid = wd.u32(o + abi.M_STATE), wd.u32(o + abi.M_PID)
                     # an exchange answered before the hello is the old boot's, even if
                     # its slot is free by now: its sample goes to no clock (the registry
                     # names the new boot's)
@@ -94,19 +90,20 @@ class MailboxServer:
         with self.lock:
             for region in self.regions:
                 sid = region.header.session_id
-                mm = region.mm
-                raw = bytes(mm[AREA])
+                wd = region.words
                 for i in range(abi.N_MBOX):
-                    state, _pid, req, _ans, _t1, _t2, _t3, _t4, done = SLOT.unpack_from(
-                        raw, i * abi.MBOX_SIZE)
-                    key = (sid, i)
                     o = abi.MBOX_OFF + i * abi.MBOX_SIZE
+                    # each word in one load, `state` first (the guest writes it last)
+                    state = wd.u32(o + abi.M_STATE)
+                    _pid, req, done = (wd.u32(o + abi.M_PID), wd.u32(o + abi.M_REQ),
+                                       wd.u32(o + abi.M_DONE))
+                    key = (sid, i)
                     if state != abi.MBOX_CLAIMED:
                         self.retired.pop(key, None)    # free: the next claim is served
                         # a guest frees its slot right after its last `done`: that
-                        # exchange is still taken (the copy's `done` was read after its
-                        # `state`, and the guest wrote `done` before freeing)
-                        self._done(mm, o, key, sid, done)
+                        # exchange is still taken (`done` is read after `state`, and
+                        # the guest wrote `done` before freeing)
+                        self._done(wd, o, key, sid, done)
                         continue
                     if key in self.retired:
                         if self.retired[key] == _pid:
@@ -115,29 +112,29 @@ class MailboxServer:
                     # before answering a new request: a slot freed and claimed anew
                     # since still holds the previous claimant's `done` and `t4` (a new
                     # claimant writes `t4` only once this side answered its request)
-                    self._done(mm, o, key, sid, done)
+                    self._done(wd, o, key, sid, done)
                     if req and req != self.answered.get(key):
-                        self._answer(mm, o, key, req)
+                        self._answer(wd, o, key, req)
                         active = True
                     active = active or key in self.pending
         return active
 
-    def _done(self, mm, o: int, key: tuple, sid: bytes, done: int) -> None:
+    def _done(self, wd: abi.Words, o: int, key: tuple, sid: bytes, done: int) -> None:
         """The exchange this side answered in slot `key` is done: take its sample."""
         p = self.pending.get(key)
         if p is not None and done == p[0]:
             del self.pending[key]
             # t4 read again now: the copy may hold the previous exchange's t4 next to
             # this one's `done` (written after t4)
-            self._sample(sid, p[1], p[2], p[3], _Q.unpack_from(mm, o + abi.M_T4)[0])
+            self._sample(sid, p[1], p[2], p[3], wd.u64(o + abi.M_T4))
 
-    def _answer(self, mm, o: int, key: tuple, req: int) -> None:
-        t1 = _Q.unpack_from(mm, o + abi.M_T1)[0]   # the guest wrote it before we read it
+    def _answer(self, wd: abi.Words, o: int, key: tuple, req: int) -> None:
+        t1 = wd.u64(o + abi.M_T1)                   # the guest wrote it before we read it
         t2 = time.monotonic_ns()
-        _Q.pack_into(mm, o + abi.M_T2, t2)
+        wd.set_u64(o + abi.M_T2, t2)
         t3 = time.monotonic_ns()
-        _Q.pack_into(mm, o + abi.M_T3, t3)
-        _U32.pack_into(mm, o + abi.M_ANS, req)      # after t2/t3: the guest then takes t4
+        wd.set_u64(o + abi.M_T3, t3)
+        wd.set_u32(o + abi.M_ANS, req)              # after t2/t3: the guest then takes t4
         self.answered[key] = req
         self.pending[key] = (req, t1, t2, t3)
 
@@ -162,7 +159,7 @@ class MailboxServer:
         with self.lock:
             for region in self.regions:
                 try:
-                    flags = _U32.unpack_from(region.mm, abi.HDR_FLAGS)[0]
-                    _U32.pack_into(region.mm, abi.HDR_FLAGS, flags & ~abi.FLAG_MAILBOXES)
+                    wd = region.words
+                    wd.set_u32(abi.HDR_FLAGS, wd.u32(abi.HDR_FLAGS) & ~abi.FLAG_MAILBOXES)
                 except (ValueError, TypeError):
                     pass            # the region is already unmapped

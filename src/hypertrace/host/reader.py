@@ -171,7 +171,9 @@ class RingReader:
     def drain(self) -> int:
         """Copy and validate everything committed since the last call; returns records."""
         size = self.lay.ring_size
-        commit, _emitted, first = struct.unpack_from("<QQQ", self.mm, self.desc)
+        wd = self.region.words
+        commit = wd.u64(self.desc + abi.D_COMMIT)
+        first = wd.u64(self.desc + abi.D_FIRST)
         start = self.consumed
         if commit == start:
             return 0
@@ -188,7 +190,7 @@ class RingReader:
                 break
             # bytes below the producer's `first` may have been overwritten while we
             # copied them: retry from the new `first` (a record boundary)
-            first2 = _Q.unpack_from(self.mm, self.desc + abi.D_FIRST)[0]
+            first2 = wd.u64(self.desc + abi.D_FIRST)
             if first2 <= start:
                 break
             start = min(first2, commit)
@@ -280,7 +282,7 @@ class RingReader:
     def _publish(self, pos: int) -> None:
         if pos > self.published or self.overwrite:
             self.published = pos
-            _Q.pack_into(self.mm, self.desc + abi.D_CONSUMED, pos)
+            self.region.words.set_u64(self.desc + abi.D_CONSUMED, pos)
 
     def _walk(self, buf) -> int:
         """Validate the records of one piece and append the good ones to the packet."""
@@ -411,7 +413,8 @@ class RingReader:
     def finish(self, producer_gone: bool) -> None:
         """Final accounting once the producer released the ring or died, then drained."""
         st = self.stats
-        commit, emitted = struct.unpack_from("<QQ", self.mm, self.desc)
+        commit = self.region.words.u64(self.desc + abi.D_COMMIT)
+        emitted = self.region.words.u64(self.desc + abi.D_EMITTED)
         if producer_gone and commit == self.consumed:
             # a record written but never committed: count it, never decode it
             a = self.base + (commit & (self.lay.ring_size - 1))

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import stat
-import struct
 import time
 from typing import Dict, List
 
@@ -124,8 +123,7 @@ def _collector_alive(region: Region, wait_s: float = 0.5) -> bool:
     """A running collector bumps the heartbeat at every pass (several per ms when idle);
     one killed leaves it still."""
     def state():
-        return (struct.unpack_from("<I", region.mm, abi.HDR_COLLECTOR)[0],
-                struct.unpack_from("<Q", region.mm, abi.HDR_HEARTBEAT)[0])
+        return region.words.u32(abi.HDR_COLLECTOR), region.words.u64(abi.HDR_HEARTBEAT)
     st, hb = state()
     if st != abi.COLLECTOR_RUNNING:
         return False
@@ -145,8 +143,8 @@ def _regular_channel(path: str) -> str:
 def _resume(r: RingReader) -> None:
     """Start reading at the position the dead recorder published, expecting the
     sequence number of the record found there."""
-    pos = _u64(r.mm, r.desc + abi.D_CONSUMED)
-    commit = _u64(r.mm, r.desc + abi.D_COMMIT)
+    pos = r.region.words.u64(r.desc + abi.D_CONSUMED)
+    commit = r.region.words.u64(r.desc + abi.D_COMMIT)
     r.consumed = r.published = pos
     if commit > pos:
         a = r.base + (pos & (r.lay.ring_size - 1))
@@ -155,10 +153,6 @@ def _resume(r: RingReader) -> None:
             a = r.base
             eid, _sf, seq, _ts = abi.REC_HEADER.unpack_from(r.mm, a)
         r.seq = seq
-
-
-def _u64(mm, off: int) -> int:
-    return int.from_bytes(mm[off:off + 8], "little")
 
 
 def recover(outdir: str, out=None) -> dict:

@@ -5,15 +5,11 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import struct
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import abi
 from .runtime import PathExists, create_file, open_file
-
-_U32 = struct.Struct("<I")
-_Q = struct.Struct("<Q")
 
 
 def _allocate(fd: int, lay: abi.Layout) -> None:
@@ -34,6 +30,10 @@ class Region:
     layout: abi.Layout
     header: abi.Header
     owned: bool          # created by us: removed when the recording ends
+    words: abi.Words = field(init=False, repr=False)   # shared words, each untorn
+
+    def __post_init__(self) -> None:
+        self.words = abi.Words(self.mm)
 
     @classmethod
     def create(cls, path: str, name: str, mode: int = abi.MODE_DISCARD,
@@ -112,10 +112,10 @@ class Region:
 
     # -- host-written fields ---------------------------------------------------
     def set_collector(self, state: int) -> None:
-        _U32.pack_into(self.mm, abi.HDR_COLLECTOR, state)
+        self.words.set_u32(abi.HDR_COLLECTOR, state)
 
     def beat(self, n: int) -> None:
-        _Q.pack_into(self.mm, abi.HDR_HEARTBEAT, n)
+        self.words.set_u64(abi.HDR_HEARTBEAT, n)
 
     def set_enabled(self, event_id: int, on: bool) -> None:
         self.mm[self.layout.enable_off + event_id] = 1 if on else 0
@@ -127,10 +127,11 @@ class Region:
     def declaration(self, event_id: int):
         """Copy and parse one declaration slot: None if empty, ValueError if malformed."""
         off = self.layout.decl(event_id)
-        raw = bytes(self.mm[off:off + abi.DECL_SLOT])
-        state, ln = struct.unpack_from("<II", raw)
-        if state != abi.DECL_VALID:
+        # the state first, then the rest: the guest writes it last (§5)
+        if self.words.u32(off + abi.DECL_STATE) != abi.DECL_VALID:
             return None
+        ln = self.words.u32(off + abi.DECL_LEN)
+        raw = bytes(self.mm[off:off + abi.DECL_SLOT])
         if ln > abi.DECL_TEXT_MAX:
             raise ValueError("declaration %d: length %d out of bounds" % (event_id, ln))
         try:
@@ -145,6 +146,7 @@ class Region:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+        self.words.release()
         try:
             self.mm.close()
         except BufferError:
