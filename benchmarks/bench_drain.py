@@ -5,8 +5,10 @@ Rings of a region are filled directly (no producer running: what is measured is 
 collector alone), then drained by Collector.poll() (RingReader.drain: copy out of
 the ring, walk, packets written to the stream files of a session directory in a
 temporary directory), round after round, once with the C walk (host/_walk) and once
-with the numpy walk. Two loads: 24-byte records of one event, and a mix of fixed
-and variable-size events (strings and bytes). The disk's write bandwidth in the same
+with the numpy walk. Three loads: 24-byte records of one event, a mix of fixed
+and variable-size events (strings and bytes), and a hostile producer's 24-byte
+records with 1 in 64 going back in seq (the numpy walk leaves such a piece to the
+scalar walk; the C walk drops those records itself, each drop ending a packet). The disk's write bandwidth in the same
 directory is measured beside them (page cache only, and with fdatasync), since the
 drain's writes are what it ends with. Each row is the best of a few trials, each
 started after a sync, so that one row's dirty pages being written back do not slow
@@ -53,7 +55,7 @@ def template(load: str) -> Tuple[bytes, np.ndarray]:
     """A block of records (at most 64 KiB: the ring is filled with copies of it, then
     padding) and the offsets of its records; seq and ts are written per fill."""
     recs: List[bytes] = []
-    if load == "fixed24":
+    if load in ("fixed24", "back"):
         recs = [record(0, struct.pack("<Q", i)) for i in range(2730)]
     else:
         i = 0
@@ -93,6 +95,10 @@ class Filler:
             data = np.concatenate([data, pad])
         self.data = data
         self.per_round = len(self.offs)
+        # "back": a hostile producer's ring, 1 record in 64 with a seq gone backwards
+        # (malformed: the vector walks drop it, or leave the piece to the scalar walk)
+        self.back = np.arange(0, len(self.offs), 64) if load == "back" else None
+        self.kept_per_round = self.per_round - (len(self.back) if load == "back" else 0)
         self.bytes_per_round = self.ring - rest
         self.seq = [0] * lay.n_rings
         self.ts = 1_000_000
@@ -110,7 +116,10 @@ class Filler:
             d = self.data
             u32 = d.view("<u4")
             u64 = d.view("<u8")
-            u32[(self.offs + 4) // 4] = (np.arange(n, dtype=np.uint64) + self.seq[i]) & 0xFFFFFFFF
+            seqs = (np.arange(n, dtype=np.uint64) + self.seq[i]) & 0xFFFFFFFF
+            if self.back is not None:
+                seqs[self.back] = (seqs[self.back] - (1 << 20)) & 0xFFFFFFFF
+            u32[(self.offs + 4) // 4] = seqs
             u64[(self.offs + 8) // 8] = np.arange(n, dtype=np.uint64) + self.ts
             base = lay.data(i)
             self.region.mm[base:base + self.ring] = d.tobytes()
@@ -154,7 +163,7 @@ def drain(tmp: str, load: str, rings: int, ring_mib: int, rounds: int, native: b
             col.flush()
             dt += time.perf_counter() - t
         col.stop()
-        expect = rounds * rings * filler.per_round
+        expect = rounds * rings * filler.kept_per_round
         if n != expect:
             raise SystemExit("drained %d records, expected %d" % (n, expect))
         return n, dt, rounds * rings * filler.bytes_per_round
@@ -219,7 +228,8 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="ht-bench-drain-", dir=a.dir)
     rows = []
     try:
-        for load, label in (("fixed24", "24-byte records"), ("mix", "mix with strings")):
+        for load, label in (("fixed24", "24-byte records"), ("mix", "mix with strings"),
+                            ("back", "24-byte, 1 in 64 seq backwards")):
             for native in ((True, False) if _NATIVE is not None else (False,)):
                 best = None
                 for _ in range(trials):

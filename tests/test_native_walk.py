@@ -108,10 +108,14 @@ def norm(res):
 
 
 def check(table, piece, seq: int = 0, last_ts: int = 0):
-    """Both walks on their own copy of `piece`: equal results, equal bytes after."""
+    """Both walks on their own copy of `piece`: equal results, equal bytes after. Where
+    the numpy walk gives up on a seq going backwards the C walk goes on (the readers'
+    comparison with the scalar walk covers that case)."""
     a, b = bytearray(piece), bytearray(piece)
     ra = vwalk.numpy_walk(a, table.np_sizes, table.codecs, seq, last_ts)
     rb = vwalk.walk(b, table.np_sizes, table.codecs, seq, last_ts, table.var_layout())
+    if ra is None and rb is not None:
+        return rb
     assert norm(rb) == norm(ra)
     assert a == b
     return rb
@@ -143,13 +147,24 @@ def test_seq_gaps_and_wrap(table):
         assert sum(run.gap_before for run in r.runs) == r.next_seq - start - 3000
 
 
-def test_seq_going_backwards_is_left_to_the_scalar_walk(table):
+def test_seq_going_backwards_is_malformed_as_in_the_scalar_walk(region, table, c_walk):
+    """The numpy walk leaves it to the scalar walk; the C walk drops such a record as
+    the scalar walk does, at its own pace (a producer writing them cannot slow the
+    drain down to the scalar walk's: 1-8 % lost by an honest 2 M/s producer before)."""
     rng = random.Random(2)
     piece = make_piece(rng, 500, [0, 2], seq=100)
-    assert check(table, piece, seq=100) is not None
-    assert check(table, piece, seq=101) is None           # the first record went back
-    r = make_piece(rng, 10, [0], seq=5)
-    assert check(table, piece + r, seq=100) is None       # one in the middle went back
+    back = make_piece(rng, 10, [0], seq=5)
+    assert vwalk.numpy_walk(bytearray(piece), table.np_sizes, table.codecs, 101, 0) is None
+    cases = [(piece, 100), (piece, 101), (piece + back, 100),
+             (piece + back + make_piece(rng, 50, [0, 2], seq=600), 100)]
+    for p, seq in cases:
+        r = vwalk.walk(bytearray(p), table.np_sizes, table.codecs, seq, 0, table.var_layout())
+        assert r is not None
+        got = [reader_outcome(region, table, how, [p], seq, c_walk) for how in ("c", "scalar")]
+        assert got[0] == got[1]
+    r = vwalk.walk(bytearray(piece + back), table.np_sizes, table.codecs, 100, 0,
+                   table.var_layout())
+    assert r.malformed == 10 and r.next_seq == 600 and sum(r.per_event.values()) == 500
 
 
 def test_timestamp_regressions_are_clamped_in_the_piece(table):
@@ -190,6 +205,10 @@ def test_odd_records(table):
         r = check(table, piece, seq=0)
         if name in ("unloaded event", "odd length"):
             assert r is None, name
+            strict = vwalk.walk(bytearray(piece), table.np_sizes, table.codecs, 0, 0,
+                                table.var_layout(), strict=True)
+            assert (strict is None) == (name == "odd length"), name
+            assert strict is None or strict.malformed == 1
         elif name in ("flags set", "only padding"):
             assert r.malformed == 0, name
         else:
@@ -301,11 +320,13 @@ def test_readers_agree_c_numpy_scalar(region, table, case, c_walk):
     piece, seq, _ = case
     got = [reader_outcome(region, table, how, [piece], seq, c_walk)
            for how in ("c", "numpy", "scalar")]
-    assert got[0] == got[1]
     # the scalar walk treats padding in the middle of a piece its own way (it ends the
-    # run there, the vector walks drop it as one malformed record)
+    # run there, the vector walks drop it as one malformed record); the numpy reader
+    # hands a seq going backwards to the scalar walk, the C walk takes it itself
     if not _pad_inside(piece):
-        assert got[0] == got[2]
+        assert got[0] == got[1] == got[2]
+    elif vwalk.numpy_walk(bytearray(piece), table.np_sizes, table.codecs, seq, 0) is not None:
+        assert got[0] == got[1]
 
 
 def test_readers_agree_on_pieces_larger_than_a_packet(region, table, c_walk):

@@ -215,7 +215,8 @@ class RingReader:
         res = vwalk.walk(buf, ev.np_sizes, ev.codecs, self.seq, last, ev.var_layout())
         if res is None:
             ev.refresh()
-            res = vwalk.walk(buf, ev.np_sizes, ev.codecs, self.seq, last, ev.var_layout())
+            res = vwalk.walk(buf, ev.np_sizes, ev.codecs, self.seq, last, ev.var_layout(),
+                             strict=True)
             if res is None:
                 return self._walk(buf)   # odd input: the scalar walk handles every case
         st.malformed += res.malformed

@@ -80,15 +80,18 @@ def native() -> bool:
 
 
 def walk(buf: bytearray, sizes: np.ndarray, codecs: dict, seq: int, last_ts: int,
-         layout: Optional[bytes] = None) -> Optional[WalkResult]:
-    """Validate one piece; None means 'use the scalar walk' (rare, odd cases).
+         layout: Optional[bytes] = None, strict: bool = False) -> Optional[WalkResult]:
+    """Validate one piece; None means 'use the scalar walk' (rare, odd cases), or
+    with the C walk: 'an event id is not loaded, refresh the table' unless `strict`
+    (then such a record is malformed, as in the scalar walk). The C walk also takes
+    a seq going backwards itself, as the scalar walk does (malformed, dropped).
 
     `layout` is var_layout(codecs), which the caller may keep (the EventTable does)
     rather than have it rebuilt for every piece the C walk takes."""
     if _native is None:
         return numpy_walk(buf, sizes, codecs, seq, last_ts)
     r = _native.walk(buf, sizes, var_layout(codecs) if layout is None else layout, seq,
-                     last_ts)
+                     last_ts, strict)
     if r is None:
         return None
     runs, malformed, clamped, next_seq, last, per = r

@@ -14,12 +14,18 @@
  * read byte by byte (compilers turn that into plain loads where the host is
  * little-endian).
  *
- * walk(buf, sizes, layout, seq, last_ts) returns None where the numpy walk does (an
- * event id not loaded yet, a seq going backwards: the caller refreshes or takes the
- * scalar walk), else (runs, malformed, clamped, next_seq, last_ts, per_event) with
+ * walk(buf, sizes, layout, seq, last_ts[, strict]) returns None for an event id not
+ * loaded yet unless `strict` (the caller refreshes its table and walks again, strict:
+ * such a record is then malformed), else (runs, malformed, clamped, next_seq,
+ * last_ts, per_event) with
  * runs as (start, end, count, gap_before, first_ts, last_ts, last_rec) tuples and
  * per_event a dict {event id: records}, or None when no record was accepted.
  * Clamped timestamps are written into buf, and only when the result is not None.
+ * A record whose seq goes backwards is malformed and the next one is expected to
+ * carry the same seq, as in the reader's scalar walk: the numpy walk leaves that case
+ * to the scalar walk (it cannot follow an expectation that depends on what was kept),
+ * here it costs nothing more, so that a producer writing such records cannot slow
+ * the drain of the others down to the scalar walk's pace.
  *
  * sizes: the EventTable's int32 table of 65536 entries (-2 beyond max_events, -1 not
  * loaded, 0 variable size, else the fixed record size).  layout: little-endian int32
@@ -159,7 +165,7 @@ typedef struct {
 /* The walk itself: follows the chain of records from byte 0, checks each one,
  * collects runs of consecutive accepted records and the clamps to apply. */
 static int walk_piece(const uint8_t *b, size_t nw, const int32_t *sizes,
-                      const layout_t *lay, uint32_t seq_lo, uint64_t last_ts,
+                      const layout_t *lay, uint32_t seq_lo, uint64_t last_ts, int strict,
                       vec_t *runs, vec_t *clamps, totals_t *t) {
     uint64_t malformed = 0, clamped = 0, delta = 0, accepted = 0, npad = 0;
     uint64_t cur = last_ts;
@@ -185,7 +191,7 @@ static int walk_piece(const uint8_t *b, size_t nw, const int32_t *sizes,
         }
         last_pad = 0;
         int32_t want = sizes[eid];
-        if (want == -1)
+        if (want == -1 && !strict)
             return WALK_NONE;             /* the table must be refreshed first */
         uint64_t ts = le64(r + 8);
         int ok;
@@ -201,8 +207,11 @@ static int walk_piece(const uint8_t *b, size_t nw, const int32_t *sizes,
             continue;
         }
         uint32_t gap = (uint32_t)(h >> 32) - exp;
-        if (gap >= 0x80000000u)
-            return WALK_NONE;             /* seq went backwards: the scalar walk decides */
+        if (gap >= 0x80000000u) {
+            malformed++;                  /* seq went backwards: dropped, exp kept */
+            p += szw;
+            continue;
+        }
         exp += gap + 1;
         delta += (uint64_t)gap + 1;
         if (ts < cur) {
@@ -357,7 +366,9 @@ fail:
 static PyObject *py_walk(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *bufo, *sizeso, *layo, *seqo, *lasto;
-    if (!PyArg_ParseTuple(args, "OOOOO:walk", &bufo, &sizeso, &layo, &seqo, &lasto))
+    int strict = 0;
+    if (!PyArg_ParseTuple(args, "OOOOO|p:walk", &bufo, &sizeso, &layo, &seqo, &lasto,
+                          &strict))
         return NULL;
     if (!PyLong_Check(seqo) || !PyLong_Check(lasto)) {
         PyErr_SetString(PyExc_TypeError, "walk: seq and last_ts must be ints");
@@ -414,7 +425,7 @@ static PyObject *py_walk(PyObject *self, PyObject *args) {
         rc = WALK_NONE;                    /* never a ring piece: the scalar walk says why */
     } else {
         rc = walk_piece(buf.buf, nbytes / 8, sizes.buf, &layout, (uint32_t)seq_full,
-                        last_ts, &runs, &clamps, &t);
+                        last_ts, strict, &runs, &clamps, &t);
     }
     if (rc == WALK_NONE) {
         res = Py_None;
