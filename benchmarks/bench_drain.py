@@ -10,9 +10,9 @@ and variable-size events (strings and bytes), and a hostile producer's 24-byte
 records with 1 in 64 going back in seq (the numpy walk leaves such a piece to the
 scalar walk; the C walk drops those records itself, each drop ending a packet).
 The disk's write bandwidth in the same directory is measured beside them (page
-cache only, and with fdatasync), since the drain's writes are what it ends with. Each row is the best of a few trials, each
-started after a sync, so that one row's dirty pages being written back do not slow
-down the next.
+cache only, and with fdatasync), since the drain's writes are what it ends with.
+Each row is the best of a few trials, each started after a sync, so that one row's
+dirty pages being written back do not slow down the next.
 
 Usage: python benchmarks/bench_drain.py [--quick] [--rings N] [--ring-mib M] [--rounds R]
                                         [--trials T] [--dir DIR]
