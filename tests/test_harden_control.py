@@ -127,6 +127,48 @@ def test_after_a_full_disk_the_index_counts_what_the_files_hold(tmp_path):
         assert idx["records_not_written"] == sum(s.get("unwritten", 0) for s in idx["streams"])
 
 
+TWO_PHASES = r"""
+import threading, time
+from hypertrace import guest
+tick = guest.event("tick", "uint64_t i, uint32_t who")
+def run(who, a, b):
+    for i in range(a, b):
+        tick(i, who)
+def phase(a, b):
+    ts = [threading.Thread(target=run, args=(w, a, b)) for w in range(2)]
+    for t in ts: t.start()
+    for t in ts: t.join()
+phase(0, 140000)        # 11 MB: the 2 MiB disk fills
+time.sleep(1.5)         # the recorder has seen the error
+phase(140000, 150000)
+print("EMITTED", 2 * 150000, flush=True)
+"""
+
+
+@ROOT_ONLY
+def test_after_a_full_disk_every_event_is_still_recorded_or_counted(tmp_path):
+    """The disk fills early; the program goes on emitting. The recorder keeps draining
+    to the end and counts what it could not write (before: the recording stopped at
+    the error and every event emitted after it was neither recorded nor counted)."""
+    app = tmp_path / "two_phases.py"
+    app.write_text(TWO_PHASES)
+    with small_disk(tmp_path / "small", "2m") as mnt:
+        out = str(mnt / "s")
+        r = hypertrace("record", "-o", out, "--", sys.executable, str(app), check=False)
+        assert r.returncode == 1 and "No space left on device" in r.stderr, r.stderr
+        assert "EMITTED 300000" in r.stdout, r.stdout
+        assert "Traceback" not in r.stderr
+        st = stats(out)
+        mine = [s for s in st["streams"] if s["domain"] == "local"]
+        got = {k: sum(s[k] for s in mine) for k in ("recorded", "unwritten", "discarded")}
+        assert got["unwritten"] > 0 and got["recorded"] > 0, got
+        lost = st["domains"].get("local", {}).get("lost_without_ring", 0)
+        assert sum(got.values()) + lost == 300000, (got, lost)
+        assert st["events"]["tick"]["count"] == got["recorded"]
+        events, _ = babeltrace(out, allow_discarded=True)
+        assert sum(1 for n, _ in events if n == "tick") == got["recorded"]
+
+
 # -- item 9: an exception from one component never ends the session ---------------------------
 PRED_APP = r"""
 import sys

@@ -48,8 +48,8 @@ def explain(domain: dict, streams: List[dict], write_error: Optional[str] = None
                     "nothing to set: fix the producer"))
     if discarded and write_error:
         out.append(("disk", discarded,
-                    "rings full after the recording stopped writing (%s); events emitted "
-                    "after that are not counted" % write_error,
+                    "rings full while the disk was full (%s): counting records that "
+                    "are not written drains more slowly" % write_error,
                     "free space on the session's file system, or -o on another one"))
     elif discarded:
         per = " of %s per thread" % _size(ring) if ring else ""

@@ -621,6 +621,8 @@ class Collector:
             for d in src.all_domains():
                 d.events = dict(src.events.decls)
             src.events.changed = False
+        if self.write_error is not None:
+            return        # no packet is written any more: the room is the index's
         env = {"tracer_name": "hypertrace", "tracer_version": __version__,
                "hostname": socket.gethostname(), "trace_name": os.path.basename(
                    os.path.abspath(self.outdir))}

@@ -434,6 +434,7 @@ def _loop(col: Collector, child, flags: dict, live: LiveServer,
     idle = 0
     last_flush = time.monotonic()
     snaps = 0
+    told = False
     # each component's step is guarded: whatever one of them raises (on peer data or
     # by a bug) is counted in the index and the drain goes on
     while not flags["stop"]:
@@ -441,12 +442,21 @@ def _loop(col: Collector, child, flags: dict, live: LiveServer,
             break
         if flags["snapshot"] != snaps:
             snaps = flags["snapshot"]
-            _guard(col, "snapshot", col.snapshot)
+            if col.write_error is None:      # else only counted: nothing more is written
+                _guard(col, "snapshot", col.snapshot)
         if qlogs is not None:
             _guard(col, "QEMU log", qlogs.poll)
         n = _guard(col, "drain", col.poll)
-        if col.write_error is not None:
-            break                  # the disk is full: keep what is written, stop cleanly
+        if col.write_error is not None and not told:
+            # the disk is full: what is written stays whole, and the rings are still
+            # drained to the end, their records counted as not written, so that every
+            # event of the program is recorded or counted (the index is written once,
+            # at the end, in the room held back for it)
+            told = True
+            sys.stderr.write("hypertrace: error: %s; stream files are no longer written "
+                             "(the traced program keeps running, its events are counted "
+                             "until the recording ends)\n" % col.write_error)
+            sys.stderr.flush()
         if engine is not None:
             _guard(col, "triggers", engine.run_pending)
         _guard(col, "live control", live.rules.apply_new)
@@ -454,20 +464,15 @@ def _loop(col: Collector, child, flags: dict, live: LiveServer,
         now = time.monotonic()
         if now - last_flush > 1.0:
             _guard(col, "flush", col.flush)
-            _guard(col, "session index", col.write_index)
+            if col.write_error is None:
+                _guard(col, "session index", col.write_index)
             last_flush = now
-            if col.write_error is not None:
-                break
         if n and n is not FAILED:
             idle = 0
         else:
             idle += 1
             time.sleep(IDLE_SLEEP_S if idle < 100 else 4 * IDLE_SLEEP_S)
-    if col.write_error is not None:
-        sys.stderr.write("hypertrace: error: %s; recording stopped (the traced program "
-                         "keeps running)\n" % col.write_error)
-        sys.stderr.flush()
-    elif flags["snapshot"] != snaps:
+    if col.write_error is None and flags["snapshot"] != snaps:
         col.snapshot()
 
 
