@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="block mode: longest wait for room before dropping (default 1000 ms)")
     r.add_argument("--sync-interval", type=float, default=1.0, metavar="S",
                    help="seconds between clock exchanges of each producer process (default 1)")
+    r.add_argument("--kernel", metavar="EVENTS",
+                   help="also the host's kernel events, e.g. 'sched:sched_switch,irq:*' "
+                        "(ftrace, root; into the host domain)")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
 
     for name, hlp in (("report", "print every event in time order"),
@@ -166,7 +169,7 @@ def cmd_record(a) -> int:
         col = record(a.output, cmd, channel=a.channel, mode=a.mode, ring_size=a.buffer_size,
                      rings=a.rings, max_events=a.max_events, block_timeout_ms=a.block_timeout,
                      name=a.name, sync_interval=a.sync_interval, qemu=a.qemu,
-                     triggers=a.triggers, vsock_port=a.vsock_port)
+                     triggers=a.triggers, vsock_port=a.vsock_port, kernel=a.kernel)
     except RecordError as e:
         return _fail(str(e))
     sys.stdout.write(summary(col) + "\n")

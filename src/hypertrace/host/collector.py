@@ -21,6 +21,7 @@ from . import clock as clockfit
 from . import runtime
 from .control import DomainClock
 from .errors import ErrorLog, describe
+from .kernel import AGENT_THREAD, KernelSource
 from .reader import EventTable, RingReader, count_records
 from .region import Region
 
@@ -74,6 +75,8 @@ class Source:
         self.past: List[ctf.Domain] = []     # domains of earlier boots of this guest
         #: boots handed over by a control thread: (domain, the claims made before its hello)
         self.boots_pending: List[Tuple[ctf.Domain, Dict[int, int]]] = []
+        #: the kernel events its kernel agent sends (host/kernel.py), once it sends any
+        self.kernel: Optional[KernelSource] = None
 
     def all_domains(self) -> List[ctf.Domain]:
         return self.past + [self.domain]
@@ -202,8 +205,25 @@ class Collector:
         r = src.readers[i] = RingReader(src.region, src.events, i, ident["generation"],
                                         ident, self._sink)
         r.domain = src.domain
-        if self.watch is not None:
-            r.watch = lambda content, src=src: self.watch(src, content)
+        watch = self.watch
+        if ident["thread"].startswith(AGENT_THREAD):
+            # the kernel agent's thread (guest/kernel.py): its pages are decoded
+            if src.kernel is None:
+                src.kernel = KernelSource(src, self._sink, src.region.layout.max_events)
+            kern = src.kernel
+
+            def both(content, src=src, r=r):
+                if watch is not None:
+                    watch(src, content)
+                try:
+                    kern.feed(r, content)
+                except Exception as e:           # peer data: counted, never raised
+                    kern.bad += 1
+                    self.errors.add("kernel events of %s: %s" % (src.domain.name,
+                                                                 describe(e)))
+            r.watch = both
+        elif watch is not None:
+            r.watch = lambda content, src=src: watch(src, content)
         return r
 
     def domain_guest(self, name: str) -> str:
@@ -469,7 +489,8 @@ class Collector:
         if self.write_error is not None:
             self._lost_packet(r, content, "")
             return
-        if any(s.events.changed for s in self.sources):
+        if any(s.events.changed or (s.kernel is not None and s.kernel.changed)
+               for s in self.sources):
             self.write_metadata()   # before any packet that may use a new event id
             if self.write_error is not None:
                 self._lost_packet(r, content, "")
@@ -518,6 +539,8 @@ class Collector:
             for r in src.readers:
                 if r is not None:
                     r.flush()
+            if src.kernel is not None:
+                src.kernel.flush()
         for key in self.open_files:
             self.files[key].flush()
 
@@ -552,6 +575,14 @@ class Collector:
                     self.errors.add("final drain of %s ring %d: %s" % (src.domain.name, i,
                                                                        describe(e)))
                 src.readers[i] = None
+            if src.kernel is not None:
+                try:
+                    src.kernel.flush()
+                except Exception as e:
+                    self.errors.add("kernel events of %s: %s" % (src.domain.name, describe(e)))
+                if src.kernel.bad:
+                    self.errors.add("kernel events of %s: %d texts, pages or events could "
+                                    "not be decoded" % (src.domain.name, src.kernel.bad))
             self._count_losses(src)
             src.region.set_collector(abi.COLLECTOR_STOPPED)
         for key in list(self.open_files):
@@ -618,9 +649,12 @@ class Collector:
     # -- session files ------------------------------------------------------------------
     def write_metadata(self) -> None:
         for src in self.sources:
+            kern = src.kernel.events.decls if src.kernel is not None else {}
             for d in src.all_domains():
-                d.events = dict(src.events.decls)
+                d.events = {**src.events.decls, **kern}
             src.events.changed = False
+            if src.kernel is not None:
+                src.kernel.changed = False
         if self.write_error is not None:
             return        # no packet is written any more: the room is the index's
         env = {"tracer_name": "hypertrace", "tracer_version": __version__,

@@ -13,11 +13,13 @@ from typing import List, Optional
 
 from .. import abi, guest, losses
 from ..guest.channel import resolve
+from ..guest.kernel import KernelError
 from . import pidfile, runtime
 from .actions import Engine
 from .collector import RESERVE, SESSION_DIR, Collector
 from .control import ControlServer, DomainClock
 from .errors import describe
+from .kernel import start_agent, stop_agent
 from .live import LiveServer, Rules
 from .mailbox import MailboxServer
 from .qemulog import QemuLogs, qmp_alive
@@ -41,7 +43,7 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
            block_timeout_ms: float = 1000.0, name: str = "local",
            sync_interval: float = 1.0, qemu: Optional[List[str]] = None,
            triggers: Optional[str] = None, vsock_port: Optional[int] = None,
-           out=sys.stdout) -> Collector:
+           kernel: Optional[str] = None, out=sys.stdout) -> Collector:
     if mode not in abi.MODES:
         raise RecordError("unknown mode %r (discard, block or overwrite)" % mode)
     # the header's u64 in ns: a day at most, and a number (NaN compares false)
@@ -136,6 +138,15 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
         col.extra_index["control"] = live.log
         col.extra_index["control_changes"] = lambda: live.log_total
         engine = _engine(rules, col, live, flags, qemu or []) if rules else None
+        agent = None
+        if kernel is not None:
+            # the host's kernel events, into the host domain (host/kernel.py)
+            what = "kernel tracing"
+            try:
+                agent = start_agent(kernel, "shm:" + host.path)
+            except KernelError as e:
+                raise RecordError("kernel tracing: %s" % e) from None
+            undo.append(lambda: stop_agent(agent))
     except BaseException as e:
         for f in reversed(undo):
             try:
@@ -181,6 +192,10 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
             _guard(col, "drain", col.poll)
             _guard(col, "triggers", engine.close)
         _guard(col, "live control", live.close)
+        if agent is not None:
+            last = _guard(col, "kernel agent", stop_agent, agent)
+            if isinstance(last, str) and "error" in last:
+                col.errors.add("kernel agent: %s" % last)
         for server in servers:
             _guard(col, "control server", server.close)
         _guard(col, "host producer", guest.disconnect)

@@ -1,0 +1,336 @@
+"""Kernel events into the session: the kernel agent's records (guest/kernel.py) taken
+apart as they are drained, their ftrace pages decoded (host/ftrace.py) and written as
+CTF events with typed fields, one stream per CPU of the domain (`kernel-cpuN`), in the
+domain's clock (the agent's instance runs on trace_clock mono: the domain's own
+CLOCK_MONOTONIC, the one its user events and its clock mapping use).
+
+The agent's records are only looked at on its own producer threads (named
+`ftrace-...`): the user's streams cost nothing here. Pages that arrive before the
+formats (another thread's stream, drained first) wait for them, a bounded number.
+What it sends is untrusted: texts and pages are bounded, a bad one is counted (the
+index's errors say how many), never raised.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Dict, List, Optional, Tuple
+
+from .. import abi
+from ..guest.kernel import (
+    AGENT_THREAD,
+    SIGNATURES,
+    TEXT_FORMAT,
+    TEXT_HEADER_EVENT,
+    TEXT_HEADER_PAGE,
+)
+from . import ftrace
+from .reader import StreamStats
+
+MAX_PARTS = 1024                   # 1 MiB in STR_MAX parts: a page or a format text
+MAX_FORMATS = 4096
+MAX_PENDING = 256                  # texts and pages being assembled per source
+MAX_EARLY = 1024                   # pages held until the formats are known
+PACKET_TARGET = 64 * 1024
+_REC = struct.Struct("<HHIQ")
+__all__ = ["AGENT_THREAD", "KernelSource", "KernelStream"]
+
+
+class _Events:
+    """What the collector reads of a stream's event table: names by id."""
+
+    def __init__(self):
+        self.decls: Dict[int, abi.EventDecl] = {}
+
+
+class KernelStream:
+    """One CPU's kernel events: a stream of the domain, fed decoded events. Looks to
+    the collector's sink like a ring's reader (domain, identity, stats, events)."""
+
+    def __init__(self, kernel: KernelSource, cpu: int):
+        self.kernel = kernel
+        self.domain = kernel.src.domain
+        self.index = cpu               # the index's `ring`: the CPU, for a kernel stream
+        self.generation = 0
+        self.identity = {"pid": 0, "tid": cpu, "thread": "kernel-cpu%d" % cpu,
+                         "generation": 0, "claim_ts": 0}
+        self.stats = StreamStats()
+        self.events = kernel.events
+        self.buf = bytearray()
+        self.seq = 0
+        self.tail = 0                  # padding after the last payload in buf
+        self.pkt_begin: Optional[int] = None
+        self.pkt_end = 0
+        self.lost = 0                  # ftrace's own losses, as reported so far
+
+    def add(self, ts: int, eid: int, payload: bytes, truncated: bool) -> None:
+        st = self.stats
+        if st.last_ts is not None and ts < st.last_ts:
+            ts = st.last_ts            # one CPU's pages are in order; never go back
+            st.clamped += 1
+        size = abi.align(abi.REC_HEADER_SIZE + len(payload), abi.REC_ALIGN)
+        flags = abi.REC_FLAG_TRUNCATED if truncated else 0
+        self.buf += _REC.pack(eid, size | flags, self.seq & 0xFFFFFFFF, ts) + payload
+        self.tail = size - abi.REC_HEADER_SIZE - len(payload)
+        self.buf += bytes(self.tail)
+        self.seq += 1
+        st.recorded += 1
+        st.per_event[eid] = st.per_event.get(eid, 0) + 1
+        if st.first_ts is None:
+            st.first_ts = ts
+        st.last_ts = ts
+        if self.pkt_begin is None:
+            self.pkt_begin = ts
+        self.pkt_end = ts
+        if len(self.buf) >= PACKET_TARGET:
+            self.flush()
+
+    def lose(self, n: int) -> None:
+        """Events ftrace lost (overruns): they go between this packet and the next."""
+        if n > 0:
+            self.flush()
+            self.stats.discarded += n
+
+    def flush(self) -> None:
+        if not self.buf and not self.stats.discarded - self.lost:
+            return
+        ts = self.pkt_begin if self.pkt_begin is not None else (self.stats.last_ts or 0)
+        self.kernel.sink(self, bytes(self.buf), ts, self.pkt_end or ts,
+                         self.stats.discarded, self.tail if self.buf else 0)
+        self.lost = self.stats.discarded
+        self.buf.clear()
+        self.pkt_begin = None
+        self.tail = 0
+
+
+def _ctype(f: ftrace.Field) -> str:
+    if f.kind == "int":
+        return ("int%d_t" if f.signed else "uint%d_t") % (8 * f.size)
+    if f.kind in ("str", "dyn_str"):
+        return "const char *"
+    return "bytes"
+
+
+class KernelSource:
+    """The kernel events of one source (a guest's region, or the host's)."""
+
+    def __init__(self, src, sink, base_id: int):
+        self.src = src
+        self.sink = sink
+        self.base = base_id               # CTF ids from here: above the region's own
+        self.events = _Events()
+        self.parts: Dict[tuple, List[bytes]] = {}
+        self.layout: Optional[ftrace.PageLayout] = None
+        self.header_ok = False
+        self.formats: Dict[int, ftrace.EventFormat] = {}
+        self.ids: Dict[int, Tuple[int, abi.Codec]] = {}     # ftrace id -> (CTF id, codec)
+        self.streams: Dict[int, KernelStream] = {}
+        self.decoder: Optional[ftrace.PageDecoder] = None
+        self.bad = 0
+        self.pages = 0
+        self.early: List[Tuple[int, bytes]] = []
+        self.changed = False              # new event classes: metadata to rewrite
+
+    # -- the agent's records ------------------------------------------------------
+    def _agent_ids(self) -> Dict[int, str]:
+        out = {}
+        for eid, d in self.src.events.decls.items():
+            want = SIGNATURES.get(d.name)
+            if want is not None and d.signature == "%s(%s)" % (d.name, want):
+                out[eid] = d.name
+        return out
+
+    def feed(self, r, content) -> None:
+        """A run of validated records of reader r (a thread named ftrace-cpuN)."""
+        ids = self._agent_ids()
+        if not ids:
+            return
+        codecs = self.src.events.codecs
+        off, n = 0, len(content)
+        while off + abi.REC_HEADER_SIZE <= n:
+            eid, sf, _seq, _ts = _REC.unpack_from(content, off)
+            size = sf & 0xFFF8
+            if size < abi.REC_HEADER_SIZE:
+                break
+            name = ids.get(eid)
+            if name is not None:
+                try:
+                    vals, _ = codecs[eid].decode(content, off + abi.REC_HEADER_SIZE,
+                                                 off + size)
+                    self._take(id(r), name, vals)
+                except (ValueError, KeyError, ftrace.FtraceError):
+                    self.bad += 1
+            off += size
+
+    def _assemble(self, key: tuple, part: int, parts: int, chunk: bytes) -> Optional[bytes]:
+        if not 0 < parts <= MAX_PARTS or part >= parts:
+            self.bad += 1
+            return None
+        have = self.parts.get(key)
+        if part == 0:
+            if have is not None:
+                self.bad += 1               # the previous one never ended
+            if len(self.parts) >= MAX_PENDING:
+                self.bad += 1
+                return None
+            have = self.parts[key] = []
+        elif have is None or len(have) != part:
+            self.bad += 1                   # a part out of order: the whole is lost
+            self.parts.pop(key, None)
+            return None
+        have.append(bytes(chunk))
+        if len(have) < parts:
+            return None
+        del self.parts[key]
+        return b"".join(have)
+
+    def _take(self, rid: int, name: str, vals: list) -> None:
+        if name == "hypertrace_ftrace_text":
+            kind, part, parts, tname, chunk = vals
+            data = self._assemble((rid, "t", kind, tname), part, parts, chunk)
+            if data is not None:
+                self._text(kind, data.decode("utf-8", "replace"))
+        elif name == "hypertrace_ftrace_page":
+            cpu, page, part, parts, chunk = vals
+            data = self._assemble((rid, "p", cpu), part, parts, chunk)
+            if data is not None:
+                self._page(cpu, data)
+        else:
+            cpu, overrun, dropped, _pages = vals
+            s = self._stream(cpu)
+            if s is not None:
+                s.lose(min(overrun + dropped, abi.CNT_MAX) - s.stats.discarded)
+
+    def _text(self, kind: int, text: str) -> None:
+        if kind == TEXT_HEADER_PAGE:
+            self.layout = ftrace.parse_header_page(text)
+        elif kind == TEXT_HEADER_EVENT:
+            ftrace.check_header_event(text)
+            self.header_ok = True
+        elif kind == TEXT_FORMAT and len(self.formats) < MAX_FORMATS:
+            fmt = ftrace.parse_format(text)
+            if fmt.id in self.formats:
+                return
+            k = len(self.ids)
+            ctf_id = self.base + k
+            if ctf_id >= abi.PAD_ID:
+                raise ftrace.FtraceError("no event id left for kernel event %s" % fmt.name)
+            fields = [f for f in fmt.common if f.name == "common_pid"] + fmt.fields
+            args = ", ".join("%s %s" % (_ctype(f), f.name) for f in fields) or "void"
+            decl = abi.parse_signature("%s(%s)" % (fmt.name, args))
+            self.formats[fmt.id] = fmt
+            self.ids[fmt.id] = (ctf_id, abi.Codec(decl))
+            self.events.decls[ctf_id] = decl
+            self.changed = True
+        else:
+            return
+        if self.layout is not None and self.header_ok:
+            self.decoder = ftrace.PageDecoder(self.layout, self.formats)
+            early, self.early = self.early, []
+            for cpu, data in early:
+                self._page(cpu, data)
+
+    def _stream(self, cpu: int) -> Optional[KernelStream]:
+        s = self.streams.get(cpu)
+        if s is None:
+            if cpu >= 4096:
+                self.bad += 1
+                return None
+            s = self.streams[cpu] = KernelStream(self, cpu)
+        return s
+
+    def _page(self, cpu: int, data: bytes) -> None:
+        s = self._stream(cpu)
+        if s is None:
+            return
+        if self.decoder is None:
+            if len(self.early) < MAX_EARLY:
+                self.early.append((cpu, data))   # before the layout: decoded once known
+            else:
+                self.bad += 1
+            return
+        self.pages += 1
+        page = self.decoder.decode(data)
+        self.bad += page.bad + page.unknown
+        if page.missed:
+            s.lose(page.missed)
+        for ts, fmt, vals in page.events:
+            ctf_id, codec = self.ids[fmt.id]
+            for f in fmt.fields:
+                if f.kind == "array":          # carried as its bytes, little-endian
+                    vals[f.name] = b"".join((x & ((1 << 8 * f.elem) - 1)).to_bytes(
+                        f.elem, "little") for x in vals[f.name])
+            payload, trunc = _encode(codec, vals)
+            s.add(ts, ctf_id, payload, trunc)
+
+    def flush(self) -> None:
+        for s in self.streams.values():
+            s.flush()
+
+
+def _encode(codec: abi.Codec, vals: dict) -> Tuple[bytes, bool]:
+    """The payload of one kernel event as the record codec lays it out."""
+    out = bytearray()
+    trunc = False
+    args = iter(codec.names)
+    for kind, st in codec.steps:
+        if kind == "fixed":
+            n = len(st.format) - 1            # one value per format code after "<"
+            out += st.pack(*(vals[next(args)] for _ in range(n)))
+            continue
+        v = vals[next(args)]
+        b = v.encode("utf-8", "replace") if isinstance(v, str) else bytes(v)
+        if len(b) > abi.STR_MAX:
+            b, trunc = b[:abi.STR_MAX], True
+        out += struct.pack("<H", len(b)) + b
+    return bytes(out), trunc
+
+
+# -- the host's own kernel: the agent run by `hypertrace record --kernel` -------------------
+AGENT_START_S = 30.0
+AGENT_STOP_S = 15.0
+
+
+def start_agent(events: str, channel: str):
+    """The kernel agent on this host's tracefs, into `channel` (the host region): a
+    process of its own, as in a guest. Raises KernelError (one line) if it cannot
+    start; returns the process once it traces."""
+    import os
+    import subprocess
+    import sys
+
+    from ..guest.kernel import KernelError, parse_events
+    parse_events(events)                     # a bad spec: the error before any process
+    if os.geteuid() != 0:
+        raise KernelError("--kernel needs root (it traces through tracefs)")
+    env = dict(os.environ, HYPERTRACE_CHANNEL=channel)
+    p = subprocess.Popen([sys.executable, "-m", "hypertrace.guest.kernel", "--events", events],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                         stdin=subprocess.DEVNULL)
+    import select
+    ready = select.select([p.stdout], [], [], AGENT_START_S)[0]
+    line = p.stdout.readline() if ready else b""
+    if b"tracing" not in line:
+        try:
+            p.kill()
+        except OSError:
+            pass
+        err = p.communicate(timeout=AGENT_STOP_S)[1].decode("utf-8", "replace").strip()
+        last = err.splitlines()[-1] if err else "it did not start"
+        raise KernelError(last.replace("hypertrace kernel agent: error: ", ""))
+    return p
+
+
+def stop_agent(p) -> str:
+    """Stop the agent (it sends what is left first); its last line of output."""
+    import signal
+    import subprocess
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+    try:
+        _out, err = p.communicate(timeout=AGENT_STOP_S)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _out, err = p.communicate()
+    text = err.decode("utf-8", "replace").strip()
+    return text.splitlines()[-1] if text else ""

@@ -1,0 +1,147 @@
+"""Kernel events on the timeline (issue 15): `record --kernel` runs the kernel agent
+(guest/kernel.py) on this host's tracefs into the host domain, the collector decodes
+its pages (host/kernel.py). Checked against the kernel's own rendering of the same
+events (a second instance read through its text `trace` file, as trace-cmd cannot
+run in this sandbox) and against the traced program's own events (clock agreement)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import babeltrace, hypertrace
+
+T = "/sys/kernel/tracing"
+
+
+def _tracefs() -> bool:
+    if os.geteuid() != 0:
+        return False
+    if not os.path.exists(T + "/instances"):
+        subprocess.run(["mount", "-t", "tracefs", "nodev", T], capture_output=True)
+    return os.path.exists(T + "/instances")
+
+
+pytestmark = pytest.mark.skipif(not _tracefs(), reason="needs root and tracefs")
+
+NAPS = r"""
+import threading, time
+from hypertrace import guest
+nap = guest.event("nap", "uint32_t i, uint32_t tid")
+tid = threading.get_native_id()
+for i in range(40):
+    nap(i, tid)
+    time.sleep(0.001)          # the thread sleeps: a sched_switch with prev_pid = tid
+print("NAPS", tid, flush=True)
+"""
+
+_BT = re.compile(r"^\[(\d+)\] \(\+\d+\) \S+ (\w+): \{ (.*) \}$")
+
+
+def _cycles(path: str) -> list:
+    """(raw ns, name, {field: text}) in babeltrace2's order (the host domain's clock is
+    CLOCK_MONOTONIC, offset 0: its cycles are the kernel's mono timestamps)."""
+    r = subprocess.run(["babeltrace2", "--clock-cycles", path], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = []
+    for line in r.stdout.splitlines():
+        m = _BT.match(line)
+        if m and not m.group(2).startswith("hypertrace_"):
+            out.append((int(m.group(1)), m.group(2),
+                        dict(re.findall(r'(\w+) = ("[^"]*"|[-\w]+)', m.group(3)))))
+    return out
+
+
+def _agent_instances() -> list:
+    return [d for d in os.listdir(T + "/instances") if d.startswith("hypertrace-")]
+
+
+def test_host_kernel_events_sit_between_the_programs_own_events(tmp_path):
+    """Between each two consecutive `nap` events of the program (1 ms sleeps) its own
+    thread was switched out: a sched_switch with prev_pid = its tid, in time order."""
+    app = tmp_path / "naps.py"
+    app.write_text(NAPS)
+    out = str(tmp_path / "s")
+    r = hypertrace("record", "-o", out, "--kernel", "sched:sched_switch", "--",
+                   sys.executable, str(app))
+    tid = int(re.search(r"NAPS (\d+)", r.stdout).group(1))
+    assert _agent_instances() == []                        # removed at the end
+    events, _ = babeltrace(out)
+    names = [n for n, _ in events]
+    assert names.count("nap") == 40 and names.count("sched_switch") > 40
+    naps = [i for i, (n, _f) in enumerate(events) if n == "nap"]
+    for a, b in zip(naps, naps[1:]):
+        mine = [f for n, f in events[a:b] if n == "sched_switch" and int(f["prev_pid"]) == tid]
+        assert mine, "no switch of thread %d between naps %s and %s" % (
+            tid, events[a][1]["i"], events[b][1]["i"])
+    st = hypertrace("stats", out, "--json").stdout
+    assert '"kernel-cpu' in st
+
+
+def test_decoded_kernel_events_are_the_kernels_own(tmp_path):
+    """A second instance takes sched_switch and sched_process_exec over the whole run,
+    read back as text: every event of the recording's window is there, and no other."""
+    ref = "%s/instances/ht-ref-%d" % (T, os.getpid())
+    os.mkdir(ref)
+    try:
+        with open(ref + "/trace_clock", "w") as f:
+            f.write("mono")
+        for e in ("sched/sched_switch", "sched/sched_process_exec"):
+            with open("%s/events/%s/enable" % (ref, e), "w") as f:
+                f.write("1")
+        out = str(tmp_path / "s")
+        hypertrace("record", "-o", out, "--kernel",
+                   "sched:sched_switch,sched:sched_process_exec", "--", "sh", "-c",
+                   "for i in 1 2 3 4 5 6 7 8; do /bin/true; sleep 0.01; done")
+        with open(ref + "/tracing_on", "w") as f:
+            f.write("0")
+        with open(ref + "/trace") as f:
+            text = f.read()
+    finally:
+        os.rmdir(ref)
+    mine = [(ts, n, f) for ts, n, f in _cycles(out) if n in ("sched_switch",
+                                                            "sched_process_exec")]
+    assert sum(1 for _, n, _ in mine if n == "sched_process_exec") >= 8
+    lo, hi = mine[0][0] + 2_000_000, mine[-1][0] - 2_000_000     # well inside the window
+
+    def key(n, f):
+        if n == "sched_switch":
+            return (n, int(f["prev_pid"]), int(f["next_pid"]), f["next_comm"].strip('"'))
+        return (n, int(f["pid"]), f["filename"].strip('"'))
+    got = sorted(key(n, f) for ts, n, f in mine if lo <= ts <= hi)
+    theirs = []
+    for line in text.splitlines():
+        m = re.match(r"^\s*.+?-\d+\s+\[\d+\]\s+\S+\s+(\d+)\.(\d{6}): (\w+): (.*)$", line)
+        if not m:
+            continue
+        us = int(m.group(1)) * 10 ** 6 + int(m.group(2))
+        kv = dict(re.findall(r"(\w+)=(\S*)", m.group(4)))
+        if lo // 1000 + 1 <= us <= hi // 1000 - 1:
+            theirs.append((us, m.group(3), kv))
+    want = sorted(key(n, {k: v for k, v in kv.items()}) for _, n, kv in theirs)
+    # the window's edges are the only place the two may differ (µs vs ns stamps)
+    assert len(got) > 50
+    missing = set(want) - set(got)
+    extra = set(got) - set(want)
+    assert len(missing) <= 2 and len(extra) <= 2, (sorted(missing)[:5], sorted(extra)[:5])
+
+
+@pytest.mark.parametrize("spec, msg", [
+    ("nosuchsystem:foo", "no kernel event nosuchsystem:foo"),
+    ("sched:sched_switch;rm -rf", "bad kernel event"),
+    ("", "no kernel events"),
+])
+def test_a_bad_kernel_event_spec_is_one_line_and_leaves_nothing(tmp_path, spec, msg):
+    before = _agent_instances()
+    r = hypertrace("record", "-o", str(tmp_path / "s"), "--kernel", spec, "--", "true",
+                   check=False)
+    assert r.returncode == 2 and msg in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "s")
+    time.sleep(0.1)
+    assert _agent_instances() == before
