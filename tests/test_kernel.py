@@ -145,3 +145,4 @@ def test_a_bad_kernel_event_spec_is_one_line_and_leaves_nothing(tmp_path, spec, 
     assert not os.path.exists(tmp_path / "s")
     time.sleep(0.1)
     assert _agent_instances() == before
+

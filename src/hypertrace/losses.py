@@ -12,6 +12,10 @@ from typing import List, Optional
 
 MAX_RING = 1 << 30        # the largest ring the layout allows (abi.make_layout)
 MAX_RINGS = 4096          # the most rings `record` accepts
+# more than any producer emits (a C producer's busy loop: ~50 M events/s per thread):
+# a count above this rate over the whole recording was written by a hostile or broken
+# producer (the counts live in memory every co-producer of the domain can write)
+MAX_RATE = 200_000_000
 
 
 def _size(n: int) -> str:
@@ -26,16 +30,32 @@ def _int(d: dict, k: str) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
 
 
-def explain(domain: dict, streams: List[dict], write_error: Optional[str] = None) -> List[dict]:
+def explain(domain: dict, streams: List[dict], write_error: Optional[str] = None,
+            duration_s: float = 0.0) -> List[dict]:
     """The losses of one domain, each {"kind", "count", "why", "avoid"}, largest first.
     `domain` is the index's entry (mode, rings, ring_size, max-event and loss counts);
-    `streams` are that domain's streams (discarded, malformed, unwritten, recorded)."""
+    `streams` are that domain's streams (discarded, malformed, unwritten, recorded);
+    `duration_s` the recording's: counts no producer could reach in it are reported as
+    implausible, with no setting to change."""
     out = []
+    cap = MAX_RATE * max(1.0, duration_s)
+    forged = sum(_int(s, "discarded") for s in streams if _int(s, "discarded") > cap)
+    streams = [s for s in streams if _int(s, "discarded") <= cap]
+    if _int(domain, "lost_without_ring") > cap:
+        forged += _int(domain, "lost_without_ring")
+        domain = dict(domain, lost_without_ring=0)
+    if forged:
+        out.append(("implausible", forged,
+                    "counts of lost events that no producer could reach in %.1f s (over %d M "
+                    "events/s): a hostile or broken producer of the domain wrote them"
+                    % (max(1.0, duration_s), MAX_RATE // 1_000_000),
+                    "nothing to set: the domain's producers are not to be trusted"))
     mode = domain.get("mode") if isinstance(domain.get("mode"), str) else "discard"
     ring = _int(domain, "ring_size")
     rings = _int(domain, "rings")
     if ring and ring < MAX_RING:
-        bigger = "--buffer-size %s" % _size(min(MAX_RING, 1 << (ring * 4 - 1).bit_length()))
+        bigger = "--buffer-size %s or more" % _size(
+            min(MAX_RING, 1 << (ring * 4 - 1).bit_length()))
     else:
         bigger = "" if ring else "a larger --buffer-size"
     recorded = sum(_int(s, "recorded") for s in streams)
@@ -79,8 +99,8 @@ def explain(domain: dict, streams: List[dict], write_error: Optional[str] = None
                     "free space on the session's file system, or -o on another one"))
     n = _int(domain, "lost_without_ring")
     if n:
-        more = ("--rings %d" % min(MAX_RINGS, rings * 2) if rings and rings < MAX_RINGS
-                else "")
+        more = ("--rings %d or more" % min(MAX_RINGS, rings * 2)
+                if rings and rings < MAX_RINGS else "")
         out.append(("no_ring", n,
                     "emitted while the thread had no ring: every one of the %s rings was "
                     "held, or handed back by an exited thread and not yet freed by the "

@@ -44,8 +44,12 @@ def compute(s: Session, with_spans: bool = True) -> dict:
               for d in s.index.get("domains", []) if isinstance(d, dict) and "name" in d}
     # why each loss happened, and the setting that would have avoided it
     werr = s.index.get("write_error")
+    t_start, t_stop = s.index.get("started_ns"), s.index.get("stopped_ns")
+    wall = (t_stop - t_start) / 1e9 if isinstance(t_start, int) and isinstance(
+        t_stop, int) and t_stop > t_start else 0.0
     causes = {d["name"]: why.explain(d, [x for x in streams if x["domain"] == d["name"]],
-                                     werr if isinstance(werr, str) else None)
+                                     werr if isinstance(werr, str) else None,
+                                     max(dur, wall))
               for d in s.index.get("domains", []) if isinstance(d, dict) and "name" in d}
     return {
         "session": s.path,

@@ -212,7 +212,7 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
         for s, h in old.items():
             signal.signal(s, h)
     rc = child.wait() if child is not None else 0
-    col.exit_code = rc
+    col.exit_code = 128 - rc if rc < 0 else rc       # killed by signal N: 128 + N, as a shell
     return col
 
 
@@ -503,7 +503,8 @@ def summary(col: Collector) -> str:
     why = []
     for dom in dict.fromkeys(d.name for src in col.sources for d in src.all_domains()):
         mine = [s for s in streams if s["domain"] == dom]
-        causes = losses.explain(entries.get(dom, {}), mine, col.write_error)
+        causes = losses.explain(entries.get(dom, {}), mine, col.write_error,
+                                (time.time_ns() - col.started_ns) / 1e9)
         why += losses.lines(dom, causes)
         tot = [sum(s[k] for s in mine) for k in ("recorded", "malformed", "torn")]
         lost = sum(x["count"] for x in causes if x["kind"] != "declarations_refused")
