@@ -214,3 +214,13 @@ def declared_region(name: str, decls: list, **kw):
         r.mm[off + 8:off + 8 + len(t)] = t
         struct.pack_into("<II", r.mm, off, 1, len(t))
     return r
+
+
+def tracefs() -> bool:
+    """Whether this host's tracefs can be used (root; mounted by the library's own
+    find_tracefs when it is not)."""
+    from hypertrace.guest.kernel import KernelError, find_tracefs
+    try:
+        return os.geteuid() == 0 and find_tracefs() == "/sys/kernel/tracing"
+    except KernelError:
+        return False

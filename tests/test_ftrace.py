@@ -14,6 +14,7 @@ import subprocess
 import time
 
 import pytest
+from conftest import tracefs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,15 +25,7 @@ EVENTS = ["sched/sched_switch", "sched/sched_wakeup", "sched/sched_process_exec"
           "sched/sched_process_fork"]
 
 
-def _tracefs() -> bool:
-    if os.geteuid() != 0:
-        return False
-    if not os.path.exists(T + "/instances"):
-        subprocess.run(["mount", "-t", "tracefs", "nodev", T], capture_output=True)
-    return os.path.exists(T + "/instances")
-
-
-needs_tracefs = pytest.mark.skipif(not _tracefs(), reason="needs root and tracefs")
+needs_tracefs = pytest.mark.skipif(not tracefs(), reason="needs root and tracefs")
 
 
 def _w(path: str, value: str) -> None:

@@ -13,20 +13,12 @@ import sys
 import time
 
 import pytest
-from conftest import babeltrace, hypertrace
+from conftest import babeltrace, hypertrace, tracefs
 
 T = "/sys/kernel/tracing"
 
 
-def _tracefs() -> bool:
-    if os.geteuid() != 0:
-        return False
-    if not os.path.exists(T + "/instances"):
-        subprocess.run(["mount", "-t", "tracefs", "nodev", T], capture_output=True)
-    return os.path.exists(T + "/instances")
-
-
-pytestmark = pytest.mark.skipif(not _tracefs(), reason="needs root and tracefs")
+pytestmark = pytest.mark.skipif(not tracefs(), reason="needs root and tracefs")
 
 NAPS = r"""
 import threading, time
