@@ -305,7 +305,7 @@ def test_index_fields_the_validator_allows_are_read(recorded, tmp_path, edit):
         assert r.returncode == 0, (cmd, r.stderr[-2000:])
         shutil.rmtree(str(tmp_path / "pq"), ignore_errors=True)
     if edit == "triggers-valid":
-        assert "1 actions merged, 2 dropped" in hypertrace("stats", d).stdout
+        assert "actions run 0, merged 1, dropped 2" in hypertrace("stats", d).stdout
 
 
 @pytest.mark.parametrize("edit", ["triggers-number", "dropped-text", "trigger-text",

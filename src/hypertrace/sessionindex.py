@@ -257,7 +257,7 @@ def _triggers(rules: list) -> None:
         if t.get("actions") is not None:
             for j, a in enumerate(_list(t["actions"], w + ".actions", MAX_ACTIONS)):
                 _str(a, "%s.actions[%d]" % (w, j))
-        for k in ("actions_coalesced", "actions_dropped"):
+        for k in ("actions_ran", "actions_coalesced", "actions_dropped"):
             if t.get(k) is None:
                 continue
             counts = _dict(t[k], "%s.%s" % (w, k))

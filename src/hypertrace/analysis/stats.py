@@ -116,13 +116,14 @@ def format_text(st: dict) -> str:
         for t in st["triggers"].get("rules", []):
             lost = sum((t.get("actions_dropped") or {}).values())
             merged = sum((t.get("actions_coalesced") or {}).values())
+            ran = sum((t.get("actions_ran") or {}).values())
             if t.get("predicate_errors") or lost or merged:
-                lines.append("trigger %s (%s): fired %s, %s predicate errors%s, %d actions "
-                             "merged, %d dropped" % (
+                lines.append("trigger %s (%s): fired %s, %s predicate errors%s; actions run "
+                             "%d, merged %d, dropped %d" % (
                                  t["trigger"], printable(t["event"]), t["fired"],
                                  t["predicate_errors"],
                                  " (%s)" % printable(t["last_predicate_error"])
-                                 if t.get("last_predicate_error") else "", merged, lost))
+                                 if t.get("last_predicate_error") else "", ran, merged, lost))
     if st.get("clocks"):
         lines.append("")
         lines.append("%-12s %-20s %14s %12s %14s %8s %10s" % (
@@ -171,8 +172,8 @@ def triggers(s: Session) -> dict:
     errors = 0
     # per rule, from the index: predicate errors on guest data, firings merged or dropped
     rules = [{k: t.get(k) for k in ("trigger", "event", "fired", "predicate_errors",
-                                    "last_predicate_error", "actions_coalesced",
-                                    "actions_dropped")}
+                                    "last_predicate_error", "actions_ran",
+                                    "actions_coalesced", "actions_dropped")}
              for t in s.index.get("triggers") or [] if isinstance(t, dict)]
     for e in (s.events("host") if "host" in s.domains else ()):
         if e.name != "hypertrace_trigger":

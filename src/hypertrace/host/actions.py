@@ -207,11 +207,13 @@ class Engine:
                 ok, err = True, ""
             except Exception as e:    # an action's failure is reported, never fatal
                 ok, err = False, str(e) or type(e).__name__
-            self._emit(dom, name, ts, trig.index, act.describe(), ok, err)
+            self._emit(dom, name, ts, trig, act.describe(), ok, err)
 
-    def _emit(self, *args) -> None:
+    def _emit(self, dom: str, name: str, ts: int, trig, desc: str, ok: bool,
+              err: str) -> None:
+        trig.ran[desc] = trig.ran.get(desc, 0) + 1
         try:
-            self.emit(*args)
+            self.emit(dom, name, ts, trig.index, desc, ok, err)
         except Exception as e:        # the host event is a report: never fatal either
             self.col.errors.add("triggers: %s" % describe(e))
 
@@ -258,7 +260,7 @@ class Engine:
                         m.close()
                     except Exception:
                         pass
-            self._emit(dom, name, ts, trig.index, act.describe(), ok, err)
+            self._emit(dom, name, ts, trig, act.describe(), ok, err)
         for m in monitors.values():
             try:
                 m.close()
@@ -275,5 +277,6 @@ class Engine:
         return [{"trigger": t.index, "event": t.event, "domain": t.domain, "when": t.when_text,
                 "actions": [a.describe() for a in t.actions], "fired": t.fires,
                 "predicate_errors": t.misses, "last_predicate_error": t.last_miss,
-                "actions_coalesced": dict(t.coalesced), "actions_dropped": dict(t.dropped)}
+                "actions_ran": dict(t.ran), "actions_coalesced": dict(t.coalesced),
+                "actions_dropped": dict(t.dropped)}
                for t in self.triggers]

@@ -75,8 +75,11 @@ class Trigger:
     fires: int = 0
     misses: int = 0             # predicate errors (missing field, incomparable types)
     last_miss: str = ""         # the latest predicate error, for the index
-    #: per action (its description): firings merged into one already waiting, and
-    #: firings dropped because the queue of waiting actions was full
+    #: per action (its description): firings run (done or failed), firings merged into
+    #: one already waiting, and firings dropped because the queue of waiting actions was
+    #: full. Counted here, not from the host's records of them: those can be lost with
+    #: the host's own ring full, and are then counted as the host domain's discarded
+    ran: Dict[str, int] = field(default_factory=dict)
     coalesced: Dict[str, int] = field(default_factory=dict)
     dropped: Dict[str, int] = field(default_factory=dict)
 
