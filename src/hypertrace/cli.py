@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--kernel", metavar="EVENTS",
                    help="also the host's kernel events, e.g. 'sched:sched_switch,irq:*' "
                         "(ftrace, root; into the host domain)")
+    r.add_argument("--qemu-trace", metavar="PATTERN", action="append",
+                   help="COMMAND is a QEMU user-mode emulator (qemu-x86_64 ...): also its own "
+                        "trace events matching PATTERN, into domain qemu (repeatable)")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
 
     for name, hlp in (("report", "print every event in time order"),
@@ -169,7 +172,8 @@ def cmd_record(a) -> int:
         col = record(a.output, cmd, channel=a.channel, mode=a.mode, ring_size=a.buffer_size,
                      rings=a.rings, max_events=a.max_events, block_timeout_ms=a.block_timeout,
                      name=a.name, sync_interval=a.sync_interval, qemu=a.qemu,
-                     triggers=a.triggers, vsock_port=a.vsock_port, kernel=a.kernel)
+                     triggers=a.triggers, vsock_port=a.vsock_port, kernel=a.kernel,
+                     qemu_trace=a.qemu_trace)
     except RecordError as e:
         return _fail(str(e))
     sys.stdout.write(summary(col) + "\n")

@@ -57,25 +57,74 @@ def qmp_alive(path: str) -> bool:
         s.close()
 
 
+class QemuEmitter:
+    """Re-emits QEMU's log lines as events `name(uint32_t tid, const char *args)` of the
+    `qemu` region at `path`, one stream per source (named `qemu-SOURCE`), each line
+    with the timestamp its caller gives. Shared by the system-mode tail below and the
+    user-mode reader (host/qemuuser.py)."""
+
+    def __init__(self, path: str, sources: List[str]):
+        self.ts = 0
+        self.ch = Channel(path, lambda: self.ts)
+        self.tls: Dict[str, threading.local] = {g: threading.local() for g in sources}
+        self.tps: Dict[tuple, Callable] = {}
+        self.events = 0
+        self.bad = 0             # names the region's declaration table had no room for
+
+    def _tp(self, source: str, name: str) -> Optional[Callable]:
+        tp = self.tps.get((source, name))
+        if tp is None:
+            decl = abi.make_decl(name, "uint32_t tid, const char *args")
+            tls = self.tls[source]
+            tp = build(decl, tls, lambda: self._claim(source), lambda: self.ts)
+            try:
+                self.ch.attach(tp, tls)
+            except ValueError:
+                return None          # the region's declaration table is full: counted bad
+            self.tps[(source, name)] = tp
+        return tp
+
+    def _claim(self, source: str):
+        # the stream is named after the source: claims record the calling thread's name
+        t = threading.current_thread()
+        old, t.name = t.name, "qemu-%s" % source
+        try:
+            return self.ch.claim(self.tls[source])
+        finally:
+            t.name = old
+
+    def emit(self, source: str, name: bytes, tid: int, args: Optional[bytes], ts: int) -> bool:
+        tp = self._tp(source, name.decode())
+        if tp is None:
+            self.bad += 1
+            return False
+        self.ts = ts
+        tp(tid & 0xFFFFFFFF, (args or b"").decode("utf-8", "replace"))
+        self.events += 1
+        return True
+
+    def close(self) -> None:
+        for tls in self.tls.values():
+            w = getattr(tls, "w", None)
+            if w is not None:
+                w.release()          # the collector drains and accounts for the stream
+        self.ch.close()
+
+
 class QemuLogs:
     """Tails the log files of the guests served; events go into the `qemu` region."""
 
     def __init__(self, region, logs: Dict[str, str]):
-        self.ts = 0
         self.region = region                              # the `qemu` domain's region
-        self.ch = Channel(region.path, lambda: self.ts)
+        self.out = QemuEmitter(region.path, list(logs))
         self.logs = logs                                  # guest name -> log path
         self.files: Dict[str, object] = {}
         self.pos: Dict[str, int] = {}
         self.buf: Dict[str, bytes] = {}
-        self.tls: Dict[str, threading.local] = {g: threading.local() for g in logs}
-        self.tps: Dict[tuple, Callable] = {}
         self.offsets: List[tuple] = []                    # (monotonic ns, offset, half-width)
         self.next_measure = 0.0
         self.lines = 0
-        self.events = 0
         self.other = 0           # lines that are not trace events (QEMU's other messages)
-        self.bad = 0
         self.refused: Dict[str, str] = {}  # guest -> why its log path was not opened
         self.measure()
 
@@ -84,28 +133,6 @@ class QemuLogs:
         self.offsets.append((time.monotonic_ns(), off, w))
         self.offset = off
         self.next_measure = time.monotonic() + REMEASURE_S
-
-    def _tp(self, guest: str, name: str) -> Optional[Callable]:
-        tp = self.tps.get((guest, name))
-        if tp is None:
-            decl = abi.make_decl(name, "uint32_t tid, const char *args")
-            tls = self.tls[guest]
-            tp = build(decl, tls, lambda: self._claim(guest), lambda: self.ts)
-            try:
-                self.ch.attach(tp, tls)
-            except ValueError:
-                return None          # the region's declaration table is full: counted bad
-            self.tps[(guest, name)] = tp
-        return tp
-
-    def _claim(self, guest: str):
-        # the stream is named after the guest: claims record the calling thread's name
-        t = threading.current_thread()
-        old, t.name = t.name, "qemu-%s" % guest
-        try:
-            return self.ch.claim(self.tls[guest])
-        finally:
-            t.name = old
 
     def _open(self, guest: str):
         f = self.files.get(guest)
@@ -163,16 +190,9 @@ class QemuLogs:
             self.other += 1
             return 0
         tid, sec, usec, name, args = m.groups()
-        tp = self._tp(guest, name.decode())
-        if tp is None:
-            self.bad += 1
-            return 0
         # QEMU truncates to the µs: the event lies in [t, t + 1 µs)
         real = int(sec) * 1_000_000_000 + int(usec) * 1000 + 500
-        self.ts = max(0, real - self.offset)
-        tp(int(tid) & 0xFFFFFFFF, (args or b"").decode("utf-8", "replace"))
-        self.events += 1
-        return 1
+        return int(self.out.emit(guest, name, int(tid), args, max(0, real - self.offset)))
 
     def summary(self) -> dict:
         offs = [o for _, o, _ in self.offsets]
@@ -182,8 +202,8 @@ class QemuLogs:
                 "measured_spread_ns": (max(offs) - min(offs)) if offs else 0,
                 "uncertainty_ns": 500 + max((w for _, _, w in self.offsets), default=0) +
                 ((max(offs) - min(offs)) if offs else 0),
-                "lines": self.lines, "events": self.events, "other_lines": self.other,
-                "rejected": self.bad, "logs": dict(self.logs),
+                "lines": self.lines, "events": self.out.events, "other_lines": self.other,
+                "rejected": self.out.bad, "logs": dict(self.logs),
                 "refused_logs": dict(self.refused)}
 
     def remove_logs(self) -> None:
@@ -198,8 +218,4 @@ class QemuLogs:
     def close(self) -> None:
         for f in self.files.values():
             f.close()
-        for tls in self.tls.values():
-            w = getattr(tls, "w", None)
-            if w is not None:
-                w.release()          # the collector drains and accounts for the stream
-        self.ch.close()
+        self.out.close()

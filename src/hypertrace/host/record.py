@@ -9,12 +9,12 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .. import abi, guest, losses
 from ..guest.channel import resolve
 from ..guest.kernel import KernelError
-from . import pidfile, runtime
+from . import pidfile, qemuuser, runtime
 from .actions import Engine
 from .collector import RESERVE, SESSION_DIR, Collector
 from .control import ControlServer, DomainClock
@@ -43,7 +43,8 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
            block_timeout_ms: float = 1000.0, name: str = "local",
            sync_interval: float = 1.0, qemu: Optional[List[str]] = None,
            triggers: Optional[str] = None, vsock_port: Optional[int] = None,
-           kernel: Optional[str] = None, out=sys.stdout) -> Collector:
+           kernel: Optional[str] = None, qemu_trace: Optional[List[str]] = None,
+           out=sys.stdout) -> Collector:
     if mode not in abi.MODES:
         raise RecordError("unknown mode %r (discard, block or overwrite)" % mode)
     # the header's u64 in ns: a day at most, and a number (NaN compares false)
@@ -53,6 +54,11 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
     if not 0 < sync_interval <= 3600:
         raise RecordError("--sync-interval must be above 0 and at most 3600 s, not %r"
                           % sync_interval)
+    if qemu_trace:
+        try:
+            qemuuser.check(command or [], qemu_trace)
+        except qemuuser.QemuUserError as e:
+            raise RecordError(str(e)) from None
     rules = []
     if triggers:
         try:
@@ -131,6 +137,11 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
             what = "QEMU's logs"
             qlogs = _qemu_logs(col, base, qemu)
             undo.append(lambda: (qlogs.close(), qlogs.region.close()))
+        quser = None
+        if qemu_trace:
+            what = "QEMU's user-mode log"
+            command, quser = _qemu_user(col, base, command, qemu_trace)
+            undo.append(lambda: quser.close())
         what = "the live-control socket"
         live = LiveServer(outdir, col, Rules(col),
                           on_change=lambda act, pat, dom, n: ctl_tp(act, pat, dom, n))
@@ -172,21 +183,28 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
                        HYPERTRACE_HOST_CHANNEL="shm:" + host.path,
                        HYPERTRACE_SYNC_INTERVAL=str(sync_interval))
             try:
-                child = subprocess.Popen(command, env=env)
+                child = subprocess.Popen(command, env=env, pass_fds=quser.pass_fds if quser
+                                         else ())
             except OSError as e:
                 raise RecordError("cannot run %s: %s" % (command[0], e.strerror)) from None
+            finally:
+                if quser is not None:
+                    quser.started()      # QEMU holds the write end now, not us
         else:
             out.write("hypertrace: serving channel %s; producers use HYPERTRACE_CHANNEL=%s, "
                       "host-side producers HYPERTRACE_HOST_CHANNEL=shm:%s; Ctrl-C to stop\n"
                       % (path, spec, host.path))
             out.flush()
-        _loop(col, child, flags, live, engine, qlogs)
+        _loop(col, child, flags, live, engine, qlogs, quser)
     finally:
         # every step on its own: one that fails is recorded and the others still run,
         # the index is written whatever happened, and the regions are removed
         if qlogs is not None:
             _guard(col, "QEMU log", qlogs.poll)
             _guard(col, "QEMU log", qlogs.close)
+        if quser is not None:
+            _guard(col, "QEMU user-mode log", quser.stop,
+                   child is not None and child.poll() is not None)
         if engine is not None:
             # actions of what is committed now still run; the final drain's do not
             _guard(col, "drain", col.poll)
@@ -209,6 +227,8 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
         if qlogs is not None:
             _guard(col, "channel cleanup", qlogs.region.close)
             _guard(col, "QEMU log", qlogs.remove_logs)
+        if quser is not None:
+            _guard(col, "channel cleanup", quser.close)
         for s, h in old.items():
             signal.signal(s, h)
     rc = child.wait() if child is not None else 0
@@ -427,6 +447,51 @@ def _qemu_logs(col: Collector, base: str, names: List[str]) -> QemuLogs:
     return q
 
 
+class QemuUser:
+    """Domain `qemu` for a user-mode QEMU: its region, the pipe and the reader."""
+
+    def __init__(self, region: Region, reader: qemuuser.Reader, w: int):
+        self.region, self.reader, self.w = region, reader, w
+        self.pass_fds = (w,)
+
+    def started(self) -> None:
+        if self.w >= 0:
+            os.close(self.w)
+            self.w = -1
+
+    def stop(self, child_done: bool) -> None:
+        self.started()
+        self.reader.stop(child_done)
+
+    def close(self) -> None:
+        self.started()
+        if self.reader.p.poll() is None:
+            self.reader.stop(False)
+        self.region.close()
+
+
+def _qemu_user(col: Collector, base: str, command: List[str],
+               patterns: List[str]) -> Tuple[List[str], QemuUser]:
+    """Domain `qemu`: a user-mode QEMU's trace events, through a pipe (host/qemuuser.py)."""
+    region = Region.create(base + "-qemu", "qemu", n_rings=4, ring_size=4 << 20)
+    try:
+        col.add_region(region, "qemu", description="QEMU user-mode trace events: "
+                       "CLOCK_MONOTONIC when each log line reached the recorder (an upper "
+                       "bound: QEMU's lines carry no time)")
+        command, r, w = qemuuser.wire(command, patterns)
+        try:
+            reader = qemuuser.Reader(region.path, patterns, r)
+        except BaseException:
+            os.close(r)
+            os.close(w)
+            raise
+    except BaseException:
+        region.close()
+        raise
+    col.extra_index["qemu_clock"] = lambda: reader.summary
+    return command, QemuUser(region, reader, w)
+
+
 FAILED = object()
 
 
@@ -445,7 +510,8 @@ def _guard(col: Collector, what: str, fn, *args, **kw):
 
 
 def _loop(col: Collector, child, flags: dict, live: LiveServer,
-          engine: Optional[Engine] = None, qlogs: Optional[QemuLogs] = None) -> None:
+          engine: Optional[Engine] = None, qlogs: Optional[QemuLogs] = None,
+          quser: Optional[QemuUser] = None) -> None:
     idle = 0
     last_flush = time.monotonic()
     snaps = 0
@@ -461,6 +527,8 @@ def _loop(col: Collector, child, flags: dict, live: LiveServer,
                 _guard(col, "snapshot", col.snapshot)
         if qlogs is not None:
             _guard(col, "QEMU log", qlogs.poll)
+        if quser is not None:
+            _guard(col, "QEMU user-mode log", quser.reader.poll)
         n = _guard(col, "drain", col.poll)
         if col.write_error is not None and not told:
             # the disk is full: what is written stays whole, and the rings are still
