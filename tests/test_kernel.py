@@ -138,3 +138,41 @@ def test_a_bad_kernel_event_spec_is_one_line_and_leaves_nothing(tmp_path, spec, 
     time.sleep(0.1)
     assert _agent_instances() == before
 
+
+
+def test_every_reader_and_export_shows_the_kernel_events(tmp_path):
+    """report, stats, sql and every export read the kernel streams' typed events as
+    babeltrace2 does: as many sched_switch, the same pids."""
+    import json
+
+    import duckdb
+    out = str(tmp_path / "s")
+    hypertrace("record", "-o", out, "--kernel", "sched:sched_switch,sched:sched_process_exec",
+               "--", "sh", "-c", "for i in 1 2 3; do /bin/true; sleep 0.01; done")
+    bt, _ = babeltrace(out)
+    want = sorted(int(f["next_pid"]) for n, f in bt if n == "sched_switch")
+    assert len(want) > 10
+    r = hypertrace("report", out, "--json")
+    assert r.stderr == "", r.stderr
+    evs = [json.loads(x) for x in r.stdout.splitlines()]
+    assert sorted(e["fields"]["next_pid"] for e in evs if e["name"] == "sched_switch") == want
+    assert any(e["name"] == "sched_process_exec" and e["fields"]["filename"] == "/bin/true"
+               for e in evs)
+    st = json.loads(hypertrace("stats", out, "--json").stdout)
+    kern = [s for s in st["streams"] if s["thread"].startswith("kernel-cpu")]
+    assert kern and sum(s["recorded"] for s in kern) == len(want) + sum(
+        1 for n, _ in bt if n == "sched_process_exec")
+    for fmt, path in (("json", "t.json"), ("perfetto", "t.pftrace"), ("html", "t.html"),
+                      ("parquet", "pq")):
+        hypertrace("export", out, "--format", fmt, "-o", str(tmp_path / path))
+    doc = json.load(open(tmp_path / "t.json"))
+    evs_json = doc["traceEvents"] if isinstance(doc, dict) else doc
+    assert len([e for e in evs_json if e.get("name") == "sched_switch"]) == len(want)
+    assert b"sched_switch" in (tmp_path / "t.pftrace").read_bytes()
+    assert "sched_switch" in (tmp_path / "t.html").read_text()
+    tables = {os.path.basename(f) for f in os.listdir(tmp_path / "pq")}
+    assert any("sched_switch" in t for t in tables), tables
+    got = sorted(int(x[0]) for x in duckdb.sql(
+        "select f_next_pid from read_parquet('%s')" % [str(tmp_path / "pq" / t) for t in tables
+                                                     if "sched_switch" in t][0]).fetchall())
+    assert got == want

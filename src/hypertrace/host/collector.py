@@ -708,9 +708,12 @@ class Collector:
                 "channel": src.region.path, "session_id": h.session_id.hex(),
                 "mode": abi.MODE_NAMES[h.mode],
                 "rings": h.n_rings, "ring_size": h.ring_size,
+                # the producers' events, then the kernel's (ids above the region's)
                 "events": {str(i): {"name": d.name, "signature": d.signature,
                                     **({"format": d.fmt} if d.fmt else {})}
-                           for i, d in sorted(src.events.decls.items())},
+                           for i, d in sorted({**src.events.decls, **(
+                               src.kernel.events.decls if src.kernel is not None else {})
+                           }.items())},
                 "rejected_declarations": {str(k): v for k, v in src.events.bad.items()},
                 "claims": src.claims, "claims_refused": src.refused,
                 "claims_refused_per_ring": {str(i): n for i, n in enumerate(src.ring_refused)

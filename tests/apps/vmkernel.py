@@ -1,0 +1,70 @@
+"""Runs inside a QEMU guest (root): the guest's kernel events through the channel beside
+its user events, and trace-cmd recording the same events at the same time.
+
+trace-cmd takes sched_switch into the top-level buffer (trace_clock mono); the kernel
+agent (python3 -m hypertrace.guest.kernel) takes it into its own instance and sends
+its pages through the ivshmem BAR; this program then emits `nap(i, tid)` with a 1 ms
+sleep after each (its thread is switched out between two naps). trace-cmd's report
+of its buffer is printed as `HT-TC` lines for the host to compare.
+
+Usage: vmkernel.py N_NAPS
+"""
+
+import json
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+
+print("HT-BOOTED", flush=True)
+
+from hypertrace import guest  # noqa: E402
+
+n = int(sys.argv[1])
+errors = []
+tmp = "/dev/shm/ht-tc.dat"
+
+
+def run(*cmd, timeout=120):
+    r = subprocess.run(list(cmd), capture_output=True, timeout=timeout)
+    if r.returncode != 0:
+        errors.append("%s: %s" % (" ".join(cmd), r.stderr.decode("utf-8", "replace")[-300:]))
+    return r
+
+
+run("trace-cmd", "start", "-C", "mono", "-e", "sched:sched_switch")
+agent = subprocess.Popen([sys.executable, "-m", "hypertrace.guest.kernel", "--events",
+                          "sched:sched_switch", "--channel", "ivshmem"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+ready = select.select([agent.stdout], [], [], 180)[0]
+line = agent.stdout.readline() if ready else b""
+if b"tracing" not in line:
+    errors.append("the agent did not start: %r" % line)
+nap = guest.event("nap", "uint32_t i, uint32_t tid")
+tid = threading.get_native_id()
+for i in range(n):
+    nap(i, tid)
+    time.sleep(0.001)
+guest.sync_point("naps_done", n)
+agent.send_signal(2)
+try:
+    _out, err = agent.communicate(timeout=180)
+except subprocess.TimeoutExpired:
+    agent.kill()
+    _out, err = agent.communicate()
+    errors.append("the agent did not stop")
+run("trace-cmd", "stop")
+run("trace-cmd", "extract", "-o", tmp)
+rep = run("trace-cmd", "report", "-t", "-i", tmp)
+run("trace-cmd", "reset")
+for ln in rep.stdout.decode("utf-8", "replace").splitlines():
+    if "sched_switch:" in ln:
+        print("HT-TC " + ln)
+print("HT-RESULT " + json.dumps({
+    "errors": errors, "tid": tid, "agent_rc": agent.returncode,
+    "agent_err": err.decode("utf-8", "replace")[-1000:],
+    "accelerated": guest.ACCELERATED, "instances": os.listdir(
+        "/sys/kernel/tracing/instances")}), flush=True)
+time.sleep(0.5)
