@@ -334,7 +334,10 @@ def test_fuzz_clock_mailboxes(tmp_path_factory, slots, rounds, seed):
                     region.mm[o:o + abi.MBOX_SIZE] = bytes(raw)
                     if rnd.random() < 0.5:     # claimed, so the server looks at it
                         struct.pack_into("<I", region.mm, o, abi.MBOX_CLAIMED)
-            ok += honest.exchange() is not None
+            # the server thread shares this process's GIL with the spinning exchange: on a
+            # loaded machine one exchange can miss its 50 ms; a server the hostile slots
+            # stalled would miss every try
+            ok += any(honest.exchange() is not None for _ in range(5))
             srv.poll()
         time.sleep(0.01)
         srv.close()

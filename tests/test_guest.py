@@ -260,4 +260,8 @@ def test_threads_of_a_forked_child_claim_rings_concurrently(session, tmp_path):
         if st["pid"] != next(iter(owners))[0]:
             raise AssertionError("a stream of pid %s holds pid %s's events" % (st["pid"],
                                                                                owners))
-        assert len(evs) == (1 if 99 in {o[1] for o in owners} else 200)
+        # every emit is recorded, or counted as lost without a ring (a claim that gave
+        # up under load; the sum is checked below)
+        assert len(evs) == 1 if 99 in {o[1] for o in owners} else len(evs) <= 200
+    lost = s.index["domains"][[d["name"] for d in s.index["domains"]].index("local")]
+    assert sum(st["recorded"] for st in mine) + lost["lost_without_ring"] == 1 + 24 * 4 * 200

@@ -161,7 +161,9 @@ def test_after_a_full_disk_every_event_is_still_recorded_or_counted(tmp_path):
         st = stats(out)
         mine = [s for s in st["streams"] if s["domain"] == "local"]
         got = {k: sum(s[k] for s in mine) for k in ("recorded", "unwritten", "discarded")}
-        assert got["unwritten"] > 0 and got["recorded"] > 0, got
+        # (under load the first packet may already be larger than the room left: then
+        # nothing is recorded, and every event is counted unwritten)
+        assert got["unwritten"] > 0, got
         lost = st["domains"].get("local", {}).get("lost_without_ring", 0)
         assert sum(got.values()) + lost == 300000, (got, lost)
         assert st["events"]["tick"]["count"] == got["recorded"]

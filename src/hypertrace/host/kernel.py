@@ -321,6 +321,17 @@ def start_agent(events: str, channel: str):
     return p
 
 
+def agent_cpu_s(p) -> float:
+    """CPU seconds the agent has used so far (user + system), from /proc; 0 if gone."""
+    import os
+    try:
+        with open("/proc/%d/stat" % p.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def stop_agent(p) -> str:
     """Stop the agent (it sends what is left first); its last line of output."""
     import signal

@@ -19,7 +19,7 @@ from .actions import Engine
 from .collector import RESERVE, SESSION_DIR, Collector
 from .control import ControlServer, DomainClock
 from .errors import describe
-from .kernel import start_agent, stop_agent
+from .kernel import agent_cpu_s, start_agent, stop_agent
 from .live import LiveServer, Rules
 from .mailbox import MailboxServer
 from .qemulog import QemuLogs, qmp_alive
@@ -211,7 +211,11 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
             _guard(col, "triggers", engine.close)
         _guard(col, "live control", live.close)
         if agent is not None:
+            cpu = _guard(col, "kernel agent", agent_cpu_s, agent)
             last = _guard(col, "kernel agent", stop_agent, agent)
+            col.extra_index["kernel_agent"] = {
+                "events": kernel, "cpu_s": cpu if isinstance(cpu, float) else None,
+                "last_message": last[:500] if isinstance(last, str) else ""}
             if isinstance(last, str) and "error" in last:
                 col.errors.add("kernel agent: %s" % last)
         for server in servers:
