@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--kernel", metavar="EVENTS",
                    help="also the host's kernel events, e.g. 'sched:sched_switch,irq:*' "
                         "(ftrace, root; into the host domain)")
+    r.add_argument("--kernel-buffer", type=_size, default=0, metavar="SIZE",
+                   help="with --kernel: ftrace's ring per CPU (e.g. 8M; default: the "
+                        "kernel's own, usually 1.4M)")
     r.add_argument("--qemu-trace", metavar="PATTERN", action="append",
                    help="COMMAND is a QEMU user-mode emulator (qemu-x86_64 ...): also its own "
                         "trace events matching PATTERN, into domain qemu (repeatable)")
@@ -173,7 +176,7 @@ def cmd_record(a) -> int:
                      rings=a.rings, max_events=a.max_events, block_timeout_ms=a.block_timeout,
                      name=a.name, sync_interval=a.sync_interval, qemu=a.qemu,
                      triggers=a.triggers, vsock_port=a.vsock_port, kernel=a.kernel,
-                     qemu_trace=a.qemu_trace)
+                     qemu_trace=a.qemu_trace, kernel_buffer=a.kernel_buffer)
     except RecordError as e:
         return _fail(str(e))
     sys.stdout.write(summary(col) + "\n")

@@ -50,6 +50,17 @@ def explain(domain: dict, streams: List[dict], write_error: Optional[str] = None
                     "events/s): a hostile or broken producer of the domain wrote them"
                     % (max(1.0, duration_s), MAX_RATE // 1_000_000),
                     "nothing to set: the domain's producers are not to be trusted"))
+    # the kernel's streams (host/kernel.py): their losses are ftrace's own counts
+    kern = [s for s in streams if str(s.get("thread", "")).startswith("kernel-cpu")]
+    every = streams
+    streams = [s for s in streams if s not in kern]
+    lost_k = sum(_int(s, "discarded") for s in kern)
+    if lost_k:
+        out.append(("ftrace", lost_k,
+                    "kernel events ftrace dropped: its ring per CPU filled before the kernel "
+                    "agent read it (the agent waits while the channel has no room)",
+                    "--kernel-buffer 8M or more (in a guest: the agent's --buffer-kb), or "
+                    "fewer kernel events"))
     mode = domain.get("mode") if isinstance(domain.get("mode"), str) else "discard"
     ring = _int(domain, "ring_size")
     rings = _int(domain, "rings")
@@ -91,7 +102,7 @@ def explain(domain: dict, streams: List[dict], write_error: Optional[str] = None
                         "them for longer than a ring holds" % per,
                         ", or ".join(x for x in ((block, bigger) if sustained or not bigger
                                                  else (bigger, block)) if x)))
-    unwritten = sum(_int(s, "unwritten") for s in streams)
+    unwritten = sum(_int(s, "unwritten") for s in every)
     if unwritten:
         out.append(("disk", unwritten,
                     "validated but never written: %s" % (write_error or "a stream file "

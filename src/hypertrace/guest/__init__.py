@@ -270,6 +270,17 @@ def channel() -> Optional[Channel]:
     return _channel
 
 
+def ring_room() -> Optional[int]:
+    """Bytes the calling thread's ring takes now without dropping a record, for a producer
+    that can hold its data back rather than lose it (the kernel agent: ftrace's own ring
+    then waits, and counts what it overwrites). None: no ring yet, or overwrite mode
+    (nothing is dropped there, the oldest records are)."""
+    w = getattr(_tls, "w", None)
+    if w is None or w.released or w.mode == abi.MODE_OVERWRITE:
+        return None
+    return w.size - (w.pos - w._consumed(w.pos))
+
+
 def _release_thread() -> None:
     w = getattr(_tls, "w", None)
     if w is not None:

@@ -35,6 +35,8 @@ from .. import abi
 TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 CHUNK = abi.STR_MAX
 POLL_S = 0.05                      # how often each CPU's pipe is read when idle
+PAGE_ROOM = 16 << 10               # ring room that one page's records always fit in
+FINAL_WAIT_S = 2.0                 # at the end: longest wait for room for what is left
 TEXT_HEADER_PAGE, TEXT_HEADER_EVENT, TEXT_FORMAT = 0, 1, 2
 AGENT_THREAD = "ftrace-"           # its threads' names: the host reads its records there only
 _SPEC = re.compile(r"^[A-Za-z0-9_*?]{1,64}(:[A-Za-z0-9_*?]{1,128})?$")
@@ -247,6 +249,8 @@ class Agent:
             while True:
                 done = self.stop.is_set()   # then one last pass takes what is left
                 while True:
+                    if not self._wait_room(done):
+                        break
                     try:
                         page = os.read(fd, 1 << 20)
                     except BlockingIOError:
@@ -265,8 +269,29 @@ class Agent:
         finally:
             os.close(fd)
             overrun, dropped = self.inst.stats(cpu)
+            self._wait_room(True)           # ftrace's losses must not be lost themselves
             self.emit["hypertrace_ftrace_stats"](cpu, overrun, dropped, seq)
             self.pages += seq
+
+    def _wait_room(self, final: bool) -> bool:
+        """Hold a page back while this thread's ring has no room for it: the page waits in
+        ftrace's ring, whose losses ftrace counts event by event, rather than be dropped
+        here as one record (a page's worth of events counted as one). False: asked to
+        stop meanwhile (the final pass comes next). In the final pass the collector gets
+        FINAL_WAIT_S; after that what is left is sent anyway (a drop is then counted as
+        the stream's discarded records)."""
+        from . import ring_room
+        deadline = time.monotonic() + FINAL_WAIT_S
+        while True:
+            room = ring_room()
+            if room is None or room >= PAGE_ROOM:
+                return True
+            if final:
+                if time.monotonic() > deadline:
+                    return True
+            elif self.stop.is_set():
+                return False
+            time.sleep(0.001)
 
     def finish(self) -> None:
         try:

@@ -291,7 +291,7 @@ AGENT_START_S = 30.0
 AGENT_STOP_S = 15.0
 
 
-def start_agent(events: str, channel: str):
+def start_agent(events: str, channel: str, buffer_kb: int = 0):
     """The kernel agent on this host's tracefs, into `channel` (the host region): a
     process of its own, as in a guest. Raises KernelError (one line) if it cannot
     start; returns the process once it traces."""
@@ -304,7 +304,8 @@ def start_agent(events: str, channel: str):
     if os.geteuid() != 0:
         raise KernelError("--kernel needs root (it traces through tracefs)")
     env = dict(os.environ, HYPERTRACE_CHANNEL=channel)
-    p = subprocess.Popen([sys.executable, "-m", "hypertrace.guest.kernel", "--events", events],
+    p = subprocess.Popen([sys.executable, "-m", "hypertrace.guest.kernel", "--events", events]
+                         + (["--buffer-kb", str(buffer_kb)] if buffer_kb else []),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                          stdin=subprocess.DEVNULL)
     import select
@@ -332,16 +333,44 @@ def agent_cpu_s(p) -> float:
         return 0.0
 
 
-def stop_agent(p) -> str:
-    """Stop the agent (it sends what is left first); its last line of output."""
+def _remove_instance(pid: int) -> None:
+    """A killed agent's ftrace instance (instances/hypertrace-PID, as guest/kernel.py
+    names it): stopped and removed here."""
+    import os
+
+    from ..guest.kernel import Instance, find_tracefs
+    try:
+        d = os.path.join(find_tracefs(mount=False), "instances", "hypertrace-%d" % pid)
+    except Exception:
+        return
+    if os.path.isdir(d) and not os.path.islink(d):
+        inst = Instance.__new__(Instance)
+        inst.dir = d
+        inst.close()
+
+
+def stop_agent(p, drain=None) -> str:
+    """Stop the agent (it sends what is left first, waiting for room in its rings: so
+    `drain`, the collector's poll, runs meanwhile); its last line of output."""
     import signal
     import subprocess
+    import time
     if p.poll() is None:
         p.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + AGENT_STOP_S
+    while drain is not None and p.poll() is None and time.monotonic() < deadline:
+        try:
+            n = drain()
+        except Exception:
+            n = 0
+            drain = None           # the caller's drain is its own to report
+        if not n:
+            time.sleep(0.001)
     try:
-        _out, err = p.communicate(timeout=AGENT_STOP_S)
+        _out, err = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         p.kill()
         _out, err = p.communicate()
+        _remove_instance(p.pid)     # it could not remove its own
     text = err.decode("utf-8", "replace").strip()
     return text.splitlines()[-1] if text else ""

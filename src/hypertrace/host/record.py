@@ -44,7 +44,7 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
            sync_interval: float = 1.0, qemu: Optional[List[str]] = None,
            triggers: Optional[str] = None, vsock_port: Optional[int] = None,
            kernel: Optional[str] = None, qemu_trace: Optional[List[str]] = None,
-           out=sys.stdout) -> Collector:
+           kernel_buffer: int = 0, out=sys.stdout) -> Collector:
     if mode not in abi.MODES:
         raise RecordError("unknown mode %r (discard, block or overwrite)" % mode)
     # the header's u64 in ns: a day at most, and a number (NaN compares false)
@@ -54,6 +54,8 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
     if not 0 < sync_interval <= 3600:
         raise RecordError("--sync-interval must be above 0 and at most 3600 s, not %r"
                           % sync_interval)
+    if kernel_buffer and not (kernel is not None and 4096 <= kernel_buffer <= 1 << 30):
+        raise RecordError("--kernel-buffer needs --kernel and a size from 4K to 1G")
     if qemu_trace:
         try:
             qemuuser.check(command or [], qemu_trace)
@@ -154,7 +156,7 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
             # the host's kernel events, into the host domain (host/kernel.py)
             what = "kernel tracing"
             try:
-                agent = start_agent(kernel, "shm:" + host.path)
+                agent = start_agent(kernel, "shm:" + host.path, kernel_buffer // 1024)
             except KernelError as e:
                 raise RecordError("kernel tracing: %s" % e) from None
             undo.append(lambda: stop_agent(agent))
@@ -212,7 +214,7 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
         _guard(col, "live control", live.close)
         if agent is not None:
             cpu = _guard(col, "kernel agent", agent_cpu_s, agent)
-            last = _guard(col, "kernel agent", stop_agent, agent)
+            last = _guard(col, "kernel agent", stop_agent, agent, col.poll)
             col.extra_index["kernel_agent"] = {
                 "events": kernel, "cpu_s": cpu if isinstance(cpu, float) else None,
                 "last_message": last[:500] if isinstance(last, str) else ""}
