@@ -1,5 +1,5 @@
 """The optional C extensions: the guest tracepoints' accelerator and the collector's
-walk of ring data (everything else is in pyproject.toml). Built whenever a C compiler
+walk of ring data and its decoder of ftrace pages (everything else is in pyproject.toml). Built whenever a C compiler
 and the Python headers are present; without them the install goes on and the pure
 Python (and numpy) paths are used."""
 
@@ -13,5 +13,7 @@ setup(ext_modules=[
               depends=["src/hypertrace/native/tsc_clock.h"], extra_compile_args=FLAGS,
               optional=True),
     Extension("hypertrace.host._walk", ["src/hypertrace/native/walk.c"],
+              extra_compile_args=FLAGS, optional=True),
+    Extension("hypertrace.host._ftrace", ["src/hypertrace/native/ftrace.c"],
               extra_compile_args=FLAGS, optional=True),
 ])

@@ -59,10 +59,11 @@ def test_host_kernel_events_sit_between_the_programs_own_events(tmp_path):
     app = tmp_path / "naps.py"
     app.write_text(NAPS)
     out = str(tmp_path / "s")
+    before = _agent_instances()
     r = hypertrace("record", "-o", out, "--kernel", "sched:sched_switch", "--",
                    sys.executable, str(app))
     tid = int(re.search(r"NAPS (\d+)", r.stdout).group(1))
-    assert _agent_instances() == []                        # removed at the end
+    assert set(_agent_instances()) <= set(before)         # removed at the end
     events, _ = babeltrace(out)
     names = [n for n, _ in events]
     assert names.count("nap") == 40 and names.count("sched_switch") > 40
@@ -136,7 +137,7 @@ def test_a_bad_kernel_event_spec_is_one_line_and_leaves_nothing(tmp_path, spec, 
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not os.path.exists(tmp_path / "s")
     time.sleep(0.1)
-    assert _agent_instances() == before
+    assert set(_agent_instances()) <= set(before)
 
 
 
@@ -203,6 +204,7 @@ def test_kernel_events_faster_than_the_drain_are_recorded_or_counted(tmp_path):
     drop them in the channel, so every call is a recorded event or one of ftrace's own
     count of lost events; the loss is explained as ftrace's, with the option that helps."""
     import json
+    before = _agent_instances()
     src = tmp_path / "spin.c"
     src.write_text(SPIN_C)
     exe = str(tmp_path / "spin")
@@ -223,4 +225,4 @@ def test_kernel_events_faster_than_the_drain_are_recorded_or_counted(tmp_path):
     why = [x for x in st["losses"]["host"] if x["kind"] == "ftrace"]
     assert why and why[0]["count"] == lost and "--kernel-buffer" in why[0]["avoid"], why
     assert "kernel events ftrace dropped" in r.stdout
-    assert _agent_instances() == []
+    assert set(_agent_instances()) <= set(before)

@@ -185,10 +185,15 @@ class Page:
     bad: int = 0              # events whose payload does not fit their format
 
 
+TS_MAX = (1 << 64) - 1             # time sums saturate: a hostile page cannot wrap them
+
+
 class PageDecoder:
-    def __init__(self, layout: PageLayout, formats: Dict[int, EventFormat]):
+    def __init__(self, layout: PageLayout, formats: Dict[int, EventFormat],
+                 raw_strings: bool = False):
         self.layout = layout
         self.formats = formats
+        self.raw = raw_strings        # strings as their bytes (up to the NUL), not str
 
     def decode(self, page: bytes) -> Page:
         """Decode one page. Raises FtraceError when its structure cannot be followed
@@ -216,10 +221,10 @@ class PageDecoder:
                 if page_ts & TS_MSB:
                     abs_ts |= page_ts & TS_MSB
                     if abs_ts < ts:
-                        abs_ts += 1 << 59
+                        abs_ts = min(TS_MAX, abs_ts + (1 << 59))
                 ts = abs_ts
                 continue
-            ts += delta
+            ts = min(TS_MAX, ts + delta)
             if kind != 0:
                 continue               # padding, time extend: no event
             self._event(page, a, b, ts, out)
@@ -240,7 +245,7 @@ class PageDecoder:
             return
         vals = {}
         for f in fmt.common + fmt.fields:
-            v = _value(rec, f)
+            v = _value(rec, f, self.raw)
             if v is _BAD:
                 out.bad += 1
                 return
@@ -293,7 +298,7 @@ def _walk(page: bytes, off: int, end: int) -> Iterator[Tuple[int, int, int, int]
         off = nxt
 
 
-def _value(rec: bytes, f: Field):
+def _value(rec: bytes, f: Field, raw_strings: bool = False):
     n = len(rec)
     if f.offset + f.size > n:
         return _BAD
@@ -301,7 +306,8 @@ def _value(rec: bytes, f: Field):
     if f.kind == "int":
         return int.from_bytes(raw, "little", signed=f.signed)
     if f.kind == "str":
-        return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        s = raw.split(b"\0", 1)[0]
+        return bytes(s) if raw_strings else s.decode("utf-8", "replace")
     if f.kind == "array":
         return [int.from_bytes(raw[i:i + f.elem], "little", signed=f.signed)
                 for i in range(0, f.size, f.elem)]
@@ -315,5 +321,6 @@ def _value(rec: bytes, f: Field):
         return _BAD
     data = rec[start:start + ln]
     if f.kind == "dyn_str":
-        return data.split(b"\0", 1)[0].decode("utf-8", "replace")
+        s = data.split(b"\0", 1)[0]
+        return bytes(s) if raw_strings else s.decode("utf-8", "replace")
     return bytes(data)

@@ -13,7 +13,9 @@ index's errors say how many), never raised.
 
 from __future__ import annotations
 
+import os
 import struct
+from dataclasses import astuple
 from typing import Dict, List, Optional, Tuple
 
 from .. import abi
@@ -63,25 +65,26 @@ class KernelStream:
         self.pkt_end = 0
         self.lost = 0                  # ftrace's own losses, as reported so far
 
-    def add(self, ts: int, eid: int, payload: bytes, truncated: bool) -> None:
+    def add_run(self, t: tuple) -> None:
+        """A page's records, as transcode returns them (the stream's seq and last time
+        went in: the run continues them)."""
+        recs, n, seq, first, last, tail, clamped, _missed, _unknown, _bad, counts = t
+        if not n:
+            return
         st = self.stats
-        if st.last_ts is not None and ts < st.last_ts:
-            ts = st.last_ts            # one CPU's pages are in order; never go back
-            st.clamped += 1
-        size = abi.align(abi.REC_HEADER_SIZE + len(payload), abi.REC_ALIGN)
-        flags = abi.REC_FLAG_TRUNCATED if truncated else 0
-        self.buf += _REC.pack(eid, size | flags, self.seq & 0xFFFFFFFF, ts) + payload
-        self.tail = size - abi.REC_HEADER_SIZE - len(payload)
-        self.buf += bytes(self.tail)
-        self.seq += 1
-        st.recorded += 1
-        st.per_event[eid] = st.per_event.get(eid, 0) + 1
+        self.buf += recs
+        self.tail = tail
+        self.seq = seq
+        st.recorded += n
+        st.clamped += clamped
+        for eid, k in counts.items():
+            st.per_event[eid] = st.per_event.get(eid, 0) + k
         if st.first_ts is None:
-            st.first_ts = ts
-        st.last_ts = ts
+            st.first_ts = first
+        st.last_ts = last
         if self.pkt_begin is None:
-            self.pkt_begin = ts
-        self.pkt_end = ts
+            self.pkt_begin = first
+        self.pkt_end = last
         if len(self.buf) >= PACKET_TARGET:
             self.flush()
 
@@ -111,6 +114,84 @@ def _ctype(f: ftrace.Field) -> str:
     return "bytes"
 
 
+_KIND = {"int": 0, "str": 1, "array": 2, "bytes": 2, "dyn_str": 3, "dyn_array": 4}
+
+
+def plan(ctf_id: int, fmt: ftrace.EventFormat, fields: List[ftrace.Field]) -> tuple:
+    """How transcode lays out one event's record: (record id, 12 bytes per field, the
+    format's fixed size)."""
+    steps = b"".join(struct.pack("<BBHII", _KIND[f.kind], f.rel, 0, f.offset, f.size)
+                     for f in fields)
+    return ctf_id, steps, fmt.size
+
+
+def transcode_py(page: bytes, layout: ftrace.PageLayout, formats: Dict[int, ftrace.EventFormat],
+                 plans: Dict[int, tuple], seq: int, last_ts: int, str_max: int = abi.STR_MAX,
+                 max_ts: int = abi.MAX_TS) -> tuple:
+    """One ftrace page into records (header + payload as the record codec lays them
+    out): the reference of native/ftrace.c's transcode, same arguments, same result
+    (records, events, seq, first, last, tail, clamped, missed, unknown, bad, counts),
+    FtraceError where it raises ValueError."""
+    pg = ftrace.PageDecoder(layout, formats, raw_strings=True).decode(page)
+    out = bytearray()
+    n = clamped = 0
+    bad = pg.bad
+    first = -1
+    tail = 0
+    counts: Dict[int, int] = {}
+    for ts, fmt, vals in pg.events:
+        ctf_id = plans[fmt.id][0]
+        if ts > max_ts:
+            bad += 1
+            continue
+        payload = bytearray()
+        trunc = False
+        for f in record_fields(fmt):
+            v = vals[f.name]
+            if f.kind == "int":
+                payload += (v & ((1 << 8 * f.size) - 1)).to_bytes(f.size, "little")
+                continue
+            if f.kind == "array":            # carried as its bytes, little-endian
+                v = b"".join((x & ((1 << 8 * f.elem) - 1)).to_bytes(f.elem, "little")
+                             for x in v)
+            v = bytes(v)
+            if len(v) > str_max:
+                v, trunc = v[:str_max], True
+            payload += struct.pack("<H", len(v)) + v
+        size = abi.align(abi.REC_HEADER_SIZE + len(payload), abi.REC_ALIGN)
+        if size > abi.REC_SIZE_MASK:
+            bad += 1
+            continue
+        if last_ts >= 0 and ts < last_ts:
+            ts = last_ts
+            clamped += 1
+        out += _REC.pack(ctf_id, size | (abi.REC_FLAG_TRUNCATED if trunc else 0),
+                         seq & 0xFFFFFFFF, ts) + payload
+        tail = size - abi.REC_HEADER_SIZE - len(payload)
+        out += bytes(tail)
+        seq += 1
+        n += 1
+        counts[ctf_id] = counts.get(ctf_id, 0) + 1
+        if first < 0:
+            first = ts
+        last_ts = ts
+    return bytes(out), n, seq & 0xFFFFFFFF, first, last_ts, tail, clamped, pg.missed, \
+        pg.unknown, bad, counts
+
+
+def record_fields(fmt: ftrace.EventFormat) -> List[ftrace.Field]:
+    """The fields of an event's record: common_pid, then the event's own."""
+    return [f for f in fmt.common if f.name == "common_pid"] + fmt.fields
+
+
+try:
+    if os.environ.get("HYPERTRACE_PURE", "") not in ("", "0"):
+        raise ImportError("HYPERTRACE_PURE")
+    from ._ftrace import transcode as _transcode_c  # type: ignore[import-not-found]
+except ImportError:
+    _transcode_c = None
+
+
 class KernelSource:
     """The kernel events of one source (a guest's region, or the host's)."""
 
@@ -124,6 +205,7 @@ class KernelSource:
         self.header_ok = False
         self.formats: Dict[int, ftrace.EventFormat] = {}
         self.ids: Dict[int, Tuple[int, abi.Codec]] = {}     # ftrace id -> (CTF id, codec)
+        self.plans: Dict[int, tuple] = {}                    # ftrace id -> transcode plan
         self.streams: Dict[int, KernelStream] = {}
         self.decoder: Optional[ftrace.PageDecoder] = None
         self.bad = 0
@@ -215,11 +297,12 @@ class KernelSource:
             ctf_id = self.base + k
             if ctf_id >= abi.PAD_ID:
                 raise ftrace.FtraceError("no event id left for kernel event %s" % fmt.name)
-            fields = [f for f in fmt.common if f.name == "common_pid"] + fmt.fields
+            fields = record_fields(fmt)
             args = ", ".join("%s %s" % (_ctype(f), f.name) for f in fields) or "void"
             decl = abi.parse_signature("%s(%s)" % (fmt.name, args))
             self.formats[fmt.id] = fmt
             self.ids[fmt.id] = (ctf_id, abi.Codec(decl))
+            self.plans[fmt.id] = plan(ctf_id, fmt, fields)
             self.events.decls[ctf_id] = decl
             self.changed = True
         else:
@@ -250,40 +333,23 @@ class KernelSource:
                 self.bad += 1
             return
         self.pages += 1
-        page = self.decoder.decode(data)
-        self.bad += page.bad + page.unknown
-        if page.missed:
-            s.lose(page.missed)
-        for ts, fmt, vals in page.events:
-            ctf_id, codec = self.ids[fmt.id]
-            for f in fmt.fields:
-                if f.kind == "array":          # carried as its bytes, little-endian
-                    vals[f.name] = b"".join((x & ((1 << 8 * f.elem) - 1)).to_bytes(
-                        f.elem, "little") for x in vals[f.name])
-            payload, trunc = _encode(codec, vals)
-            s.add(ts, ctf_id, payload, trunc)
+        last = s.stats.last_ts if s.stats.last_ts is not None else -1
+        if _transcode_c is not None:
+            try:
+                t = _transcode_c(data, astuple(self.layout), self.plans, s.seq, last,
+                                 abi.STR_MAX, abi.MAX_TS)
+            except ValueError as e:
+                raise ftrace.FtraceError(str(e)) from None
+        else:
+            t = transcode_py(data, self.layout, self.formats, self.plans, s.seq, last)
+        self.bad += t[8] + t[9]
+        if t[7]:
+            s.lose(min(t[7], abi.CNT_MAX))
+        s.add_run(t)
 
     def flush(self) -> None:
         for s in self.streams.values():
             s.flush()
-
-
-def _encode(codec: abi.Codec, vals: dict) -> Tuple[bytes, bool]:
-    """The payload of one kernel event as the record codec lays it out."""
-    out = bytearray()
-    trunc = False
-    args = iter(codec.names)
-    for kind, st in codec.steps:
-        if kind == "fixed":
-            n = len(st.format) - 1            # one value per format code after "<"
-            out += st.pack(*(vals[next(args)] for _ in range(n)))
-            continue
-        v = vals[next(args)]
-        b = v.encode("utf-8", "replace") if isinstance(v, str) else bytes(v)
-        if len(b) > abi.STR_MAX:
-            b, trunc = b[:abi.STR_MAX], True
-        out += struct.pack("<H", len(b)) + b
-    return bytes(out), trunc
 
 
 # -- the host's own kernel: the agent run by `hypertrace record --kernel` -------------------
@@ -371,6 +437,6 @@ def stop_agent(p, drain=None) -> str:
     except subprocess.TimeoutExpired:
         p.kill()
         _out, err = p.communicate()
-        _remove_instance(p.pid)     # it could not remove its own
+    _remove_instance(p.pid)         # killed (by us or anyone): it could not remove its own
     text = err.decode("utf-8", "replace").strip()
     return text.splitlines()[-1] if text else ""
