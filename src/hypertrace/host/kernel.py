@@ -179,6 +179,12 @@ def transcode_py(page: bytes, layout: ftrace.PageLayout, formats: Dict[int, ftra
         pg.unknown, bad, counts
 
 
+def _claim_key(r) -> tuple:
+    """One agent thread's claim of a ring (id() of a reader could be reused)."""
+    i = r.identity
+    return (r.index, i.get("pid"), i.get("tid"), i.get("generation"), i.get("claim_ts"))
+
+
 def record_fields(fmt: ftrace.EventFormat) -> List[ftrace.Field]:
     """The fields of an event's record: common_pid, then the event's own."""
     return [f for f in fmt.common if f.name == "common_pid"] + fmt.fields
@@ -206,6 +212,7 @@ class KernelSource:
         self.formats: Dict[int, ftrace.EventFormat] = {}
         self.ids: Dict[int, Tuple[int, abi.Codec]] = {}     # ftrace id -> (CTF id, codec)
         self.plans: Dict[int, tuple] = {}                    # ftrace id -> transcode plan
+        self.reported: Dict[tuple, int] = {}   # (agent claim, cpu) -> ftrace's count taken
         self.streams: Dict[int, KernelStream] = {}
         self.decoder: Optional[ftrace.PageDecoder] = None
         self.bad = 0
@@ -239,7 +246,7 @@ class KernelSource:
                 try:
                     vals, _ = codecs[eid].decode(content, off + abi.REC_HEADER_SIZE,
                                                  off + size)
-                    self._take(id(r), name, vals)
+                    self._take(_claim_key(r), name, vals)
                 except (ValueError, KeyError, ftrace.FtraceError):
                     self.bad += 1
             off += size
@@ -266,7 +273,7 @@ class KernelSource:
         del self.parts[key]
         return b"".join(have)
 
-    def _take(self, rid: int, name: str, vals: list) -> None:
+    def _take(self, rid, name: str, vals: list) -> None:
         if name == "hypertrace_ftrace_text":
             kind, part, parts, tname, chunk = vals
             data = self._assemble((rid, "t", kind, tname), part, parts, chunk)
@@ -281,7 +288,14 @@ class KernelSource:
             cpu, overrun, dropped, _pages = vals
             s = self._stream(cpu)
             if s is not None:
-                s.lose(min(overrun + dropped, abi.CNT_MAX) - s.stats.discarded)
+                # ftrace's counts are per instance: each agent (a restart in the guest is
+                # a new one, a new claim) reports its own, added once
+                key = (rid, cpu)
+                total = min(overrun + dropped, abi.CNT_MAX)
+                prev = self.reported.get(key, 0)
+                if total > prev and len(self.reported) < MAX_PENDING * 16:
+                    self.reported[key] = total
+                    s.lose(min(total - prev, abi.CNT_MAX - s.stats.discarded))
 
     def _text(self, kind: int, text: str) -> None:
         if kind == TEXT_HEADER_PAGE:
