@@ -115,11 +115,71 @@ def one(tmp: str, spin: str, rate: float, secs: float, buffer_kb: int) -> dict:
             "collector": max(0.0, total_cpu - agent_cpu - prog_cpu) / wall, "wall": wall}
 
 
+def in_guest(tmp: str, spin: str, rates: list, secs: float) -> list:
+    """The same in one TCG guest: its agent sends through the ivshmem BAR."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from apps import vmboot
+    name = "htbk%d" % os.getpid()
+    out = os.path.join(tmp, "vm")
+    gp = subprocess.run(HT + ["guest-path"], capture_output=True, text=True, env=env(),
+                        check=True).stdout.strip()
+    lines, _rc, err = vmboot.record_guest(
+        out, name, "PYTHONPATH=%s /usr/bin/python3 %s %s %g %s" % (
+            gp, os.path.join(ROOT, "benchmarks", "vmkernelbench.py"), spin, secs,
+            " ".join("%g" % r for r in rates)), env(), vng_args=("--rwdir=%s" % tmp,))
+    if lines is None:
+        raise SystemExit("the TCG guest did not boot")
+    res = [x for x in lines if x.startswith("HT-RESULT ")]
+    if not res:
+        raise SystemExit("no result from the guest:\n" + "\n".join(lines[-30:]) + err[-2000:])
+    res = json.loads(res[0][len("HT-RESULT "):])
+    rows = []
+    stats_lost = {}
+    rep = subprocess.run(HT + ["report", out, "--json", "--domain", name], capture_output=True,
+                         text=True, env=env(), timeout=1200).stdout.splitlines()
+    with open(os.path.join(out, ".hypertrace", "session.json")) as f:
+        idx = json.load(f)
+    pid_of = {s["file"]: s["pid"] for s in idx["streams"]}
+    for ln in rep:
+        e = json.loads(ln)
+        if e["name"] == "hypertrace_ftrace_stats":
+            p = pid_of.get(e["stream"])
+            stats_lost[p] = stats_lost.get(p, 0) + e["fields"]["overrun"] + e["fields"]["dropped"]
+    for r in res["runs"]:
+        got = int(sql(out, "select count(*) from \"event_%s_sys_enter_getppid\" where "
+                           "f_common_pid = %d" % (name, r["pid"]))[0].split()[0])
+        rows.append({"rate": r["rate"], "calls": r["calls"], "recorded": got,
+                     "lost": stats_lost.get(r["agent_pid"], 0),
+                     "achieved": r["calls"] / r["wall"], "agent": r["agent_cpu"] / r["wall"],
+                     "collector": float("nan"), "wall": r["wall"]})
+    shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
+def table(rows: list, where: str) -> None:
+    print("%s:\n" % where)
+    print("| target rate (events/s) | achieved | calls | recorded | lost (ftrace overruns) "
+          "| agent CPU | collector CPU |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        miss = r["calls"] - r["recorded"]
+        print("| %s | %.0f | %d | %d | %d%s | %.1f %% | %s |" % (
+            "full speed" if r["rate"] == 0 else "%d" % r["rate"], r["achieved"], r["calls"],
+            r["recorded"], r["lost"],
+            "" if miss == r["lost"] else " (calls - recorded = %d)" % miss,
+            100 * r["agent"], "-" if r["collector"] != r["collector"] else
+            "%.1f %%" % (100 * r["collector"])))
+    print()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rates", default="10000,100000,300000,1000000,0",
                     help="calls per second, 0 = as fast as the program can")
+    ap.add_argument("--vm", action="store_true",
+                    help="also in one TCG guest (virtme-ng; its agent through ivshmem)")
+    ap.add_argument("--vm-rates", default="1000,10000,30000,0")
     ap.add_argument("--buffer-kb", type=int, default=0,
                     help="the agent's per-CPU ftrace buffer (default: the kernel's)")
     a = ap.parse_args()
@@ -127,24 +187,20 @@ def main() -> int:
         print("needs root (tracefs)")
         return 2
     tmp = tempfile.mkdtemp(prefix="ht-bench-kernel-")
+    os.chmod(tmp, 0o755)            # the guest runs the program from here (9p)
     try:
         spin = os.path.join(tmp, "spin")
         with open(spin + ".c", "w") as f:
             f.write(SPIN)
         subprocess.run(["cc", "-O2", "-o", spin, spin + ".c"], check=True)
         rows = [one(tmp, spin, float(x), a.seconds, a.buffer_kb) for x in a.rates.split(",")]
+        vm = in_guest(tmp, spin, [float(x) for x in a.vm_rates.split(",")], a.seconds) \
+            if a.vm else None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print("| target rate (events/s) | achieved | calls | recorded | lost (ftrace overruns) "
-          "| agent CPU | collector CPU |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        miss = r["calls"] - r["recorded"]
-        print("| %s | %.0f | %d | %d | %d%s | %.1f %% | %.1f %% |" % (
-            "full speed" if r["rate"] == 0 else "%d" % r["rate"], r["achieved"], r["calls"],
-            r["recorded"], r["lost"],
-            "" if miss == r["lost"] else " (calls - recorded = %d)" % miss,
-            100 * r["agent"], 100 * r["collector"]))
+    table(rows, "host")
+    if vm is not None:
+        table(vm, "inside a TCG guest (2 vCPUs; collector: the host's, shared with QEMU)")
     print("CPU as a share of one core over the program's run; lost: ftrace's own count of "
           "events its ring dropped before the agent read them (also in `hypertrace stats`).")
     return 0
