@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import babeltrace, hypertrace, tracefs
+from conftest import babeltrace, env, hypertrace, tracefs
 
 T = "/sys/kernel/tracing"
 
@@ -233,3 +233,28 @@ def test_kernel_events_faster_than_the_drain_are_recorded_or_counted(tmp_path):
     assert why and why[0]["count"] == lost and "--kernel-buffer" in why[0]["avoid"], why
     assert "kernel events ftrace dropped" in r.stdout
     assert set(_agent_instances()) <= set(before)
+
+
+def test_an_agent_whose_recorder_was_killed_ends_and_removes_its_instance(tmp_path):
+    """kill -9 of the recorder: the agent sees the collector's heartbeat stand still,
+    stops, and removes its ftrace instance (it does not trace on for ever)."""
+    import signal
+    before = set(_agent_instances())
+    rec = subprocess.Popen([sys.executable, "-m", "hypertrace.cli", "record", "-o",
+                            str(tmp_path / "s"), "--kernel", "sched:sched_switch", "--",
+                            "sleep", "120"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env=env())
+    deadline = time.monotonic() + 60
+    mine = set()
+    while not mine and time.monotonic() < deadline:
+        mine = set(_agent_instances()) - before
+        time.sleep(0.1)
+    assert mine, "the agent did not start"
+    time.sleep(1)
+    rec.send_signal(signal.SIGKILL)
+    rec.wait()
+    deadline = time.monotonic() + 90
+    while set(_agent_instances()) & mine and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not set(_agent_instances()) & mine
+    subprocess.run(["pkill", "-f", "sleep 120"])

@@ -194,7 +194,7 @@ class Instance:
                 step()
             except OSError:
                 pass
-        for _ in range(50):               # a reader still closing its pipe: EBUSY
+        for _ in range(500):              # a reader still closing its pipe: EBUSY
             try:
                 os.rmdir(self.dir)
                 return
@@ -217,6 +217,7 @@ class Agent:
         self.stop = threading.Event()
         self.pages = 0
         self.threads: List[threading.Thread] = []
+        self.final_deadline: Optional[float] = None
 
     def send_texts(self) -> None:
         """On a thread of the agent's own (the host looks at those threads only)."""
@@ -281,13 +282,16 @@ class Agent:
         FINAL_WAIT_S; after that what is left is sent anyway (a drop is then counted as
         the stream's discarded records)."""
         from . import ring_room
-        deadline = time.monotonic() + FINAL_WAIT_S
         while True:
             room = ring_room()
             if room is None or room >= PAGE_ROOM:
                 return True
             if final:
-                if time.monotonic() > deadline:
+                # one deadline for the whole final pass (not per page: with the collector
+                # gone, pages waiting by the hundred would each wait for it)
+                if self.final_deadline is None:
+                    self.final_deadline = time.monotonic() + FINAL_WAIT_S
+                if time.monotonic() > self.final_deadline:
                     return True
             elif self.stop.is_set():
                 return False
@@ -331,6 +335,25 @@ def run(events: str, buffer_kb: int = 0, until: Optional[Callable[[], bool]] = N
     return agent.pages
 
 
+DEAD_S = 10.0                      # a collector whose heartbeat stood still this long is gone
+
+
+def _recording_ended(ch) -> Callable[[], bool]:
+    """Whether the recording this agent sends to has ended: its collector, once seen
+    running, stopped (a clean end) or its heartbeat stood still for DEAD_S (killed). So
+    an agent whose recorder is gone does not trace on for ever."""
+    state = {"seen": False, "hb": None, "t": time.monotonic()}
+
+    def ended() -> bool:
+        st, hb, now = ch.collector_state(), ch.heartbeat(), time.monotonic()
+        if st == abi.COLLECTOR_RUNNING:
+            state["seen"] = True
+        if hb != state["hb"]:
+            state["hb"], state["t"] = hb, now
+        return state["seen"] and (st == abi.COLLECTOR_STOPPED or now - state["t"] > DEAD_S)
+    return ended
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m hypertrace.guest.kernel",
                                  description="Kernel events (ftrace) through the channel.")
@@ -340,7 +363,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--buffer-kb", type=int, default=0,
                     help="the instance's per-CPU buffer (KiB; default: the kernel's)")
     a = ap.parse_args(argv)
-    from . import connect, connected
+    from . import channel, connect, connected
     from .channel import ChannelError
     try:
         if a.channel:
@@ -351,8 +374,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             connect()
         if not connected():
             raise KernelError("the channel could not be attached")
-        pages = run(a.events, a.buffer_kb, ready=lambda: print(
-            "hypertrace kernel agent: tracing", flush=True))
+        pages = run(a.events, a.buffer_kb, until=_recording_ended(channel()),
+                    ready=lambda: print("hypertrace kernel agent: tracing", flush=True))
     except (KernelError, ChannelError, ValueError) as e:
         sys.stderr.write("hypertrace kernel agent: error: %s\n" % e)
         return 1
