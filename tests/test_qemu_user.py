@@ -137,3 +137,24 @@ def test_qemu_user_bad_requests_are_one_line_errors(tmp_path, opts, cmd, why):
     assert r.returncode == 2 and why in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not os.path.exists(out)
+
+
+def test_qemu_user_stopping_the_recorder_alone_never_kills_the_program(tmp_path):
+    """SIGINT to the recorder only, while the emulated program runs on and QEMU keeps
+    logging: the reader reports, then reads and throws away to the pipe's end, so QEMU
+    never writes into a closed pipe (SIGPIPE) nor a full one (a hang)."""
+    done = tmp_path / "survived"
+    out = str(tmp_path / "s")
+    script = ("for i in $(seq 300); do echo x > /dev/null; done; sleep 2; "
+              "for i in $(seq 3000); do echo x > /dev/null; done; echo ok > %s" % done)
+    rec = subprocess.Popen([sys.executable, "-m", "hypertrace.cli", "record", "-o", out,
+                            "--qemu-trace", "guest_user_syscall*", "--", "qemu-x86_64",
+                            "/bin/sh", "-c", script], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=env())
+    time.sleep(1.0)
+    rec.send_signal(signal.SIGINT)
+    o, e = rec.communicate(timeout=300)
+    assert rec.returncode == 0 and "Traceback" not in e, e
+    assert done.read_text() == "ok\n"            # the program ran to its end
+    qc = _index(out)["qemu_clock"]
+    assert qc["events"] > 0 and "reader_error" not in qc, qc

@@ -36,7 +36,8 @@ TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 CHUNK = abi.STR_MAX
 POLL_S = 0.05                      # how often each CPU's pipe is read when idle
 PAGE_ROOM = 16 << 10               # ring room that one page's records always fit in
-FINAL_WAIT_S = 2.0                 # at the end: longest wait for room for what is left
+FINAL_WAIT_S = 5.0                 # at the end: longest wait for room for what is left
+TEXT_WAIT_S = 30.0                 # longest wait for room for one part of the formats
 TEXT_HEADER_PAGE, TEXT_HEADER_EVENT, TEXT_FORMAT = 0, 1, 2
 AGENT_THREAD = "ftrace-"           # its threads' names: the host reads its records there only
 _SPEC = re.compile(r"^[A-Za-z0-9_*?]{1,64}(:[A-Za-z0-9_*?]{1,128})?$")
@@ -80,7 +81,8 @@ def parse_events(spec: str) -> List[Tuple[str, str]]:
         if not _SPEC.match(part):
             raise KernelError("bad kernel event %r (SYSTEM:NAME, * and ? allowed)" % part[:80])
         sysname, _, name = part.partition(":")
-        out.append((sysname, name or "*"))
+        if (sysname, name or "*") not in out:        # a repeat adds nothing
+            out.append((sysname, name or "*"))
     if not out:
         raise KernelError("no kernel events given")
     return out
@@ -144,6 +146,22 @@ class Instance:
     def path(self, *p: str) -> str:
         return os.path.join(self.dir, *p)
 
+    def exclude(self, tid: int) -> None:
+        """Leave this thread's own events out (set_event_notrace_pid, Linux 5.8 on):
+        each read of a CPU's pipe is a `read` syscall, and tracing it would feed a
+        page per read back into the pipe for ever."""
+        try:
+            fd = os.open(self.path("set_event_notrace_pid"),
+                         os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        except OSError:
+            return                        # an older kernel: nothing to exclude with
+        try:
+            os.write(fd, b"%d " % tid)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
     def _enable(self, events: List[Tuple[str, str]]) -> None:
         ev_dir = self.path("events")
         systems = sorted(d for d in os.listdir(ev_dir)
@@ -154,9 +172,11 @@ class Instance:
                 names = sorted(n for n in os.listdir(os.path.join(ev_dir, s))
                                if os.path.isdir(os.path.join(ev_dir, s, n)))
                 for n in fnmatch.filter(names, pat):
+                    found = True
+                    if "%s/%s" % (s, n) in self.enabled:
+                        continue                      # matched by an earlier pattern
                     _write(os.path.join(ev_dir, s, n, "enable"), "1")
                     self.enabled.append("%s/%s" % (s, n))
-                    found = True
             if not found:
                 raise KernelError("no kernel event %s:%s" % (sysname, pat))
 
@@ -175,14 +195,16 @@ class Instance:
                       if d.startswith("cpu") and d[3:].isdigit())
 
     def stats(self, cpu: int) -> Tuple[int, int]:
-        """ftrace's own counts for one CPU: (overrun, dropped events)."""
+        """ftrace's own counts for one CPU: (overrun, dropped events + unread ones)."""
         st: Dict[str, int] = {}
         for line in _read(self.path("per_cpu", "cpu%d" % cpu, "stats")).splitlines():
             k, _, v = line.partition(":")
             v = v.strip().split(" ")[0]
             if v.isdigit():
                 st[k.strip()] = int(v)
-        return st.get("overrun", 0) + st.get("commit overrun", 0), st.get("dropped events", 0)
+        # events still in the ring at the end were never read: lost as well
+        return (st.get("overrun", 0) + st.get("commit overrun", 0),
+                st.get("dropped events", 0) + st.get("entries", 0))
 
     def close(self) -> None:
         """Stop, disable and remove the instance (a second call does nothing)."""
@@ -225,9 +247,12 @@ class Agent:
         texts = self.inst.texts()
 
         def send():
+            self.inst.exclude(threading.get_native_id())
             for kind, name, text in texts:
                 parts = _parts(text.encode())
                 for k, chunk in enumerate(parts):
+                    # thousands of formats outgrow a ring: wait for the collector
+                    self._wait_room(False, TEXT_WAIT_S)
                     tp(kind, k, len(parts), name, chunk)
         t = threading.Thread(target=send, name=AGENT_THREAD + "formats", daemon=True)
         t.start()
@@ -242,6 +267,7 @@ class Agent:
             self.threads.append(t)
 
     def _cpu(self, cpu: int) -> None:
+        self.inst.exclude(threading.get_native_id())
         tp = self.emit["hypertrace_ftrace_page"]
         path = self.inst.path("per_cpu", "cpu%d" % cpu, "trace_pipe_raw")
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
@@ -270,29 +296,33 @@ class Agent:
         finally:
             os.close(fd)
             overrun, dropped = self.inst.stats(cpu)
-            self._wait_room(True)           # ftrace's losses must not be lost themselves
+            self._wait_room(False, FINAL_WAIT_S)   # ftrace's losses must not be lost too
             self.emit["hypertrace_ftrace_stats"](cpu, overrun, dropped, seq)
             self.pages += seq
 
-    def _wait_room(self, final: bool) -> bool:
+    def _wait_room(self, final: bool, limit: Optional[float] = None) -> bool:
         """Hold a page back while this thread's ring has no room for it: the page waits in
         ftrace's ring, whose losses ftrace counts event by event, rather than be dropped
         here as one record (a page's worth of events counted as one). False: asked to
-        stop meanwhile (the final pass comes next). In the final pass the collector gets
-        FINAL_WAIT_S; after that what is left is sent anyway (a drop is then counted as
-        the stream's discarded records)."""
+        stop meanwhile (the final pass comes next), or, in the final pass, FINAL_WAIT_S
+        (one deadline for the whole pass) went by: what is still in ftrace's ring is then
+        left there and counted from its `entries`. With `limit` (the format texts): True
+        after that long anyway (a drop is then counted as a discarded record)."""
         from . import ring_room
+        until = time.monotonic() + limit if limit is not None else None
         while True:
             room = ring_room()
             if room is None or room >= PAGE_ROOM:
                 return True
-            if final:
-                # one deadline for the whole final pass (not per page: with the collector
-                # gone, pages waiting by the hundred would each wait for it)
-                if self.final_deadline is None:
-                    self.final_deadline = time.monotonic() + FINAL_WAIT_S
-                if time.monotonic() > self.final_deadline:
+            now = time.monotonic()
+            if until is not None:
+                if now > until:
                     return True
+            elif final:
+                if self.final_deadline is None:
+                    self.final_deadline = now + FINAL_WAIT_S
+                if now > self.final_deadline:
+                    return False
             elif self.stop.is_set():
                 return False
             time.sleep(0.001)
@@ -304,7 +334,7 @@ class Agent:
             pass
         self.stop.set()
         for t in self.threads:
-            t.join(timeout=10)
+            t.join(timeout=2 * FINAL_WAIT_S + 5)
 
 
 def run(events: str, buffer_kb: int = 0, until: Optional[Callable[[], bool]] = None,
@@ -314,6 +344,7 @@ def run(events: str, buffer_kb: int = 0, until: Optional[Callable[[], bool]] = N
     from . import event
     emit = {name: event(name, sig) for name, sig in SIGNATURES.items()}
     inst = Instance(parse_events(events), buffer_kb=buffer_kb)
+    inst.exclude(os.getpid())
     stop = threading.Event()
     old = {}
     if threading.current_thread() is threading.main_thread():
@@ -335,16 +366,18 @@ def run(events: str, buffer_kb: int = 0, until: Optional[Callable[[], bool]] = N
     return agent.pages
 
 
-DEAD_S = 10.0                      # a collector whose heartbeat stood still this long is gone
+DEAD_S = 60.0                      # a collector whose heartbeat stood still this long is gone
 
 
-def _recording_ended(ch) -> Callable[[], bool]:
+def _recording_ended(ch, parent: int = 0) -> Callable[[], bool]:
     """Whether the recording this agent sends to has ended: its collector, once seen
     running, stopped (a clean end) or its heartbeat stood still for DEAD_S (killed). So
     an agent whose recorder is gone does not trace on for ever."""
     state = {"seen": False, "hb": None, "t": time.monotonic()}
 
     def ended() -> bool:
+        if parent and os.getppid() != parent:
+            return True                   # the recorder that started it is gone
         st, hb, now = ch.collector_state(), ch.heartbeat(), time.monotonic()
         if st == abi.COLLECTOR_RUNNING:
             state["seen"] = True
@@ -362,6 +395,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--channel", help="the channel (default: $HYPERTRACE_CHANNEL)")
     ap.add_argument("--buffer-kb", type=int, default=0,
                     help="the instance's per-CPU buffer (KiB; default: the kernel's)")
+    ap.add_argument("--parent", type=int, default=0, help=argparse.SUPPRESS)  # record's pid
     a = ap.parse_args(argv)
     from . import channel, connect, connected
     from .channel import ChannelError
@@ -374,7 +408,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             connect()
         if not connected():
             raise KernelError("the channel could not be attached")
-        pages = run(a.events, a.buffer_kb, until=_recording_ended(channel()),
+        pages = run(a.events, a.buffer_kb, until=_recording_ended(channel(), a.parent),
                     ready=lambda: print("hypertrace kernel agent: tracing", flush=True))
     except (KernelError, ChannelError, ValueError) as e:
         sys.stderr.write("hypertrace kernel agent: error: %s\n" % e)

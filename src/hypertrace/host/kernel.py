@@ -384,7 +384,8 @@ def start_agent(events: str, channel: str, buffer_kb: int = 0):
     if os.geteuid() != 0:
         raise KernelError("--kernel needs root (it traces through tracefs)")
     env = dict(os.environ, HYPERTRACE_CHANNEL=channel)
-    p = subprocess.Popen([sys.executable, "-m", "hypertrace.guest.kernel", "--events", events]
+    p = subprocess.Popen([sys.executable, "-m", "hypertrace.guest.kernel", "--events", events,
+                          "--parent", str(os.getpid())]
                          + (["--buffer-kb", str(buffer_kb)] if buffer_kb else []),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                          stdin=subprocess.DEVNULL)

@@ -109,18 +109,23 @@ class Reader:
             self.lost_lines += data.count(b"\n")
 
     def stop(self, child_done: bool) -> dict:
-        """Once QEMU has exited: the reader reaches the pipe's end (every writer gone) and
-        reports; given READER_STOP_S, then told to stop (it reads what is there first)."""
-        try:
-            out, err = self.p.communicate(timeout=READER_STOP_S if child_done else 0.1)
-        except subprocess.TimeoutExpired:
+        """The end of the recording. Once QEMU has exited, the reader reaches the pipe's
+        end (every writer gone) and reports; if a writer lives on (QEMU still running, or
+        a background child of the program holding QEMU's log descriptor) it is told to
+        stop: it reports what it recorded, then goes on reading and throwing away until
+        the pipe's end, so that QEMU never meets a closed pipe (SIGPIPE) or a full one."""
+        self._wait_exit(READER_STOP_S if child_done else 0.05)
+        if self.p.poll() is None:
             self.p.send_signal(signal.SIGTERM)
-            try:
-                out, err = self.p.communicate(timeout=READER_STOP_S)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                out, err = self.p.communicate()
-        self.poll()
+            out = self._summary_line(READER_STOP_S)
+        else:
+            out = self.p.stdout.read() or b""
+            self.poll()
+            if not child_done:
+                # the reader died and QEMU runs on: something must keep reading the pipe
+                subprocess.Popen([sys.executable, "-c", "import os\nwhile os.read(0, 1 << 20):"
+                                  "\n    pass"], stdin=self.r, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
         os.close(self.r)
         last = out.decode("utf-8", "replace").strip().splitlines()
         try:
@@ -132,41 +137,78 @@ class Reader:
         self.summary.update({k: int(v) for k, v in counts.items()
                              if k in ("lines", "events", "other_lines", "rejected", "bytes")
                              and type(v) is int})
-        if self.p.returncode != 0 or self.lost_lines:
-            why = err.decode("utf-8", "replace").strip().splitlines()
-            self.summary["reader_error"] = (why[-1] if why else "exit %d" % self.p.returncode
-                                            )[:500]
+        code = self.p.poll()
+        if not counts or (code not in (None, 0)) or self.lost_lines:
+            why = b""
+            if code is not None:
+                why = self.p.stderr.read() or b""
+            why_l = why.decode("utf-8", "replace").strip().splitlines()
+            self.summary["reader_error"] = (why_l[-1] if why_l else "exit %s" % code)[:500]
         self.summary["lost_lines"] = self.lost_lines
         return self.summary
 
+    def _wait_exit(self, timeout: float) -> None:
+        try:
+            self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def _summary_line(self, timeout: float) -> bytes:
+        """The reader's report, printed as soon as it is told to stop."""
+        end = time.monotonic() + timeout
+        buf = b""
+        fd = self.p.stdout.fileno()
+        while b"\n" not in buf and time.monotonic() < end:
+            if select.select([fd], [], [], max(0.0, end - time.monotonic()))[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                buf += chunk
+        return buf
+
 
 # -- the reader process --------------------------------------------------------------
+class _Stop(Exception):
+    """Raised by the stop signal: it breaks a blocked read (os.read would retry it)."""
+
+
+def _stop(*_) -> None:
+    raise _Stop()
+
+
 def _run(region_path: str, patterns: List[str]) -> dict:
     from .qemulog import QemuEmitter
     out = QemuEmitter(region_path, [SOURCE])
     counts = {"lines": 0, "events": 0, "other_lines": 0, "rejected": 0, "bytes": 0}
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     buf = b""
     try:
-        while True:
-            if stop:
-                os.set_blocking(0, False)      # what is in the pipe, then the end
-            try:
+        try:
+            while True:
                 data = os.read(0, READ_BYTES)
-            except InterruptedError:
-                continue
-            except BlockingIOError:
-                break
-            t = time.monotonic_ns()
-            if not data:
-                break
-            counts["bytes"] += len(data)
-            lines = (buf + data).split(b"\n")
-            buf = lines.pop()[-MAX_LINE:]
-            for ln in lines:
-                _line(out, counts, patterns, ln, t)
+                t = time.monotonic_ns()
+                if not data:
+                    break
+                counts["bytes"] += len(data)
+                lines = (buf + data).split(b"\n")
+                buf = lines.pop()[-MAX_LINE:]
+                for ln in lines:
+                    _line(out, counts, patterns, ln, t)
+        except _Stop:
+            # told to stop: what is in the pipe now is the recording's, then the end
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            while select.select([0], [], [], 0)[0]:
+                data = os.read(0, READ_BYTES)
+                if not data:
+                    break
+                t = time.monotonic_ns()
+                counts["bytes"] += len(data)
+                lines = (buf + data).split(b"\n")
+                buf = lines.pop()[-MAX_LINE:]
+                for ln in lines:
+                    _line(out, counts, patterns, ln, t)
         if buf:
             _line(out, counts, patterns, buf, time.monotonic_ns())
     finally:
@@ -194,6 +236,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     counts = _run(argv[0], argv[1:])
     sys.stdout.write(json.dumps(counts) + "\n")
+    sys.stdout.flush()
+    # the recording has its report; QEMU (or a child holding its log) may write on:
+    # read and throw away to the pipe's end, so it never meets a closed or full pipe
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            if not os.read(0, READ_BYTES):
+                break
+        except OSError:
+            break
     return 0
 
 

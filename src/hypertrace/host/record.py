@@ -19,7 +19,7 @@ from .actions import Engine
 from .collector import RESERVE, SESSION_DIR, Collector
 from .control import ControlServer, DomainClock
 from .errors import describe
-from .kernel import agent_cpu_s, start_agent, stop_agent
+from .kernel import AGENT_STOP_S, agent_cpu_s, start_agent, stop_agent
 from .live import LiveServer, Rules
 from .mailbox import MailboxServer
 from .qemulog import QemuLogs, qmp_alive
@@ -213,8 +213,20 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
             _guard(col, "triggers", engine.close)
         _guard(col, "live control", live.close)
         if agent is not None:
+            early = agent.poll()
             cpu = _guard(col, "kernel agent", agent_cpu_s, agent)
             last = _guard(col, "kernel agent", stop_agent, agent, col.poll)
+            why = None
+            if early is not None:
+                why = ("the kernel agent ended before the recording did (exit %d): kernel "
+                       "events stop there" % early)
+            elif agent.returncode == -signal.SIGKILL:
+                why = ("the kernel agent did not stop within %d s and was killed: events "
+                       "still in ftrace's ring were neither recorded nor counted"
+                       % AGENT_STOP_S)
+            if why is not None:
+                col.errors.add(why)
+                sys.stderr.write("hypertrace: warning: %s\n" % why)
             col.extra_index["kernel_agent"] = {
                 "events": kernel, "cpu_s": cpu if isinstance(cpu, float) else None,
                 "last_message": last[:500] if isinstance(last, str) else ""}
