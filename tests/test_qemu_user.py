@@ -122,6 +122,8 @@ def test_qemu_user_a_dead_reader_neither_stalls_nor_kills_qemu(tmp_path):
     assert qc["lost_lines"] > 0 and "reader_error" in qc, qc
     st = stats(out)
     assert totals(st, "local")["recorded"] == 1500
+    why = [x for x in st["losses"]["qemu"] if x["kind"] == "qemu_log"]
+    assert why and why[0]["count"] == qc["lost_lines"], st["losses"]
 
 
 @pytest.mark.parametrize("opts, cmd, why", [

@@ -119,6 +119,13 @@ def explain(domain: dict, streams: List[dict], write_error: Optional[str] = None
                     "declaration was still waiting for a slot" % (rings or "domain's"),
                     ", or ".join(x for x in (more, "fewer, longer-lived threads (a thread "
                                                    "pool)") if x)))
+    n = _int(domain, "qemu_log_lines_lost")
+    if n:
+        out.append(("qemu_log", n,
+                    "QEMU user-mode log lines read and thrown away by the recorder: the "
+                    "reader process that records them had ended (the index's "
+                    "qemu_clock.reader_error says how)",
+                    "nothing to set: a reader killed from outside; report it if it died"))
     n = _int(domain, "lost_in_refused_claims")
     if n:
         out.append(("claims_refused", n,

@@ -111,6 +111,9 @@ class Collector:
         self.host_offset = clock_offset_ns()       # CLOCK_REALTIME - CLOCK_MONOTONIC
         self.clocks: Dict[str, DomainClock] = {}   # domains whose clock is estimated
         self.clock_summary: Dict[str, dict] = {}
+        #: losses of a domain that no region counts (QEMU user mode's log lines): name ->
+        #: a function giving counts the domain's index entry carries (losses.explain)
+        self.domain_losses: Dict[str, Callable[[], dict]] = {}
         self.extra_index: Dict[str, object] = {     # sections other parts add (control, ...)
             "errors_total": lambda: self.errors.summary()}
         #: ids of readers whose stream file is open now, least recently written first
@@ -721,6 +724,7 @@ class Collector:
                 # records no stream holds: dropped while the producer had no ring, and in
                 # claims past the budget; tracepoints whose declaration was refused
                 **src.losses.get(dom.name, dict.fromkeys(LOSSES, 0)),
+                **(self.domain_losses[dom.name]() if dom.name in self.domain_losses else {}),
             })
         return doms
 

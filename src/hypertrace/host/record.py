@@ -507,6 +507,7 @@ def _qemu_user(col: Collector, base: str, command: List[str],
         region.close()
         raise
     col.extra_index["qemu_clock"] = lambda: reader.summary
+    col.domain_losses["qemu"] = lambda: {"qemu_log_lines_lost": reader.lost_lines}
     return command, QemuUser(region, reader, w)
 
 
