@@ -258,3 +258,15 @@ def test_an_agent_whose_recorder_was_killed_ends_and_removes_its_instance(tmp_pa
         time.sleep(0.5)
     assert not set(_agent_instances()) & mine
     subprocess.run(["pkill", "-f", "sleep 120"])
+
+
+def test_tracing_read_syscalls_does_not_feed_on_the_agents_own_reads(tmp_path):
+    """Each read of a CPU's pipe is a read(2): traced, it would make a page per read, read
+    by the next one, for ever (250 MB in 3 idle seconds before the agent left its own
+    threads out)."""
+    import json
+    out = str(tmp_path / "s")
+    hypertrace("record", "-o", out, "--kernel", "syscalls:sys_enter_read", "--", "sleep", "2")
+    st = json.loads(hypertrace("stats", out, "--json").stdout)
+    pages = st["events"].get("hypertrace_ftrace_page", {}).get("count", 0)
+    assert pages < 200, pages

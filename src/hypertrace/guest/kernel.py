@@ -147,9 +147,13 @@ class Instance:
         return os.path.join(self.dir, *p)
 
     def exclude(self, tid: int) -> None:
-        """Leave this thread's own events out (set_event_notrace_pid, Linux 5.8 on):
-        each read of a CPU's pipe is a `read` syscall, and tracing it would feed a
-        page per read back into the pipe for ever."""
+        """Leave this thread's own events out (set_event_notrace_pid, Linux 5.8 on) when
+        syscalls are traced: each read of a CPU's pipe is a `read` syscall, and tracing
+        it would feed a page per read back into the pipe for ever. Only then: the filter
+        also drops the scheduler's events around the thread (ftrace skips events while
+        a filtered task runs), which would leave holes in a sched_switch trace."""
+        if not any(e.split("/")[0] in ("syscalls", "raw_syscalls") for e in self.enabled):
+            return
         try:
             fd = os.open(self.path("set_event_notrace_pid"),
                          os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
