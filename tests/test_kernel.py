@@ -22,13 +22,15 @@ T = "/sys/kernel/tracing"
 pytestmark = pytest.mark.skipif(not tracefs(), reason="needs root and tracefs")
 
 NAPS = r"""
-import threading, time
+import select, threading
 from hypertrace import guest
 nap = guest.event("nap", "uint32_t i, uint32_t tid")
 tid = threading.get_native_id()
 for i in range(40):
     nap(i, tid)
-    time.sleep(0.001)          # the thread sleeps: a sched_switch with prev_pid = tid
+    # the thread blocks: a sched_switch with prev_pid = tid (select's timeout runs from
+    # the call, time.sleep's deadline from before it: a descheduled thread can pass it)
+    select.select([], [], [], 0.001)
 print("NAPS", tid, flush=True)
 """
 

@@ -48,7 +48,10 @@ nap = guest.event("nap", "uint32_t i, uint32_t tid")
 tid = threading.get_native_id()
 for i in range(n):
     nap(i, tid)
-    time.sleep(0.001)
+    # select's timeout runs from the syscall's entry, so the thread always blocks (and is
+    # switched out); time.sleep sleeps to a deadline taken before it, which a slow TCG
+    # vCPU can pass before the call: no sleep, no switch
+    select.select([], [], [], 0.001)
 guest.sync_point("naps_done", n)
 agent.send_signal(2)
 try:
