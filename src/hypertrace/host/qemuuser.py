@@ -183,18 +183,23 @@ def _run(region_path: str, patterns: List[str]) -> dict:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     buf = b""
+
+    def take(data: bytes) -> None:
+        # one read: its lines stamped with the time the read returned
+        nonlocal buf
+        t = time.monotonic_ns()
+        counts["bytes"] += len(data)
+        lines = (buf + data).split(b"\n")
+        buf = lines.pop()[-MAX_LINE:]
+        for ln in lines:
+            _line(out, counts, patterns, ln, t)
     try:
         try:
             while True:
                 data = os.read(0, READ_BYTES)
-                t = time.monotonic_ns()
                 if not data:
                     break
-                counts["bytes"] += len(data)
-                lines = (buf + data).split(b"\n")
-                buf = lines.pop()[-MAX_LINE:]
-                for ln in lines:
-                    _line(out, counts, patterns, ln, t)
+                take(data)
         except _Stop:
             # told to stop: what is in the pipe now is the recording's, then the end
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -203,12 +208,7 @@ def _run(region_path: str, patterns: List[str]) -> dict:
                 data = os.read(0, READ_BYTES)
                 if not data:
                     break
-                t = time.monotonic_ns()
-                counts["bytes"] += len(data)
-                lines = (buf + data).split(b"\n")
-                buf = lines.pop()[-MAX_LINE:]
-                for ln in lines:
-                    _line(out, counts, patterns, ln, t)
+                take(data)
         if buf:
             _line(out, counts, patterns, buf, time.monotonic_ns())
     finally:
