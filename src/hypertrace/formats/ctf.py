@@ -248,7 +248,9 @@ class StreamFile:
                 raise OSError(28, os.strerror(28))       # a short write: the disk is full
         except OSError:
             try:
+                # and back to the end: the next packet must not leave a hole of zeros
                 os.ftruncate(self.f.fileno(), self.bytes)
+                os.lseek(self.f.fileno(), self.bytes, os.SEEK_SET)
             except OSError:
                 pass
             raise

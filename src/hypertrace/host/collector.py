@@ -22,13 +22,14 @@ from . import runtime
 from .control import DomainClock
 from .errors import ErrorLog, describe
 from .kernel import AGENT_THREAD, KernelSource
-from .reader import EventTable, RingReader, count_records
+from .reader import EventTable, RingReader, count_records, packet_parts
 from .region import Region
 
 SESSION_DIR = ".hypertrace"          # side files: babeltrace2 ignores hidden folders' files
 PID_CHECK_S = 0.5
 RESERVE = "room.reserve"             # in SESSION_DIR: room held back for the index
 RESERVE_BYTES = 1 << 20
+PART_BYTES = 64 * 1024    # packets written after the disk refused a larger one
 METADATA_GAP_S = 0.25                # new declarations reach the metadata this late at most
 MAX_STREAMS = 4096                   # claims per region served: a guest cannot make more
 LOSSES = ("lost_without_ring", "declarations_refused", "lost_in_refused_claims")
@@ -516,9 +517,31 @@ class Collector:
                 elif e.errno == errno.ESTALE:
                     self._lost_packet(r, content, str(e))
                 else:
+                    kept = 0
+                    if e.errno == errno.ENOSPC and isinstance(r, RingReader):
+                        kept = self._write_parts(r, content, discarded)
                     self._write_failed(name, e)
-                    self._lost_packet(r, content, "")
+                    self._lost_packet(r, content[kept:], "")
                 return
+
+    def _write_parts(self, r: RingReader, content, discarded: int) -> int:
+        """A packet the disk could not take whole (a drain of a full ring is one packet
+        of megabytes): write it in small packets while they fit, so a nearly full disk
+        keeps what it has room for. Returns the bytes of `content` written."""
+        if len(content) <= PART_BYTES:
+            return 0
+        kept = 0
+        for start, end, last, ts0, ts1 in packet_parts(content, PART_BYTES):
+            part = content[start:end]
+            try:
+                self._write_packet(r, part, ts0, ts1, discarded,
+                                   len(part) - r.payload_end(part, last - start))
+            except OSError:
+                break
+            kept = end
+        if kept:
+            self._written(r)
+        return kept
 
     def _write_packet(self, r: RingReader, content: bytes, ts_begin: int, ts_end: int,
                       discarded: int, tail_pad: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -58,6 +58,25 @@ def count_records(r: RingReader, content) -> int:
     st.recorded -= n
     st.unwritten += n
     return n
+
+
+def packet_parts(content, limit: int) -> Iterator[Tuple[int, int, int, int, int]]:
+    """Cut validated records into consecutive parts of about `limit` bytes at record
+    boundaries: (start, end, last_rec, first_ts, last_ts) each. For a packet the disk
+    cannot take whole, so the parts that fit are kept (sizes and stamps can be trusted:
+    the reader validated and clamped them)."""
+    off, end = 0, len(content)
+    start = last = 0
+    while off + abi.REC_HEADER_SIZE <= end:
+        size = struct.unpack_from("<HH", content, off)[1] & 0xFFF8
+        if size < abi.REC_HEADER_SIZE or off + size > end:
+            break
+        last = off
+        off += size
+        if off - start >= limit or off + abi.REC_HEADER_SIZE > end:
+            yield (start, off, last, _HDR.unpack_from(content, start)[3],
+                   _HDR.unpack_from(content, last)[3])
+            start = off
 
 
 class EventTable:
@@ -394,18 +413,20 @@ class RingReader:
     def _packet(self, content, last_rec: int) -> None:
         """Write `content` (validated records, the last one at `last_rec`) as a packet
         from pkt_begin to pkt_end, and publish the room it gave back."""
-        # CTF readers expect content_size to end exactly after the last event's
-        # payload, not after its padding: find that end by decoding the last record
-        eid, sf = struct.unpack_from("<HH", content, last_rec)
-        payload = last_rec + abi.REC_HEADER_SIZE
-        rec_end = last_rec + (sf & 0xFFF8)
-        _vals, end = self.events.codecs[eid].decode(content, payload, rec_end)
         # the sink writes the packet before returning: it gets the buffer itself, no copy
         self.sink(self, content, self.pkt_begin or 0, self.pkt_end, self.stats.discarded,
-                  len(content) - end)
+                  len(content) - self.payload_end(content, last_rec))
         self.pkt_begin = None
         if self.buf_end_pos is not None:
             self._publish(self.buf_end_pos)    # written: the producer may reuse it
+
+    def payload_end(self, content, last_rec: int) -> int:
+        """Where the payload of the record at `last_rec` ends: CTF readers expect a
+        packet's content_size to end exactly there, not after the record's padding."""
+        eid, sf = struct.unpack_from("<HH", content, last_rec)
+        payload = last_rec + abi.REC_HEADER_SIZE
+        rec_end = last_rec + (sf & 0xFFF8)
+        return self.events.codecs[eid].decode(content, payload, rec_end)[1]
 
     def flush(self) -> None:
         self._close_packet()
