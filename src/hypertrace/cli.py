@@ -61,6 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--qemu-trace", metavar="PATTERN", action="append",
                    help="COMMAND is a QEMU user-mode emulator (qemu-x86_64 ...): also its own "
                         "trace events matching PATTERN, into domain qemu (repeatable)")
+    r.add_argument("--functions", action="store_true",
+                   help="trace every Python function call and return in every Python "
+                        "process COMMAND starts (a start-up hook on PYTHONPATH)")
+    r.add_argument("--include", metavar="GLOB", action="append",
+                   help="with --functions: only functions whose file or qualified name "
+                        "matches (repeatable)")
+    r.add_argument("--exclude", metavar="GLOB", action="append",
+                   help="with --functions: not functions whose file or qualified name "
+                        "matches (repeatable)")
+    r.add_argument("--logging", action="store_true",
+                   help="record every Python `logging` record as a python_log event")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
 
     for name, hlp in (("report", "print every event in time order"),
@@ -171,12 +182,28 @@ def cmd_record(a) -> int:
         return _fail("--qemu and --channel are exclusive")
     if a.vsock_port is not None and not (a.qemu and 0 < a.vsock_port < 1 << 32):
         return _fail("--vsock-port needs --qemu and a port in 1..4294967295")
+    if (a.include or a.exclude) and not a.functions:
+        return _fail("--include and --exclude select functions: give --functions too")
+    child_env = {}
+    if a.functions or a.logging:
+        if not cmd:
+            return _fail("--functions and --logging apply to the COMMAND given after --")
+        from .guest.autostart import environment
+        from .host.guestpath import guest_path
+        try:
+            base = guest_path()
+        except OSError as e:
+            return _fail("cannot prepare the start-up hook: %s" % (e.strerror or e))
+        child_env = environment(a.functions, a.include, a.exclude, a.logging,
+                                boot_dir=os.path.join(base, "hypertrace", "guest", "boot"),
+                                path=base)
     try:
         col = record(a.output, cmd, channel=a.channel, mode=a.mode, ring_size=a.buffer_size,
                      rings=a.rings, max_events=a.max_events, block_timeout_ms=a.block_timeout,
                      name=a.name, sync_interval=a.sync_interval, qemu=a.qemu,
                      triggers=a.triggers, vsock_port=a.vsock_port, kernel=a.kernel,
-                     qemu_trace=a.qemu_trace, kernel_buffer=a.kernel_buffer)
+                     qemu_trace=a.qemu_trace, kernel_buffer=a.kernel_buffer,
+                     child_env=child_env)
     except RecordError as e:
         return _fail(str(e))
     sys.stdout.write(summary(col) + "\n")

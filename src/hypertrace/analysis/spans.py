@@ -1,12 +1,29 @@
-"""Spans: `X_begin`/`X_end` events paired per stream (nesting allowed), from column batches."""
+"""Slices: which events begin or end one, what it is called, and how ends pair with begins.
+
+Three kinds of edges, one mechanism for every view (JSON, Perfetto, HTML, stats):
+- `X_begin`/`X_end` declared by hand: paired last-in first-out per stream;
+- a `guest.span`'s pair, whose first two fields are `span` (an id unique in its
+  process) and `task` (its asyncio task, 0 outside one): paired by id, so spans of
+  interleaved tasks on one thread pair right, nested per (stream, task);
+- function tracing's `hypertrace_call`/`hypertrace_return(uint32_t code)`: named after
+  the `hypertrace_code` record that declared the code object in that process, paired
+  last-in first-out per stream.
+"""
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from ..columns import Batch, Columns
+
+CODE = "hypertrace_code"        # (uint32_t code, const char *name, const char *file, uint32_t line)
+CALL = "hypertrace_call"        # (uint32_t code)
+RETURN = "hypertrace_return"    # (uint32_t code)
+SPAN_FIELDS = ("span", "task")  # the first fields of a guest.span's begin and end
+MAX_OPEN = 1 << 16              # open slices kept per stream: a hostile guest's never-ending begins
+SEARCH = 256                    # how far below the newest open slice an end looks for its begin
 
 
 def edge(name: str) -> Optional[Tuple[str, str]]:
@@ -17,44 +34,148 @@ def edge(name: str) -> Optional[Tuple[str, str]]:
     return None
 
 
-class Pairer:
-    """Feed batches in time order; each feed returns the spans it closed as
-    (stream index, "domain/X", begin ns, end ns, depth): depth counts the spans of
-    any name still open in the stream when it began."""
+def code_name(name: str, file: str, line: int) -> str:
+    """A traced function's slice name, as VizTracer writes it: `qualname (file:line)`."""
+    return "%s (%s:%d)" % (name, file, line)
+
+
+class Slice(NamedTuple):
+    stream: int
+    key: str            # "domain/name"
+    t0: int             # begin and end, ns on the host timeline
+    t1: int
+    depth: int
+    self_ns: int
+    call: bool          # a traced function's call (not a span or a hand-made pair)
+    outer: bool         # no slice of the same name was open below it (recursion)
+
+
+class Edge(NamedTuple):
+    row: int            # index in the batch
+    ph: str             # "B" or "E"
+    name: str           # the slice's name (without the domain)
+    stream: int
+    span: Optional[int]  # a guest.span's id (pairs by it), else None (last in, first out)
+    task: int           # its asyncio task (0: the thread itself)
+    call: bool = False
+
+
+class Edges:
+    """The edge rows of each batch, fed in time order (a code object's declaration
+    comes before its first call in time, whatever thread declared it)."""
 
     def __init__(self, c: Columns):
         self.c = c
-        self.open: Dict[tuple, list] = {}
-        self.depth: Dict[int, int] = {}
-        self.unmatched: Dict[str, int] = {}
-        self._edges: List[Optional[Tuple[str, str]]] = []
+        self._modes: List[Optional[tuple]] = []
+        #: (domain, pid, code id) -> slice name
+        self.codes: Dict[Tuple[str, object, int], str] = {}
 
-    def _edge_of(self, k: int):
-        while len(self._edges) <= k:
-            kind = self.c.kinds[len(self._edges)]
-            e = edge(kind.name)
-            self._edges.append(None if e is None else ("%s/%s" % (kind.domain, e[0]), e[1]))
-        return self._edges[k]
+    def mode(self, k: int) -> Optional[tuple]:
+        """(ph, name, how) for kind k: how is "lifo", "span", "call" or "code" (a
+        declaration, not an edge); None for any other event."""
+        while len(self._modes) <= k:
+            kind = self.c.kinds[len(self._modes)]
+            self._modes.append(self._mode_of(kind))
+        return self._modes[k]
 
-    def feed(self, b: Batch) -> List[tuple]:
-        ks = np.unique(b.kind)
-        want = [int(k) for k in ks if self._edge_of(int(k)) is not None]
-        if not want:
+    @staticmethod
+    def _mode_of(kind) -> Optional[tuple]:
+        fields = kind.codec.decl.fields
+        names = tuple(a for a, _, _ in fields)
+        if kind.name in (CALL, RETURN) and names == ("code",) and fields[0][2].kind == "int":
+            return ("B" if kind.name == CALL else "E", None, "call")
+        if kind.name == CODE and names[:4] == ("code", "name", "file", "line"):
+            return ("", None, "code")
+        e = edge(kind.name)
+        if e is None:
+            return None
+        ints = all(ft.kind == "int" for _, _, ft in fields[:2])
+        how = "span" if names[:2] == SPAN_FIELDS and ints else "lifo"
+        return (e[1], e[0], how)
+
+    def rows(self, b: Batch) -> List[Edge]:
+        modes = {int(k): self.mode(int(k)) for k in np.unique(b.kind)}
+        modes = {k: m for k, m in modes.items() if m is not None}
+        if not modes:
             return []
-        out = []
-        rows = np.flatnonzero(np.isin(b.kind, want))
-        for k, st, ts in zip(b.kind[rows].tolist(), b.stream[rows].tolist(),
-                             b.ts[rows].tolist()):
-            key, ph = self._edges[k]
-            stack = self.open.setdefault((st, key), [])
-            if ph == "B":
-                d = self.depth.get(st, 0)
-                stack.append((ts, d))
-                self.depth[st] = d + 1
-            elif stack:
-                t0, d = stack.pop()
-                self.depth[st] -= 1
-                out.append((st, key, t0, ts, d))
+        streams = self.c.streams
+        for k, m in modes.items():        # declarations first: they precede their calls
+            if m[2] != "code":
+                continue
+            dom = self.c.kinds[k].domain
+            cols = [col.to_pylist() for col in b.fields[k][:4]]
+            sel = np.flatnonzero(b.kind == k)
+            for i in sel.tolist():
+                code, name, file, line = (col[b.pos[i]] for col in cols)
+                pid = streams[int(b.stream[i])].get("pid")
+                self.codes[(dom, pid, code)] = code_name(name, file, line)
+        out: List[Edge] = []
+        rows = np.flatnonzero(np.isin(b.kind, [k for k, m in modes.items() if m[2] != "code"]))
+        cols = {k: [col.to_pylist() for col in b.fields[k][:2]] for k, m in modes.items()
+                if m[2] in ("span", "call")}
+        for i, k, st, pos in zip(rows.tolist(), b.kind[rows].tolist(),
+                                 b.stream[rows].tolist(), b.pos[rows].tolist()):
+            ph, name, how = modes[k]
+            if how == "lifo":
+                out.append(Edge(i, ph, name, st, None, 0))
+            elif how == "span":
+                c = cols[k]
+                out.append(Edge(i, ph, name, st, c[0][pos], c[1][pos]))
             else:
-                self.unmatched[key] = self.unmatched.get(key, 0) + 1
+                code = cols[k][0][pos]
+                key = (self.c.kinds[k].domain, streams[st].get("pid"), code)
+                out.append(Edge(i, ph, self.codes.get(key) or "code %d" % code, st, None, 0,
+                                True))
+        return out
+
+
+class Pairer:
+    """Feed batches in time order; each feed returns the Slices it closed: depth counts the
+    slices still open on the same stream and task when it began; self time is its
+    duration less that of the slices that closed inside it. An end pairs with the
+    newest open begin of the same name (a guest.span's: of the same id), so pairs of
+    different names may overlap."""
+
+    def __init__(self, c: Columns):
+        self.c = c
+        self.edges = Edges(c)
+        # (stream, task) -> open slices as [t0, key, child ns, depth, span id, outer]
+        self.stacks: Dict[tuple, list] = {}
+        self.unmatched: Dict[str, int] = {}
+        self.open_keys: Dict[tuple, Dict[str, int]] = {}   # (stream, task) -> key -> open
+
+    def _miss(self, key: str) -> None:
+        self.unmatched[key] = self.unmatched.get(key, 0) + 1
+
+    def feed(self, b: Batch) -> List[Slice]:
+        out = []
+        ts = b.ts
+        kinds = self.c.kinds
+        for e in self.edges.rows(b):
+            key = "%s/%s" % (kinds[int(b.kind[e.row])].domain, e.name)
+            where = (e.stream, e.task)
+            stack = self.stacks.setdefault(where, [])
+            keys = self.open_keys.setdefault(where, {})
+            t = int(ts[e.row])
+            if e.ph == "B":
+                if len(stack) >= MAX_OPEN:
+                    self._miss(key)
+                else:
+                    n = keys.get(key, 0)
+                    keys[key] = n + 1
+                    stack.append([t, key, 0, len(stack), e.span, n == 0])
+                continue
+            j = len(stack) - 1
+            low = max(-1, j - SEARCH)
+            while j > low and (stack[j][1] != key or stack[j][4] != e.span):
+                j -= 1
+            if j <= low:
+                self._miss(key)
+                continue
+            t0, _, child, depth, _, outer = stack.pop(j)
+            keys[key] -= 1
+            dur = t - t0
+            if j > 0:
+                stack[j - 1][2] += dur
+            out.append(Slice(e.stream, key, t0, t, depth, dur - child, e.call, outer))
         return out

@@ -9,6 +9,7 @@ from ..session import Session
 from .text import printable
 
 LOSSES = ("lost_without_ring", "lost_in_refused_claims", "declarations_refused")
+TOP_FUNCTIONS = 20
 
 
 def time_range(s: Session) -> tuple:
@@ -30,6 +31,7 @@ def compute(s: Session, with_spans: bool = True) -> dict:
     events: Dict[str, int] = {}
     streams: List[dict] = []
     t0, t1 = time_range(s)
+    sl = slices(s) if with_spans else ({}, [])
     for st in s.streams:
         for name, n in st.get("per_event", {}).items():
             if n:            # an event whose every record went unwritten (a full disk)
@@ -63,7 +65,8 @@ def compute(s: Session, with_spans: bool = True) -> dict:
             "kind", "offset_ns", "drift_ppm", "uncertainty_ns", "samples",
             "causality_violations", "min_rtt_ns", "segments")} for k, v in s.clocks.items()},
         "sync_points": _sync_latency(s),
-        "spans": spans(s) if with_spans else {},
+        "spans": sl[0],
+        "functions": sl[1],
         "triggers": triggers(s),
         "totals": {
             "recorded": total,
@@ -102,6 +105,13 @@ def format_text(st: dict) -> str:
         for k, v in st["spans"].items():
             lines.append("%-32s %8d %12d %12d %12d %12d" % (k, v["count"], v["min"], v["p50"],
                                                            v["p99"], v["max"]))
+    if st.get("functions"):
+        lines.append("")
+        lines.append("%-60s %10s %14s %14s" % ("function (top by total, then self time)",
+                                               "calls", "total ns", "self ns"))
+        for f in st["functions"]:
+            lines.append("%-60s %10d %14d %14d" % (printable(f["function"])[:60], f["calls"],
+                                                   f["total_ns"], f["self_ns"]))
     if st.get("triggers"):
         lines.append("")
         lines.append("%-32s %-24s %6s %6s %12s %12s" % ("trigger action", "on event", "count",
@@ -148,21 +158,58 @@ def format_text(st: dict) -> str:
 
 
 def spans(s: Session) -> dict:
-    """Durations of NAME_begin/NAME_end pairs, matched per stream (nesting allowed),
-    keyed "domain/NAME": count, min, p50, p99, max in ns, and unmatched ends."""
+    """Durations of spans (NAME_begin/NAME_end pairs, guest.span), keyed "domain/NAME":
+    count, min, p50, p99, max in ns, and unmatched ends."""
+    return slices(s)[0]
+
+
+class SliceTotals:
+    """Spans' durations and traced functions' times, added a Slice at a time."""
+
+    def __init__(self):
+        self.dur: Dict[str, list] = {}
+        self.fn: Dict[str, list] = {}
+
+    def add(self, x) -> None:
+        if x.call:
+            f = self.fn.get(x.key)
+            if f is None:
+                f = self.fn[x.key] = [0, 0, 0]
+            f[0] += 1
+            f[1] += (x.t1 - x.t0) if x.outer else 0
+            f[2] += x.self_ns
+        else:
+            self.dur.setdefault(x.key, []).append(x.t1 - x.t0)
+
+    def spans(self, unmatched: Dict[str, int]) -> dict:
+        out = {}
+        for key, v in sorted(self.dur.items()):
+            v.sort()
+            out[key] = dict(_pct(v), count=len(v), unmatched=unmatched.get(key, 0))
+        return out
+
+    def functions(self, unmatched: Dict[str, int], top: int = TOP_FUNCTIONS) -> list:
+        fn = self.fn
+        chosen = sorted(fn, key=lambda k: -fn[k][1])[:top]
+        chosen += [k for k in sorted(fn, key=lambda k: -fn[k][2])[:top] if k not in chosen]
+        return [{"function": k, "calls": fn[k][0], "total_ns": fn[k][1], "self_ns": fn[k][2],
+                 "unmatched": unmatched.get(k, 0)} for k in chosen]
+
+
+def slices(s: Session, top: int = TOP_FUNCTIONS) -> tuple:
+    """(spans, functions) in one pass over the events: spans as spans() says; the
+    traced functions (record --functions) with the most total time and with the most
+    self time, `top` of each: calls, total ns (a recursive call counted once, at its
+    outermost frame, as cProfile's cumulative time), self ns."""
     from ..columns import Columns
     from .spans import Pairer
     c = Columns(s)
     p = Pairer(c)
-    dur: Dict[str, list] = {}
+    t = SliceTotals()
     for b in c.batches():
-        for _, key, t0, t1, _ in p.feed(b):
-            dur.setdefault(key, []).append(t1 - t0)
-    out = {}
-    for key, v in sorted(dur.items()):
-        v.sort()
-        out[key] = dict(_pct(v), count=len(v), unmatched=p.unmatched.get(key, 0))
-    return out
+        for x in p.feed(b):
+            t.add(x)
+    return t.spans(p.unmatched), t.functions(p.unmatched, top)
 
 
 def triggers(s: Session) -> dict:

@@ -1,7 +1,8 @@
 """Chrome Trace Event JSON (chrome://tracing, Perfetto's legacy import), written streaming.
 
 A process per domain, a thread per stream; events are instants with their
-fields as args; `X_begin`/`X_end` pairs become B/E slices; each sync point is a
+fields as args; slice edges (analysis/spans.py: `X_begin`/`X_end`, guest.span,
+traced functions) become B/E slices, an asyncio task's spans async b/e slices; each sync point is a
 flow from the guest's `hypertrace_sync` to the host's `hypertrace_sync_host`.
 Timestamps are µs since `time_origin_ns` (the session's first second on the
 host timeline, in the `hypertrace` metadata event), printed with ns digits, so
@@ -19,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..analysis.spans import edge as span_edge
+from ..analysis.spans import Edges
 from ..columns import Batch, Columns
 from . import jsonfields
 from .output import binary_out
@@ -36,22 +37,45 @@ def _us(ts: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise(whole, frac, ".")
 
 
-def _lines(c: Columns, b: Batch, pids: Dict[str, int], origin: int) -> pa.Array:
+def _lines(c: Columns, b: Batch, pids: Dict[str, int], origin: int, edges: Edges) -> pa.Array:
     parts, where = [], []
     for k in np.unique(b.kind):
         kind = c.kinds[int(k)]
+        mode = edges.mode(int(k))
+        if mode is not None and mode[2] != "code":
+            continue                   # slice edges: one line each, below
         sel = np.flatnonzero(b.kind == k)
-        edge = span_edge(kind.name)
-        head = ('{"ph":"%s",%s"name":%s,"cat":%s,"pid":%d,"tid":' % (
-            edge[1] if edge else "i", "" if edge else '"s":"t",',
-            json.dumps(edge[0] if edge else kind.name), json.dumps(kind.domain),
-            pids[kind.domain]))
+        head = ('{"ph":"i","s":"t","name":%s,"cat":%s,"pid":%d,"tid":' % (
+            json.dumps(kind.name), json.dumps(kind.domain), pids[kind.domain]))
         args = jsonfields.objects(kind.codec.decl, b.fields[int(k)], len(sel))
         tid = pc.cast(pa.array(b.stream[sel] + 1), pa.string())
         parts.append(pc.binary_join_element_wise(
             pa.scalar(",\n" + head), tid, pa.scalar(',"ts":'), _us(b.ts[sel] - origin),
             pa.scalar(',"args":'), args, pa.scalar("}"), ""))
         where.append(sel)
+    rows = edges.rows(b)
+    if rows:
+        args: Dict[int, list] = {}
+        for e in rows:
+            k = int(b.kind[e.row])
+            if k not in args:
+                n = len(b.fields[k][0]) if b.fields[k] else int((b.kind == k).sum())
+                args[k] = jsonfields.objects(c.kinds[k].codec.decl, b.fields[k], n).to_pylist()
+        ts = _us(b.ts[[e.row for e in rows]] - origin).to_pylist()
+        lines = []
+        for e, t in zip(rows, ts):
+            k = int(b.kind[e.row])
+            dom = c.kinds[k].domain
+            # a span of an asyncio task: an async slice of its own (tasks interleave on
+            # the thread), nested by the task's id
+            ph, extra = (e.ph, "") if not e.task else (
+                e.ph.lower(), '"id2":{"local":"0x%x"},' % e.task)
+            lines.append(',\n{"ph":"%s",%s"name":%s,"cat":%s,"pid":%d,"tid":%d,"ts":%s,'
+                         '"args":%s}' % (ph, extra, json.dumps(e.name), json.dumps(dom),
+                                         pids[dom], e.stream + 1, t,
+                                         args[k][int(b.pos[e.row])]))
+        parts.append(pa.array(lines, pa.string()))
+        where.append(np.array([e.row for e in rows], dtype=np.int64))
     order = np.argsort(np.concatenate(where), kind="stable")
     return pa.concat_arrays(parts).take(pa.array(order))
 
@@ -90,6 +114,7 @@ def write(c: Columns, path: Union[str, BinaryIO],
     """Write the whole session to `path` (or an open binary file); returns the number
     of events written."""
     pids = {d: i for i, d in enumerate(c.s.domains, 1)}
+    edges = Edges(c)
     n = 0
     batches = c.batches()
     first = next(batches, None)
@@ -108,7 +133,7 @@ def write(c: Columns, path: Union[str, BinaryIO],
         out.write(b'{"displayTimeUnit":"ns","traceEvents":[\n')
         out.write(",\n".join(json.dumps(m, separators=(",", ":")) for m in meta).encode())
         for b in itertools.chain([first] if first is not None else [], batches):
-            out.write(_text(_lines(c, b, pids, origin)))
+            out.write(_text(_lines(c, b, pids, origin, edges)))
             for f in _flows(c, b, pids, origin):
                 out.write((",\n" + f).encode())
             n += len(b)

@@ -48,7 +48,7 @@ def collect(c: Columns, progress: Optional[Callable[[int], None]] = None) -> dic
     ev_kind: List[int] = []
     ev_args: List[str] = []
     spans: List[list] = []
-    span_dur: Dict[str, list] = {}
+    totals = stats.SliceTotals()
     span_seen = 0
     sync_g: Dict[tuple, tuple] = {}
     sync_h: Dict[tuple, tuple] = {}
@@ -82,10 +82,10 @@ def collect(c: Columns, progress: Optional[Callable[[int], None]] = None) -> dic
             ev_t += (b.ts[sel] - t0).tolist()
             ev_lane += b.stream[sel].tolist()
             ev_kind += [k] * len(sel)
-        for st, key, a, z, depth in pairer.feed(b):
-            span_dur.setdefault(key, []).append(z - a)
+        for x in pairer.feed(b):
+            totals.add(x)
             if span_seen % stride == 0:
-                spans.append([st, key, a - t0, z - t0, depth])
+                spans.append([x.stream, x.key, x.t0 - t0, x.t1 - t0, x.depth])
             span_seen += 1
         if progress is not None:
             progress(n)
@@ -98,7 +98,9 @@ def collect(c: Columns, progress: Optional[Callable[[int], None]] = None) -> dic
     return {"t0": t0, "span_ns": t1 - t0, "events": {"t": ev_t, "lane": ev_lane,
                                                      "kind": ev_kind, "args": ev_args},
             "kinds": [[k.domain, k.name] for k in c.kinds], "spans": spans[:MAX_SPANS],
-            "span_durations": span_dur, "unmatched": pairer.unmatched, "syncs": syncs,
+            "span_stats": totals.spans(pairer.unmatched),
+            "functions": totals.functions(pairer.unmatched), "unmatched": pairer.unmatched,
+            "syncs": syncs,
             "lost": lost, "density": density.reshape(nl, BUCKETS).tolist(),
             "buckets": BUCKETS, "total": seen, "sampled_every": stride,
             "lanes": [{"domain": st["domain"], "label": "%s %s" % (
@@ -117,15 +119,16 @@ def _tables(st: dict, data: dict) -> str:
     out = ["<h2>Events</h2>", _table(["event", "count", "rate/s"], [
         [k, v["count"], None if v["rate_per_s"] is None else "%.0f" % v["rate_per_s"]]
         for k, v in st["events"].items()])]
-    if data["span_durations"]:
-        rows = []
-        for key, v in sorted(data["span_durations"].items()):
-            v.sort()
-            p = stats._pct(v)
-            rows.append([key, len(v), p["min"], p["p50"], p["p99"], p["max"],
-                         data["unmatched"].get(key, 0)])
+    if data["span_stats"]:
         out += ["<h2>Spans (ns)</h2>", _table(
-            ["span", "count", "min", "p50", "p99", "max", "unmatched ends"], rows)]
+            ["span", "count", "min", "p50", "p99", "max", "unmatched ends"],
+            [[k, v["count"], v["min"], v["p50"], v["p99"], v["max"], v["unmatched"]]
+             for k, v in data["span_stats"].items()])]
+    if data["functions"]:
+        out += ["<h2>Functions (top by total, then self time; ns)</h2>", _table(
+            ["function", "calls", "total", "self"],
+            [[f["function"], f["calls"], f["total_ns"], f["self_ns"]]
+             for f in data["functions"]])]
     out += ["<h2>Streams</h2>", _table(
         ["stream", "domain", "pid", "tid", "thread", "recorded", "discarded", "malformed",
          "torn"], [[x["file"], x["domain"], x["pid"], x["tid"], x["thread"], x["recorded"],

@@ -4,7 +4,9 @@ the `perfetto` package's protos.
 Tracks: a process per domain (each guest, the host, QEMU), a thread per stream
 (producer), and a counter track per numeric field of events declared `counter`.
 Events are track events on the host timeline: instants with their fields as
-debug annotations, `X_begin`/`X_end` as slice begin/end, counter values, and
+debug annotations, slice edges (analysis/spans.py: `X_begin`/`X_end`, guest.span,
+traced functions) as slice begin/end, an asyncio task's spans on a track of its
+own, counter values, and
 each sync point as a flow from the guest's record to the host's. Event and
 argument names are interned on one packet sequence.
 """
@@ -16,7 +18,7 @@ from typing import BinaryIO, Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from ..analysis.spans import edge as span_edge
+from ..analysis.spans import Edge, Edges
 from ..columns import Columns, Kind
 from .chrome_json import SYNC_GUEST, SYNC_HOST
 from .output import binary_out
@@ -58,6 +60,8 @@ class _Writer:
         self.templates: Dict[int, tuple] = {}
         self.counters: Dict[Tuple[int, int], _Reusable] = {}
         self.flows: Dict[Tuple[str, int], int] = {}
+        self.edges = Edges(c)
+        self.task_tracks: Dict[Tuple[int, int], int] = {}
         self.next_uuid = 1
         self.domain_uuid: Dict[str, int] = {}
         self.stream_uuid: List[int] = []
@@ -118,12 +122,10 @@ class _Writer:
         tpl.sequence_flags = _NEEDS | (_CLEARED if self.first else 0)
         self.first = False
         te = tpl.track_event
-        edge = span_edge(kind.name)
-        te.type = (pb.TrackEvent.TYPE_SLICE_BEGIN if edge and edge[1] == "B" else
-                   pb.TrackEvent.TYPE_SLICE_END if edge else pb.TrackEvent.TYPE_INSTANT)
-        if te.type != pb.TrackEvent.TYPE_SLICE_END:     # an end closes the open slice
-            te.name_iid = self._intern(self.names, edge[0] if edge else kind.name, tpl,
-                                       "event_names")
+        te.type = pb.TrackEvent.TYPE_INSTANT
+        mode = self.edges.mode(k)
+        if mode is None or mode[2] == "code":   # an edge's type and name: per event (edge)
+            te.name_iid = self._intern(self.names, kind.name, tpl, "event_names")
         attrs = []
         for a, _, ft in kind.codec.decl.fields:
             te.debug_annotations.add().name_iid = self._intern(
@@ -174,13 +176,18 @@ class _Writer:
             rows[k] = list(zip(*cols)) if cols else [()] * int((b.kind == k).sum())
         append = self.chunks.append
         suuid = self.stream_uuid
-        for ts, k, st, pos in zip(b.ts.tolist(), b.kind.tolist(), b.stream.tolist(),
-                                  b.pos.tolist()):
+        edge_at = {e.row: e for e in self.edges.rows(b)}
+        for i, (ts, k, st, pos) in enumerate(zip(b.ts.tolist(), b.kind.tolist(),
+                                                 b.stream.tolist(), b.pos.tolist())):
             r, setters, sync, counter = self.kind(k)
             vals = rows[k][pos]
             p, te = r.p, r.te
             p.timestamp = ts
             te.track_uuid = suuid[st]
+            if edge_at:
+                e = edge_at.get(i)
+                if e is not None:
+                    self.edge(r, e)
             for (ann, attr, hexed), v in zip(setters, vals):
                 setattr(ann, attr, v.hex() if hexed else v)
             if sync:
@@ -200,6 +207,30 @@ class _Writer:
             self._fresh(k)
         for key, r in list(self.counters.items()):
             self.counters[key] = _Reusable(r.p)
+
+    def edge(self, r: _Reusable, e: Edge) -> None:
+        """A slice's begin (named per event: a traced function's code) or end; an
+        asyncio task's spans on a track of their own under the thread's."""
+        te = r.te
+        if e.task:
+            te.track_uuid = self.task_track(e.stream, e.task)
+        if e.ph == "B":
+            te.type = pb.TrackEvent.TYPE_SLICE_BEGIN
+            te.name_iid = self._intern(self.names, e.name, r.p, "event_names")
+        else:
+            te.type = pb.TrackEvent.TYPE_SLICE_END      # closes the track's open slice
+            te.ClearField("name_iid")
+
+    def task_track(self, stream: int, task: int) -> int:
+        u = self.task_tracks.get((stream, task))
+        if u is None:
+            u = self.task_tracks[(stream, task)] = self.uuid()
+            p = pb.TracePacket()
+            p.track_descriptor.uuid = u
+            p.track_descriptor.parent_uuid = self.stream_uuid[stream]
+            p.track_descriptor.name = "asyncio task 0x%x" % task
+            self.emit(p)
+        return u
 
     def sync_flow(self, k: int, te, vals) -> None:
         kind = self.c.kinds[k]

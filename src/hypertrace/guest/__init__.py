@@ -7,6 +7,10 @@
     ev = guest.load("trace-events")  # QEMU trace-events syntax
     ev.app_tick(1, -2, "hello")
 
+    db = guest.span("db_query", "uint32_t k")   # db_query_begin / db_query_end
+    with db(7):
+        ...
+
 The channel comes from $HYPERTRACE_CHANNEL (set by `hypertrace record`) or
 from guest.connect(spec, clock=...). With no channel, tracepoints stay
 disabled and never raise.
@@ -23,10 +27,12 @@ from .. import abi
 from .accel import ACCELERATED, clock_info, default_clock, invalidate
 from .channel import Channel, ChannelError, parse_spec, warn
 from .control import Control, ControlError
+from .spans import RESERVED as _SPAN_FIELDS
+from .spans import Span
 from .tracepoint import TraceArgumentError, build, set_cell
 
-__all__ = ["event", "load", "connect", "disconnect", "connected", "channel", "sync_point",
-           "Events", "ChannelError", "ControlError", "TraceArgumentError", "ACCELERATED",
+__all__ = ["event", "span", "load", "connect", "disconnect", "connected", "channel", "sync_point",
+           "Events", "Span", "ChannelError", "ControlError", "TraceArgumentError", "ACCELERATED",
            "clock_info"]
 
 _lock = threading.Lock()
@@ -109,6 +115,25 @@ def event(name: str, args: str = "void", disabled: bool = False,
     if fmt:
         fmt = '"%s"' % fmt.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return _register([abi.make_decl(name, args, disabled, fmt=fmt, counter=counter)])[0]
+
+
+def span(name: str, args: str = "void") -> Span:
+    """Declare a span: the events NAME_begin (`uint64_t span, uint64_t task`, then
+    `args`) and NAME_end (`uint64_t span, uint64_t task, const char *error`), which
+    the views pair into slices. `with sp(values...):` or `@sp(values...)` emits the
+    pair around a block or each call (guest/spans.py). Raises ValueError as event()
+    does, or when `args` declares a field named span or task."""
+    if not isinstance(name, str) or not isinstance(args, str):
+        raise ValueError("span name and args must be str")
+    fields = abi.make_decl(name + "_begin", args).fields
+    taken = [a for a, _, _ in fields if a in _SPAN_FIELDS]
+    if taken:
+        raise ValueError("span %s: field %r is the span's own (span and task are)"
+                         % (name, taken[0]))
+    user = ", ".join("%s %s" % (ct, a) for a, ct, _ in fields)
+    begin = event(name + "_begin", "uint64_t span, uint64_t task" + (", " + user if user else ""))
+    end = event(name + "_end", "uint64_t span, uint64_t task, const char *error")
+    return Span(name, begin, end, len(fields))
 
 
 def load(path: str) -> Events:

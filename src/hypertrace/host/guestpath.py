@@ -23,7 +23,7 @@ import tempfile
 import hypertrace
 
 GUEST_FILES = ("__init__.py",)
-GUEST_PACKAGES = ("abi", "guest")
+GUEST_PACKAGES = ("abi", "guest", "guest/boot")
 
 
 def _carried(name: str) -> bool:

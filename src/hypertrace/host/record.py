@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .. import abi, guest, losses
 from ..guest.channel import resolve
@@ -44,7 +44,10 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
            sync_interval: float = 1.0, qemu: Optional[List[str]] = None,
            triggers: Optional[str] = None, vsock_port: Optional[int] = None,
            kernel: Optional[str] = None, qemu_trace: Optional[List[str]] = None,
-           kernel_buffer: int = 0, out=sys.stdout) -> Collector:
+           kernel_buffer: int = 0, child_env: Optional[Dict[str, str]] = None,
+           out=sys.stdout) -> Collector:
+    """Record a session into `outdir` (see `hypertrace record --help`); `child_env`:
+    more variables for COMMAND (guest/autostart.py's, for --functions/--logging)."""
     if mode not in abi.MODES:
         raise RecordError("unknown mode %r (discard, block or overwrite)" % mode)
     # the header's u64 in ns: a day at most, and a number (NaN compares false)
@@ -181,7 +184,7 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
     spec = "shm:%s,control=%s" % (path, ctl)
     try:
         if command and not flags["stop"]:      # stopped during the setup: run nothing
-            env = dict(os.environ, HYPERTRACE_CHANNEL=spec,
+            env = dict(os.environ, **(child_env or {}), HYPERTRACE_CHANNEL=spec,
                        HYPERTRACE_HOST_CHANNEL="shm:" + host.path,
                        HYPERTRACE_SYNC_INTERVAL=str(sync_interval))
             try:

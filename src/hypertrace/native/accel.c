@@ -272,6 +272,11 @@ static PyObject *nested(Writer *w) {
     Py_RETURN_NONE;
 }
 
+static PyObject fallback_sentinel;
+#define FALLBACK (&fallback_sentinel)
+static PyObject *commit(Tracepoint *self, long long size, const uint8_t *stage,
+                        const Value *vals);
+
 static PyObject *tp_call(Tracepoint *self, PyObject *const *args, size_t nargsf,
                          PyObject *kwnames) {
     /* the arguments are bound first, as a Python function's are: a wrong call raises
@@ -316,6 +321,15 @@ static PyObject *tp_call(Tracepoint *self, PyObject *const *args, size_t nargsf,
     long long size = (self->fixed + var + 7) & -8;
     if (size > self->rec_max)
         return fallback(self, args, nargsf, kwnames);
+    PyObject *r = commit(self, size, stage, vals);
+    return r == FALLBACK ? fallback(self, args, nargsf, kwnames) : r;
+}
+
+/* Reserve, write and commit one record of `size` bytes: the payload from `stage`
+   (fixed-size fields, already packed) or `vals`. FALLBACK: the Python tracepoint
+   says what is wrong (the caller hands it the call). */
+static PyObject *commit(Tracepoint *self, long long size, const uint8_t *stage,
+                        const Value *vals) {
     /* the argument checks come first in the Python tracepoint too, but after the
        claim: a claim happens for a record that is then refused; the order only
        matters for a thread's first record, which the fallback handles the same */
@@ -358,7 +372,7 @@ static PyObject *tp_call(Tracepoint *self, PyObject *const *args, size_t nargsf,
     long long cw = w->ci * 8;
     if (o < 0 || o + size > (long long)self->buf.len || cw < 0
             || cw + 8 > (long long)self->buf.len)
-        return fallback(self, args, nargsf, kwnames);   /* says what is wrong */
+        return FALLBACK;                /* the Python tracepoint says what is wrong */
     char *base = (char *)self->buf.buf;
     char *p = base + o;
     uint16_t h16 = (uint16_t)self->id;
@@ -373,7 +387,7 @@ static PyObject *tp_call(Tracepoint *self, PyObject *const *args, size_t nargsf,
         for (long long i = 0; i < size - 16; i += 8)
             memcpy(q + i, stage + i, 8);
     } else for (int k = 0; k < self->nfields; k++) {
-        Value *v = &vals[k];
+        const Value *v = &vals[k];
         switch (self->codes[k]) {
         case 'b': case 'B': case '?': { uint8_t x = (uint8_t)v->i; put(q, &x, 1); q += 1; break; }
         case 'h': case 'H': { uint16_t x = (uint16_t)v->i; put(q, &x, 2); q += 2; break; }
@@ -595,6 +609,176 @@ static PyTypeObject TracepointType = {
     .tp_descr_get = tp_descr_get,
 };
 
+/* ---- function tracing: a C profile function (record --functions, guest/functions.py)
+ *
+ * Each call and return of a Python function is one 24-byte record, through the
+ * hypertrace_call / hypertrace_return tracepoints (uint32_t code): the code object's
+ * id, kept in the code object's co_extra slot once guest/functions.py chose it (and
+ * declared the code with a hypertrace_code record) at its first call; id 0 means not
+ * traced (--include/--exclude). A thread's returns from frames that began before it
+ * was traced are not recorded (its depth counter says), so every return recorded
+ * has its call. The profile function never raises: an error (one the Python path
+ * raises: no memory) is cleared and counted. */
+typedef struct {
+    Tracepoint *call, *ret;
+    PyObject *on_code;          /* on_code(code) -> id (0: not traced) */
+    Py_ssize_t extra;           /* co_extra index */
+    int on;
+    unsigned long long errors;
+} profiler_t;
+
+static profiler_t g_prof = {NULL, NULL, NULL, -1, 0, 0};
+static _Thread_local __attribute__((tls_model("initial-exec"))) struct {
+    uint64_t gen;               /* the profiler start this depth belongs to */
+    long long depth;
+} t_prof;
+static uint64_t g_prof_gen;
+
+#if PY_VERSION_HEX >= 0x030C0000
+#define CODE_GET_EXTRA PyUnstable_Code_GetExtra
+#define CODE_SET_EXTRA PyUnstable_Code_SetExtra
+#define REQUEST_EXTRA PyUnstable_Eval_RequestCodeExtraIndex
+#else
+#define CODE_GET_EXTRA _PyCode_GetExtra
+#define CODE_SET_EXTRA _PyCode_SetExtra
+#define REQUEST_EXTRA _PyEval_RequestCodeExtraIndex
+#endif
+
+static inline PyCodeObject *frame_code(PyFrameObject *f) {
+#if PY_VERSION_HEX >= 0x03090000
+    PyCodeObject *c = PyFrame_GetCode(f);       /* a new reference */
+    Py_DECREF(c);                               /* the frame holds it */
+    return c;
+#else
+    return f->f_code;
+#endif
+}
+
+static void prof_error(void) {
+    g_prof.errors++;
+    PyErr_Clear();
+}
+
+/* the code's id: from co_extra, or chosen by on_code at its first call */
+static uint32_t code_id(PyCodeObject *code) {
+    void *extra = NULL;
+    if (CODE_GET_EXTRA((PyObject *)code, g_prof.extra, &extra) < 0) {
+        prof_error();
+        return 0;
+    }
+    if (extra != NULL)
+        return (uint32_t)((uintptr_t)extra >> 1);
+    PyObject *r = PyObject_CallOneArg(g_prof.on_code, (PyObject *)code);
+    unsigned long id = 0;
+    if (r == NULL) {
+        prof_error();
+    } else {
+        id = PyLong_AsUnsignedLong(r);
+        Py_DECREF(r);
+        if (PyErr_Occurred() || id > UINT32_MAX) {
+            prof_error();
+            id = 0;
+        }
+    }
+    if (CODE_SET_EXTRA((PyObject *)code, g_prof.extra, (void *)(((uintptr_t)id << 1) | 1)) < 0)
+        prof_error();
+    return (uint32_t)id;
+}
+
+static void emit_code(Tracepoint *tp, uint32_t id) {
+    if (!tp->on)
+        return;
+    PyObject *r = FALLBACK;
+    if (tp->have_buf && tp->cq_ok && (tp->clock_mono || tp->clock_tsc)) {
+        uint8_t stage[8] = {0};
+        memcpy(stage, &id, 4);
+        r = commit(tp, 24, stage, NULL);
+    }
+    if (r == FALLBACK) {
+        PyObject *a = PyLong_FromUnsignedLong(id);
+        r = a == NULL ? NULL : fallback(tp, &a, 1, NULL);
+        Py_XDECREF(a);
+    }
+    if (r == NULL)
+        prof_error();
+    Py_XDECREF(r);
+}
+
+static int prof_hook(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg) {
+    if ((what != PyTrace_CALL && what != PyTrace_RETURN) || !g_prof.on)
+        return 0;
+    if (t_prof.gen != g_prof_gen) {
+        t_prof.gen = g_prof_gen;
+        t_prof.depth = 0;
+    }
+    if (what == PyTrace_RETURN && t_prof.depth == 0)
+        return 0;          /* a frame that began before this thread was traced */
+    /* an error already set (an exception being raised) stays as it was */
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    uint32_t id = code_id(frame_code(frame));
+    if (id != 0) {
+        if (what == PyTrace_CALL) {
+            t_prof.depth++;
+            emit_code(g_prof.call, id);
+        } else {
+            t_prof.depth--;
+            emit_code(g_prof.ret, id);
+        }
+    }
+    PyErr_Restore(et, ev, tb);
+    return 0;
+}
+
+/* profile_start(call, ret, on_code): trace the calling thread from now on (others:
+   profile_thread, from threading.setprofile's first call in each new thread) */
+static PyObject *profile_start(PyObject *mod, PyObject *args) {
+    PyObject *call, *ret, *on_code;
+    if (!PyArg_ParseTuple(args, "O!O!O", &TracepointType, &call, &TracepointType, &ret,
+                          &on_code))
+        return NULL;
+    if (!PyCallable_Check(on_code)) {
+        PyErr_SetString(PyExc_TypeError, "on_code must be callable");
+        return NULL;
+    }
+    if (g_prof.extra < 0) {
+        g_prof.extra = REQUEST_EXTRA(NULL);
+        if (g_prof.extra < 0) {
+            PyErr_SetString(PyExc_RuntimeError, "no co_extra index left");
+            return NULL;
+        }
+    }
+    Py_INCREF(call);
+    Py_INCREF(ret);
+    Py_INCREF(on_code);
+    Py_XSETREF(g_prof.call, (Tracepoint *)call);
+    Py_XSETREF(g_prof.ret, (Tracepoint *)ret);
+    Py_XSETREF(g_prof.on_code, on_code);
+    g_prof_gen++;
+    g_prof.on = 1;
+    PyEval_SetProfile(prof_hook, NULL);
+    Py_RETURN_NONE;
+}
+
+static PyObject *profile_thread(PyObject *mod, PyObject *unused) {
+    if (g_prof.on)
+        PyEval_SetProfile(prof_hook, NULL);
+    else
+        PyEval_SetProfile(NULL, NULL);
+    Py_RETURN_NONE;
+}
+
+/* profile_stop(): no more records from any thread; the calling thread's hook goes */
+static PyObject *profile_stop(PyObject *mod, PyObject *unused) {
+    g_prof.on = 0;
+    PyEval_SetProfile(NULL, NULL);
+    Py_RETURN_NONE;
+}
+
+static PyObject *profile_errors(PyObject *mod, PyObject *unused) {
+    return PyLong_FromUnsignedLongLong(g_prof.errors);
+}
+
 static PyObject *invalidate(PyObject *mod, PyObject *unused) {
     g_epoch++;
     Py_RETURN_NONE;
@@ -611,6 +795,13 @@ static PyMethodDef module_methods[] = {
      "the TSC clock's state: on, max_error_ns (vs CLOCK_MONOTONIC), ns_per_tick, ..."},
     {"counts", counts, METH_NOARGS,
      "(records written by the C path, calls handed to the Python tracepoint)"},
+    {"profile_start", profile_start, METH_VARARGS,
+     "profile_start(call, ret, on_code): trace this thread's Python calls and returns"},
+    {"profile_thread", profile_thread, METH_NOARGS,
+     "trace the calling thread too (while tracing is on)"},
+    {"profile_stop", profile_stop, METH_NOARGS, "stop function tracing"},
+    {"profile_errors", profile_errors, METH_NOARGS,
+     "errors the profile function cleared (each one a record not written)"},
     {"invalidate", invalidate, METH_NOARGS,
      "forget every thread's cached writer (one went away)"},
     {NULL},
