@@ -90,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
                                 "event without a format: `name k=v...`; a format that does "
                                 "not fit its fields: `name [format not applied: WHY] "
                                 "k=v...`)")
+        else:
+            x.add_argument("--top", type=int, default=20, metavar="N",
+                           help="traced functions listed: the N with the most total time "
+                                "and the N with the most self time (0: all; default 20)")
 
     e = sub.add_parser("export", help="write the session as Perfetto protobuf, Chrome JSON, "
                                       "Parquet or a self-contained HTML timeline")
@@ -267,7 +271,9 @@ def _show(v) -> str:
 
 def cmd_stats(a) -> int:
     from .analysis import stats
-    st = stats.compute(_session(a.dir))
+    if a.top < 0:
+        return _fail("--top must be 0 (all) or more")
+    st = stats.compute(_session(a.dir), top=a.top or None)
     sys.stdout.write((json.dumps(st, indent=1) if a.json else stats.format_text(st)) + "\n")
     return 0
 

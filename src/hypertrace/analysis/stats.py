@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .. import losses as why
 from ..session import Session
@@ -25,13 +25,14 @@ def time_range(s: Session) -> tuple:
     return t0, t1
 
 
-def compute(s: Session, with_spans: bool = True) -> dict:
-    """Counts, rates, losses, clocks and sync latency from the index; spans (a pass over
-    the events) unless with_spans is False."""
+def compute(s: Session, with_spans: bool = True, top: Optional[int] = TOP_FUNCTIONS) -> dict:
+    """Counts, rates, losses, clocks and sync latency from the index; spans and traced
+    functions (a pass over the events; `top`: as slices() takes it) unless with_spans
+    is False."""
     events: Dict[str, int] = {}
     streams: List[dict] = []
     t0, t1 = time_range(s)
-    sl = slices(s) if with_spans else ({}, [])
+    sl = slices(s, top) if with_spans else ({}, [])
     for st in s.streams:
         for name, n in st.get("per_event", {}).items():
             if n:            # an event whose every record went unwritten (a full disk)
@@ -188,19 +189,22 @@ class SliceTotals:
             out[key] = dict(_pct(v), count=len(v), unmatched=unmatched.get(key, 0))
         return out
 
-    def functions(self, unmatched: Dict[str, int], top: int = TOP_FUNCTIONS) -> list:
+    def functions(self, unmatched: Dict[str, int], top: Optional[int] = TOP_FUNCTIONS
+                  ) -> list:
         fn = self.fn
-        chosen = sorted(fn, key=lambda k: -fn[k][1])[:top]
-        chosen += [k for k in sorted(fn, key=lambda k: -fn[k][2])[:top] if k not in chosen]
+        chosen = sorted(fn, key=lambda k: (-fn[k][1], k))[:top]
+        taken = set(chosen)
+        chosen += [k for k in sorted(fn, key=lambda k: (-fn[k][2], k))[:top] if k not in taken]
         return [{"function": k, "calls": fn[k][0], "total_ns": fn[k][1], "self_ns": fn[k][2],
                  "unmatched": unmatched.get(k, 0)} for k in chosen]
 
 
-def slices(s: Session, top: int = TOP_FUNCTIONS) -> tuple:
+def slices(s: Session, top: Optional[int] = TOP_FUNCTIONS) -> tuple:
     """(spans, functions) in one pass over the events: spans as spans() says; the
-    traced functions (record --functions) with the most total time and with the most
-    self time, `top` of each: calls, total ns (a recursive call counted once, at its
-    outermost frame, as cProfile's cumulative time), self ns."""
+    traced functions (record --functions): the `top` (None: all) with the most total
+    time, then those of the `top` with the most self time not listed yet: calls, total
+    ns (a recursive call counted once, at its outermost frame, as cProfile's
+    cumulative time), self ns."""
     from ..columns import Columns
     from .spans import Pairer
     c = Columns(s)

@@ -4,7 +4,8 @@ The recorder puts guest/boot/ (a `sitecustomize` module) first on PYTHONPATH and
 says what to start in HYPERTRACE_PYTHON, a JSON object: {"functions": {"include":
 [...], "exclude": [...]}, "logging": true, "path": DIR}. Python imports sitecustomize at start-up,
 which calls run() here and then imports the sitecustomize it hides, if any. In a
-VM guest, the same two variables do the same (environment() builds them).
+VM guest, the same two variables do the same (environment() builds them; the
+short form HYPERTRACE_PYTHON=functions,logging traces every function).
 """
 
 from __future__ import annotations
@@ -43,7 +44,14 @@ def run() -> None:
     if not raw:
         return
     try:
-        what = json.loads(raw)
+        if raw.lstrip().startswith("{"):
+            what = json.loads(raw)
+        else:       # the short form, for a shell in a guest: functions,logging
+            words = [w.strip() for w in raw.split(",") if w.strip()]
+            bad = [w for w in words if w not in ("functions", "logging")]
+            if bad:
+                raise ValueError("unknown %r (functions, logging, or a JSON object)" % bad[0])
+            what = {w: ({} if w == "functions" else True) for w in words}
         if not isinstance(what, dict):
             raise ValueError("not an object")
         fn = what.get("functions")
