@@ -253,15 +253,12 @@ def test_function_calls_are_exact_per_thread_and_in_child_processes(tmp_path, pu
     assert fn["main"]["total_ns"] >= fn["fib"]["total_ns"] // 2
     # per thread: each fib thread's calls are in its own stream
     rep = [json.loads(x) for x in hypertrace("report", "--json", out).stdout.splitlines()]
-    codes = {(e["stream"].split("/")[0], e["fields"]["code"]): e["fields"]["name"]
+    pid = {x["file"]: x["pid"] for x in st["streams"]}      # code ids are per process
+    codes = {(pid[e["stream"]], e["fields"]["code"]): e["fields"]["name"]
              for e in rep if e.get("name") == "hypertrace_code"}
     assert not any("hypertrace" in n for n in codes.values())
-    per_stream = Counter()
-    for e in rep:
-        if e.get("name") == "hypertrace_call":
-            name = [n for (d, k), n in codes.items() if k == e["fields"]["code"]]
-            if "fib" in name:
-                per_stream[e["stream"]] += 1
+    per_stream = Counter(e["stream"] for e in rep if e.get("name") == "hypertrace_call"
+                         and codes.get((pid[e["stream"]], e["fields"]["code"])) == "fib")
     assert sorted(per_stream.values()) == sorted(
         [fib_calls(ns[0])] * 2 + [fib_calls(n) for n in ns[1:]])
 
@@ -322,7 +319,7 @@ def test_a_tcg_guests_function_calls_land_on_the_host_timeline(tmp_path):
     boot = os.path.join(gp, "hypertrace", "guest", "boot")
     ns = [14, 12]
     lines, rc, rerr = vmboot.record_guest(
-        out, name, "HYPERTRACE_CHANNEL=ivshmem HYPERTRACE_PYTHON=functions "
+        out, name, "echo HT-BOOTED; HYPERTRACE_CHANNEL=ivshmem HYPERTRACE_PYTHON=functions "
         "PYTHONPATH=%s:%s /usr/bin/python3 %s %s" % (boot, gp, PYFUNCS, ",".join(map(str, ns))),
         env())
     assert lines is not None, "the TCG guest did not boot within %d s" % vmboot.TCG_BOOT_TIMEOUT
@@ -337,10 +334,71 @@ def test_a_tcg_guests_function_calls_land_on_the_host_timeline(tmp_path):
     # on the host timeline: every fib slice ends before the host took the guest's
     # sync point made after them, within the mapping's stated uncertainty
     rep = [json.loads(x) for x in hypertrace("report", "--json", out).stdout.splitlines()]
-    ret = max(e["ts"] for e in rep if e.get("name") == "hypertrace_return"
-              and e["stream"].startswith(name))
+    mine = [e for e in rep if e.get("domain") == name]
+    fib_ids = {e["fields"]["code"] for e in mine if e.get("name") == "hypertrace_code"
+               and e["fields"]["name"] == "fib"}        # one guest process: ids unique
+    ret = max(e["ts"] for e in mine if e.get("name") == "hypertrace_return"
+              and e["fields"]["code"] in fib_ids)
     host = [e["ts"] for e in rep if e.get("name") == "hypertrace_sync_host"
             and e["fields"].get("name") == "fib_done"]
     assert len(host) == 1
     unc = st["clocks"][name]["uncertainty_ns"] or 0
     assert ret <= host[0] + unc
+
+
+MODES = r'''
+import asyncio, sys, threading
+async def co(n):
+    for i in range(n):
+        await asyncio.sleep(0)
+def gen(n):
+    for i in range(n):
+        yield i
+def boom(k):
+    if k == 0:
+        raise ValueError("x")
+    return boom(k - 1)
+def deep(n):
+    return 0 if n == 0 else 1 + deep(n - 1)
+def main():
+    total = sum(gen(50))
+    asyncio.run(co(3))
+    for _ in range(10):
+        try:
+            boom(5)
+        except ValueError:
+            pass
+    t = threading.Thread(target=deep, args=(200,))
+    t.start(); t.join()
+    if len(sys.argv) > 1:
+        sys.setrecursionlimit(100000)    # past it the C hook gives way to the profile one
+        deep(50000)
+    print("MODES", total, flush=True)
+main()
+'''
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_every_hook_records_the_same_calls(tmp_path, deep):
+    app = tmp_path / "modes.py"
+    app.write_text(MODES)
+    seen = {}
+    for mode, extra in (("eval", {}), ("profile", {"HYPERTRACE_FUNCTIONS_HOOK": "profile"}),
+                        ("pure", {"HYPERTRACE_PURE": "1"})):
+        out = str(tmp_path / mode)
+        r = record(out, sys.executable, str(app), *(["deep"] if deep else []),
+                   opts=("--functions", "--include", str(app)), env=env(**extra))
+        assert "MODES 1225" in r.stdout and "Traceback" not in r.stderr, r.stderr
+        c, st = counts(out)
+        fn = functions_of(st)
+        assert all(f["unmatched"] == 0 for f in fn.values()), fn
+        seen[mode] = {k: f["calls"] for k, f in fn.items()}
+        # hypertrace's own threads (clock exchanges, the poller) are never traced
+        assert {x["thread"] for x in st["streams"] if x["domain"] == "local"} <= {
+            "MainThread", "Thread-1 (deep)"}, st["streams"]
+    # a generator or coroutine: a call per resumption (51, 4); boom: 6 frames x 10;
+    # deep: 201 (+ 50 001)
+    want = {"main": 1, "<module>": 1, "gen": 51, "co": 4, "boom": 60,
+            "deep": 201 + (50_001 if deep else 0)}
+    for mode, got in seen.items():
+        assert got == want, (mode, seen)

@@ -22,7 +22,7 @@ CODE = "hypertrace_code"        # (uint32_t code, const char *name, const char *
 CALL = "hypertrace_call"        # (uint32_t code)
 RETURN = "hypertrace_return"    # (uint32_t code)
 SPAN_FIELDS = ("span", "task")  # the first fields of a guest.span's begin and end
-MAX_OPEN = 1 << 16              # open slices kept per stream: a hostile guest's never-ending begins
+MAX_OPEN = 1 << 18              # open slices kept per stream: a hostile guest's never-ending begins
 SEARCH = 256                    # how far below the newest open slice an end looks for its begin
 
 

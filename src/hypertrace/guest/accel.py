@@ -15,6 +15,7 @@ CLOCK_MONOTONIC (native/accel.c; HYPERTRACE_TSC=0: never).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Callable
 
@@ -55,3 +56,11 @@ def clock_info() -> dict:
     if _accel is not None and hasattr(_accel, "tsc_ns"):
         return dict(_accel.tsc_info(), source="tsc")
     return {"source": "monotonic", "max_error_ns": 0.0}
+
+
+def untraced_thread() -> None:
+    """The calling thread (one of hypertrace's own) is never function-traced
+    (guest/functions.py): its calls are the tracer's, not the program's."""
+    if _accel is not None and hasattr(_accel, "profile_ignore_thread"):
+        _accel.profile_ignore_thread()
+    sys.setprofile(None)

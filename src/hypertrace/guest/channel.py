@@ -24,6 +24,7 @@ import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .. import abi
+from .accel import untraced_thread
 from .locks import ByteLocks, LockUnsupported
 from .ring import RingWriter, _Holder, populate
 from .tracepoint import get_cell, set_cell
@@ -490,6 +491,7 @@ class Channel:
 
     def start_poller(self) -> None:
         def run():
+            untraced_thread()
             while not self.closed:
                 try:
                     self.sync_enables()

@@ -26,6 +26,7 @@ import time
 from typing import Callable, Optional
 
 from .. import abi
+from .accel import untraced_thread
 
 TIMEOUT_S = 5.0
 RETRY_S = 1.0                   # a failed control connection is tried again after this
@@ -345,6 +346,7 @@ class Control:
 
     def start(self) -> None:
         def run():
+            untraced_thread()
             if self.claim_mailbox is not None:
                 with self.mbox_lock:
                     self.mailbox = self.claim_mailbox()

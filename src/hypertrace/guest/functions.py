@@ -47,6 +47,7 @@ class _Tracer:
         self.lock = threading.Lock()
         self.py_ids: Dict[object, int] = {}     # pure path: code object -> id (kept alive)
         self.local = threading.local()
+        self.how = ""           # eval (C, every thread), profile (C), setprofile (Python)
 
     def wanted(self, code) -> bool:
         file = code.co_filename
@@ -112,9 +113,12 @@ def start(include: Iterable[str] = (), exclude: Iterable[str] = ()) -> bool:
         return False
     _state = t
     if _c_path(t):
-        accel._accel.profile_start(t.call, t.ret, t.on_code)
-        threading.setprofile(_thread_boot)
+        eval_ok = os.environ.get("HYPERTRACE_FUNCTIONS_HOOK", "") != "profile"
+        t.how = accel._accel.profile_start(t.call, t.ret, t.on_code, _thread_boot, eval_ok)
+        if t.how == "profile":          # the eval hook covers every thread itself
+            threading.setprofile(_thread_boot)
     else:
+        t.how = "setprofile"
         threading.setprofile(t.py_hook)
         sys.setprofile(t.py_hook)
     return True
@@ -144,5 +148,11 @@ def errors() -> int:
     return a.profile_errors() if a is not None and hasattr(a, "profile_errors") else 0
 
 
-def tracing() -> bool:
-    return _state is not None
+def tracing() -> str:
+    """How functions are traced now: "eval" (C frame-evaluation hook, CPython 3.11),
+    "profile" (C profile function), "setprofile" (pure Python), or "" (they are not)."""
+    if _state is None:
+        return ""
+    if _state.how in ("eval", "profile"):
+        return accel._accel.profile_mode()    # eval gives way to profile (accel.c)
+    return _state.how

@@ -38,6 +38,18 @@
 #define HT_TSC_IMPLEMENTATION
 #include "tsc_clock.h"
 
+/* Function tracing's frame-evaluation hook (PEP 523) reads the code object of a frame
+   CPython 3.11 passes as its internal _PyInterpreterFrame: with the internal header,
+   where it is installed; elsewhere the profile function is used. */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && defined(__has_include)
+#if __has_include("internal/pycore_frame.h")
+#define Py_BUILD_CORE 1
+#include "internal/pycore_frame.h"
+#undef Py_BUILD_CORE
+#define HT_EVAL_FRAME 1
+#endif
+#endif
+
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the record codec stores little-endian values with memcpy: a little-endian target only"
 #endif
@@ -628,6 +640,9 @@ typedef struct {
 } profiler_t;
 
 static profiler_t g_prof = {NULL, NULL, NULL, -1, 0, 0};
+/* set while the hooks run Python code of their own, and for good in hypertrace's
+   own threads (profile_ignore_thread): no function of theirs is traced */
+static _Thread_local int t_hook;
 static _Thread_local __attribute__((tls_model("initial-exec"))) struct {
     uint64_t gen;               /* the profiler start this depth belongs to */
     long long depth;
@@ -704,8 +719,89 @@ static void emit_code(Tracepoint *tp, uint32_t id) {
     Py_XDECREF(r);
 }
 
+#ifdef HT_EVAL_FRAME
+/* The frame-evaluation hook: CPython calls it for every frame it runs (a call, a
+   generator's resumption) instead of its own loop, which it then calls: a call
+   record before, a return record after, with no frame object made (a profile
+   function costs 4x an untraced recursive call, this 1.3x). Python code it runs
+   itself (on_code, a ring's slow paths) is not traced (t_hook). */
+static int g_eval_on;
+
+static inline void emit_keeping_error(Tracepoint *tp, uint32_t id) {
+    if (PyErr_Occurred()) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        emit_code(tp, id);
+        PyErr_Restore(et, ev, tb);
+    } else {
+        emit_code(tp, id);
+    }
+}
+
+static int prof_hook(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg);
+static PyObject *eval_hook(PyThreadState *ts, struct _PyInterpreterFrame *f, int thr);
+static PyObject *g_thread_boot;     /* threading.setprofile's function for new threads */
+
+/* With the hook, every Python call recurses in C (CPython runs a call in the same C
+   frame only without one): a program that raises the recursion limit past this could
+   run out of C stack where it would not untraced. From then on the profile function
+   traces, in every thread (calls that began in the hook end in it). */
+#define EVAL_MAX_RECURSION 4000
+
+static void eval_to_profile(void) {
+    PyInterpreterState *interp = PyInterpreterState_Get();
+    if (_PyInterpreterState_GetEvalFrameFunc(interp) == eval_hook)
+        _PyInterpreterState_SetEvalFrameFunc(interp, _PyEval_EvalFrameDefault);
+    g_eval_on = 0;
+    for (PyThreadState *t = PyInterpreterState_ThreadHead(interp); t != NULL;
+         t = PyThreadState_Next(t))
+        if (_PyEval_SetProfile(t, prof_hook, NULL) < 0)
+            prof_error();
+    if (g_thread_boot != NULL) {
+        PyObject *th = PyImport_ImportModule("threading");
+        PyObject *r = th ? PyObject_CallMethod(th, "setprofile", "O", g_thread_boot) : NULL;
+        if (r == NULL)
+            prof_error();
+        Py_XDECREF(r);
+        Py_XDECREF(th);
+    }
+}
+
+static PyObject *eval_hook(PyThreadState *ts, struct _PyInterpreterFrame *f, int thr) {
+    if (!g_prof.on || t_hook)
+        return _PyEval_EvalFrameDefault(ts, f, thr);
+    if (Py_GetRecursionLimit() > EVAL_MAX_RECURSION) {
+        t_hook = 1;
+        eval_to_profile();
+        t_hook = 0;
+        return _PyEval_EvalFrameDefault(ts, f, thr);
+    }
+    PyCodeObject *code = f->f_code;
+    if (!PyCode_Check(code))
+        return _PyEval_EvalFrameDefault(ts, f, thr);
+    /* calling a generator or coroutine function runs its frame only to make the
+       object (RETURN_GENERATOR): not a call, as for the profile function; each
+       resumption is one */
+    if ((code->co_flags & (CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR))
+            && f->prev_instr == _PyCode_CODE(code) - 1)
+        return _PyEval_EvalFrameDefault(ts, f, thr);
+    t_hook = 1;
+    uint32_t id = code_id(code);
+    if (id != 0)
+        emit_keeping_error(g_prof.call, id);
+    t_hook = 0;
+    PyObject *r = _PyEval_EvalFrameDefault(ts, f, thr);
+    if (id != 0) {
+        t_hook = 1;
+        emit_keeping_error(g_prof.ret, id);
+        t_hook = 0;
+    }
+    return r;
+}
+#endif
+
 static int prof_hook(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg) {
-    if ((what != PyTrace_CALL && what != PyTrace_RETURN) || !g_prof.on)
+    if ((what != PyTrace_CALL && what != PyTrace_RETURN) || !g_prof.on || t_hook)
         return 0;
     if (t_prof.gen != g_prof_gen) {
         t_prof.gen = g_prof_gen;
@@ -733,9 +829,10 @@ static int prof_hook(PyObject *obj, PyFrameObject *frame, int what, PyObject *ar
 /* profile_start(call, ret, on_code): trace the calling thread from now on (others:
    profile_thread, from threading.setprofile's first call in each new thread) */
 static PyObject *profile_start(PyObject *mod, PyObject *args) {
-    PyObject *call, *ret, *on_code;
-    if (!PyArg_ParseTuple(args, "O!O!O", &TracepointType, &call, &TracepointType, &ret,
-                          &on_code))
+    PyObject *call, *ret, *on_code, *thread_boot;
+    int eval = 1;
+    if (!PyArg_ParseTuple(args, "O!O!OO|p", &TracepointType, &call, &TracepointType, &ret,
+                          &on_code, &thread_boot, &eval))
         return NULL;
     if (!PyCallable_Check(on_code)) {
         PyErr_SetString(PyExc_TypeError, "on_code must be callable");
@@ -756,8 +853,35 @@ static PyObject *profile_start(PyObject *mod, PyObject *args) {
     Py_XSETREF(g_prof.on_code, on_code);
     g_prof_gen++;
     g_prof.on = 1;
+#ifdef HT_EVAL_FRAME
+    Py_INCREF(thread_boot);
+    Py_XSETREF(g_thread_boot, thread_boot);
+    /* every thread at once, unless another tool (a debugger) has its own hook */
+    PyInterpreterState *interp = PyInterpreterState_Get();
+    _PyFrameEvalFunction cur = _PyInterpreterState_GetEvalFrameFunc(interp);
+    if (eval && Py_GetRecursionLimit() <= EVAL_MAX_RECURSION
+            && (cur == eval_hook || cur == _PyEval_EvalFrameDefault)) {
+        _PyInterpreterState_SetEvalFrameFunc(interp, eval_hook);
+        g_eval_on = 1;
+        return PyUnicode_FromString("eval");
+    }
+#endif
     PyEval_SetProfile(prof_hook, NULL);
+    return PyUnicode_FromString("profile");
+}
+
+static PyObject *profile_ignore_thread(PyObject *mod, PyObject *unused) {
+    t_hook = 1;
+    PyEval_SetProfile(NULL, NULL);
     Py_RETURN_NONE;
+}
+
+static PyObject *profile_mode(PyObject *mod, PyObject *unused) {
+#ifdef HT_EVAL_FRAME
+    if (g_eval_on)
+        return PyUnicode_FromString("eval");
+#endif
+    return PyUnicode_FromString(g_prof.on ? "profile" : "");
 }
 
 static PyObject *profile_thread(PyObject *mod, PyObject *unused) {
@@ -771,6 +895,16 @@ static PyObject *profile_thread(PyObject *mod, PyObject *unused) {
 /* profile_stop(): no more records from any thread; the calling thread's hook goes */
 static PyObject *profile_stop(PyObject *mod, PyObject *unused) {
     g_prof.on = 0;
+#ifdef HT_EVAL_FRAME
+    if (g_eval_on) {
+        /* frames running in the hook still record their returns */
+        PyInterpreterState *interp = PyInterpreterState_Get();
+        if (_PyInterpreterState_GetEvalFrameFunc(interp) == eval_hook)
+            _PyInterpreterState_SetEvalFrameFunc(interp, _PyEval_EvalFrameDefault);
+        g_eval_on = 0;
+        Py_RETURN_NONE;
+    }
+#endif
     PyEval_SetProfile(NULL, NULL);
     Py_RETURN_NONE;
 }
@@ -796,7 +930,13 @@ static PyMethodDef module_methods[] = {
     {"counts", counts, METH_NOARGS,
      "(records written by the C path, calls handed to the Python tracepoint)"},
     {"profile_start", profile_start, METH_VARARGS,
-     "profile_start(call, ret, on_code): trace this thread's Python calls and returns"},
+     "profile_start(call, ret, on_code, thread_boot[, eval]): trace Python calls and "
+     "returns; returns how: 'eval' (every thread, a frame-evaluation hook) or 'profile' "
+     "(this thread; thread_boot goes to threading.setprofile)"},
+    {"profile_ignore_thread", profile_ignore_thread, METH_NOARGS,
+     "never trace the calling thread's functions (hypertrace's own threads)"},
+    {"profile_mode", profile_mode, METH_NOARGS,
+     "how functions are traced now: 'eval', 'profile' or '' (not)"},
     {"profile_thread", profile_thread, METH_NOARGS,
      "trace the calling thread too (while tracing is on)"},
     {"profile_stop", profile_stop, METH_NOARGS, "stop function tracing"},
