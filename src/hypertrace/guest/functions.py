@@ -111,16 +111,21 @@ def start(include: Iterable[str] = (), exclude: Iterable[str] = ()) -> bool:
     except (ValueError, OSError) as e:
         warn("function tracing off: %s" % e)
         return False
+    try:
+        if _c_path(t):
+            eval_ok = os.environ.get("HYPERTRACE_FUNCTIONS_HOOK", "") != "profile"
+            t.how = accel._accel.profile_start(t.call, t.ret, t.on_code, _thread_boot,
+                                               eval_ok)
+            if t.how == "profile":      # the eval hook covers every thread itself
+                threading.setprofile(_thread_boot)
+        else:
+            t.how = "setprofile"
+            threading.setprofile(t.py_hook)
+            sys.setprofile(t.py_hook)
+    except (TypeError, ValueError, RuntimeError) as e:
+        warn("function tracing off: %s" % e)
+        return False
     _state = t
-    if _c_path(t):
-        eval_ok = os.environ.get("HYPERTRACE_FUNCTIONS_HOOK", "") != "profile"
-        t.how = accel._accel.profile_start(t.call, t.ret, t.on_code, _thread_boot, eval_ok)
-        if t.how == "profile":          # the eval hook covers every thread itself
-            threading.setprofile(_thread_boot)
-    else:
-        t.how = "setprofile"
-        threading.setprofile(t.py_hook)
-        sys.setprofile(t.py_hook)
     return True
 
 

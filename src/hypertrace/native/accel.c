@@ -642,7 +642,7 @@ typedef struct {
 static profiler_t g_prof = {NULL, NULL, NULL, -1, 0, 0};
 /* set while the hooks run Python code of their own, and for good in hypertrace's
    own threads (profile_ignore_thread): no function of theirs is traced */
-static _Thread_local int t_hook;
+static _Thread_local __attribute__((tls_model("initial-exec"))) int t_hook;
 static _Thread_local __attribute__((tls_model("initial-exec"))) struct {
     uint64_t gen;               /* the profiler start this depth belongs to */
     long long depth;
