@@ -29,6 +29,7 @@ from .channel import Channel, ChannelError, parse_spec, warn
 from .control import Control, ControlError
 from .spans import RESERVED as _SPAN_FIELDS
 from .spans import Span
+from .spans import make as _make_span
 from .tracepoint import TraceArgumentError, build, set_cell
 
 __all__ = ["event", "span", "load", "connect", "disconnect", "connected", "channel", "sync_point",
@@ -133,7 +134,7 @@ def span(name: str, args: str = "void") -> Span:
     user = ", ".join("%s %s" % (ct, a) for a, ct, _ in fields)
     begin = event(name + "_begin", "uint64_t span, uint64_t task" + (", " + user if user else ""))
     end = event(name + "_end", "uint64_t span, uint64_t task, const char *error")
-    return Span(name, begin, end, len(fields))
+    return _make_span(name, begin, end, len(fields))
 
 
 def load(path: str) -> Events:

@@ -30,13 +30,15 @@ def _event() -> Callable:
 
 def _emit(tp: Callable, record: logging.LogRecord) -> None:
     msg = record.getMessage()
-    if record.exc_info:
-        msg = "%s\n%s" % (msg, _fmt.formatException(record.exc_info))
-    elif record.exc_text:
-        msg = "%s\n%s" % (msg, record.exc_text)
-    lv = record.levelno
-    tp(lv if 0 <= lv <= 0xFFFFFFFF else 0, record.name, msg, record.pathname,
-       record.lineno if 0 <= record.lineno <= 0xFFFFFFFF else 0, record.funcName or "")
+    if record.exc_info or record.exc_text:
+        msg = "%s\n%s" % (msg, record.exc_text or _fmt.formatException(record.exc_info))
+    lv, line = record.levelno, record.lineno
+    try:
+        tp(lv, record.name, msg, record.pathname, line, record.funcName or "")
+    except (TypeError, ValueError):     # a level or line no uint32 holds, a name not a str
+        tp(lv if isinstance(lv, int) and 0 <= lv <= 0xFFFFFFFF else 0, str(record.name), msg,
+           str(record.pathname), line if isinstance(line, int) and 0 <= line <= 0xFFFFFFFF
+           else 0, str(record.funcName or ""))
 
 
 class Handler(logging.Handler):
@@ -48,10 +50,17 @@ class Handler(logging.Handler):
         self._tp = _event()
 
     def handle(self, record: logging.LogRecord) -> bool:
-        rv = self.filter(record)
-        if rv:
-            self.emit(record)
-        return bool(rv)
+        if self.filters:
+            rv = self.filter(record)
+            if not rv:
+                return False
+            if isinstance(rv, logging.LogRecord):       # 3.12: a filter may replace it
+                record = rv
+        try:
+            _emit(self._tp, record)
+        except Exception:
+            self.handleError(record)
+        return True
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

@@ -23,8 +23,14 @@ import itertools
 import sys
 from typing import Any, Callable
 
-_ids = itertools.count(1)      # next() is atomic under the GIL: ids are unique per process
+from . import accel
+
 RESERVED = ("span", "task")
+# one id sequence per process, shared with the accelerator's spans (native/accel.c)
+if accel._accel is not None and hasattr(accel._accel, "next_span_id"):
+    _next_id = accel._accel.next_span_id
+else:
+    _next_id = functools.partial(next, itertools.count(1))   # atomic under the GIL
 
 
 def _task() -> int:
@@ -50,7 +56,7 @@ class SpanCall:
         self._open: list = []
 
     def __enter__(self) -> SpanCall:
-        sid, task = next(_ids), _task()
+        sid, task = _next_id(), _task()
         self._open.append((sid, task))
         self._begin(sid, task, *self._args)
         return self
@@ -61,33 +67,43 @@ class SpanCall:
         return False
 
     def __call__(self, fn: Callable) -> Callable:
-        begin, end, args = self._begin, self._end, self._args
-        if _is_coroutine(fn):
-            @functools.wraps(fn)
-            async def run_async(*a: Any, **kw: Any) -> Any:
-                sid, task = next(_ids), _task()
-                begin(sid, task, *args)
-                try:
-                    r = await fn(*a, **kw)
-                except BaseException as e:
-                    end(sid, task, type(e).__qualname__)
-                    raise
-                end(sid, task, "")
-                return r
-            return run_async
+        return decorate(self, fn)
 
+    # the accelerator's SpanCall has the same three as attributes
+    begin = property(lambda self: self._begin)
+    end = property(lambda self: self._end)
+    values = property(lambda self: self._args)
+
+
+def decorate(use, fn: Callable) -> Callable:
+    """`fn` wrapped in a span of its own per call (`use`: a SpanCall, Python's or C's)."""
+    begin, end, args = use.begin, use.end, use.values
+    if _is_coroutine(fn):
         @functools.wraps(fn)
-        def run(*a: Any, **kw: Any) -> Any:
-            sid, task = next(_ids), _task()
+        async def run_async(*a: Any, **kw: Any) -> Any:
+            sid, task = _next_id(), _task()
             begin(sid, task, *args)
             try:
-                r = fn(*a, **kw)
+                r = await fn(*a, **kw)
             except BaseException as e:
                 end(sid, task, type(e).__qualname__)
                 raise
             end(sid, task, "")
             return r
-        return run
+        return run_async
+
+    @functools.wraps(fn)
+    def run(*a: Any, **kw: Any) -> Any:
+        sid, task = _next_id(), _task()
+        begin(sid, task, *args)
+        try:
+            r = fn(*a, **kw)
+        except BaseException as e:
+            end(sid, task, type(e).__qualname__)
+            raise
+        end(sid, task, "")
+        return r
+    return run
 
 
 def _is_coroutine(fn: Callable) -> bool:
@@ -106,8 +122,20 @@ class Span:
 
     def __call__(self, *args: Any) -> Any:
         if self._nfields == 0 and len(args) == 1 and callable(args[0]):
-            return SpanCall(self.begin, self.end, ())(args[0])
+            return decorate(SpanCall(self.begin, self.end, ()), args[0])
+        if len(args) != self._nfields:
+            raise TypeError("span %s takes %d values (%d given)" % (
+                self.name, self._nfields, len(args)))
         return SpanCall(self.begin, self.end, args)
 
     def __repr__(self) -> str:
         return "<span %s: %s>" % (self.name, self.begin.signature)
+
+
+def make(name: str, begin: Callable, end: Callable, nfields: int):
+    """The span of these tracepoints: in C where the accelerator built them."""
+    a = accel._accel
+    if a is not None and hasattr(a, "Span") and isinstance(begin, a.Tracepoint) \
+            and isinstance(end, a.Tracepoint):
+        return a.Span(name, begin, end, nfields, decorate)
+    return Span(name, begin, end, nfields)

@@ -913,6 +913,361 @@ static PyObject *profile_errors(PyObject *mod, PyObject *unused) {
     return PyLong_FromUnsignedLongLong(g_prof.errors);
 }
 
+/* ---- spans (guest/spans.py): the context manager of `with sp(values...):` in C ----
+ *
+ * SpanCall(begin, end, values, decorate) is one use of a span: __enter__ emits
+ * begin(span, task, *values), __exit__ emits end(span, task, error), span a process-wide
+ * id and task the running asyncio task's id (0 outside one); called with a function,
+ * it returns decorate(self, function) (the Python wrapper). The same records as the
+ * Python SpanCall, at the cost of its two tracepoints and little more. */
+#define SPAN_NEST 8             /* one SpanCall entered again inside itself, at most */
+static uint64_t g_span_id;
+static PyObject *g_get_running_loop, *g_current_task;   /* from _asyncio, once imported */
+static PyObject *g_str_asyncio, *g_str_qualname;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *begin, *end, *values, *decorate;
+    int depth;
+    uint64_t sid[SPAN_NEST], task[SPAN_NEST];
+} SpanCall;
+
+/* the running asyncio task's id(), 0 outside one; -1 with an error */
+static int span_task(uint64_t *task) {
+    *task = 0;
+    if (g_get_running_loop == NULL) {
+        PyObject *mods = PyImport_GetModuleDict();
+        if (PyDict_GetItemWithError(mods, g_str_asyncio) == NULL)
+            return PyErr_Occurred() ? -1 : 0;     /* no asyncio: no task */
+        /* asyncio's own (C where _asyncio is): the task table itself where it is a
+           dict keyed by loop (3.11), else current_task(loop) */
+        PyObject *m = PyImport_ImportModule("asyncio");
+        if (m == NULL)
+            return -1;
+        g_get_running_loop = PyObject_GetAttrString(m, "_get_running_loop");
+        PyObject *tasks = PyObject_GetAttrString(m, "tasks");
+        PyObject *table = tasks ? PyObject_GetAttrString(tasks, "_current_tasks") : NULL;
+        Py_XDECREF(tasks);
+        if (table != NULL && PyDict_CheckExact(table)) {
+            g_current_task = table;
+        } else {
+            Py_XDECREF(table);
+            PyErr_Clear();
+            g_current_task = PyObject_GetAttrString(m, "current_task");
+        }
+        Py_DECREF(m);
+        if (g_get_running_loop == NULL || g_current_task == NULL) {
+            Py_CLEAR(g_get_running_loop);
+            Py_CLEAR(g_current_task);
+            return -1;
+        }
+    }
+    PyObject *loop = PyObject_CallNoArgs(g_get_running_loop);
+    if (loop == NULL)
+        return -1;
+    if (loop != Py_None && PyDict_CheckExact(g_current_task)) {
+        PyObject *t = PyDict_GetItemWithError(g_current_task, loop);     /* borrowed */
+        if (t == NULL && PyErr_Occurred()) {
+            Py_DECREF(loop);
+            return -1;
+        }
+        if (t != NULL && t != Py_None)
+            *task = (uint64_t)(uintptr_t)t;      /* id(t), as the Python span takes it */
+    } else if (loop != Py_None) {
+        PyObject *t = PyObject_CallOneArg(g_current_task, loop);
+        if (t == NULL) {
+            Py_DECREF(loop);
+            return -1;
+        }
+        if (t != Py_None)
+            *task = (uint64_t)(uintptr_t)t;
+        Py_DECREF(t);
+    }
+    Py_DECREF(loop);
+    return 0;
+}
+
+static PyObject *span_emit(PyObject *tp, uint64_t sid, uint64_t task, PyObject *const *rest,
+                           Py_ssize_t nrest) {
+    PyObject *argv[MAX_FIELDS + 1];
+    if (nrest > MAX_FIELDS - 2) {
+        PyErr_SetString(PyExc_TypeError, "hypertrace: too many span fields");
+        return NULL;
+    }
+    argv[1] = PyLong_FromUnsignedLongLong(sid);
+    argv[2] = PyLong_FromUnsignedLongLong(task);
+    PyObject *r = NULL;
+    if (argv[1] != NULL && argv[2] != NULL) {
+        for (Py_ssize_t i = 0; i < nrest; i++)
+            argv[3 + i] = rest[i];
+        r = PyObject_Vectorcall(tp, argv + 1, (size_t)(2 + nrest) | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                NULL);
+    }
+    Py_XDECREF(argv[1]);
+    Py_XDECREF(argv[2]);
+    return r;
+}
+
+static PyObject *sc_enter(SpanCall *self, PyObject *unused) {
+    if (self->depth >= SPAN_NEST) {
+        PyErr_SetString(PyExc_RuntimeError, "hypertrace: a span use entered again 8 deep "
+                        "(make one per use: `with sp(...)`)");
+        return NULL;
+    }
+    uint64_t task;
+    if (span_task(&task) < 0)
+        return NULL;
+    uint64_t sid = ++g_span_id;
+    PyObject *r = span_emit(self->begin, sid, task, &PyTuple_GET_ITEM(self->values, 0),
+                            PyTuple_GET_SIZE(self->values));
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    self->sid[self->depth] = sid;
+    self->task[self->depth] = task;
+    self->depth++;
+    Py_INCREF(self);
+    return (PyObject *)self;
+}
+
+static PyObject *sc_exit(SpanCall *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (self->depth == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "hypertrace: a span left that was not entered");
+        return NULL;
+    }
+    self->depth--;
+    PyObject *err;
+    if (nargs < 1 || args[0] == Py_None) {
+        err = PyUnicode_FromStringAndSize("", 0);
+    } else {
+        err = PyObject_GetAttr(args[0], g_str_qualname);
+        if (err != NULL && !PyUnicode_Check(err)) {
+            Py_DECREF(err);
+            err = PyUnicode_FromString("?");
+        }
+    }
+    if (err == NULL)
+        return NULL;
+    PyObject *r = span_emit(self->end, self->sid[self->depth], self->task[self->depth], &err, 1);
+    Py_DECREF(err);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_FALSE;                /* an exception goes on */
+}
+
+static PyObject *sc_call(SpanCall *self, PyObject *args, PyObject *kw) {
+    if ((kw != NULL && PyDict_GET_SIZE(kw)) || PyTuple_GET_SIZE(args) != 1
+            || !PyCallable_Check(PyTuple_GET_ITEM(args, 0))) {
+        PyErr_SetString(PyExc_TypeError, "a span use decorates one function: @sp(values...)");
+        return NULL;
+    }
+    return PyObject_CallFunctionObjArgs(self->decorate, (PyObject *)self,
+                                        PyTuple_GET_ITEM(args, 0), NULL);
+}
+
+static int sc_traverse(SpanCall *self, visitproc visit, void *arg) {
+    Py_VISIT(self->begin);
+    Py_VISIT(self->end);
+    Py_VISIT(self->values);
+    Py_VISIT(self->decorate);
+    return 0;
+}
+
+static int sc_clear(SpanCall *self) {
+    Py_CLEAR(self->begin);
+    Py_CLEAR(self->end);
+    Py_CLEAR(self->values);
+    Py_CLEAR(self->decorate);
+    return 0;
+}
+
+static void sc_dealloc(SpanCall *self) {
+    PyObject_GC_UnTrack(self);
+    sc_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef sc_members[] = {
+    {"begin", T_OBJECT, offsetof(SpanCall, begin), READONLY, "the begin tracepoint"},
+    {"end", T_OBJECT, offsetof(SpanCall, end), READONLY, "the end tracepoint"},
+    {"values", T_OBJECT, offsetof(SpanCall, values), READONLY, "the span's field values"},
+    {NULL},
+};
+
+static PyMethodDef sc_methods[] = {
+    {"__enter__", (PyCFunction)sc_enter, METH_NOARGS, "emit the begin"},
+    {"__exit__", (PyCFunction)(void (*)(void))sc_exit, METH_FASTCALL, "emit the end"},
+    {NULL},
+};
+
+static PyTypeObject SpanCallType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "hypertrace.guest._accel.SpanCall",
+    .tp_basicsize = sizeof(SpanCall),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One use of a span: a context manager, and a decorator (see guest/spans.py).",
+    .tp_dealloc = (destructor)sc_dealloc,
+    .tp_traverse = (traverseproc)sc_traverse,
+    .tp_clear = (inquiry)sc_clear,
+    .tp_call = (ternaryfunc)sc_call,
+    .tp_members = sc_members,
+    .tp_methods = sc_methods,
+};
+
+static SpanCall *spancall_new(PyObject *begin, PyObject *end, PyObject *values,
+                              PyObject *decorate) {
+    SpanCall *c = PyObject_GC_New(SpanCall, &SpanCallType);
+    if (c == NULL)
+        return NULL;
+    Py_INCREF(begin);
+    Py_INCREF(end);
+    Py_INCREF(values);
+    Py_INCREF(decorate);
+    c->begin = begin;
+    c->end = end;
+    c->values = values;
+    c->decorate = decorate;
+    c->depth = 0;
+    PyObject_GC_Track(c);
+    return c;
+}
+
+/* Span(name, begin, end, nfields, decorate): `sp(values...)` makes a SpanCall; a span
+   without fields given one callable decorates it */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *name, *begin, *end, *decorate;
+    Py_ssize_t nfields;
+} Span;
+
+static PyObject *span_vcall(Span *self, PyObject *const *args, size_t nargsf,
+                            PyObject *kwnames) {
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) {
+        PyErr_SetString(PyExc_TypeError, "span values are positional");
+        return NULL;
+    }
+    if (self->nfields == 0 && n == 1 && PyCallable_Check(args[0])) {
+        PyObject *empty = PyTuple_New(0);
+        if (empty == NULL)
+            return NULL;
+        SpanCall *c = spancall_new(self->begin, self->end, empty, self->decorate);
+        Py_DECREF(empty);
+        if (c == NULL)
+            return NULL;
+        PyObject *r = PyObject_CallFunctionObjArgs(self->decorate, (PyObject *)c, args[0],
+                                                   NULL);
+        Py_DECREF(c);
+        return r;
+    }
+    if (n != self->nfields) {
+        PyErr_Format(PyExc_TypeError, "span %U takes %zd values (%zd given)", self->name,
+                     self->nfields, n);
+        return NULL;
+    }
+    PyObject *values = PyTuple_New(n);
+    if (values == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_INCREF(args[i]);
+        PyTuple_SET_ITEM(values, i, args[i]);
+    }
+    SpanCall *c = spancall_new(self->begin, self->end, values, self->decorate);
+    Py_DECREF(values);
+    return (PyObject *)c;
+}
+
+static int span_init(Span *self, PyObject *args, PyObject *kw) {
+    PyObject *name, *begin, *end, *decorate;
+    Py_ssize_t nfields;
+    if (!PyArg_ParseTuple(args, "UOOnO", &name, &begin, &end, &nfields, &decorate))
+        return -1;
+    if (nfields < 0 || nfields > MAX_FIELDS - 2) {
+        PyErr_SetString(PyExc_ValueError, "hypertrace: span field count out of range");
+        return -1;
+    }
+    Py_INCREF(name);
+    Py_XSETREF(self->name, name);
+    Py_INCREF(begin);
+    Py_XSETREF(self->begin, begin);
+    Py_INCREF(end);
+    Py_XSETREF(self->end, end);
+    Py_INCREF(decorate);
+    Py_XSETREF(self->decorate, decorate);
+    self->nfields = nfields;
+    return 0;
+}
+
+static PyObject *span_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    Span *self = (Span *)type->tp_alloc(type, 0);
+    if (self != NULL)
+        self->vectorcall = (vectorcallfunc)span_vcall;
+    return (PyObject *)self;
+}
+
+static int span_traverse(Span *self, visitproc visit, void *arg) {
+    Py_VISIT(self->name);
+    Py_VISIT(self->begin);
+    Py_VISIT(self->end);
+    Py_VISIT(self->decorate);
+    return 0;
+}
+
+static int span_clear(Span *self) {
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->begin);
+    Py_CLEAR(self->end);
+    Py_CLEAR(self->decorate);
+    return 0;
+}
+
+static void span_dealloc(Span *self) {
+    PyObject_GC_UnTrack(self);
+    span_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *span_repr(Span *self) {
+    PyObject *sig = self->begin ? PyObject_GetAttrString(self->begin, "signature") : NULL;
+    if (sig == NULL) {
+        PyErr_Clear();
+        return PyUnicode_FromFormat("<span %U>", self->name);
+    }
+    PyObject *r = PyUnicode_FromFormat("<span %U: %S>", self->name, sig);
+    Py_DECREF(sig);
+    return r;
+}
+
+static PyMemberDef span_members[] = {
+    {"name", T_OBJECT, offsetof(Span, name), READONLY, "the span's name"},
+    {"begin", T_OBJECT, offsetof(Span, begin), READONLY, "its begin tracepoint"},
+    {"end", T_OBJECT, offsetof(Span, end), READONLY, "its end tracepoint"},
+    {NULL},
+};
+
+static PyTypeObject SpanType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "hypertrace.guest._accel.Span",
+    .tp_basicsize = sizeof(Span),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "A span's two tracepoints; calling it makes one use (see guest/spans.py).",
+    .tp_new = span_new,
+    .tp_init = (initproc)span_init,
+    .tp_dealloc = (destructor)span_dealloc,
+    .tp_traverse = (traverseproc)span_traverse,
+    .tp_clear = (inquiry)span_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Span, vectorcall),
+    .tp_members = span_members,
+    .tp_repr = (reprfunc)span_repr,
+};
+
+static PyObject *next_span_id(PyObject *mod, PyObject *unused) {
+    return PyLong_FromUnsignedLongLong(++g_span_id);
+}
+
 static PyObject *invalidate(PyObject *mod, PyObject *unused) {
     g_epoch++;
     Py_RETURN_NONE;
@@ -933,6 +1288,8 @@ static PyMethodDef module_methods[] = {
      "profile_start(call, ret, on_code, thread_boot[, eval]): trace Python calls and "
      "returns; returns how: 'eval' (every thread, a frame-evaluation hook) or 'profile' "
      "(this thread; thread_boot goes to threading.setprofile)"},
+    {"next_span_id", next_span_id, METH_NOARGS,
+     "the next span id (the C spans and the Python decorators share them)"},
     {"profile_ignore_thread", profile_ignore_thread, METH_NOARGS,
      "never trace the calling thread's functions (hypertrace's own threads)"},
     {"profile_mode", profile_mode, METH_NOARGS,
@@ -963,15 +1320,24 @@ PyMODINIT_FUNC PyInit__accel(void) {
     g_str_make_room = PyUnicode_InternFromString("make_room");
     if (g_monotonic_ns == NULL || g_str_w == NULL || g_str_make_room == NULL)
         return NULL;
-    if (PyType_Ready(&WriterType) < 0 || PyType_Ready(&TracepointType) < 0)
+    g_str_asyncio = PyUnicode_InternFromString("asyncio");
+    g_str_qualname = PyUnicode_InternFromString("__qualname__");
+    if (g_str_asyncio == NULL || g_str_qualname == NULL)
+        return NULL;
+    if (PyType_Ready(&WriterType) < 0 || PyType_Ready(&TracepointType) < 0
+            || PyType_Ready(&SpanCallType) < 0 || PyType_Ready(&SpanType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
     Py_INCREF(&WriterType);
     Py_INCREF(&TracepointType);
+    Py_INCREF(&SpanCallType);
+    Py_INCREF(&SpanType);
     if (PyModule_AddObject(m, "WriterBase", (PyObject *)&WriterType) < 0
-            || PyModule_AddObject(m, "Tracepoint", (PyObject *)&TracepointType) < 0) {
+            || PyModule_AddObject(m, "Tracepoint", (PyObject *)&TracepointType) < 0
+            || PyModule_AddObject(m, "SpanCall", (PyObject *)&SpanCallType) < 0
+            || PyModule_AddObject(m, "Span", (PyObject *)&SpanType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
