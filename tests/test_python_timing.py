@@ -238,7 +238,7 @@ def _fib_record(tmp_path, ns, opts=(), extra=(), **kw):
 
 @pytest.mark.parametrize("pure", ["0", "1"])
 def test_function_calls_are_exact_per_thread_and_in_child_processes(tmp_path, pure):
-    ns = [20, 15, 12]
+    ns = [24, 15, 12]      # fib(24): 7 MB of records, more than a ring holds
     out = _fib_record(tmp_path, ns, extra=("child",), env=env(HYPERTRACE_PURE=pure))
     c, st = counts(out)
     assert st["totals"]["discarded"] == 0

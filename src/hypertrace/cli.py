@@ -45,9 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rings", type=int, default=abi.DEFAULT_RINGS,
                    help="rings in the channel: producing threads at once (default 32)")
     r.add_argument("--max-events", type=int, default=abi.DEFAULT_MAX_EVENTS)
-    r.add_argument("--mode", choices=sorted(abi.MODES), default="discard",
-                   help="when a ring is full: drop the newest (discard), wait then drop "
-                        "(block), or overwrite the oldest (overwrite: flight recorder)")
+    r.add_argument("--mode", choices=sorted(abi.MODES), default=None,
+                   help="when a ring is full: drop the newest (discard, the default), wait "
+                        "then drop (block, the default with --functions: a call per "
+                        "record outruns any drain), or overwrite the oldest (overwrite: "
+                        "flight recorder)")
     r.add_argument("--block-timeout", type=float, default=1000.0, metavar="MS",
                    help="block mode: longest wait for room before dropping (default 1000 ms)")
     r.add_argument("--sync-interval", type=float, default=1.0, metavar="S",
@@ -201,8 +203,9 @@ def cmd_record(a) -> int:
         child_env = environment(a.functions, a.include, a.exclude, a.logging,
                                 boot_dir=os.path.join(base, "hypertrace", "guest", "boot"),
                                 path=base)
+    mode = a.mode or ("block" if a.functions else "discard")
     try:
-        col = record(a.output, cmd, channel=a.channel, mode=a.mode, ring_size=a.buffer_size,
+        col = record(a.output, cmd, channel=a.channel, mode=mode, ring_size=a.buffer_size,
                      rings=a.rings, max_events=a.max_events, block_timeout_ms=a.block_timeout,
                      name=a.name, sync_interval=a.sync_interval, qemu=a.qemu,
                      triggers=a.triggers, vsock_port=a.vsock_port, kernel=a.kernel,
