@@ -402,3 +402,39 @@ def test_every_hook_records_the_same_calls(tmp_path, deep):
             "deep": 201 + (50_001 if deep else 0)}
     for mode, got in seen.items():
         assert got == want, (mode, seen)
+
+
+HOSTILE = r'''
+from hypertrace import guest
+call = guest.event("hypertrace_call", "uint32_t code")
+ret = guest.event("hypertrace_return", "uint32_t code")
+code = guest.event("hypertrace_code",
+                   "uint32_t code, const char *name, const char *file, uint32_t line")
+code(1, "<b>x</b>\x1b[31m", "\n/evil", 4294967295)
+for i in range(300000):
+    call(1)                         # never returned: more than the views keep open
+for i in range(1000):
+    ret(7)                          # never called, never declared
+b = guest.event("x_begin", "uint64_t span, uint64_t task")
+e = guest.event("x_end", "uint64_t span, uint64_t task, const char *error")
+for i in range(1000):
+    b(5, 0)
+    e(5, 0, "")                     # one id over and over
+e(99, 3, "nope")                    # an end without a begin
+'''
+
+
+def test_lying_call_records_only_cost_their_own_pairing(tmp_path):
+    app = tmp_path / "h.py"
+    app.write_text(HOSTILE)
+    out = str(tmp_path / "s")
+    record(out, sys.executable, str(app))
+    st = json.loads(hypertrace("stats", out, "--json", "--top", "0").stdout)
+    assert st["spans"]["local/x"]["count"] == 1000 and st["spans"]["local/x"]["unmatched"] == 1
+    fn = {f["function"]: f for f in st["functions"]}
+    assert fn["local/code 7"]["unmatched"] == 1000
+    assert fn["local/<b>x</b>\x1b[31m (\n/evil:4294967295)"]["calls"] == 0
+    text = hypertrace("stats", out).stdout
+    assert "\x1b" not in text and "\\x1b[31m" in text
+    evs = json_events(out, tmp_path)
+    assert sum(e["ph"] == "E" and e["name"] == "x" for e in evs) == 1000

@@ -131,7 +131,8 @@ class Edges:
 
 class Pairer:
     """Feed batches in time order; each feed returns the Slices it closed: depth counts the
-    slices still open on the same stream and task when it began; self time is its
+    slices of its kind (functions, or spans) still open on the same stream and task
+    when it began; self time is its
     duration less that of the slices that closed inside it. An end pairs with the
     newest open begin of the same name (a guest.span's: of the same id), so pairs of
     different names may overlap."""
@@ -139,13 +140,15 @@ class Pairer:
     def __init__(self, c: Columns):
         self.c = c
         self.edges = Edges(c)
-        # (stream, task) -> open slices as [t0, key, child ns, depth, span id, outer]
+        # (stream, task, call) -> open slices as [t0, key, child ns, depth, span id, outer]
         self.stacks: Dict[tuple, list] = {}
-        self.unmatched: Dict[str, int] = {}
-        self.open_keys: Dict[tuple, Dict[str, int]] = {}   # (stream, task) -> key -> open
+        self.unmatched: Dict[str, int] = {}         # per span: ends without a begin
+        self.unmatched_calls: Dict[str, int] = {}   # per function: the same
+        self.open_keys: Dict[tuple, Dict[str, int]] = {}   # the same -> key -> open
 
-    def _miss(self, key: str) -> None:
-        self.unmatched[key] = self.unmatched.get(key, 0) + 1
+    def _miss(self, key: str, call: bool) -> None:
+        u = self.unmatched_calls if call else self.unmatched
+        u[key] = u.get(key, 0) + 1
 
     def feed(self, b: Batch) -> List[Slice]:
         out = []
@@ -153,13 +156,15 @@ class Pairer:
         kinds = self.c.kinds
         for e in self.edges.rows(b):
             key = "%s/%s" % (kinds[int(b.kind[e.row])].domain, e.name)
-            where = (e.stream, e.task)
+            # functions and spans nest apart: a hostile stream of calls never returned
+            # fills only the calls' stack, and a span's depth counts spans only
+            where = (e.stream, e.task, e.call)
             stack = self.stacks.setdefault(where, [])
             keys = self.open_keys.setdefault(where, {})
             t = int(ts[e.row])
             if e.ph == "B":
                 if len(stack) >= MAX_OPEN:
-                    self._miss(key)
+                    self._miss(key, e.call)
                 else:
                     n = keys.get(key, 0)
                     keys[key] = n + 1
@@ -170,7 +175,7 @@ class Pairer:
             while j > low and (stack[j][1] != key or stack[j][4] != e.span):
                 j -= 1
             if j <= low:
-                self._miss(key)
+                self._miss(key, e.call)
                 continue
             t0, _, child, depth, _, outer = stack.pop(j)
             keys[key] -= 1

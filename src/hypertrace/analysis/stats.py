@@ -101,18 +101,20 @@ def format_text(st: dict) -> str:
             x["recorded"], x["discarded"], x["malformed"], x["torn"]))
     if st.get("spans"):
         lines.append("")
-        lines.append("%-32s %8s %12s %12s %12s %12s" % ("span", "count", "min ns", "p50 ns",
-                                                       "p99 ns", "max ns"))
+        lines.append("%-32s %8s %12s %12s %12s %12s %10s" % (
+            "span", "count", "min ns", "p50 ns", "p99 ns", "max ns", "unmatched"))
         for k, v in st["spans"].items():
-            lines.append("%-32s %8d %12d %12d %12d %12d" % (k, v["count"], v["min"], v["p50"],
-                                                           v["p99"], v["max"]))
+            lines.append("%-32s %8d %12s %12s %12s %12s %10d" % (
+                printable(k)[:32], v["count"], _n(v["min"]), _n(v["p50"]), _n(v["p99"]),
+                _n(v["max"]), v["unmatched"]))
     if st.get("functions"):
         lines.append("")
-        lines.append("%-60s %10s %14s %14s" % ("function (top by total, then self time)",
-                                               "calls", "total ns", "self ns"))
+        lines.append("%-60s %10s %14s %14s %9s" % ("function (top by total, then self time)",
+                                                   "calls", "total ns", "self ns", "unmatched"))
         for f in st["functions"]:
-            lines.append("%-60s %10d %14d %14d" % (printable(f["function"])[:60], f["calls"],
-                                                   f["total_ns"], f["self_ns"]))
+            lines.append("%-60s %10d %14d %14d %9d" % (
+                printable(f["function"])[:60], f["calls"], f["total_ns"], f["self_ns"],
+                f["unmatched"]))
     if st.get("triggers"):
         lines.append("")
         lines.append("%-32s %-24s %6s %6s %12s %12s" % ("trigger action", "on event", "count",
@@ -183,15 +185,20 @@ class SliceTotals:
             self.dur.setdefault(x.key, []).append(x.t1 - x.t0)
 
     def spans(self, unmatched: Dict[str, int]) -> dict:
+        """Per span: count, min, p50, p99, max (None with no span closed) and unmatched
+        ends (an end without its begin, or a begin past the open slices kept)."""
         out = {}
-        for key, v in sorted(self.dur.items()):
-            v.sort()
-            out[key] = dict(_pct(v), count=len(v), unmatched=unmatched.get(key, 0))
+        for key in sorted(set(self.dur) | set(unmatched)):
+            v = sorted(self.dur.get(key, []))
+            out[key] = dict(_pct(v) or dict.fromkeys(("min", "p50", "p99", "max")),
+                            count=len(v), unmatched=unmatched.get(key, 0))
         return out
 
     def functions(self, unmatched: Dict[str, int], top: Optional[int] = TOP_FUNCTIONS
                   ) -> list:
         fn = self.fn
+        for k in unmatched:             # functions whose every return went unmatched
+            fn.setdefault(k, [0, 0, 0])
         chosen = sorted(fn, key=lambda k: (-fn[k][1], k))[:top]
         taken = set(chosen)
         chosen += [k for k in sorted(fn, key=lambda k: (-fn[k][2], k))[:top] if k not in taken]
@@ -213,7 +220,7 @@ def slices(s: Session, top: Optional[int] = TOP_FUNCTIONS) -> tuple:
     for b in c.batches():
         for x in p.feed(b):
             t.add(x)
-    return t.spans(p.unmatched), t.functions(p.unmatched, top)
+    return t.spans(p.unmatched), t.functions(p.unmatched_calls, top)
 
 
 def triggers(s: Session) -> dict:
