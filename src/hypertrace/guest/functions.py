@@ -113,7 +113,10 @@ def start(include: Iterable[str] = (), exclude: Iterable[str] = ()) -> bool:
         return False
     try:
         if _c_path(t):
-            eval_ok = os.environ.get("HYPERTRACE_FUNCTIONS_HOOK", "") != "profile"
+            # the frame-evaluation hook is opt-in: under it every call recurses in C,
+            # and a thread with a small stack can overflow it where it would not
+            # untraced (a review crashed one at depth 950 with 256 KiB)
+            eval_ok = os.environ.get("HYPERTRACE_FUNCTIONS_HOOK", "") == "eval"
             t.how = accel._accel.profile_start(t.call, t.ret, t.on_code, _thread_boot,
                                                eval_ok)
             if t.how == "profile":      # the eval hook covers every thread itself
