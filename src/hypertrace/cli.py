@@ -216,11 +216,24 @@ def cmd_record(a) -> int:
     sys.stdout.write(summary(col) + "\n")
     sys.stdout.write("trace: %s (CTF 1.8: babeltrace2 %s)\n" % (os.path.abspath(a.output),
                                                               a.output))
+    _python_hook_check(a, col)
     if col.write_error is not None:
         return _fail("recording stopped: %s; the trace written up to then is kept and "
                      "readable (%d packets could not be written)" % (col.write_error,
                                                                       col.unwritten), 1)
     return col.exit_code
+
+
+def _python_hook_check(a, col) -> None:
+    """--functions with no Python process traced: say why it may be (nothing would)."""
+    if not a.functions:
+        return
+    names = {n for src in col.sources for n in src.events.by_name}
+    if "hypertrace_call" not in names:
+        sys.stderr.write(
+            "hypertrace: warning: --functions traced no Python process: the command ran no "
+            "Python, or one that skips the start-up hook on PYTHONPATH (python -I, -E or -S, "
+            "a PYTHONPATH the program resets); see README, Timing Python code\n")
 
 
 def _session(path: str):

@@ -4,10 +4,17 @@ Three kinds of edges, one mechanism for every view (JSON, Perfetto, HTML, stats)
 - `X_begin`/`X_end` declared by hand: paired last-in first-out per stream;
 - a `guest.span`'s pair, whose first two fields are `span` (an id unique in its
   process) and `task` (its asyncio task, 0 outside one): paired by id, so spans of
-  interleaved tasks on one thread pair right, nested per (stream, task);
+  interleaved tasks on one thread pair right, nested per (stream, task); an end
+  recorded by another thread of the process (a generator finalized elsewhere) ends
+  its begin's span;
 - function tracing's `hypertrace_call`/`hypertrace_return(uint32_t code)`: named after
   the `hypertrace_code` record that declared the code object in that process, paired
-  last-in first-out per stream.
+  last-in first-out per stream. Calls nest strictly: a return closes the calls
+  still open above its own, whose returns were lost (counted unfinished).
+
+An end without its begin is unmatched; a begin without its end (lost, cut off by
+the recording's end, os._exit, or a thread never returning) is unfinished: both are
+counted per name, neither gives a duration.
 """
 
 from __future__ import annotations
@@ -144,21 +151,45 @@ class Pairer:
         self.stacks: Dict[tuple, list] = {}
         self.unmatched: Dict[str, int] = {}         # per span: ends without a begin
         self.unmatched_calls: Dict[str, int] = {}   # per function: the same
+        self.unfinished: Dict[str, int] = {}        # per span: begins without an end
+        self.unfinished_calls: Dict[str, int] = {}  # per function: the same
         self.open_keys: Dict[tuple, Dict[str, int]] = {}   # the same -> key -> open
+        # (domain, pid, span id) -> where its begin is open: an end pairs across streams
+        self.span_at: Dict[tuple, tuple] = {}
 
     def _miss(self, key: str, call: bool) -> None:
         u = self.unmatched_calls if call else self.unmatched
         u[key] = u.get(key, 0) + 1
 
+    def _cut(self, key: str, call: bool) -> None:
+        u = self.unfinished_calls if call else self.unfinished
+        u[key] = u.get(key, 0) + 1
+
+    def finish(self) -> None:
+        """After the last batch: the slices still open are unfinished."""
+        for (_, _, call), stack in self.stacks.items():
+            for x in stack:
+                self._cut(x[1], call)
+        self.stacks.clear()
+        self.open_keys.clear()
+        self.span_at.clear()
+
     def feed(self, b: Batch) -> List[Slice]:
         out = []
         ts = b.ts
         kinds = self.c.kinds
+        streams = self.c.streams
         for e in self.edges.rows(b):
-            key = "%s/%s" % (kinds[int(b.kind[e.row])].domain, e.name)
+            dom = kinds[int(b.kind[e.row])].domain
+            key = "%s/%s" % (dom, e.name)
             # functions and spans nest apart: a hostile stream of calls never returned
             # fills only the calls' stack, and a span's depth counts spans only
             where = (e.stream, e.task, e.call)
+            sid = None
+            if e.span is not None:
+                sid = (dom, streams[e.stream].get("pid"), e.span)
+                if e.ph == "E":
+                    where = self.span_at.pop(sid, where)
             stack = self.stacks.setdefault(where, [])
             keys = self.open_keys.setdefault(where, {})
             t = int(ts[e.row])
@@ -169,6 +200,8 @@ class Pairer:
                     n = keys.get(key, 0)
                     keys[key] = n + 1
                     stack.append([t, key, 0, len(stack), e.span, n == 0])
+                    if sid is not None:
+                        self.span_at[sid] = where
                 continue
             j = len(stack) - 1
             low = max(-1, j - SEARCH)
@@ -177,6 +210,11 @@ class Pairer:
             if j <= low:
                 self._miss(key, e.call)
                 continue
+            if e.call:
+                while len(stack) - 1 > j:       # calls whose returns were lost
+                    x = stack.pop()
+                    keys[x[1]] -= 1
+                    self._cut(x[1], True)
             t0, _, child, depth, _, outer = stack.pop(j)
             keys[key] -= 1
             dur = t - t0

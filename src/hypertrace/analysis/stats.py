@@ -101,20 +101,22 @@ def format_text(st: dict) -> str:
             x["recorded"], x["discarded"], x["malformed"], x["torn"]))
     if st.get("spans"):
         lines.append("")
-        lines.append("%-32s %8s %12s %12s %12s %12s %10s" % (
-            "span", "count", "min ns", "p50 ns", "p99 ns", "max ns", "unmatched"))
+        lines.append("%-32s %8s %12s %12s %12s %12s %10s %10s" % (
+            "span", "count", "min ns", "p50 ns", "p99 ns", "max ns", "unmatched",
+            "unfinished"))
         for k, v in st["spans"].items():
-            lines.append("%-32s %8d %12s %12s %12s %12s %10d" % (
+            lines.append("%-32s %8d %12s %12s %12s %12s %10d %10d" % (
                 printable(k)[:32], v["count"], _n(v["min"]), _n(v["p50"]), _n(v["p99"]),
-                _n(v["max"]), v["unmatched"]))
+                _n(v["max"]), v["unmatched"], v.get("unfinished", 0)))
     if st.get("functions"):
         lines.append("")
-        lines.append("%-60s %10s %14s %14s %9s" % ("function (top by total, then self time)",
-                                                   "calls", "total ns", "self ns", "unmatched"))
+        lines.append("%-60s %10s %14s %14s %9s %10s" % (
+            "function (top by total, then self time)", "calls", "total ns", "self ns",
+            "unmatched", "unfinished"))
         for f in st["functions"]:
-            lines.append("%-60s %10d %14d %14d %9d" % (
+            lines.append("%-60s %10d %14d %14d %9d %10d" % (
                 printable(f["function"])[:60], f["calls"], f["total_ns"], f["self_ns"],
-                f["unmatched"]))
+                f["unmatched"], f.get("unfinished", 0)))
     if st.get("triggers"):
         lines.append("")
         lines.append("%-32s %-24s %6s %6s %12s %12s" % ("trigger action", "on event", "count",
@@ -184,26 +186,34 @@ class SliceTotals:
         else:
             self.dur.setdefault(x.key, []).append(x.t1 - x.t0)
 
-    def spans(self, unmatched: Dict[str, int]) -> dict:
-        """Per span: count, min, p50, p99, max (None with no span closed) and unmatched
-        ends (an end without its begin, or a begin past the open slices kept)."""
+    def spans(self, unmatched: Dict[str, int],
+              unfinished: Optional[Dict[str, int]] = None) -> dict:
+        """Per span: count, min, p50, p99, max (None with no span closed), unmatched
+        ends (an end without its begin, or a begin past the open slices kept) and
+        unfinished begins (no end recorded)."""
         out = {}
-        for key in sorted(set(self.dur) | set(unmatched)):
+        unfinished = unfinished or {}
+        for key in sorted(set(self.dur) | set(unmatched) | set(unfinished)):
             v = sorted(self.dur.get(key, []))
             out[key] = dict(_pct(v) or dict.fromkeys(("min", "p50", "p99", "max")),
-                            count=len(v), unmatched=unmatched.get(key, 0))
+                            count=len(v), unmatched=unmatched.get(key, 0),
+                            unfinished=unfinished.get(key, 0))
         return out
 
-    def functions(self, unmatched: Dict[str, int], top: Optional[int] = TOP_FUNCTIONS
-                  ) -> list:
+    def functions(self, unmatched: Dict[str, int], top: Optional[int] = TOP_FUNCTIONS,
+                  unfinished: Optional[Dict[str, int]] = None) -> list:
+        """The top functions by total time, then by self time; calls counts the
+        finished ones (an unfinished call has no duration)."""
         fn = self.fn
-        for k in unmatched:             # functions whose every return went unmatched
+        unfinished = unfinished or {}
+        for k in list(unmatched) + list(unfinished):    # no call of theirs finished
             fn.setdefault(k, [0, 0, 0])
         chosen = sorted(fn, key=lambda k: (-fn[k][1], k))[:top]
         taken = set(chosen)
         chosen += [k for k in sorted(fn, key=lambda k: (-fn[k][2], k))[:top] if k not in taken]
         return [{"function": k, "calls": fn[k][0], "total_ns": fn[k][1], "self_ns": fn[k][2],
-                 "unmatched": unmatched.get(k, 0)} for k in chosen]
+                 "unmatched": unmatched.get(k, 0), "unfinished": unfinished.get(k, 0)}
+                for k in chosen]
 
 
 def slices(s: Session, top: Optional[int] = TOP_FUNCTIONS) -> tuple:
@@ -220,7 +230,9 @@ def slices(s: Session, top: Optional[int] = TOP_FUNCTIONS) -> tuple:
     for b in c.batches():
         for x in p.feed(b):
             t.add(x)
-    return t.spans(p.unmatched), t.functions(p.unmatched_calls, top)
+    p.finish()
+    return (t.spans(p.unmatched, p.unfinished),
+            t.functions(p.unmatched_calls, top, p.unfinished_calls))
 
 
 def triggers(s: Session) -> dict:

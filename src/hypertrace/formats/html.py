@@ -89,6 +89,7 @@ def collect(c: Columns, progress: Optional[Callable[[int], None]] = None) -> dic
             span_seen += 1
         if progress is not None:
             progress(n)
+    pairer.finish()
     syncs = [[g[0], g[1] - t0, h[0], h[1] - t0] for key, g in sync_g.items()
              for h in [sync_h.get(key)] if h is not None][:MAX_SYNCS]
     lost = []
@@ -98,8 +99,9 @@ def collect(c: Columns, progress: Optional[Callable[[int], None]] = None) -> dic
     return {"t0": t0, "span_ns": t1 - t0, "events": {"t": ev_t, "lane": ev_lane,
                                                      "kind": ev_kind, "args": ev_args},
             "kinds": [[k.domain, k.name] for k in c.kinds], "spans": spans[:MAX_SPANS],
-            "span_stats": totals.spans(pairer.unmatched),
-            "functions": totals.functions(pairer.unmatched_calls),
+            "span_stats": totals.spans(pairer.unmatched, pairer.unfinished),
+            "functions": totals.functions(pairer.unmatched_calls,
+                                          unfinished=pairer.unfinished_calls),
             "unmatched": pairer.unmatched,
             "syncs": syncs,
             "lost": lost, "density": density.reshape(nl, BUCKETS).tolist(),
@@ -122,14 +124,15 @@ def _tables(st: dict, data: dict) -> str:
         for k, v in st["events"].items()])]
     if data["span_stats"]:
         out += ["<h2>Spans (ns)</h2>", _table(
-            ["span", "count", "min", "p50", "p99", "max", "unmatched ends"],
-            [[k, v["count"], v["min"], v["p50"], v["p99"], v["max"], v["unmatched"]]
-             for k, v in data["span_stats"].items()])]
+            ["span", "count", "min", "p50", "p99", "max", "unmatched ends",
+             "unfinished begins"],
+            [[k, v["count"], v["min"], v["p50"], v["p99"], v["max"], v["unmatched"],
+              v["unfinished"]] for k, v in data["span_stats"].items()])]
     if data["functions"]:
         out += ["<h2>Functions (top by total, then self time; ns)</h2>", _table(
-            ["function", "calls", "total", "self"],
-            [[f["function"], f["calls"], f["total_ns"], f["self_ns"]]
-             for f in data["functions"]])]
+            ["function", "calls", "total", "self", "unmatched returns", "unfinished calls"],
+            [[f["function"], f["calls"], f["total_ns"], f["self_ns"], f["unmatched"],
+              f["unfinished"]] for f in data["functions"]])]
     out += ["<h2>Streams</h2>", _table(
         ["stream", "domain", "pid", "tid", "thread", "recorded", "discarded", "malformed",
          "torn"], [[x["file"], x["domain"], x["pid"], x["tid"], x["thread"], x["recorded"],

@@ -24,7 +24,7 @@ import threading
 from typing import Callable, Dict, List, Optional
 
 from .. import abi
-from .accel import ACCELERATED, clock_info, default_clock, invalidate
+from .accel import ACCELERATED, clock_info, default_clock, fork_done, invalidate
 from .channel import Channel, ChannelError, parse_spec, warn
 from .control import Control, ControlError
 from .spans import RESERVED as _SPAN_FIELDS
@@ -307,6 +307,20 @@ def ring_room() -> Optional[int]:
     return w.size - (w.pos - w._consumed(w.pos))
 
 
+def _emit_mark() -> tuple:
+    """This thread's writer and its drop count now: with _written_since, whether a
+    record emitted in between reached a ring (function tracing's declarations)."""
+    w = getattr(_tls, "w", None)
+    return w, (w.discarded if w is not None else 0)
+
+
+def _written_since(mark: tuple) -> bool:
+    w = getattr(_tls, "w", None)
+    if w is None or w.released:
+        return False
+    return w.discarded == (mark[1] if w is mark[0] else 0)
+
+
 def _release_thread() -> None:
     w = getattr(_tls, "w", None)
     if w is not None:
@@ -354,6 +368,9 @@ def _after_fork_in_child() -> None:
             ch.after_fork()
         except OSError:
             pass                  # reopened lazily by the next claim, which reports it
+    dropped = fork_done()         # C records of at-fork hooks that ran before this one
+    if dropped and ch is not None:
+        ch.count(lost=dropped)
     if ch is not None and not ch.closed:
         ch.start_poller()
 

@@ -45,6 +45,14 @@ def invalidate() -> None:
         _accel.invalidate()
 
 
+def fork_done() -> int:
+    """In a forked child whose rings are its own again: C records go out again; the
+    count of those dropped since the fork (native/accel.c's at-fork hook)."""
+    if _accel is not None and hasattr(_accel, "fork_done"):
+        return _accel.fork_done()
+    return 0
+
+
 def default_clock() -> Callable[[], int]:
     """CLOCK_MONOTONIC in ns: from the TSC where the accelerator can, else time's."""
     return getattr(_accel, "tsc_ns", None) or time.monotonic_ns
@@ -58,9 +66,12 @@ def clock_info() -> dict:
     return {"source": "monotonic", "max_error_ns": 0.0}
 
 
+_setprofile = sys.setprofile        # before guest/functions.py wraps the program's
+
+
 def untraced_thread() -> None:
     """The calling thread (one of hypertrace's own) is never function-traced
     (guest/functions.py): its calls are the tracer's, not the program's."""
     if _accel is not None and hasattr(_accel, "profile_ignore_thread"):
         _accel.profile_ignore_thread()
-    sys.setprofile(None)
+    _setprofile(None)

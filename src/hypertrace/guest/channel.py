@@ -501,6 +501,7 @@ class Channel:
                     return
                 time.sleep(POLL_S)
         self.poller = threading.Thread(target=run, name="hypertrace-poll", daemon=True)
+        self.poller.hypertrace_own = True   # never function-traced
         self.poller.start()
 
     # -- ring claims ---------------------------------------------------------

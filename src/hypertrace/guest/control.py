@@ -361,6 +361,7 @@ class Control:
                 except ControlError:
                     pass                 # counted (failures), reported once
         self.thread = threading.Thread(target=run, name="hypertrace-clock", daemon=True)
+        self.thread.hypertrace_own = True   # never function-traced
         self.thread.start()
 
     def close(self, lost: int = 0, refused: int = 0) -> bool:

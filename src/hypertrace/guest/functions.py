@@ -17,6 +17,13 @@ not (their returns would have no call). C functions are not traced.
 Globs (fnmatch) match a code object's file name or its qualified name: a function
 is traced when it matches an --include (all are, with none) and no --exclude;
 hypertrace's own code never is.
+
+A forked child declares its code objects again (the views name calls after their
+own process's declarations); calls made by at-fork hooks, which run before the
+child has rings of its own, are not traced. A program that puts its own profile
+function in place (sys.setprofile, cProfile, a debugger) ends tracing of that
+thread: a warning says so, and a `hypertrace_functions_off(why)` record marks when
+where it can be seen (sys.setprofile).
 """
 
 from __future__ import annotations
@@ -26,11 +33,13 @@ import itertools
 import os
 import sys
 import threading
+import weakref
 from typing import Dict, Iterable, List, Optional
 
 from . import accel
 
 CODE_ARGS = "uint32_t code, const char *name, const char *file, uint32_t line"
+_setprofile = sys.setprofile        # the interpreter's own (the program's is wrapped)
 _OWN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # hypertrace/
 
 _state: Optional[_Tracer] = None
@@ -43,15 +52,22 @@ class _Tracer:
         self.code = event("hypertrace_code", CODE_ARGS)
         self.call = event("hypertrace_call", "uint32_t code")
         self.ret = event("hypertrace_return", "uint32_t code")
+        self.off = event("hypertrace_functions_off", "const char *why")
         self.ids = itertools.count(1)
         self.lock = threading.Lock()
+        # code object -> id: two threads that meet a code at once give it one id
+        self.known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.py_ids: Dict[object, int] = {}     # pure path: code object -> id (kept alive)
         self.local = threading.local()
         self.how = ""           # eval (C, every thread), profile (C), setprofile (Python)
+        self.warned = False
+        self.reported: set = set()      # threads whose end was recorded
 
     def wanted(self, code) -> bool:
         file = code.co_filename
         if file.startswith(_OWN) and file[len(_OWN):len(_OWN) + 1] in (os.sep, ""):
+            return False
+        if file.startswith("<tracepoint "):     # guest/tracepoint.py's generated code
             return False
         name = getattr(code, "co_qualname", code.co_name)
         if self.include and not any(fnmatch.fnmatchcase(file, g) or fnmatch.fnmatchcase(name, g)
@@ -61,16 +77,44 @@ class _Tracer:
                        for g in self.exclude)
 
     def on_code(self, code) -> int:
-        """A code object's first call: its id (0: not traced), declared by a record."""
+        """A code object's first call in this process: its id (0: not traced),
+        declared by a record; -id when that record did not reach a ring (no ring
+        for this thread, a full one), to be declared again at the next call."""
         if not self.wanted(code):
             return 0
         with self.lock:
-            i = next(self.ids)
+            i = self.known.get(code)
+            if i is None:
+                i = self.known[code] = next(self.ids)
         if i > 0xFFFFFFFF:
             return 0
+        from . import _emit_mark, _written_since
+        mark = _emit_mark()
         self.code(i, getattr(code, "co_qualname", code.co_name), code.co_filename,
                   code.co_firstlineno)
-        return i
+        return i if _written_since(mark) else -i
+
+    def installed(self) -> bool:
+        """Whether the calling thread is still traced."""
+        if self.how in ("eval", "profile"):
+            return accel._accel.profile_installed()
+        return sys.getprofile() == self.py_hook     # (a new bound method each time)
+
+    def replaced(self, why: str) -> None:
+        """The program ended tracing of a thread (its own profile function): say so."""
+        from .channel import warn
+        me = threading.get_ident()
+        if me in self.reported:
+            return
+        self.reported.add(me)
+        try:
+            self.off(why)
+        except Exception:           # never the program's problem
+            pass
+        if not self.warned:
+            self.warned = True
+            warn("function tracing of thread %r ended early: %s; its later calls are "
+                 "not recorded" % (threading.current_thread().name, why))
 
     # -- the pure-Python profile function ---------------------------------------
     def py_hook(self, frame, event: str, arg) -> None:
@@ -78,7 +122,11 @@ class _Tracer:
             code = frame.f_code
             i = self.py_ids.get(code)
             if i is None:
-                i = self.py_ids[code] = self.on_code(code)
+                i = self.on_code(code)
+                if i < 0:
+                    i = -i                  # not declared yet: asked again next call
+                else:
+                    self.py_ids[code] = i
             if i:
                 loc = self.local
                 loc.depth = getattr(loc, "depth", 0) + 1
@@ -93,10 +141,69 @@ class _Tracer:
                     self.ret(i)
 
 
+def _program_setprofile(fn) -> None:
+    """sys.setprofile as the program sees it while functions are traced: the same,
+    and a record and a warning that tracing of this thread ends there."""
+    t = _state
+    if t is not None and t.installed():
+        t.replaced("the program called sys.setprofile(%s)" % getattr(fn, "__qualname__", "?"))
+    _setprofile(fn)
+
+
+def _check(t: Optional[_Tracer]) -> None:
+    """At the end (exit, stop()): whether the calling thread was traced to it."""
+    if t is not None and not t.installed():
+        t.replaced("a profile function of the program's own (cProfile, a debugger) or an "
+                   "error in the pure-Python hook took its place")
+
+
+def _at_exit() -> None:
+    _check(_state)
+
+
+# -- fork: at-fork hooks run before the child has rings of its own (guest/__init__.py
+# registered its hook first, so in the child it runs before ours)
+def _before_fork() -> None:
+    t = _state
+    if t is None:
+        return
+    if t.how in ("eval", "profile"):
+        t.local.paused = accel._accel.profile_pause(True)
+    elif sys.getprofile() == t.py_hook:
+        t.local.paused = True
+        _setprofile(None)
+
+
+def _after_fork(child: bool) -> None:
+    t = _state
+    if t is None or not hasattr(t.local, "paused"):
+        return
+    paused = t.local.paused
+    del t.local.paused
+    if child:
+        t.py_ids = {}               # the pure path's ids, declared again in this process
+        t.local.depth = 0           # the frames begun in the parent return untraced
+    if t.how in ("eval", "profile"):
+        accel._accel.profile_pause(paused)
+    elif paused:
+        _setprofile(t.py_hook)
+
+
+_fork_hooks = False
+
+
 def _thread_boot(frame, event: str, arg) -> None:
-    """threading.setprofile's function: a new thread's first event puts the C profile
-    function in its place."""
-    accel._accel.profile_thread()
+    """threading.setprofile's function: a new thread's first event puts the profile
+    function in its place; hypertrace's own threads (`hypertrace_own`) are never
+    traced."""
+    t = _state
+    if t is None or getattr(threading.current_thread(), "hypertrace_own", False):
+        accel.untraced_thread()
+    elif t.how == "setprofile":
+        _setprofile(t.py_hook)
+        t.py_hook(frame, event, arg)
+    else:
+        accel._accel.profile_thread()
 
 
 def start(include: Iterable[str] = (), exclude: Iterable[str] = ()) -> bool:
@@ -117,18 +224,29 @@ def start(include: Iterable[str] = (), exclude: Iterable[str] = ()) -> bool:
             # and a thread with a small stack can overflow it where it would not
             # untraced (a review crashed one at depth 950 with 256 KiB)
             eval_ok = os.environ.get("HYPERTRACE_FUNCTIONS_HOOK", "") == "eval"
+            threading.setprofile(_thread_boot)      # (before: this call is not traced)
             t.how = accel._accel.profile_start(t.call, t.ret, t.on_code, _thread_boot,
                                                eval_ok)
-            if t.how == "profile":      # the eval hook covers every thread itself
-                threading.setprofile(_thread_boot)
+            if t.how == "eval":         # the eval hook covers every thread itself
+                threading.setprofile(None)
         else:
             t.how = "setprofile"
-            threading.setprofile(t.py_hook)
-            sys.setprofile(t.py_hook)
+            threading.setprofile(_thread_boot)
+            _setprofile(t.py_hook)
     except (TypeError, ValueError, RuntimeError) as e:
         warn("function tracing off: %s" % e)
         return False
     _state = t
+    global _fork_hooks
+    if not _fork_hooks:
+        _fork_hooks = True
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(before=_before_fork,
+                                after_in_parent=lambda: _after_fork(False),
+                                after_in_child=lambda: _after_fork(True))
+        import atexit
+        atexit.register(_at_exit)
+    sys.setprofile = _program_setprofile
     return True
 
 
@@ -143,11 +261,14 @@ def stop() -> None:
     t, _state = _state, None
     if t is None:
         return
+    if sys.setprofile is _program_setprofile:
+        sys.setprofile = _setprofile
+    _check(t)
     threading.setprofile(None)
     if _c_path(t):
         accel._accel.profile_stop()
     else:
-        sys.setprofile(None)
+        _setprofile(None)
 
 
 def errors() -> int:

@@ -10,7 +10,9 @@ every record any logger passes to its handlers, without adding one, so the
 program's own `logging.basicConfig()` still configures the root logger).
 The event is `python_log(uint32_t level, const char *logger, const char *message,
 const char *file, uint32_t line, const char *function)`; the message is
-`record.getMessage()`, with the formatted traceback when the record has exc_info.
+`record.getMessage()`, with the formatted traceback when the record has exc_info;
+one whose arguments do not format (a bad %-format) is recorded unformatted, with the
+error, rather than not at all; one cut to fit a record says how much was cut.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from __future__ import annotations
 import logging
 from typing import Callable, Optional
 
+from ..abi.codec import STR_MAX  # a longer str is cut (guest/tracepoint.py)
+
 LOG_ARGS = ("uint32_t level, const char *logger, const char *message, const char *file, "
             "uint32_t line, const char *function")
 _fmt = logging.Formatter()
+_SHORT = STR_MAX // 4   # a message of this many characters fits whatever they are
 
 
 def _event() -> Callable:
@@ -28,10 +33,29 @@ def _event() -> Callable:
     return event("python_log", LOG_ARGS)
 
 
-def _emit(tp: Callable, record: logging.LogRecord) -> None:
-    msg = record.getMessage()
+def _fit(msg: str) -> str:
+    """A message cut to a record's string, saying so (the tracepoint would cut it
+    silently)."""
+    b = msg.encode("utf-8", "surrogatepass")
+    if len(b) <= STR_MAX:
+        return msg
+    tail = " [... %d bytes cut]" % (len(b) - STR_MAX + 40)
+    return b[:STR_MAX - 40].decode("utf-8", "ignore") + tail
+
+
+def _message(record: logging.LogRecord) -> str:
+    try:
+        msg = record.getMessage()
+    except Exception as e:      # the program's bad format: its handlers report it too
+        msg = "%s [not formatted: %s: %s; args %s]" % (
+            str(record.msg)[:300], type(e).__name__, str(e)[:200], repr(record.args)[:300])
     if record.exc_info or record.exc_text:
         msg = "%s\n%s" % (msg, record.exc_text or _fmt.formatException(record.exc_info))
+    return _fit(msg) if len(msg) > _SHORT else msg
+
+
+def _emit(tp: Callable, record: logging.LogRecord) -> None:
+    msg = _message(record)
     lv, line = record.levelno, record.lineno
     try:
         tp(lv, record.name, msg, record.pathname, line, record.funcName or "")
@@ -58,10 +82,11 @@ class Handler(logging.Handler):
                 record = rv
         # _emit's common case, inline: this handler's cost is a tenth of a FileHandler's
         try:
-            if record.exc_info or record.exc_text:
+            m = record.getMessage()
+            if record.exc_info or record.exc_text or len(m) > _SHORT:
                 _emit(self._tp, record)
             else:
-                self._tp(record.levelno, record.name, record.getMessage(), record.pathname,
+                self._tp(record.levelno, record.name, m, record.pathname,
                          record.lineno, record.funcName or "")
         except Exception:
             try:

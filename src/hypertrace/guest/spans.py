@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import itertools
 import sys
+import threading
 from typing import Any, Callable
 
 from . import accel
@@ -57,12 +58,22 @@ class SpanCall:
 
     def __enter__(self) -> SpanCall:
         sid, task = _next_id(), _task()
-        self._open.append((sid, task))
         self._begin(sid, task, *self._args)
+        self._open.append((sid, task, threading.get_ident()))
         return self
 
     def __exit__(self, et, ev, tb) -> bool:
-        sid, task = self._open.pop()
+        # one use shared by threads: each thread ends the span it began (else the
+        # newest: a generator's span, closed by another thread)
+        if not self._open:
+            raise RuntimeError("hypertrace: a span left that was not entered")
+        me = threading.get_ident()
+        k = len(self._open) - 1
+        while k > 0 and self._open[k][2] != me:
+            k -= 1
+        if self._open[k][2] != me:
+            k = len(self._open) - 1
+        sid, task, _ = self._open.pop(k)
         self._end(sid, task, "" if et is None else et.__qualname__)
         return False
 

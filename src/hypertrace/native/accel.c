@@ -24,10 +24,12 @@
  * writer goes away (release, fork, a new channel), so the cache never points at a
  * freed writer.  Everything runs with the GIL held.
  */
+#define _GNU_SOURCE             /* pthread_getattr_np: a thread's stack size */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
@@ -135,9 +137,39 @@ typedef struct {
 /* emits done here and calls handed to the Python tracepoint (tests, benchmarks) */
 static unsigned long long g_fast, g_slow;
 
+/* A forked child, until guest/__init__.py's at-fork hook has forgotten the parent's
+   rings (fork_done): Python at-fork hooks registered before it (random's) run first,
+   and a record of theirs would go into a ring the parent still writes. The C hook runs
+   inside fork() itself, before any Python code: records are dropped and counted, and
+   the count reaches the child's loss counter. Function tracing declares its code
+   objects again in each process (g_fork_gen). */
+static int g_fork_pending;
+static unsigned long long g_fork_dropped;
+static unsigned g_fork_gen;
+static uint64_t g_prof_gen;     /* function tracing's start (and fork) generation */
+
+static void atfork_child(void) {
+    g_epoch++;
+    g_fork_pending = 1;
+    g_fork_dropped = 0;
+    g_fork_gen++;
+    g_prof_gen++;               /* a thread's call depth starts again */
+}
+
+static PyObject *fork_done(PyObject *mod, PyObject *unused) {
+    unsigned long long n = g_fork_dropped;
+    g_fork_pending = 0;
+    g_fork_dropped = 0;
+    return PyLong_FromUnsignedLongLong(n);
+}
+
 static PyObject *fallback(Tracepoint *self, PyObject *const *args, size_t nargsf,
                           PyObject *kwnames) {
     g_slow++;
+    if (g_fork_pending) {
+        g_fork_dropped++;
+        Py_RETURN_NONE;
+    }
     if (self->py == NULL) {         /* made by __new__ alone: never initialised */
         PyErr_SetString(PyExc_TypeError, "hypertrace: an uninitialised tracepoint");
         return NULL;
@@ -242,6 +274,10 @@ static int convert(char code, PyObject *a, Value *v) {
 static Writer *writer(Tracepoint *self) {
     /* the calling thread's writer; NULL with no error: drop (the claim counted it);
        NULL with an error: raise it */
+    if (g_fork_pending) {
+        g_fork_dropped++;
+        return NULL;
+    }
     if (t_cache.epoch == g_epoch && t_cache.tls == self->tls && t_cache.w != NULL)
         return t_cache.w;
     PyObject *w = PyObject_GetAttr(self->tls, g_str_w);
@@ -647,7 +683,6 @@ static _Thread_local __attribute__((tls_model("initial-exec"))) struct {
     uint64_t gen;               /* the profiler start this depth belongs to */
     long long depth;
 } t_prof;
-static uint64_t g_prof_gen;
 
 #if PY_VERSION_HEX >= 0x030C0000
 #define CODE_GET_EXTRA PyUnstable_Code_GetExtra
@@ -674,28 +709,46 @@ static void prof_error(void) {
     PyErr_Clear();
 }
 
-/* the code's id: from co_extra, or chosen by on_code at its first call */
+/* co_extra holds (id << 16) | (fork generation << 1) | 1: a forked child's
+   generation differs, so each process declares its codes itself (the reader names a
+   call after its own process's declaration) */
+#if UINTPTR_MAX >= 0xFFFFFFFFFFFFFFFFu
+#define EXTRA(id) ((void *)(((uintptr_t)(id) << 16) | ((uintptr_t)(g_fork_gen & 0x7FFF) << 1) | 1))
+#define EXTRA_ID(x) ((uint32_t)((uintptr_t)(x) >> 16))
+#define EXTRA_CURRENT(x) ((((uintptr_t)(x) >> 1) & 0x7FFF) == (g_fork_gen & 0x7FFF))
+#else
+#define EXTRA(id) ((void *)(((uintptr_t)(id) << 1) | 1))
+#define EXTRA_ID(x) ((uint32_t)((uintptr_t)(x) >> 1))
+#define EXTRA_CURRENT(x) 1
+#endif
+
+/* the code's id: from co_extra, or chosen by on_code at its first call in this
+   process. on_code answers -id when the declaring record was not written (no ring
+   yet, a full one): the id is used, not kept, and the next call declares again, so
+   no call is named after a declaration the session does not have. */
 static uint32_t code_id(PyCodeObject *code) {
     void *extra = NULL;
     if (CODE_GET_EXTRA((PyObject *)code, g_prof.extra, &extra) < 0) {
         prof_error();
         return 0;
     }
-    if (extra != NULL)
-        return (uint32_t)((uintptr_t)extra >> 1);
+    if (extra != NULL && EXTRA_CURRENT(extra))
+        return EXTRA_ID(extra);
     PyObject *r = PyObject_CallOneArg(g_prof.on_code, (PyObject *)code);
-    unsigned long id = 0;
+    long long id = 0;
     if (r == NULL) {
         prof_error();
     } else {
-        id = PyLong_AsUnsignedLong(r);
+        id = PyLong_AsLongLong(r);
         Py_DECREF(r);
-        if (PyErr_Occurred() || id > UINT32_MAX) {
+        if (PyErr_Occurred() || id > (long long)UINT32_MAX || id < -(long long)UINT32_MAX) {
             prof_error();
             id = 0;
         }
     }
-    if (CODE_SET_EXTRA((PyObject *)code, g_prof.extra, (void *)(((uintptr_t)id << 1) | 1)) < 0)
+    if (id < 0)
+        return (uint32_t)-id;
+    if (CODE_SET_EXTRA((PyObject *)code, g_prof.extra, EXTRA(id)) < 0)
         prof_error();
     return (uint32_t)id;
 }
@@ -767,6 +820,32 @@ static void eval_to_profile(void) {
     }
 }
 
+/* Each call under the hook takes C stack (about 300 bytes a level measured): a thread
+   whose stack could not hold the recursion limit's depth of them (a small
+   threading.stack_size()) is traced by the profile function instead, from its first
+   frame. 0: not looked at yet, 1: the hook, 2: the profile function. */
+#define EVAL_STACK_PER_CALL 512
+#define EVAL_STACK_SPARE (256 * 1024)
+static _Thread_local __attribute__((tls_model("initial-exec"))) int t_eval_stack;
+
+static int eval_stack_ok(void) {
+    if (t_eval_stack == 0) {
+        size_t size = 0;
+        void *addr = NULL;
+        pthread_attr_t at;
+        if (pthread_getattr_np(pthread_self(), &at) == 0) {
+            if (pthread_attr_getstack(&at, &addr, &size) != 0)
+                size = 0;
+            pthread_attr_destroy(&at);
+        }
+        size_t need = (size_t)Py_GetRecursionLimit() * EVAL_STACK_PER_CALL + EVAL_STACK_SPARE;
+        t_eval_stack = size >= need ? 1 : 2;
+        if (t_eval_stack == 2)
+            PyEval_SetProfile(prof_hook, NULL);
+    }
+    return t_eval_stack == 1;
+}
+
 static PyObject *eval_hook(PyThreadState *ts, struct _PyInterpreterFrame *f, int thr) {
     if (!g_prof.on || t_hook)
         return _PyEval_EvalFrameDefault(ts, f, thr);
@@ -776,6 +855,9 @@ static PyObject *eval_hook(PyThreadState *ts, struct _PyInterpreterFrame *f, int
         t_hook = 0;
         return _PyEval_EvalFrameDefault(ts, f, thr);
     }
+    /* a frame the recursion check will refuse runs no code: not a call */
+    if (ts->recursion_remaining <= 0 || !eval_stack_ok())
+        return _PyEval_EvalFrameDefault(ts, f, thr);
     PyCodeObject *code = f->f_code;
     if (!PyCode_Check(code))
         return _PyEval_EvalFrameDefault(ts, f, thr);
@@ -790,11 +872,13 @@ static PyObject *eval_hook(PyThreadState *ts, struct _PyInterpreterFrame *f, int
     if (id != 0)
         emit_keeping_error(g_prof.call, id);
     t_hook = 0;
+    uint64_t gen = g_prof_gen;
     PyObject *r = _PyEval_EvalFrameDefault(ts, f, thr);
-    if (id != 0) {
+    if (id != 0 && gen == g_prof_gen) {     /* not a frame a forked child inherited */
+        int h = t_hook;                 /* set meanwhile for good: one of our threads */
         t_hook = 1;
         emit_keeping_error(g_prof.ret, id);
-        t_hook = 0;
+        t_hook = h;
     }
     return r;
 }
@@ -876,6 +960,17 @@ static PyObject *profile_ignore_thread(PyObject *mod, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* profile_pause(flag) -> the previous flag: the calling thread's calls untraced while
+   set (guest/functions.py: across a fork, whose at-fork hooks run before the child
+   has rings of its own) */
+static PyObject *profile_pause(PyObject *mod, PyObject *arg) {
+    int old = t_hook, on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    t_hook = on;
+    return PyBool_FromLong(old);
+}
+
 static PyObject *profile_mode(PyObject *mod, PyObject *unused) {
 #ifdef HT_EVAL_FRAME
     if (g_eval_on)
@@ -909,6 +1004,20 @@ static PyObject *profile_stop(PyObject *mod, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* profile_installed(): whether the calling thread is still traced: the program can
+   put its own profile function in place (sys.setprofile, cProfile), which ends ours */
+static PyObject *profile_installed(PyObject *mod, PyObject *unused) {
+    if (!g_prof.on)
+        Py_RETURN_FALSE;
+    PyThreadState *ts = PyThreadState_Get();
+#ifdef HT_EVAL_FRAME
+    if (g_eval_on && t_eval_stack != 2 && !t_hook)
+        return PyBool_FromLong(
+            _PyInterpreterState_GetEvalFrameFunc(PyInterpreterState_Get()) == eval_hook);
+#endif
+    return PyBool_FromLong(ts->c_profilefunc == prof_hook);
+}
+
 static PyObject *profile_errors(PyObject *mod, PyObject *unused) {
     return PyLong_FromUnsignedLongLong(g_prof.errors);
 }
@@ -930,6 +1039,8 @@ typedef struct {
     PyObject *begin, *end, *values, *decorate;
     int depth;
     uint64_t sid[SPAN_NEST], task[SPAN_NEST];
+    unsigned long tid[SPAN_NEST];   /* the thread that entered: one use shared by
+                                       threads ends each thread's own span */
 } SpanCall;
 
 /* the running asyncio task's id(), 0 outside one; -1 with an error */
@@ -1025,6 +1136,7 @@ static PyObject *sc_enter(SpanCall *self, PyObject *unused) {
     Py_DECREF(r);
     self->sid[self->depth] = sid;
     self->task[self->depth] = task;
+    self->tid[self->depth] = PyThread_get_thread_ident();
     self->depth++;
     Py_INCREF(self);
     return (PyObject *)self;
@@ -1034,6 +1146,19 @@ static PyObject *sc_exit(SpanCall *self, PyObject *const *args, Py_ssize_t nargs
     if (self->depth == 0) {
         PyErr_SetString(PyExc_RuntimeError, "hypertrace: a span left that was not entered");
         return NULL;
+    }
+    /* this thread's newest, else the newest (a generator's, closed by another thread) */
+    unsigned long me = PyThread_get_thread_ident();
+    int k = self->depth - 1;
+    while (k >= 0 && self->tid[k] != me)
+        k--;
+    if (k < 0)
+        k = self->depth - 1;
+    uint64_t sid = self->sid[k], task = self->task[k];
+    for (int j = k; j + 1 < self->depth; j++) {
+        self->sid[j] = self->sid[j + 1];
+        self->task[j] = self->task[j + 1];
+        self->tid[j] = self->tid[j + 1];
     }
     self->depth--;
     PyObject *err;
@@ -1048,7 +1173,7 @@ static PyObject *sc_exit(SpanCall *self, PyObject *const *args, Py_ssize_t nargs
     }
     if (err == NULL)
         return NULL;
-    PyObject *r = span_emit(self->end, self->sid[self->depth], self->task[self->depth], &err, 1);
+    PyObject *r = span_emit(self->end, sid, task, &err, 1);
     Py_DECREF(err);
     if (r == NULL)
         return NULL;
@@ -1297,6 +1422,13 @@ static PyMethodDef module_methods[] = {
     {"profile_thread", profile_thread, METH_NOARGS,
      "trace the calling thread too (while tracing is on)"},
     {"profile_stop", profile_stop, METH_NOARGS, "stop function tracing"},
+    {"profile_pause", profile_pause, METH_O,
+     "profile_pause(flag) -> previous: the calling thread's calls untraced while set"},
+    {"profile_installed", profile_installed, METH_NOARGS,
+     "whether the calling thread is still traced (its profile function not replaced)"},
+    {"fork_done", fork_done, METH_NOARGS,
+     "a forked child's rings are its own now: records go out again; returns the "
+     "count dropped since the fork"},
     {"profile_errors", profile_errors, METH_NOARGS,
      "errors the profile function cleared (each one a record not written)"},
     {"invalidate", invalidate, METH_NOARGS,
@@ -1330,6 +1462,9 @@ PyMODINIT_FUNC PyInit__accel(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    static int atfork_set;
+    if (!atfork_set && pthread_atfork(NULL, NULL, atfork_child) == 0)
+        atfork_set = 1;
     Py_INCREF(&WriterType);
     Py_INCREF(&TracepointType);
     Py_INCREF(&SpanCallType);

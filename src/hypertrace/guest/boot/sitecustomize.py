@@ -41,5 +41,5 @@ def _chain() -> None:
         sys.path[:] = saved
 
 
+_chain()                # first: the calls of an import are not the program's
 _hypertrace_start()
-_chain()
