@@ -46,9 +46,9 @@ import tempfile
 import time
 import timeit
 
+from _common import ROOT, SRC, Unavailable, _kill_group, check, ht, last_line, py_env, run  # noqa: F401,E402,I001
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-SRC = os.path.join(ROOT, "src")
 SYSTEM_PYTHON = "/usr/bin/python3"       # where Debian's python3-lttngust is importable
 STRING = "hello world"                   # the string argument: 11 characters
 
@@ -61,68 +61,8 @@ T_C_NS = 30.0               # ns per C event
 T_VS_LTTNG_UST = 4.0        # times cheaper than an LTTng-UST C tracepoint
 
 
-class Unavailable(Exception):
-    """A row that could not be measured: its one-line reason."""
-
-
 # ---------------------------------------------------------------------------------
 # subprocesses: each in its own process group, killed (group and all) on timeout
-
-def _kill_group(p: subprocess.Popen, grace: float = 5.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(p.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            p.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-
-
-def run(cmd, timeout: float, env=None, cwd=None) -> subprocess.CompletedProcess:
-    """Run `cmd` to its end within `timeout` seconds, output captured."""
-    try:
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
-                             start_new_session=True)
-    except OSError as e:
-        raise Unavailable("cannot run %s: %s" % (cmd[0], e.strerror))
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(p)
-        raise Unavailable("%s timed out after %.0f s" % (os.path.basename(cmd[0]), timeout))
-    except BaseException:
-        _kill_group(p)
-        raise
-    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
-
-
-def last_line(text: str) -> str:
-    lines = [x.strip() for x in (text or "").splitlines() if x.strip()]
-    return lines[-1][:160] if lines else "no output"
-
-
-def check(cp: subprocess.CompletedProcess, what: str) -> subprocess.CompletedProcess:
-    if cp.returncode:
-        raise Unavailable("%s failed (exit %d): %s" % (what, cp.returncode,
-                                                       last_line(cp.stderr or cp.stdout)))
-    return cp
-
-
-def py_env(**extra) -> dict:
-    env = dict(os.environ, PYTHONPATH=SRC)
-    env.pop("HYPERTRACE_CHANNEL", None)
-    env.update(extra)
-    return env
-
-
-def ht(*args) -> list:
-    """The `hypertrace` command of this tree."""
-    return [sys.executable, "-m", "hypertrace.cli", *args]
-
 
 def pow2_at_least(n: int, floor: int = 1 << 20) -> int:
     return 1 << max(floor.bit_length() - 1, (max(n, 1) - 1).bit_length())

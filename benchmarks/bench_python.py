@@ -54,22 +54,16 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
+from _common import ROOT, SRC, Unavailable, check, ht, last_line, py_env, run  # noqa: F401,E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-SRC = os.path.join(ROOT, "src")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 VIZ_DEFAULT_ENTRIES = 1000000       # VizTracer's own default for --tracer_entries
-
-
-class Unavailable(Exception):
-    """A measurement that could not be made: its one-line reason."""
 
 
 # ---------------------------------------------------------------------------------
@@ -203,6 +197,13 @@ def fib_calls(n: int) -> int:
     return 2 * a - 1
 
 
+def timed(cmd, timeout: float, env=None) -> tuple:
+    """run(), and its wall seconds."""
+    t = time.perf_counter()
+    cp = run(cmd, timeout, env)
+    return cp, time.perf_counter() - t
+
+
 def programs(scale: float) -> list:
     """(key, label, source, expected calls of the workload or None)."""
     fibs = max(1, round(4 * scale))
@@ -221,65 +222,6 @@ def programs(scale: float) -> list:
 # ---------------------------------------------------------------------------------
 # subprocesses: each in its own process group, killed (group and all) on timeout
 
-def _kill_group(p: subprocess.Popen, grace: float = 5.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(p.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            p.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-
-
-def run(cmd, timeout: float, env=None) -> tuple:
-    """Run `cmd` to its end within `timeout` seconds: (CompletedProcess, wall seconds)."""
-    t = time.perf_counter()
-    try:
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env,
-                             start_new_session=True)
-    except OSError as e:
-        raise Unavailable("cannot run %s: %s" % (cmd[0], e.strerror))
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(p)
-        raise Unavailable("%s timed out after %.0f s" % (" ".join(cmd[:4]), timeout))
-    except BaseException:
-        _kill_group(p)
-        raise
-    wall = time.perf_counter() - t
-    return subprocess.CompletedProcess(cmd, p.returncode, out, err), wall
-
-
-def last_line(text: str) -> str:
-    lines = [x.strip() for x in (text or "").splitlines() if x.strip()]
-    return lines[-1][:160] if lines else "no output"
-
-
-def check(cp: subprocess.CompletedProcess, what: str) -> subprocess.CompletedProcess:
-    if cp.returncode:
-        raise Unavailable("%s failed (exit %d): %s" % (what, cp.returncode,
-                                                       last_line(cp.stderr or cp.stdout)))
-    return cp
-
-
-def py_env(**extra) -> dict:
-    env = dict(os.environ, PYTHONPATH=SRC)
-    for k in ("HYPERTRACE_CHANNEL", "HYPERTRACE_PURE", "HYPERTRACE_PYTHON"):
-        env.pop(k, None)
-    env.update(extra)
-    return env
-
-
-def ht(*args) -> list:
-    """The `hypertrace` command of this tree."""
-    return [sys.executable, "-m", "hypertrace.cli", *args]
-
-
 def stats(session: str, cli: bool = True) -> dict:
     """`hypertrace stats SESSION --json`; with cli False, the same counts and totals from
     the same function in this process without its pass over the events (spans and
@@ -288,7 +230,7 @@ def stats(session: str, cli: bool = True) -> dict:
         from hypertrace.analysis import stats as ht_stats
         from hypertrace.session import Session
         return ht_stats.compute(Session(session), with_spans=False)
-    cp, _ = run(ht("stats", session, "--json"), 600, py_env())
+    cp = run(ht("stats", session, "--json"), 600, py_env())
     check(cp, "hypertrace stats")
     return json.loads(cp.stdout)
 
@@ -338,7 +280,7 @@ def run_traced(kind: str, script: str, tmp: str, a, cli_stats: bool) -> dict:
             cmd += ["--tracer_entries", str(a.viz_entries)]
         cmd.append(script)
         env = py_env()
-    cp, wall = run(cmd, a.timeout, env)
+    cp, wall = timed(cmd, a.timeout, env)
     check(cp, "%s run of %s" % (kind, os.path.basename(script)))
     r = {"work_s": float(tagged(cp.stdout, "WORK_S")), "cmd_s": wall,
          "tracer": tagged(cp.stdout, "TRACER"),
@@ -600,7 +542,7 @@ def run_worker(kind: str, pure: bool, a, tmp: str) -> tuple:
              "--worker", kind, "--spans", str(a.spans), "--logs", str(a.logs),
              "--repeat", str(a.repeat), "--tmp", tmp)
     env = py_env(HYPERTRACE_PURE="1") if pure else py_env()
-    cp, _ = run(cmd, a.timeout, env)
+    cp = run(cmd, a.timeout, env)
     check(cp, "the %s worker" % kind)
     r = json.loads(tagged(cp.stdout, "RESULT"))
     if "error" in r:

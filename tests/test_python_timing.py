@@ -404,12 +404,15 @@ def test_every_hook_records_the_same_calls(tmp_path, deep):
         assert got == want, (mode, seen)
 
 
-HOSTILE = r'''
+# function tracing's three events, declared by hand (a program that lies with them)
+CALL_EVENTS = r'''
 from hypertrace import guest
 call = guest.event("hypertrace_call", "uint32_t code")
 ret = guest.event("hypertrace_return", "uint32_t code")
 code = guest.event("hypertrace_code",
                    "uint32_t code, const char *name, const char *file, uint32_t line")
+'''
+HOSTILE = CALL_EVENTS + r'''
 code(1, "<b>x</b>\x1b[31m", "\n/evil", 4294967295)
 for i in range(300000):
     call(1)                         # never returned: more than the views keep open
