@@ -242,3 +242,23 @@ def test_functions_warn_when_no_python_process_was_traced(tmp_path):
     assert "--functions traced no Python process" in r.stderr
     r = record(str(tmp_path / "ok"), sys.executable, "-c", "print(1)", opts=("--functions",))
     assert "traced no Python process" not in r.stderr
+
+
+SMALL_STACK = r'''
+import threading
+def deep(k):
+    return 0 if k == 0 else 1 + deep(k - 1)
+threading.stack_size(256 * 1024)          # runs untraced; each hooked call takes C stack
+out = []
+t = threading.Thread(target=lambda: out.append(deep(950)))
+t.start()
+t.join()
+print("STACK", out, flush=True)
+'''
+
+
+def test_the_eval_hook_gives_way_on_a_small_thread_stack(tmp_path):
+    out, r = run(tmp_path, "stk", SMALL_STACK, mode="eval")
+    assert "STACK [950]" in r.stdout, r.stderr
+    deep = functions_of(stats_of(out))["deep"]
+    assert (deep["calls"], deep["unfinished"]) == (951, 0)

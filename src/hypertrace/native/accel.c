@@ -820,10 +820,12 @@ static void eval_to_profile(void) {
     }
 }
 
-/* Each call under the hook takes C stack (about 300 bytes a level measured): a thread
-   whose stack could not hold the recursion limit's depth of them (a small
-   threading.stack_size()) is traced by the profile function instead, from its first
-   frame. 0: not looked at yet, 1: the hook, 2: the profile function. */
+/* Each call under the hook takes C stack (about 410 bytes a level measured): CPython
+   runs a Python call in the same C frame only without a hook, in every thread. A
+   thread whose stack could not hold the recursion limit's depth of them (a small
+   threading.stack_size()) would crash where it runs untraced: at its first frame the
+   profile function takes over, in every thread (as past EVAL_MAX_RECURSION).
+   0: not looked at yet, 1: enough, 2: too small. */
 #define EVAL_STACK_PER_CALL 512
 #define EVAL_STACK_SPARE (256 * 1024)
 static _Thread_local __attribute__((tls_model("initial-exec"))) int t_eval_stack;
@@ -840,8 +842,11 @@ static int eval_stack_ok(void) {
         }
         size_t need = (size_t)Py_GetRecursionLimit() * EVAL_STACK_PER_CALL + EVAL_STACK_SPARE;
         t_eval_stack = size >= need ? 1 : 2;
-        if (t_eval_stack == 2)
-            PyEval_SetProfile(prof_hook, NULL);
+        if (t_eval_stack == 2) {
+            t_hook = 1;
+            eval_to_profile();
+            t_hook = 0;
+        }
     }
     return t_eval_stack == 1;
 }
@@ -1011,7 +1016,7 @@ static PyObject *profile_installed(PyObject *mod, PyObject *unused) {
         Py_RETURN_FALSE;
     PyThreadState *ts = PyThreadState_Get();
 #ifdef HT_EVAL_FRAME
-    if (g_eval_on && t_eval_stack != 2 && !t_hook)
+    if (g_eval_on && !t_hook)
         return PyBool_FromLong(
             _PyInterpreterState_GetEvalFrameFunc(PyInterpreterState_Get()) == eval_hook);
 #endif
