@@ -383,7 +383,7 @@ def test_every_hook_records_the_same_calls(tmp_path, deep):
     app = tmp_path / "modes.py"
     app.write_text(MODES)
     seen = {}
-    for mode, extra in (("eval", {"HYPERTRACE_FUNCTIONS_HOOK": "eval"}), ("profile", {}),
+    for mode, extra in (("eval", {}), ("profile", {"HYPERTRACE_FUNCTIONS_HOOK": "profile"}),
                         ("pure", {"HYPERTRACE_PURE": "1"})):
         out = str(tmp_path / mode)
         r = record(out, sys.executable, str(app), *(["deep"] if deep else []),

@@ -5,6 +5,8 @@ records that do not format -- each recorded or counted, never lost silently."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import sys
 from collections import Counter
 
@@ -12,8 +14,8 @@ import pytest
 from conftest import env, hypertrace, record
 from test_python_timing import CALL_EVENTS, fib_calls
 
-MODES = {"profile": {}, "pure": {"HYPERTRACE_PURE": "1"},
-         "eval": {"HYPERTRACE_FUNCTIONS_HOOK": "eval"}}
+MODES = {"profile": {"HYPERTRACE_FUNCTIONS_HOOK": "profile"}, "pure": {"HYPERTRACE_PURE": "1"},
+         "eval": {}}
 
 
 def stats_of(out: str) -> dict:
@@ -25,13 +27,13 @@ def functions_of(st: dict) -> dict:
     return {f["function"].split("/", 1)[1].split(" (")[0]: f for f in st["functions"]}
 
 
-def run(tmp_path, name: str, src: str, *args: str, opts=("--functions",), mode="profile",
+def run(tmp_path, name: str, src: str, *args: str, opts=("--functions",), mode="eval",
         clean=True):
     app = tmp_path / (name + ".py")
     app.write_text(src)
     out = str(tmp_path / name)
     r = record(out, sys.executable, str(app), *args, opts=opts, env=env(**MODES[mode]))
-    assert not clean or "Traceback" not in r.stderr, r.stderr
+    assert not clean or not ("Traceback" in r.stderr or "Exception ignored" in r.stderr), r.stderr
     return out, r
 
 
@@ -218,21 +220,39 @@ LOGS = r'''
 import logging
 logging.basicConfig(level=logging.INFO)
 log = logging.getLogger("app")
-log.info("two %s %s", "args")             # a bad format: logging reports it too
+class Boom:
+    def __str__(self):
+        raise RuntimeError("boom")
+def f():
+    log.info("two %s %s", "args")         # a bad format: logging reports it too
+f()
 log.info("x" * 5000)                      # (logging prints it in full)
+log.info(Boom())
 log.info("fine %d", 3)
 '''
 
 
 def test_log_records_that_do_not_format_or_fit_say_so(tmp_path):
+    app = tmp_path / "lg.py"
+    app.write_text(LOGS)
+    untraced = subprocess.run([sys.executable, str(app)], capture_output=True, text=True,
+                              env=env())
     out, r = run(tmp_path, "lg", LOGS, opts=("--logging",), clean=False)
-    assert "--- Logging error ---" in r.stderr      # the program's own handler's report
+    # the program's own handler's error reports, as untraced (no frame of hypertrace's)
+    assert r.stdout == untraced.stdout
+    mine = [x for x in r.stderr.splitlines() if not re.match(
+        r"(stream |\s*(local|host)|trace: )", x)]
+    addr = re.compile(r" at 0x[0-9a-f]+")
+    assert [addr.sub("", x) for x in mine] == [
+        addr.sub("", x) for x in untraced.stderr.splitlines()]
+    assert "--- Logging error ---" in r.stderr and "loghandler" not in r.stderr
     rep = [json.loads(x) for x in hypertrace("report", "--json", out).stdout.splitlines()]
     msgs = [e["fields"]["message"] for e in rep if e["name"] == "python_log"]
-    assert len(msgs) == 3, msgs
+    assert len(msgs) == 4, msgs
     assert msgs[0].startswith("two %s %s [not formatted: TypeError")
     assert msgs[1].startswith("xxx") and msgs[1].endswith("bytes cut]") and "4016" in msgs[1]
-    assert msgs[2] == "fine 3"
+    assert msgs[2] == "<Boom: str raised RuntimeError> [not formatted: RuntimeError: boom; args ()]"
+    assert msgs[3] == "fine 3"
 
 
 def test_functions_warn_when_no_python_process_was_traced(tmp_path):
@@ -260,5 +280,52 @@ print("STACK", out, flush=True)
 def test_the_eval_hook_gives_way_on_a_small_thread_stack(tmp_path):
     out, r = run(tmp_path, "stk", SMALL_STACK, mode="eval")
     assert "STACK [950]" in r.stdout, r.stderr
+    assert "ended early" not in r.stderr        # hypertrace's own switch, not the program's
     deep = functions_of(stats_of(out))["deep"]
     assert (deep["calls"], deep["unfinished"]) == (951, 0)
+
+
+GENERATORS = r'''
+import gc
+def g():
+    yield 1
+try:
+    g().throw(KeyError("k"))              # thrown into before it began
+except KeyError as e:
+    print("KeyError", e)
+g().close()
+g()                                       # dropped: its finalizer closes it
+gc.collect()
+async def agen():
+    yield 1
+try:
+    agen().athrow(ValueError()).send(None)
+except ValueError:
+    print("athrow")
+print("GENERATORS", flush=True)
+'''
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_generators_thrown_into_before_they_begin(tmp_path, mode):
+    out, r = run(tmp_path, "gen", GENERATORS, mode=mode)
+    assert r.stdout.split() == ["KeyError", "'k'", "athrow", "GENERATORS"], r.stderr
+    fn = functions_of(stats_of(out))
+    assert fn["g"]["unmatched"] == 0 and fn["g"]["unfinished"] == 0
+
+
+DEEP = r'''
+import sys
+sys.setrecursionlimit(10 ** 6)
+def down(n):
+    return 0 if n == 0 else 1 + down(n - 1)
+print("DEEP", down(300000), flush=True)
+'''
+
+
+def test_a_recursion_deeper_than_the_views_time_is_still_counted(tmp_path):
+    out, r = run(tmp_path, "deep", DEEP)
+    assert "DEEP 300000" in r.stdout
+    down = functions_of(stats_of(out))["down"]
+    assert (down["calls"], down["unmatched"], down["unfinished"]) == (300001, 0, 0)
+    assert 0 < down["self_ns"] <= down["total_ns"]

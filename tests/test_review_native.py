@@ -197,7 +197,7 @@ def test_losses_are_explained_with_the_setting_that_avoids_them(tmp_path):
     causes = st["losses"]["local"]
     assert causes[0]["kind"] == "ring_full" and causes[0]["count"] == discarded
     assert "--buffer-size 64K" in causes[0]["avoid"] and "--mode block" in causes[0]["avoid"]
-    assert "local: %d lost: rings full of 16K per thread" % discarded in r.stdout
+    assert "local: %d lost: rings full of 16K per thread" % discarded in r.stderr
     assert "--buffer-size 64K" in hypertrace("stats", out).stdout
     # two threads, one ring: the other's records are lost without a ring
     out = str(tmp_path / "norings")
@@ -208,7 +208,7 @@ def test_losses_are_explained_with_the_setting_that_avoids_them(tmp_path):
     kinds = {x["kind"]: x for x in st["losses"]["local"]}
     assert kinds["no_ring"]["count"] == lost
     assert kinds["no_ring"]["avoid"].startswith("--rings 2 or more,")
-    assert "lost: emitted while the thread had no ring" in r.stdout
+    assert "lost: emitted while the thread had no ring" in r.stderr
     # nothing lost, nothing said
     out = str(tmp_path / "fine")
     r = record(out, sys.executable, str(app), "1", opts=("--buffer-size", "4M"))

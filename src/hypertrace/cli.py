@@ -213,9 +213,10 @@ def cmd_record(a) -> int:
                      child_env=child_env)
     except RecordError as e:
         return _fail(str(e))
-    sys.stdout.write(summary(col) + "\n")
-    sys.stdout.write("trace: %s (CTF 1.8: babeltrace2 %s)\n" % (os.path.abspath(a.output),
-                                                              a.output))
+    # the command's stdout is its own: the recorder's summary goes beside it, on stderr
+    say = sys.stderr if cmd else sys.stdout
+    say.write(summary(col) + "\n")
+    say.write("trace: %s (CTF 1.8: babeltrace2 %s)\n" % (os.path.abspath(a.output), a.output))
     _python_hook_check(a, col)
     if col.write_error is not None:
         return _fail("recording stopped: %s; the trace written up to then is kept and "

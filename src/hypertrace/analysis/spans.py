@@ -14,7 +14,9 @@ Three kinds of edges, one mechanism for every view (JSON, Perfetto, HTML, stats)
 
 An end without its begin is unmatched; a begin without its end (lost, cut off by
 the recording's end, os._exit, or a thread never returning) is unfinished: both are
-counted per name, neither gives a duration.
+counted per name, neither gives a duration. Slices nested deeper than MAX_OPEN (a
+recursion 300 000 deep) are paired by name alone and counted, as slices of no
+duration: their time is their caller's self time.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ CODE = "hypertrace_code"        # (uint32_t code, const char *name, const char *
 CALL = "hypertrace_call"        # (uint32_t code)
 RETURN = "hypertrace_return"    # (uint32_t code)
 SPAN_FIELDS = ("span", "task")  # the first fields of a guest.span's begin and end
-MAX_OPEN = 1 << 18              # open slices kept per stream: a hostile guest's never-ending begins
+MAX_OPEN = 1 << 18              # open slices timed per stream (deeper ones: counted, not timed)
+MAX_DEEP = 1 << 24              # and counted: a hostile guest's never-ending begins
 SEARCH = 256                    # how far below the newest open slice an end looks for its begin
 
 
@@ -156,6 +159,8 @@ class Pairer:
         self.open_keys: Dict[tuple, Dict[str, int]] = {}   # the same -> key -> open
         # (domain, pid, span id) -> where its begin is open: an end pairs across streams
         self.span_at: Dict[tuple, tuple] = {}
+        # the same -> names of the begins open deeper than MAX_OPEN, newest last
+        self.deep: Dict[tuple, List[str]] = {}
 
     def _miss(self, key: str, call: bool) -> None:
         u = self.unmatched_calls if call else self.unmatched
@@ -170,6 +175,10 @@ class Pairer:
         for (_, _, call), stack in self.stacks.items():
             for x in stack:
                 self._cut(x[1], call)
+        for (_, _, call), keys in self.deep.items():
+            for k in keys:
+                self._cut(k, call)
+        self.deep.clear()
         self.stacks.clear()
         self.open_keys.clear()
         self.span_at.clear()
@@ -193,15 +202,25 @@ class Pairer:
             stack = self.stacks.setdefault(where, [])
             keys = self.open_keys.setdefault(where, {})
             t = int(ts[e.row])
+            deep = self.deep.get(where)
             if e.ph == "B":
                 if len(stack) >= MAX_OPEN:
-                    self._miss(key, e.call)
+                    if deep is None:
+                        deep = self.deep[where] = []
+                    if len(deep) < MAX_DEEP:
+                        deep.append(key)
+                    else:
+                        self._miss(key, e.call)
                 else:
                     n = keys.get(key, 0)
                     keys[key] = n + 1
                     stack.append([t, key, 0, len(stack), e.span, n == 0])
                     if sid is not None:
                         self.span_at[sid] = where
+                continue
+            if deep and deep[-1] == key:
+                deep.pop()
+                out.append(Slice(e.stream, key, t, t, MAX_OPEN + len(deep), 0, e.call, False))
                 continue
             j = len(stack) - 1
             low = max(-1, j - SEARCH)

@@ -7,12 +7,13 @@
 it starts, through the start-up hook in guest/boot/.) A code object is declared once,
 at its first call, by a `hypertrace_code(code, name, file, line)` record; each call
 and return is then a 24-byte `hypertrace_call(code)` / `hypertrace_return(code)`
-record. With the accelerator the profile function is C (native/accel.c: the id
-lives in the code object's co_extra slot, the record is written by the C
-tracepoint); without it, a pure-Python `sys.setprofile` function does the same,
-several times slower. New threads are traced from their first call
-(threading.setprofile); a thread's frames that began before tracing started are
-not (their returns would have no call). C functions are not traced.
+record. With the accelerator the hook is C (native/accel.c: the id lives in the
+code object's co_extra slot, the record is written by the C tracepoint): a
+frame-evaluation hook (PEP 523) on CPython 3.11, else (or with
+HYPERTRACE_FUNCTIONS_HOOK=profile) a C profile function; without it, a pure-Python
+`sys.setprofile` function does the same, several times slower. New threads are
+traced from their first call (threading.setprofile); a thread's frames that began
+before tracing started are not (their returns would have no call). C functions are not traced.
 
 Globs (fnmatch) match a code object's file name or its qualified name: a function
 is traced when it matches an --include (all are, with none) and no --exclude;
@@ -40,6 +41,7 @@ from . import accel
 
 CODE_ARGS = "uint32_t code, const char *name, const char *file, uint32_t line"
 _setprofile = sys.setprofile        # the interpreter's own (the program's is wrapped)
+HOOK_ENV = "HYPERTRACE_FUNCTIONS_HOOK"     # eval (the default where built) or profile
 _OWN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # hypertrace/
 
 _state: Optional[_Tracer] = None
@@ -47,7 +49,9 @@ _state: Optional[_Tracer] = None
 
 class _Tracer:
     def __init__(self, include: List[str], exclude: List[str]):
-        from . import event
+        from . import _emit_mark, _written_since, event
+        # (kept: on_code runs at interpreter shutdown too, when imports fail)
+        self._mark, self._written = _emit_mark, _written_since
         self.include, self.exclude = include, exclude
         self.code = event("hypertrace_code", CODE_ARGS)
         self.call = event("hypertrace_call", "uint32_t code")
@@ -88,11 +92,10 @@ class _Tracer:
                 i = self.known[code] = next(self.ids)
         if i > 0xFFFFFFFF:
             return 0
-        from . import _emit_mark, _written_since
-        mark = _emit_mark()
+        mark = self._mark()
         self.code(i, getattr(code, "co_qualname", code.co_name), code.co_filename,
                   code.co_firstlineno)
-        return i if _written_since(mark) else -i
+        return i if self._written(mark) else -i
 
     def installed(self) -> bool:
         """Whether the calling thread is still traced."""
@@ -145,7 +148,9 @@ def _program_setprofile(fn) -> None:
     """sys.setprofile as the program sees it while functions are traced: the same,
     and a record and a warning that tracing of this thread ends there."""
     t = _state
-    if t is not None and t.installed():
+    # threading's bootstrap passes threading.setprofile's function (ours) through it
+    ours = fn is _thread_boot or (t is not None and fn == t.py_hook)
+    if t is not None and not ours and t.installed():
         t.replaced("the program called sys.setprofile(%s)" % getattr(fn, "__qualname__", "?"))
     _setprofile(fn)
 
@@ -220,10 +225,14 @@ def start(include: Iterable[str] = (), exclude: Iterable[str] = ()) -> bool:
         return False
     try:
         if _c_path(t):
-            # the frame-evaluation hook is opt-in: under it every call recurses in C,
-            # and a thread with a small stack can overflow it where it would not
-            # untraced (a review crashed one at depth 950 with 256 KiB)
-            eval_ok = os.environ.get("HYPERTRACE_FUNCTIONS_HOOK", "") == "eval"
+            # the frame-evaluation hook where the build has it (CPython 3.11), unless
+            # HYPERTRACE_FUNCTIONS_HOOK=profile: under it every call recurses in C,
+            # and it gives way to the profile function before a thread's stack runs
+            # short (native/accel.c)
+            hook = os.environ.get(HOOK_ENV, "")
+            if hook not in ("", "eval", "profile"):
+                warn("%s=%s ignored: eval or profile" % (HOOK_ENV, hook[:40]))
+            eval_ok = hook != "profile"
             threading.setprofile(_thread_boot)      # (before: this call is not traced)
             t.how = accel._accel.profile_start(t.call, t.ret, t.on_code, _thread_boot,
                                                eval_ok)

@@ -43,12 +43,20 @@ def _fit(msg: str) -> str:
     return b[:STR_MAX - 40].decode("utf-8", "ignore") + tail
 
 
+def _safe(how: Callable, x: object, n: int = 300) -> str:
+    """str() or repr() of the program's object, whatever its methods raise."""
+    try:
+        return how(x)[:n]
+    except Exception as e:
+        return "<%s: %s raised %s>" % (type(x).__name__, how.__name__, type(e).__name__)
+
+
 def _message(record: logging.LogRecord) -> str:
     try:
         msg = record.getMessage()
     except Exception as e:      # the program's bad format: its handlers report it too
         msg = "%s [not formatted: %s: %s; args %s]" % (
-            str(record.msg)[:300], type(e).__name__, str(e)[:200], repr(record.args)[:300])
+            _safe(str, record.msg), type(e).__name__, _safe(str, e), _safe(repr, record.args))
     if record.exc_info or record.exc_text:
         msg = "%s\n%s" % (msg, record.exc_text or _fmt.formatException(record.exc_info))
     return _fit(msg) if len(msg) > _SHORT else msg
@@ -113,13 +121,20 @@ def capture() -> None:
         return
     tp = _event()
     original = logging.Logger.callHandlers
-
-    def call_handlers(self: logging.Logger, record: logging.LogRecord) -> None:
-        try:
-            _emit(tp, record)
-        except Exception:       # tracing never breaks the program's logging
-            pass
-        original(self, record)
-
+    # compiled under logging's own file name: a handler error's "Call stack:" report
+    # (Handler.handleError) skips logging's frames, and so skips this one as well --
+    # the program's stderr stays what it would be untraced
+    ns = {"_emit": _emit, "_tp": tp, "_original": original}
+    exec(compile(_WRAPPER, logging.__file__, "exec"), ns)
     _captured = original
-    logging.Logger.callHandlers = call_handlers   # type: ignore[method-assign]
+    logging.Logger.callHandlers = ns["callHandlers"]   # type: ignore[method-assign]
+
+
+_WRAPPER = """
+def callHandlers(self, record):
+    try:
+        _emit(_tp, record)
+    except Exception:       # tracing never breaks the program's logging
+        pass
+    _original(self, record)
+"""

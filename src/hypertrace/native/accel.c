@@ -821,34 +821,35 @@ static void eval_to_profile(void) {
 }
 
 /* Each call under the hook takes C stack (about 410 bytes a level measured): CPython
-   runs a Python call in the same C frame only without a hook, in every thread. A
-   thread whose stack could not hold the recursion limit's depth of them (a small
-   threading.stack_size()) would crash where it runs untraced: at its first frame the
-   profile function takes over, in every thread (as past EVAL_MAX_RECURSION).
-   0: not looked at yet, 1: enough, 2: too small. */
-#define EVAL_STACK_PER_CALL 512
-#define EVAL_STACK_SPARE (256 * 1024)
-static _Thread_local __attribute__((tls_model("initial-exec"))) int t_eval_stack;
+   runs a Python call in the same C frame only without a hook, in every thread, so a
+   deep recursion that runs untraced could overflow a thread's stack under the hook (a
+   small threading.stack_size(), a raised recursion limit, C code between the calls).
+   When a frame begins with less than EVAL_STACK_SPARE of the calling thread's stack
+   left, the profile function takes over in every thread (as past EVAL_MAX_RECURSION)
+   and calls are run in one C frame again. t_stack_lo: the stack's low end (it grows
+   down here), 0 not looked up yet, 1 unknown (then no hook). */
+#define EVAL_STACK_SPARE (192 * 1024)
+static _Thread_local __attribute__((tls_model("initial-exec"))) uintptr_t t_stack_lo;
 
 static int eval_stack_ok(void) {
-    if (t_eval_stack == 0) {
+    char here;
+    if (t_stack_lo == 0) {
         size_t size = 0;
         void *addr = NULL;
         pthread_attr_t at;
+        t_stack_lo = 1;
         if (pthread_getattr_np(pthread_self(), &at) == 0) {
-            if (pthread_attr_getstack(&at, &addr, &size) != 0)
-                size = 0;
+            if (pthread_attr_getstack(&at, &addr, &size) == 0 && addr != NULL)
+                t_stack_lo = (uintptr_t)addr;
             pthread_attr_destroy(&at);
         }
-        size_t need = (size_t)Py_GetRecursionLimit() * EVAL_STACK_PER_CALL + EVAL_STACK_SPARE;
-        t_eval_stack = size >= need ? 1 : 2;
-        if (t_eval_stack == 2) {
-            t_hook = 1;
-            eval_to_profile();
-            t_hook = 0;
-        }
     }
-    return t_eval_stack == 1;
+    if (t_stack_lo > 1 && (uintptr_t)&here > t_stack_lo + EVAL_STACK_SPARE)
+        return 1;
+    t_hook = 1;
+    eval_to_profile();
+    t_hook = 0;
+    return 0;
 }
 
 static PyObject *eval_hook(PyThreadState *ts, struct _PyInterpreterFrame *f, int thr) {
@@ -872,11 +873,16 @@ static PyObject *eval_hook(PyThreadState *ts, struct _PyInterpreterFrame *f, int
     if ((code->co_flags & (CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR))
             && f->prev_instr == _PyCode_CODE(code) - 1)
         return _PyEval_EvalFrameDefault(ts, f, thr);
+    /* a generator thrown into (throw(), close(), its finalizer) begins with the
+       exception set: on_code is Python code, and must not see or clear it */
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
     t_hook = 1;
     uint32_t id = code_id(code);
     if (id != 0)
-        emit_keeping_error(g_prof.call, id);
+        emit_code(g_prof.call, id);
     t_hook = 0;
+    PyErr_Restore(et, ev, tb);
     uint64_t gen = g_prof_gen;
     PyObject *r = _PyEval_EvalFrameDefault(ts, f, thr);
     if (id != 0 && gen == g_prof_gen) {     /* not a frame a forked child inherited */
