@@ -11,7 +11,8 @@ Every figure is measured in this run:
          re.sub, str.split / join / capitalize and a dict of counts;
      (`--scale F` multiplies the three sizes), each run untraced, under `hypertrace
      record --functions` (the accelerator's C hook, the default: the tracer column names
-     the one functions.tracing() reported, eval or profile), the same with
+     the one functions.tracing() reported, eval or profile), with
+     HYPERTRACE_FUNCTIONS_HOOK=profile (the C profile function), with
      HYPERTRACE_PURE=1 (the pure-Python sys.setprofile function), and under VizTracer
      (`--ignore_c_function`, so that it records what hypertrace does: Python functions
      only; `--viz-c` to trace C functions too). The program times its own work with
@@ -259,7 +260,11 @@ def tagged(stdout: str, tag: str) -> str:
 LOSS_KEYS = ("malformed", "torn", "unwritten", "lost_without_ring", "lost_in_refused_claims",
              "declarations_refused")
 TRACERS = (("none", "untraced"), ("accel", "hypertrace --functions (C)"),
+           ("profile", "hypertrace --functions, HYPERTRACE_FUNCTIONS_HOOK=profile"),
            ("pure", "hypertrace --functions, HYPERTRACE_PURE=1"), ("viz", "VizTracer"))
+HT_KINDS = ("accel", "profile", "pure")
+HT_ENV = {"accel": {}, "profile": {"HYPERTRACE_FUNCTIONS_HOOK": "profile"},
+          "pure": {"HYPERTRACE_PURE": "1"}}
 
 
 def run_traced(kind: str, script: str, tmp: str, a, cli_stats: bool) -> dict:
@@ -268,9 +273,9 @@ def run_traced(kind: str, script: str, tmp: str, a, cli_stats: bool) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     if kind == "none":
         cmd, env = [sys.executable, script], py_env()
-    elif kind in ("accel", "pure"):
+    elif kind in HT_KINDS:
         cmd = ht("record", "-o", out, "--functions", "--", sys.executable, script)
-        env = py_env(HYPERTRACE_PURE="1") if kind == "pure" else py_env()
+        env = py_env(**HT_ENV[kind])
     else:
         out += ".json"
         cmd = [sys.executable, "-m", "viztracer", "--quiet", "-o", out]
@@ -286,7 +291,7 @@ def run_traced(kind: str, script: str, tmp: str, a, cli_stats: bool) -> dict:
          "tracer": tagged(cp.stdout, "TRACER"),
          "warnings": [x.strip()[:200] for x in cp.stderr.splitlines()
                       if x.startswith("hypertrace")][:3]}
-    if kind in ("accel", "pure"):
+    if kind in HT_KINDS:
         st = stats(out, cli_stats)
         ev = st.get("events", {})
         tot = st.get("totals", {})
@@ -337,7 +342,8 @@ def function_table(a, tmp: str, notes: list) -> tuple:
         print("  (function tracing: round %d of %d done)" % (rnd + 1, a.rounds),
               file=sys.stderr)
 
-    want_hook = {"none": ("none",), "accel": ("eval", "profile"), "pure": ("setprofile",),
+    want_hook = {"none": ("none",), "accel": ("eval", "profile"), "profile": ("profile",),
+                 "pure": ("setprofile",),
                  "viz": ("none",)}
     lines = ["| program | tracer | work s | slowdown | command s | trace size | calls recorded "
              "| events lost |", "|---|---|---:|---:|---:|---:|---:|---|"]
@@ -354,7 +360,7 @@ def function_table(a, tmp: str, notes: list) -> tuple:
                 notes.append("%s, %s: a later round failed: %s" % (key, tname,
                                                                  failed[(key, kind)]))
             hooks = sorted({r["tracer"] for r in rs})
-            if kind in ("accel", "pure"):
+            if kind in HT_KINDS:
                 tname += " [%s]" % "/".join(hooks)
             # a run is kept for the best-of only if it traced what it should have: the
             # right hook and, for hypertrace, every call (a run that recorded nothing
@@ -366,7 +372,7 @@ def function_table(a, tmp: str, notes: list) -> tuple:
                 if r["tracer"] not in want_hook[kind]:
                     why.append("function tracer %r, not %s" % (r["tracer"],
                                                                "/".join(want_hook[kind])))
-                if kind in ("accel", "pure"):
+                if kind in HT_KINDS:
                     if expected is not None and r["calls"] < expected:
                         why.append("%d calls recorded, the workload alone makes %d"
                                    % (r["calls"], expected))
@@ -392,7 +398,7 @@ def function_table(a, tmp: str, notes: list) -> tuple:
                 continue
             slow = "%.2f" % (work / base) if base else "n/a"
             last = good[-1]
-            if kind in ("accel", "pure"):
+            if kind in HT_KINDS:
                 lost_s = "%d" % max(r["lost"] for r in rs)
                 if kind == "accel":
                     ht_calls = last["calls"]
