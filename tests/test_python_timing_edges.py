@@ -302,6 +302,13 @@ try:
     agen().athrow(ValueError()).send(None)
 except ValueError:
     print("athrow")
+import sys
+h = g()
+sys.setrecursionlimit(10000)              # the eval hook gives way at the next frame:
+try:                                      # one thrown into
+    h.throw(ValueError("boom"))
+except ValueError as e:
+    print(e)
 print("GENERATORS", flush=True)
 '''
 
@@ -309,7 +316,7 @@ print("GENERATORS", flush=True)
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_generators_thrown_into_before_they_begin(tmp_path, mode):
     out, r = run(tmp_path, "gen", GENERATORS, mode=mode)
-    assert r.stdout.split() == ["KeyError", "'k'", "athrow", "GENERATORS"], r.stderr
+    assert r.stdout.split() == ["KeyError", "'k'", "athrow", "boom", "GENERATORS"], r.stderr
     fn = functions_of(stats_of(out))
     assert fn["g"]["unmatched"] == 0 and fn["g"]["unfinished"] == 0
 

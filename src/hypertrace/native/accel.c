@@ -846,51 +846,58 @@ static int eval_stack_ok(void) {
     }
     if (t_stack_lo > 1 && (uintptr_t)&here > t_stack_lo + EVAL_STACK_SPARE)
         return 1;
-    t_hook = 1;
-    eval_to_profile();
-    t_hook = 0;
+    eval_to_profile();              /* (t_hook is set: eval_enter) */
     return 0;
+}
+
+/* The work before a frame runs, out of line: eval_hook's own frame, which stays on
+   the C stack for as long as the Python frame runs, is kept small. The id of the
+   call recorded, 0 for none. A frame may begin with an exception set (a generator
+   thrown into: throw(), close(), its finalizer): the Python code run here (on_code,
+   the switch to the profile function) must not see or clear it. */
+static __attribute__((noinline)) uint32_t eval_enter(PyThreadState *ts,
+                                                     struct _PyInterpreterFrame *f) {
+    PyObject *et, *ev, *tb;
+    uint32_t id = 0;
+    PyErr_Fetch(&et, &ev, &tb);
+    t_hook = 1;
+    PyCodeObject *code = f->f_code;
+    if (Py_GetRecursionLimit() > EVAL_MAX_RECURSION) {
+        eval_to_profile();
+    } else if (ts->recursion_remaining <= 0 || !eval_stack_ok() || !PyCode_Check(code)) {
+        /* refused by the recursion check (runs no code: not a call), or given way */
+    } else if ((code->co_flags & (CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR))
+               && f->prev_instr == _PyCode_CODE(code) - 1) {
+        /* calling a generator or coroutine function runs its frame only to make the
+           object (RETURN_GENERATOR): not a call, as for the profile function; each
+           resumption is one */
+    } else {
+        id = code_id(code);
+        if (id != 0)
+            emit_code(g_prof.call, id);
+    }
+    t_hook = 0;
+    PyErr_Restore(et, ev, tb);
+    return id;
+}
+
+static __attribute__((noinline)) void eval_leave(uint32_t id) {
+    int h = t_hook;                 /* set meanwhile for good: one of our threads */
+    t_hook = 1;
+    emit_keeping_error(g_prof.ret, id);
+    t_hook = h;
 }
 
 static PyObject *eval_hook(PyThreadState *ts, struct _PyInterpreterFrame *f, int thr) {
     if (!g_prof.on || t_hook)
         return _PyEval_EvalFrameDefault(ts, f, thr);
-    if (Py_GetRecursionLimit() > EVAL_MAX_RECURSION) {
-        t_hook = 1;
-        eval_to_profile();
-        t_hook = 0;
+    uint32_t id = eval_enter(ts, f);
+    if (id == 0)
         return _PyEval_EvalFrameDefault(ts, f, thr);
-    }
-    /* a frame the recursion check will refuse runs no code: not a call */
-    if (ts->recursion_remaining <= 0 || !eval_stack_ok())
-        return _PyEval_EvalFrameDefault(ts, f, thr);
-    PyCodeObject *code = f->f_code;
-    if (!PyCode_Check(code))
-        return _PyEval_EvalFrameDefault(ts, f, thr);
-    /* calling a generator or coroutine function runs its frame only to make the
-       object (RETURN_GENERATOR): not a call, as for the profile function; each
-       resumption is one */
-    if ((code->co_flags & (CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR))
-            && f->prev_instr == _PyCode_CODE(code) - 1)
-        return _PyEval_EvalFrameDefault(ts, f, thr);
-    /* a generator thrown into (throw(), close(), its finalizer) begins with the
-       exception set: on_code is Python code, and must not see or clear it */
-    PyObject *et, *ev, *tb;
-    PyErr_Fetch(&et, &ev, &tb);
-    t_hook = 1;
-    uint32_t id = code_id(code);
-    if (id != 0)
-        emit_code(g_prof.call, id);
-    t_hook = 0;
-    PyErr_Restore(et, ev, tb);
     uint64_t gen = g_prof_gen;
     PyObject *r = _PyEval_EvalFrameDefault(ts, f, thr);
-    if (id != 0 && gen == g_prof_gen) {     /* not a frame a forked child inherited */
-        int h = t_hook;                 /* set meanwhile for good: one of our threads */
-        t_hook = 1;
-        emit_keeping_error(g_prof.ret, id);
-        t_hook = h;
-    }
+    if (gen == g_prof_gen)          /* not a frame a forked child inherited */
+        eval_leave(id);
     return r;
 }
 #endif
