@@ -23,8 +23,8 @@ A forked child declares its code objects again (the views name calls after their
 own process's declarations); calls made by at-fork hooks, which run before the
 child has rings of its own, are not traced. A program that puts its own profile
 function in place (sys.setprofile, cProfile, a debugger) ends tracing of that
-thread: a warning says so, and a `hypertrace_functions_off(why)` record marks when
-where it can be seen (sys.setprofile).
+thread: a warning says so, and a `hypertrace_functions_off(why)` record marks the
+moment where it can be seen (sys.setprofile), else the end of the thread's tracing.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Dict, Iterable, List, Optional
 from . import accel
 
 CODE_ARGS = "uint32_t code, const char *name, const char *file, uint32_t line"
-_setprofile = sys.setprofile        # the interpreter's own (the program's is wrapped)
+_setprofile = accel._setprofile     # the interpreter's own (the program's is wrapped)
 HOOK_ENV = "HYPERTRACE_FUNCTIONS_HOOK"     # eval (the default where built) or profile
 _OWN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # hypertrace/
 

@@ -39,8 +39,8 @@ def _fit(msg: str) -> str:
     b = msg.encode("utf-8", "surrogatepass")
     if len(b) <= STR_MAX:
         return msg
-    tail = " [... %d bytes cut]" % (len(b) - STR_MAX + 40)
-    return b[:STR_MAX - 40].decode("utf-8", "ignore") + tail
+    keep = STR_MAX - 40                 # room for the note
+    return b[:keep].decode("utf-8", "ignore") + " [... %d bytes cut]" % (len(b) - keep)
 
 
 def _safe(how: Callable, x: object, n: int = 300) -> str:
@@ -51,9 +51,11 @@ def _safe(how: Callable, x: object, n: int = 300) -> str:
         return "<%s: %s raised %s>" % (type(x).__name__, how.__name__, type(e).__name__)
 
 
-def _message(record: logging.LogRecord) -> str:
+def _message(record: logging.LogRecord, msg: Optional[str] = None) -> str:
+    """The record's message (`msg`: getMessage()'s, when the caller has it)."""
     try:
-        msg = record.getMessage()
+        if msg is None:
+            msg = record.getMessage()
     except Exception as e:      # the program's bad format: its handlers report it too
         msg = "%s [not formatted: %s: %s; args %s]" % (
             _safe(str, record.msg), type(e).__name__, _safe(str, e), _safe(repr, record.args))
@@ -62,8 +64,8 @@ def _message(record: logging.LogRecord) -> str:
     return _fit(msg) if len(msg) > _SHORT else msg
 
 
-def _emit(tp: Callable, record: logging.LogRecord) -> None:
-    msg = _message(record)
+def _emit(tp: Callable, record: logging.LogRecord, msg: Optional[str] = None) -> None:
+    msg = _message(record, msg)
     lv, line = record.levelno, record.lineno
     try:
         tp(lv, record.name, msg, record.pathname, line, record.funcName or "")
@@ -92,7 +94,7 @@ class Handler(logging.Handler):
         try:
             m = record.getMessage()
             if record.exc_info or record.exc_text or len(m) > _SHORT:
-                _emit(self._tp, record)
+                _emit(self._tp, record, m)
             else:
                 self._tp(record.levelno, record.name, m, record.pathname,
                          record.lineno, record.funcName or "")
