@@ -31,8 +31,8 @@ PY = sys.executable
 
 DECODE = """
 import sys, time
-from hypertrace.session import Session
-from hypertrace.columns import Columns
+from hypertrace.read.session import Session
+from hypertrace.read.columns import Columns
 n = 0
 for b in Columns(Session(sys.argv[1])).batches():
     n += len(b)
@@ -40,7 +40,7 @@ print(n)
 """
 SCALAR = """
 import itertools, sys
-from hypertrace.session import Session
+from hypertrace.read.session import Session
 print(sum(1 for _ in itertools.islice(Session(sys.argv[1]).events(), int(sys.argv[2]))))
 """
 

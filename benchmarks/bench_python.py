@@ -229,7 +229,7 @@ def stats(session: str, cli: bool = True) -> dict:
     functions, seconds for a million function records)."""
     if not cli:
         from hypertrace.analysis import stats as ht_stats
-        from hypertrace.session import Session
+        from hypertrace.read.session import Session
         return ht_stats.compute(Session(session), with_spans=False)
     cp = run(ht("stats", session, "--json"), 600, py_env())
     check(cp, "hypertrace stats")

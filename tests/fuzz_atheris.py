@@ -29,10 +29,10 @@ with atheris.instrument_imports():
     import numpy as np
 
     from hypertrace import abi, sessionindex
-    from hypertrace.formats import ctf
     from hypertrace.host import walk
     from hypertrace.host.reader import EventTable, RingReader
     from hypertrace.host.region import Region
+    from hypertrace.read import packets
 
 DECLS = ["fixed(uint64_t a, int32_t b)", "one_str(uint32_t n, const char *s)",
          "two(const char *a, bytes b, uint16_t c)", "empty(void)"]
@@ -115,9 +115,9 @@ def session_index(data: bytes) -> None:
 def stream_file(data: bytes) -> None:
     """The read side: stream file bytes through the packet walk (PacketDamage only)."""
     try:
-        for _p in ctf.packets(data, len(data)):
+        for _p in packets.packets(data, len(data)):
             pass
-    except ctf.PacketDamage:
+    except packets.PacketDamage:
         pass
 
 

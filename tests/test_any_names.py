@@ -31,13 +31,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hypertrace import abi
-from hypertrace.columns import Columns
 from hypertrace.formats import ctf, jsonfields, parquet
 from hypertrace.guest.channel import Channel
 from hypertrace.guest.tracepoint import build, param_names
 from hypertrace.host.collector import Collector
 from hypertrace.host.region import Region
-from hypertrace.session import Session
+from hypertrace.read.columns import Columns
+from hypertrace.read.session import Session
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 TSDL = sorted(ctf.TSDL_KEYWORDS) + ["Bool", "Complex", "Imaginary", "TRUE", "FALSE"]

@@ -17,7 +17,8 @@ from conftest import ROOT, babeltrace, env, hypertrace, local, record, stats
 
 from hypertrace import abi
 from hypertrace.host import clock
-from hypertrace.session import Session
+from hypertrace.read import clockmap
+from hypertrace.read.session import Session
 
 SIM = os.path.join(ROOT, "tests", "apps", "simclock.py")
 
@@ -80,7 +81,7 @@ def test_estimator_on_synthetic_exchanges():
     for h in rng.uniform(1.1e9, 8.9e9, 2000):
         if 3.9e9 < h < 5.1e9:
             continue
-        m, unc = clock.map_time(fit.segments, int(g(np.int64(h))))
+        m, unc = clockmap.map_time(fit.segments, int(g(np.int64(h))))
         assert abs(m - h) <= unc + 1
 
 

@@ -430,7 +430,7 @@ def test_qemu_log_lines_of_qemu_domain_events_tids_and_truncation():
     from types import SimpleNamespace
 
     from hypertrace.formats.qemu_log import QemuLog
-    from hypertrace.session import Event
+    from hypertrace.read.session import Event
     qe = abi.make_decl("virtio_notify", "uint32_t tid, const char *args")
     fm = abi.make_decl("tick", "uint64_t n, const char *s", fmt='"n=%" PRIu64 " s=%s"')
     sess = SimpleNamespace(

@@ -156,8 +156,8 @@ def test_perfetto_export_parsed_with_perfettos_protos(tmp_path):
 def test_columnar_decode_matches_the_scalar_decoder_even_on_damage(tmp_path):
     """The vectorised decoder (every export) and Session.events() (report) agree, also
     on a stream file that was cut short and one with bytes overwritten."""
-    from hypertrace.columns import Columns
-    from hypertrace.session import Session
+    from hypertrace.read.columns import Columns
+    from hypertrace.read.session import Session
     s = _session(tmp_path)
     files = [x for x in os.listdir(s) if x.startswith("local-")]
     big = max(files, key=lambda f: os.path.getsize(os.path.join(s, f)))

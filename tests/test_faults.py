@@ -11,7 +11,7 @@ import uuid
 
 from conftest import babeltrace, env, hypertrace, local, record, stats, totals
 
-from hypertrace.session import Session
+from hypertrace.read.session import Session
 
 KILL_MID_RECORD = r"""
 import os, signal, sys

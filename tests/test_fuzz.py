@@ -31,7 +31,7 @@ from hypertrace.host import reader as reader_mod
 from hypertrace.host.collector import Collector
 from hypertrace.host.control import ControlServer, DomainClock
 from hypertrace.host.region import Region
-from hypertrace.session import Session
+from hypertrace.read.session import Session
 
 EXAMPLES = int(os.environ.get("HYPERTRACE_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
@@ -404,9 +404,9 @@ def _read_everything(path: str) -> None:
     """What report, stats and the exports do, in process: only SessionError may
     escape, and only from loading or from a file refused while being read."""
     from hypertrace.analysis import stats
-    from hypertrace.columns import Columns
     from hypertrace.formats import chrome_json, html, perfetto
-    from hypertrace.session import Session, SessionError
+    from hypertrace.read.columns import Columns
+    from hypertrace.read.session import Session, SessionError
     try:
         s = Session(path)
     except SessionError:
@@ -464,8 +464,8 @@ def test_fuzz_stream_files(read_session, tmp_path_factory, edits, cut, which):
     scalar and the vectorised decoders agree on the events, nothing escapes."""
     import shutil
 
-    from hypertrace.columns import Columns
-    from hypertrace.session import Session
+    from hypertrace.read.columns import Columns
+    from hypertrace.read.session import Session
     d = str(tmp_path_factory.mktemp("fs") / "s")
     shutil.copytree(read_session, d)
     files = sorted(f for f in os.listdir(d) if "-" in f and not f.startswith("."))

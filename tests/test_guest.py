@@ -15,7 +15,7 @@ from conftest import SRC, env, hypertrace
 from hypertrace import abi, guest
 from hypertrace.host.collector import Collector
 from hypertrace.host.region import Region
-from hypertrace.session import Session
+from hypertrace.read.session import Session
 
 GUEST_FILES = [os.path.join(SRC, "hypertrace", "__init__.py")] + [
     os.path.join(SRC, "hypertrace", sub, f) for sub in ("abi", "guest")

@@ -26,7 +26,7 @@ import pytest
 from conftest import ROOT, SRC, env, hypertrace, local, record, stats
 
 from hypertrace import abi
-from hypertrace.session import Session
+from hypertrace.read.session import Session
 
 PY = sys.executable
 APPS = os.path.join(ROOT, "tests", "apps")      # the workloads bench_losses.py runs too

@@ -231,7 +231,7 @@ def test_qemu_args_safe_whichever_starts_first(tmp_path, other_user, first):
         for what in ("region", "qmp", "log"):       # QEMU's files: QEMU's to remove
             if os.path.lexists(paths[what]):
                 os.unlink(paths[what])
-    from hypertrace.session import Session
+    from hypertrace.read.session import Session
     idx = Session(out).index
     assert idx["domains"][0]["name"] == name
     assert idx["qemu_clock"]["refused_logs"] == {}
@@ -350,7 +350,7 @@ def test_qemu_log_that_is_a_fifo_or_anothers_file_is_refused(tmp_path, other_use
             if os.path.lexists(paths["log"]):
                 os.unlink(paths["log"])
     assert rec.returncode == 0 and "Traceback" not in err, err
-    from hypertrace.session import Session
+    from hypertrace.read.session import Session
     s = Session(out)
     assert not [e for e in s.events() if e.name == "forged_event"]
     refused = s.index["qemu_clock"]["refused_logs"]

@@ -255,8 +255,8 @@ def test_readers_of_thousands_of_streams_stay_in_bounded_memory(recorded, tmp_pa
 def test_report_reads_every_event_of_many_streams(recorded, tmp_path):
     """The window budget drops and rereads windows: no event is lost doing so."""
     d = _many_streams(recorded, tmp_path / "many", 300)
-    from hypertrace import session as session_mod
-    from hypertrace.session import Session
+    from hypertrace.read import session as session_mod
+    from hypertrace.read.session import Session
     with Session(d) as s:
         want = sorted((e.stream, e.raw_ts) for st in s.streams for e in s.stream_events(st))
     old = session_mod.READ_BUDGET

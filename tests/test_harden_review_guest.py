@@ -345,7 +345,7 @@ def test_a_real_reboots_new_boot_keeps_its_clock_mailbox(session, tmp_path):
     mailbox, into its own boot's clock."""
     from test_clock import REBOOT
 
-    from hypertrace.session import Session
+    from hypertrace.read.session import Session
     app = tmp_path / "reboot.py"
     app.write_text(REBOOT)
     record(session, PY, str(app), opts=("--sync-interval", "0.05"))

@@ -325,11 +325,11 @@ def test_record_timestamps_beyond_the_abi_bound_end_the_stream_with_a_warning(re
     """A record timestamp above 2^62 (the collector refuses those) would overflow the
     exports' signed 64-bit times: it is damage, like any undecodable record."""
     from hypertrace import abi
-    from hypertrace.formats import ctf
+    from hypertrace.read import packets
     d = _copy(recorded, tmp_path / "s")
     path = os.path.join(d, _local_file(d))
     data = bytearray(open(path, "rb").read())
-    p = next(ctf.packets(bytes(data), len(data)))
+    p = next(packets.packets(bytes(data), len(data)))
     abi.REC_HEADER.pack_into(data, p.start + 8 * 0, *abi.REC_HEADER.unpack_from(data, p.start)[:3],
                              (1 << 64) - 1)
     open(path, "wb").write(bytes(data))
@@ -342,7 +342,7 @@ def test_record_timestamps_beyond_the_abi_bound_end_the_stream_with_a_warning(re
 
 def test_hostile_sessions_checked_in_process_match_the_cli(recorded, tmp_path):
     """The loader is one layer: Session() refuses what the CLI refuses."""
-    from hypertrace.session import Session, SessionError
+    from hypertrace.read.session import Session, SessionError
     d = _copy(recorded, tmp_path / "s")
     os.unlink(os.path.join(d, _local_file(d)))
     os.mkfifo(os.path.join(d, _local_file(recorded)))

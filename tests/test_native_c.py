@@ -158,7 +158,7 @@ def test_threads_block_mode_exact(build, tmp_path):
     assert st["domains"]["local"] == {"lost_without_ring": 0, "lost_in_refused_claims": 0,
                                       "declarations_refused": 0}
     # the truncated flag is in the record: the Python reader sees it
-    code = ("import sys; from hypertrace.session import Session; "
+    code = ("import sys; from hypertrace.read.session import Session; "
             "s = Session(sys.argv[1]); "
             "print([e.truncated for e in s.events() if e.name == 'nt_str'])")
     flags = subprocess.run([sys.executable, "-c", code, out], capture_output=True, text=True,

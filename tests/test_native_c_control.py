@@ -12,7 +12,7 @@ import sys
 import pytest
 from conftest import babeltrace, build_c, env, record, stats
 
-from hypertrace.session import Session
+from hypertrace.read.session import Session
 
 CC = shutil.which("cc") or shutil.which("gcc")
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (cc/gcc)")

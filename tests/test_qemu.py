@@ -122,7 +122,7 @@ def test_two_guests_at_once_one_hostile(tmp_path):
     assert all(s["recorded"] + s["discarded"] == 1004 and s["malformed"] == 0 for s in honest)
     assert st["clocks"][good]["causality_violations"] == 0
     assert sum(s["malformed"] for s in local(st, evil)) > 0
-    from hypertrace.session import Session
+    from hypertrace.read.session import Session
     sess = Session(out)
     dom = {d["name"]: d for d in sess.index["domains"]}
     assert dom[evil]["rejected_declarations"] and not dom[good]["rejected_declarations"]
@@ -192,7 +192,7 @@ def test_guest_region_of_interest_steers_qemu_tracing(tmp_path):
     bad = acts["qemu_trace_enable no_such_qemu_event"]
     assert bad["errors"] == 1 and "no_such_qemu_event" in bad["last_error"]
     lat = acts["qemu_trace_enable virtio_console_flush_buf"]["latency_ns"]
-    from hypertrace.session import Session
+    from hypertrace.read.session import Session
     qc = Session(out).index["qemu_clock"]
     assert qc["events"] == len([1 for _, d, *_ in seq if d == "qemu"]) and qc["rejected"] == 0
     print("QEMU %s guest: ROI trigger -> QMP latency %.2f ms; %d QEMU events inside the "
@@ -242,7 +242,7 @@ def test_a_guest_rebooted_while_recorded_is_served_across_the_reboot(tmp_path):
     assert [e["fields"]["boot"] for e in ticks] == sorted(e["fields"]["boot"] for e in ticks)
     assert {(e["domain"], e["fields"]["boot"]) for e in ticks} == {(name, 1),
                                                                    (name + ".boot2", 2)}
-    from hypertrace.session import Session
+    from hypertrace.read.session import Session
     retired = [d for d in Session(out).index["domains"] if d.get("retired")]
     assert [d["name"] for d in retired] == [name]
     c1, c2 = st["clocks"][name], st["clocks"][name + ".boot2"]

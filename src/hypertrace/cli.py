@@ -238,7 +238,7 @@ def _python_hook_check(a, col) -> None:
 
 
 def _session(path: str):
-    from .session import Session, SessionError
+    from .read.session import Session, SessionError
     try:
         return Session(path)
     except SessionError as e:
@@ -310,8 +310,8 @@ def _progress(s, what: str):
 def cmd_export(a) -> int:
     import importlib
 
-    from .columns import Columns
     from .formats.output import Output, OutputError
+    from .read.columns import Columns
     s = _session(a.dir)
     mod = importlib.import_module(".formats." + EXPORTS[a.format], __package__)
     out = a.output or a.dir.rstrip("/") + mod.SUFFIX
@@ -328,6 +328,10 @@ def cmd_export(a) -> int:
             if directory:
                 from .formats.parquet import Files
                 n = mod.write(Columns(s), "", bar.update, files_out=Files("", dest.opener))
+            elif a.format == "html":
+                # the view is a report of its own: analysis gives its numbers
+                from .analysis import timeline
+                n = mod.write(timeline.collect(Columns(s), bar.update), dest.file)
             else:
                 n = mod.write(Columns(s), dest.file, bar.update)
             dest.commit()
@@ -370,7 +374,7 @@ def cmd_sql(a) -> int:
         for msg in s.warnings:
             sys.stderr.write("hypertrace: warning: %s (the rest of that stream was skipped)\n"
                              % msg)
-    from .session import json_value  # bytes as hex, NaN as "NaN": as everywhere
+    from .read.session import json_value  # bytes as hex, NaN as "NaN": as everywhere
     rows = [[json_value(v) for v in r] for r in rows]
     if a.json:
         for r in rows:

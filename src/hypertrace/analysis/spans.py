@@ -25,7 +25,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from ..columns import Batch, Columns
+from ..read.columns import Batch, Columns
 
 CODE = "hypertrace_code"        # (uint32_t code, const char *name, const char *file, uint32_t line)
 CALL = "hypertrace_call"        # (uint32_t code)

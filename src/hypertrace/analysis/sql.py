@@ -28,9 +28,9 @@ from typing import BinaryIO, List, Optional, Tuple
 
 import duckdb
 
-from ..columns import Columns
 from ..formats import parquet
-from ..session import Session
+from ..read.columns import Columns
+from ..read.session import Session
 from ..sessiondir import SessionError, open_regular, read_bounded
 
 STAMP = ".done"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 from .. import losses as why
-from ..session import Session
+from ..read.session import Session
 from .text import printable
 
 LOSSES = ("lost_without_ring", "lost_in_refused_claims", "declarations_refused")
@@ -222,7 +222,7 @@ def slices(s: Session, top: Optional[int] = TOP_FUNCTIONS) -> tuple:
     time, then those of the `top` with the most self time not listed yet: calls, total
     ns (a recursive call counted once, at its outermost frame, as cProfile's
     cumulative time), self ns."""
-    from ..columns import Columns
+    from ..read.columns import Columns
     from .spans import Pairer
     c = Columns(s)
     p = Pairer(c)

@@ -21,13 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..analysis.spans import Edges
-from ..columns import Batch, Columns
-from . import jsonfields
+from ..read import jsonfields
+from ..read.columns import Batch, Columns
+from ..read.events import SYNC_GUEST, SYNC_HOST
 from .output import binary_out
 
 SUFFIX = ".json"
-SYNC_GUEST = "hypertrace_sync"
-SYNC_HOST = "hypertrace_sync_host"
 
 
 def _us(ts: np.ndarray) -> pa.Array:

@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import abi
-from ..columns import Columns
-from ..session import Session
-from . import jsonfields
+from ..read import jsonfields
+from ..read.columns import Columns
+from ..read.session import Session
 from .output import PARQUET_FILE
 
 SUFFIX = "-parquet"

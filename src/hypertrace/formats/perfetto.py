@@ -19,8 +19,8 @@ import numpy as np
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from ..analysis.spans import Edge, Edges
-from ..columns import Columns, Kind
-from .chrome_json import SYNC_GUEST, SYNC_HOST
+from ..read.columns import Columns, Kind
+from ..read.events import SYNC_GUEST, SYNC_HOST
 from .output import binary_out
 
 SUFFIX = ".pftrace"

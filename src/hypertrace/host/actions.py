@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from .. import abi
-from ..columns import record_starts, size_bounds
+from ..read.columns import record_starts, size_bounds
 from .collector import Collector, Source
 from .errors import describe
 from .triggers import Action, PredicateError, Trigger, check_fields

@@ -22,6 +22,7 @@ from typing import Dict, List
 
 from .. import abi, sessiondir, sessionindex
 from ..formats import ctf
+from ..read import packets
 from . import clock as clockfit
 from . import pidfile, runtime
 from .collector import SESSION_DIR, Collector
@@ -45,7 +46,7 @@ def _file_stats(dir_fd: int, name: str, shown: str, codecs: Dict[int, abi.Codec]
         buf, i = f.window(off, n)
         return buf[i:i + n]
     try:
-        for p in ctf.packets_at(head, f.size):
+        for p in packets.packets_at(head, f.size):
             st["discarded"] = p.discarded
             off = p.start
             while off + abi.REC_HEADER_SIZE <= p.content_end:
@@ -62,7 +63,7 @@ def _file_stats(dir_fd: int, name: str, shown: str, codecs: Dict[int, abi.Codec]
                     st["first_ts"] = ts
                 st["last_ts"] = ts
                 off += size
-    except ctf.PacketDamage:
+    except packets.PacketDamage:
         pass                       # counts stop at the damage, where every reader stops
     st["emitted"] = st["recorded"] + st["discarded"]
     return st
@@ -287,7 +288,7 @@ def _index(col: Collector, old: dict, streams: List[dict], missing: List[str]) -
 
 def _refit(col: Collector, index: dict, streams: List[dict]) -> dict:
     """Clock mappings from the samples the host domain recorded (hypertrace_clock_sample)."""
-    from ..session import Session, SessionError
+    from ..read.session import Session, SessionError
     clocks = dict(index.get("clocks") or {})
     tmp = dict(index, clocks={}, streams=streams)
     col.meta.replace("session.json", json.dumps(tmp).encode("utf-8"), tmp="session.json.tmp")

@@ -20,8 +20,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 
-from . import abi
-from .formats import ctf
+from .. import abi
+from . import packets
 from .session import MONO_LIMIT, UNC_LIMIT, Session
 
 CHUNK_BYTES = 1 << 20          # record bytes decoded per stream per step, at most
@@ -143,7 +143,7 @@ class Columns:
             buf, i = f.window(off, n)
             return buf[i:i + n]
         try:
-            for p in ctf.packets_at(head, f.size):
+            for p in packets.packets_at(head, f.size):
                 if p.discarded > lost:   # a running total: it grows where events were lost
                     losses.append((p.ts_begin, p.discarded - lost))
                     lost = p.discarded
@@ -158,7 +158,7 @@ class Columns:
                         f.drop()
                         data, content, parts, have = b"".join(parts), None, [], 0
                         yield np.frombuffer(data, dtype=np.uint8)
-        except ctf.PacketDamage as e:
+        except packets.PacketDamage as e:
             self.warnings.append("%s: %s" % (name, e))
         if parts:
             f.drop()

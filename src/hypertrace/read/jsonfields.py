@@ -1,6 +1,7 @@
 """An event type's fields as JSON objects, one per record, built column-wise (pyarrow).
 
-Used by the Chrome JSON export (args) and the Parquet `fields` column. Numbers
+Used by the Chrome JSON export (args), the Parquet `fields` column and the HTML
+timeline (hovered fields). Numbers
 and plain strings are joined with array operations; anything that needs more
 than quoting (bytes as hex, control characters, NaN or infinities) goes
 through json.dumps for that batch, so the output is always valid JSON.
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import abi
-from ..session import json_value
+from .session import json_value
 
 
 def _py(decl: abi.EventDecl, cols: List[pa.Array]) -> pa.Array:

@@ -11,10 +11,9 @@ import struct
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional
 
-from . import abi, sessiondir, sessionindex
-from .formats import ctf
-from .host import clock
-from .sessiondir import SessionError
+from .. import abi, sessiondir, sessionindex
+from ..sessiondir import SessionError
+from . import clockmap, packets
 
 __all__ = ["Event", "Session", "SessionError"]
 
@@ -144,7 +143,7 @@ class Session:
         self.clock_params = {}      # domain -> (clock segments, offset to the epoch)
         for name, d in self.domains.items():
             summ = self.clocks.get(name, {})
-            segs = clock.segments_from(summ) if summ.get("kind") == "estimated" else []
+            segs = clockmap.segments_from(summ) if summ.get("kind") == "estimated" else []
             off = int(host_off if host_off is not None else d["clock_offset_ns"])
             self.clock_params[name] = (segs, off)
             self.mappers[name] = self._mapper(segs, off)
@@ -179,7 +178,7 @@ class Session:
             return lambda raw: (max(0, raw + off), None)
 
         def m(raw: int):
-            h, unc = clock.map_time(segs, raw)
+            h, unc = clockmap.map_time(segs, raw)
             h = min(max(h, -MONO_LIMIT), MONO_LIMIT)
             return max(0, int(round(h)) + off), int(-(-min(unc, UNC_LIMIT) // 1))
         return m
@@ -207,7 +206,7 @@ class Session:
             buf, i = f.window(off, n)
             return buf[i:i + n]
         try:
-            for p in ctf.packets_at(head, f.size):
+            for p in packets.packets_at(head, f.size):
                 off, cend = p.start, p.content_end
                 # the file keeps the content up to the last payload byte: pad to whole records
                 rend = off + abi.align(cend - off, abi.REC_ALIGN)
@@ -231,7 +230,7 @@ class Session:
                     yield Event(host_ts, ts, dom, name, c.decl.name, dict(zip(c.names, vals)),
                                 bool(sf & abi.REC_FLAG_TRUNCATED), unc)
                     off += size
-        except ctf.PacketDamage as e:
+        except packets.PacketDamage as e:
             self.warnings.append("%s: %s" % (name, e))
         finally:
             f.drop()
