@@ -31,11 +31,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hypertrace import abi
-from hypertrace.formats import ctf, jsonfields, parquet
+from hypertrace.formats import ctf, parquet
 from hypertrace.guest.channel import Channel
 from hypertrace.guest.tracepoint import build, param_names
 from hypertrace.host.collector import Collector
 from hypertrace.host.region import Region
+from hypertrace.read import jsonfields
 from hypertrace.read.columns import Columns
 from hypertrace.read.session import Session
 

@@ -403,7 +403,7 @@ def _paths(doc, prefix=()):
 def _read_everything(path: str) -> None:
     """What report, stats and the exports do, in process: only SessionError may
     escape, and only from loading or from a file refused while being read."""
-    from hypertrace.analysis import stats
+    from hypertrace.analysis import stats, timeline
     from hypertrace.formats import chrome_json, html, perfetto
     from hypertrace.read.columns import Columns
     from hypertrace.read.session import Session, SessionError
@@ -415,8 +415,9 @@ def _read_everything(path: str) -> None:
         n = sum(1 for _ in s.events())
         stats.format_text(stats.compute(s))
         out = path + ".out"
-        for mod in (perfetto, chrome_json, html):
+        for mod in (perfetto, chrome_json):
             assert mod.write(Columns(s), out) >= 0
+        assert html.write(timeline.collect(Columns(s)), out) >= 0
         assert n >= 0
     except SessionError:
         pass
