@@ -75,18 +75,17 @@ _SEQ_TAIL = pbk.tag(_F_SEQ, pbk.VARINT) + pbk.varint_bytes(SEQ)
 _EVENT_TAIL = _SEQ_TAIL + pbk.tag(_F_FLAGS, pbk.VARINT) + pbk.varint_bytes(_NEEDS)
 
 
-def _value(attr: str, col) -> list:
-    """The parts of a debug annotation's value field, for all rows of `col`."""
+def _value(m: pbk.Message, attr: str, col: pa.Array, hexed: bool) -> None:
+    """Add a debug annotation's value field, for all rows of `col`."""
     f = pbk.number(pb.DebugAnnotation, attr)
     if attr == "double_value":
-        return [pbk.tag(f, pbk.FIXED64), pbk.fixed64(col.to_numpy().astype(np.float64))]
-    if attr == "string_value":
-        return pbk.length_delimited(f, col)
-    v = col.to_numpy(zero_copy_only=False)
-    if attr == "int_value":
-        v = v.astype(np.int64)
-    return [pbk.tag(f, pbk.VARINT), pbk.varints(v.astype(np.uint64) if v.dtype != np.int64
-                                                else v)]
+        m.add(pbk.tag(f, pbk.FIXED64), pbk.fixed64(col.to_numpy().astype(np.float64)))
+    elif attr == "string_value":
+        m.text(f, pbk.binary(col, as_hex=hexed))
+    else:
+        v = col.to_numpy(zero_copy_only=False)
+        v = v.astype(np.int64) if attr == "int_value" else v.astype(np.uint64)
+        m.add(pbk.tag(f, pbk.VARINT), pbk.varints(v))
 
 
 class _Writer:
@@ -255,34 +254,33 @@ class _Writer:
         cols = b.fields[k]
         if len(cols) and not (len(pos) == len(cols[0]) and (pos == np.arange(len(pos))).all()):
             cols = [col.take(pa.array(pos)) for col in cols]
-        head = (pbk.tag(_F_TYPE, pbk.VARINT) + pbk.varint_bytes(pb.TrackEvent.TYPE_INSTANT)
-                + pbk.tag(_F_NAME, pbk.VARINT) + pbk.varint_bytes(tpl.track_event.name_iid)
-                + pbk.tag(_F_TRACK, pbk.VARINT))
-        te: List[pbk.Part] = [head, self.track_varints.take(pa.array(b.stream[rows]))]
+        te = pbk.Message().add(
+            pbk.tag(_F_TYPE, pbk.VARINT) + pbk.varint_bytes(pb.TrackEvent.TYPE_INSTANT)
+            + pbk.tag(_F_NAME, pbk.VARINT) + pbk.varint_bytes(tpl.track_event.name_iid)
+            + pbk.tag(_F_TRACK, pbk.VARINT), pbk.take(self.track_varints, b.stream[rows]))
         for ann, (attr, hexed), col in zip(tpl.track_event.debug_annotations, attrs, cols):
-            if hexed:
-                col = pbk.hex_text(col)
-            inner = pbk.join([pbk.tag(_F_ANN_NAME, pbk.VARINT) + pbk.varint_bytes(ann.name_iid),
-                              *_value(attr, col)])
-            te += pbk.length_delimited(_F_ANN, inner)
+            inner = pbk.Message().add(pbk.tag(_F_ANN_NAME, pbk.VARINT)
+                                      + pbk.varint_bytes(ann.name_iid))
+            _value(inner, attr, col, hexed)
+            te.field(_F_ANN, inner)
         ts = pbk.varints(b.ts[rows])
-        packet = pbk.join([_TS_TAG, ts, _EVENT_TAIL, *pbk.length_delimited(_F_TE, pbk.join(te))])
-        out = [*pbk.length_delimited(_F_PACKET, packet)]
+        out = pbk.Message().field(_F_PACKET, pbk.Message().add(_TS_TAG, ts, _EVENT_TAIL)
+                                  .field(_F_TE, te))
         if self.kinds[k][3]:
             for j, (_, _, ft) in enumerate(kind.codec.decl.fields):
                 if ft.kind not in ("int", "float", "bool"):
                     continue
                 u, _r = self.counter(k, j, kind)
                 v = cols[j].to_numpy(zero_copy_only=False)
-                value = ([pbk.tag(_F_DCOUNT, pbk.FIXED64), pbk.fixed64(v.astype(np.float64))]
-                         if ft.kind == "float" else
-                         [pbk.tag(_F_COUNT, pbk.VARINT), pbk.varints(v.astype(np.int64))])
-                cte = pbk.join([pbk.tag(_F_TYPE, pbk.VARINT)
-                                + pbk.varint_bytes(pb.TrackEvent.TYPE_COUNTER)
-                                + pbk.tag(_F_TRACK, pbk.VARINT) + pbk.varint_bytes(u), *value])
-                cp = pbk.join([_TS_TAG, ts, _SEQ_TAIL, *pbk.length_delimited(_F_TE, cte)])
-                out += pbk.length_delimited(_F_PACKET, cp)
-        return pbk.join(out)
+                cte = pbk.Message().add(pbk.tag(_F_TYPE, pbk.VARINT)
+                                        + pbk.varint_bytes(pb.TrackEvent.TYPE_COUNTER)
+                                        + pbk.tag(_F_TRACK, pbk.VARINT) + pbk.varint_bytes(u))
+                if ft.kind == "float":
+                    cte.add(pbk.tag(_F_DCOUNT, pbk.FIXED64), pbk.fixed64(v.astype(np.float64)))
+                else:
+                    cte.add(pbk.tag(_F_COUNT, pbk.VARINT), pbk.varints(v.astype(np.int64)))
+                out.field(_F_PACKET, pbk.Message().add(_TS_TAG, ts, _SEQ_TAIL).field(_F_TE, cte))
+        return out.rows(len(rows))
 
     def one_by_one(self, b, rows: np.ndarray, edge_at: Dict[int, Edge]) -> List[bytes]:
         """The packets of rows that need per-event state (slice edges, sync points),
