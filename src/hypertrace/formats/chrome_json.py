@@ -33,7 +33,7 @@ def _us(ts: np.ndarray) -> pa.Array:
     """ns -> µs text with three decimals, exactly (no float rounding)."""
     whole = pc.cast(pa.array(ts // 1000), pa.string())
     frac = pc.utf8_lpad(pc.cast(pa.array(ts % 1000), pa.string()), 3, "0")
-    return pc.binary_join_element_wise(whole, frac, ".")
+    return pc.binary_join_element_wise(whole, frac, jsonfields.scalar("."))
 
 
 def _lines(c: Columns, b: Batch, pids: Dict[str, int], origin: int, edges: Edges) -> pa.Array:
@@ -48,9 +48,10 @@ def _lines(c: Columns, b: Batch, pids: Dict[str, int], origin: int, edges: Edges
             json.dumps(kind.name), json.dumps(kind.domain), pids[kind.domain]))
         args = jsonfields.objects(kind.codec.decl, b.fields[int(k)], len(sel))
         tid = pc.cast(pa.array(b.stream[sel] + 1), pa.string())
+        S = jsonfields.scalar
         parts.append(pc.binary_join_element_wise(
-            pa.scalar(",\n" + head), tid, pa.scalar(',"ts":'), _us(b.ts[sel] - origin),
-            pa.scalar(',"args":'), args, pa.scalar("}"), ""))
+            S(",\n" + head), tid, S(',"ts":'), _us(b.ts[sel] - origin), S(',"args":'), args,
+            S("}"), S("")))
         where.append(sel)
     rows = edges.rows(b)
     if rows:

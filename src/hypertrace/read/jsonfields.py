@@ -9,9 +9,11 @@ through json.dumps for that batch, so the output is always valid JSON.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import List
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -41,12 +43,30 @@ def objects(decl: abi.EventDecl, cols: List[pa.Array], n: int) -> pa.Array:
                 return _py(decl, cols)
             pieces.append(pc.cast(col, pa.string()))
         elif ft.kind == "str":
-            if pc.any(pc.match_substring_regex(col, "[\\x00-\\x1f]")).as_py():
+            data = _data(col)
+            if (data < 0x20).any():            # control characters: json.dumps escapes them
                 return _py(decl, cols)
-            esc = pc.replace_substring(pc.replace_substring(col, "\\", "\\\\"), '"', '\\"')
-            pieces += ['"', esc, '"']
+            if (data == 0x5C).any() or (data == 0x22).any():     # a backslash or a quote
+                col = pc.replace_substring(pc.replace_substring(col, "\\", "\\\\"), '"', '\\"')
+            pieces += ['"', col, '"']
         else:
             pieces.append(pc.cast(col, pa.string()))
     pieces.append("}")
-    return pc.binary_join_element_wise(*[p if isinstance(p, pa.Array) else pa.scalar(p)
-                                         for p in pieces], "")
+    return pc.binary_join_element_wise(*[p if isinstance(p, pa.Array) else scalar(p)
+                                         for p in pieces], scalar(""))
+
+
+@functools.lru_cache(maxsize=4096)
+def scalar(text: str) -> pa.Scalar:
+    """A string scalar for pyarrow's compute functions, made once per text."""
+    # made once: pa.scalar() of a Python object tries an import that fails (dateutil)
+    # every time, a path search that costs more than the scalar
+    return pa.scalar(text, pa.string())
+
+
+def _data(col: pa.Array) -> np.ndarray:
+    """The bytes of a string array's values (numpy, no copy)."""
+    offs = np.frombuffer(col.buffers()[1], dtype=np.int32, count=len(col) + 1,
+                         offset=col.offset * 4)
+    buf = col.buffers()[2]
+    return np.frombuffer(buf if buf is not None else b"", dtype=np.uint8)[offs[0]:offs[-1]]
