@@ -38,8 +38,11 @@ _BT = re.compile(r"^\[(\d+)\] \(\+\d+\) \S+ (\w+): \{ (.*) \}$")
 
 
 def _cycles(path: str) -> list:
-    """(raw ns, name, {field: text}) in babeltrace2's order (the host domain's clock is
-    CLOCK_MONOTONIC, offset 0: its cycles are the kernel's mono timestamps)."""
+    """(raw ns, name, {field: text}) in babeltrace2's order. Raw: each domain's own
+    clock, before the offset babeltrace2 orders by (the host domain's is
+    CLOCK_MONOTONIC, offset 0: its cycles are the kernel's mono timestamps; a
+    same-host program's `local` domain is CLOCK_MONOTONIC too, its offset the
+    collector's estimate)."""
     r = subprocess.run(["babeltrace2", "--clock-cycles", path], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -58,7 +61,18 @@ def _agent_instances() -> list:
 
 def test_host_kernel_events_sit_between_the_programs_own_events(tmp_path):
     """Between each two consecutive `nap` events of the program (1 ms sleeps) its own
-    thread was switched out: a sched_switch with prev_pid = its tid, in time order."""
+    thread was switched out: a sched_switch with prev_pid = its tid, in time order.
+
+    The order is the raw stamps' (babeltrace2's cycles): the program's are its
+    CLOCK_MONOTONIC, the kernel's ftrace's `mono` clock, one clock, so the claim holds
+    to the ns. babeltrace2's own order is not that one: it places the program's
+    `local` domain by the collector's fit of that clock (an offset estimated from
+    clock exchanges), and the switch follows its nap by as little as 1.4 us while on a
+    loaded machine the estimate is a few us off (+4.2 us of a 41 us uncertainty: 8 of
+    39 gaps then had the switch before the nap; in raw order none of 16 loaded runs
+    missed one, and a second ftrace instance had each switch where the session has
+    it). That order is right up to the fit's uncertainty: on one host the true offset
+    is 0, inside it."""
     app = tmp_path / "naps.py"
     app.write_text(NAPS)
     out = str(tmp_path / "s")
@@ -67,22 +81,26 @@ def test_host_kernel_events_sit_between_the_programs_own_events(tmp_path):
                    sys.executable, str(app))
     tid = int(re.search(r"NAPS (\d+)", r.stdout).group(1))
     assert set(_agent_instances()) <= set(before)         # removed at the end
-    events, _ = babeltrace(out)
-    names = [n for n, _ in events]
+    babeltrace(out)                                       # no warning, no error
+    events = sorted(_cycles(out), key=lambda e: e[0])     # stable: ties keep bt's order
+    names = [n for _t, n, _f in events]
     assert names.count("nap") == 40 and names.count("sched_switch") > 40
-    naps = [i for i, (n, _f) in enumerate(events) if n == "nap"]
+    naps = [i for i, n in enumerate(names) if n == "nap"]
     missing = []
     for a, b in zip(naps, naps[1:]):
-        mine = [f for n, f in events[a:b] if n == "sched_switch" and int(f["prev_pid"]) == tid]
+        mine = [f for _t, n, f in events[a:b]
+                if n == "sched_switch" and int(f["prev_pid"]) == tid]
         if not mine:
-            missing.append((events[a][1]["i"], events[b][1]["i"]))
-    st = hypertrace("stats", out, "--json").stdout
-    assert '"kernel-cpu' in st
+            missing.append((events[a][2]["i"], events[b][2]["i"]))
+    st = json.loads(hypertrace("stats", out, "--json").stdout)
+    kern = [s for s in st["streams"] if s["thread"].startswith("kernel-cpu")]
+    assert kern
     # a switch is missing only if ftrace lost events then (a loaded machine), and says so
-    lost = sum(s["discarded"] for s in json.loads(st)["streams"]
-               if s["thread"].startswith("kernel-cpu"))
+    lost = sum(s["discarded"] for s in kern)
     assert not missing or lost > 0, "no switch of thread %d between naps %s" % (tid, missing)
     assert len(missing) <= 4, missing
+    clock = st["clocks"]["local"]             # what babeltrace2's order adds to the naps
+    assert abs(clock["offset_ns"] or 0) <= (clock["uncertainty_ns"] or 0), clock
 
 
 def test_decoded_kernel_events_are_the_kernels_own(tmp_path):
