@@ -65,9 +65,9 @@ def collect(c: Columns, progress: Optional[Callable[[int], None]] = None) -> dic
             k = int(k)
             kind = c.kinds[k]
             mine = np.flatnonzero(b.kind == k)
-            if getattr(kind.codec.decl, "counter", False):
-                _counter(series, k, kind, b, mine, t0)
-                continue
+            if getattr(kind.codec.decl, "counter", False) and \
+                    _counter(series, k, kind, b, mine, t0):
+                continue            # drawn as its counter tracks, not as ticks
             if kind.name in (SYNC_GUEST, SYNC_HOST):
                 rows = list(zip(*[col.to_pylist() for col in b.fields[k]]))
                 for i in mine:
@@ -149,11 +149,14 @@ def _focus(per_bucket: np.ndarray, span: int) -> List[int]:
     return [int(lo * span / BUCKETS), int(math.ceil(hi * span / BUCKETS))]
 
 
-def _counter(series: Dict[tuple, list], k: int, kind, b, mine, t0: int) -> None:
-    """Append a counter kind's rows of batch `b` to its series, one per numeric field."""
+def _counter(series: Dict[tuple, list], k: int, kind, b, mine, t0: int) -> bool:
+    """Append a counter kind's rows of batch `b` to its series, one per numeric field
+    and stream; False when it has no numeric field (its events stay ticks)."""
+    numeric = False
     for f, col in enumerate(b.fields[k]):
         if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
             continue
+        numeric = True
         vals = col.take(pa.array(b.pos[mine])).to_pylist()
         for si in np.unique(b.stream[mine]).tolist():
             sel = b.stream[mine] == si
@@ -162,6 +165,9 @@ def _counter(series: Dict[tuple, list], k: int, kind, b, mine, t0: int) -> None:
             if ent is None:
                 ent = series[key] = [si, kind.codec.names[f], [], []]
             for t, v, ok in zip((b.ts[mine] - t0).tolist(), vals, sel.tolist()):
-                if ok and v is not None and len(ent[2]) < 64 * MAX_COUNTER_POINTS:
+                # NaN and infinities have no place on a scale (nor in JSON)
+                if ok and v is not None and math.isfinite(v) and \
+                        len(ent[2]) < 64 * MAX_COUNTER_POINTS:
                     ent[2].append(t)
                     ent[3].append(v)
+    return numeric

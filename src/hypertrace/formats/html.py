@@ -7,8 +7,9 @@ declared `counter`: a filled step line per numeric field, min and max labelled)
 under its threads; other events as ticks, begin/end pairs as bars, sync points
 as lines from the guest lane to the host lane, lost events as red marks, and
 behind them each lane's event density over the whole session. It opens on the
-guests' activity (analysis/timeline.py's `focus`); double-click shows it all. Large sessions keep every density bucket but embed a
-sample of the events and spans (the page says how many). Below: the stats
+guests' activity (analysis/timeline.py's `focus`); double-click shows it all.
+Large sessions keep every density bucket but embed a sample of the events and
+spans (the page says how many). Below: the stats
 tables. Guest strings are data, never markup: the JSON is escaped for a script
 element and the page sets text with textContent only.
 """
