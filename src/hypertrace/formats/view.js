@@ -118,20 +118,20 @@
     let a = 0, b = c.t.length;             // first point at or after v0, minus one
     while (a < b) { const m = (a + b) >> 1; if (c.t[m] < v0) a = m + 1; else b = m; }
     const first = Math.max(0, a - 1);
+    const x0 = Math.max(LABEL, xOf(c.t[first]));
     ctx.beginPath();
-    ctx.moveTo(Math.max(LABEL, xOf(c.t[first])), top + h);
-    let x = 0, p = first;
-    for (; p < c.t.length; p++) {
+    ctx.moveTo(x0, yOf(c.v[first]));
+    let x = x0;
+    for (let p = first + 1; p < c.t.length; p++) {
       x = Math.max(LABEL, xOf(c.t[p]));
-      const yv = yOf(c.v[p]);
-      if (p > first) ctx.lineTo(x, yOf(c.v[p - 1]));
-      ctx.lineTo(x, yv);
+      ctx.lineTo(x, yOf(c.v[p - 1]));    // a step: the value holds until the next one
+      ctx.lineTo(x, yOf(c.v[p]));
       if (c.t[p] > v1) break;
     }
-    if (p >= c.t.length) { x = Math.min(w, xOf(c.t[c.t.length - 1])); ctx.lineTo(x, yOf(c.v[c.t.length - 1])); }
-    ctx.lineTo(x, top + h); ctx.closePath();
-    ctx.fillStyle = "hsla(" + col + ",60%,50%,0.35)"; ctx.fill();
+    // the line on top, then the area under it down to the minimum
     ctx.strokeStyle = "hsl(" + col + ",60%,35%)"; ctx.lineWidth = 1; ctx.stroke();
+    ctx.lineTo(x, top + h); ctx.lineTo(x0, top + h); ctx.closePath();
+    ctx.fillStyle = "hsla(" + col + ",60%,50%,0.35)"; ctx.fill();
     ctx.restore();
   }
 
