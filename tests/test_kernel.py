@@ -180,7 +180,7 @@ def test_every_reader_and_export_shows_the_kernel_events(tmp_path):
     bt, _ = babeltrace(out)
     want = sorted(int(f["next_pid"]) for n, f in bt if n == "sched_switch")
     assert len(want) > 10
-    r = hypertrace("report", out, "--json")
+    r = hypertrace("report", out, "--json", "--all")
     assert r.stderr == "", r.stderr
     evs = [json.loads(x) for x in r.stdout.splitlines()]
     assert sorted(e["fields"]["next_pid"] for e in evs if e["name"] == "sched_switch") == want

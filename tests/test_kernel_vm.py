@@ -165,7 +165,7 @@ def test_one_picture_guest_and_host_kernel_and_user_events(tmp_path):
     # one picture: every source in babeltrace2, report and the HTML view
     for ev in ("sched_switch", "nap", "sched_process_exec", "host_tick"):
         assert ev in names, ev
-    r = hypertrace("report", out)
+    r = hypertrace("report", out, "--all")
     assert r.stderr == "", r.stderr[-2000:]
     seen = set()
     for ln in r.stdout.splitlines():

@@ -141,7 +141,7 @@ def c_rtts(stdout: str) -> list:
 
 
 def report(out: str) -> list:
-    return [json.loads(x) for x in hypertrace("report", out, "--json").stdout.splitlines()]
+    return [json.loads(x) for x in hypertrace("report", out, "--json", "--all").stdout.splitlines()]
 
 
 def build_app(d, *defines: str) -> str:

@@ -125,7 +125,7 @@ def test_spans_nest_pair_and_record_exceptions_in_every_view(tmp_path):
     c = Counter(name for name, _ in ev)
     assert c["db_query_begin"] == c["db_query_end"] == 16
     assert c["step_begin"] == c["step_end"] == 3
-    rep = [json.loads(x) for x in hypertrace("report", "--json", out).stdout.splitlines()]
+    rep = [json.loads(x) for x in hypertrace("report", "--json", "--all", out).stdout.splitlines()]
     ends = [e for e in rep if e.get("name") == "db_query_end"]
     errors = Counter(e["fields"]["error"] for e in ends)
     assert errors == {"": 13, "KeyError": 3}
@@ -201,7 +201,7 @@ def test_record_logging_captures_every_process_without_changing_its_output(tmp_p
     # the program's own basicConfig still took effect (the hook adds no handler)
     assert r.stderr.count("APP INFO hello 5") == 2, r.stderr
     assert "not shown" not in r.stderr and "filtered out" not in r.stderr
-    rep = [json.loads(x) for x in hypertrace("report", "--json", out).stdout.splitlines()]
+    rep = [json.loads(x) for x in hypertrace("report", "--json", "--all", out).stdout.splitlines()]
     logs = [e["fields"] for e in rep if e.get("name") == "python_log"]
     assert len(logs) == 6, logs                  # 3 per process
     assert Counter(x["message"].split("\n")[0] for x in logs) == {
@@ -222,7 +222,7 @@ def test_the_logging_handler_records_what_reaches_it(tmp_path):
                    "log.critical('c')\n")
     out = str(tmp_path / "s")
     record(out, sys.executable, str(app))
-    rep = [json.loads(x) for x in hypertrace("report", "--json", out).stdout.splitlines()]
+    rep = [json.loads(x) for x in hypertrace("report", "--json", "--all", out).stdout.splitlines()]
     logs = [(e["fields"]["level"], e["fields"]["message"], e["fields"]["function"])
             for e in rep if e.get("name") == "python_log"]
     assert logs == [(40, "e x", "<module>"), (50, "c", "<module>")]
@@ -252,7 +252,7 @@ def test_function_calls_are_exact_per_thread_and_in_child_processes(tmp_path, pu
     assert 0 < fn["fib"]["self_ns"] <= fn["fib"]["total_ns"]
     assert fn["main"]["total_ns"] >= fn["fib"]["total_ns"] // 2
     # per thread: each fib thread's calls are in its own stream
-    rep = [json.loads(x) for x in hypertrace("report", "--json", out).stdout.splitlines()]
+    rep = [json.loads(x) for x in hypertrace("report", "--json", "--all", out).stdout.splitlines()]
     pid = {x["file"]: x["pid"] for x in st["streams"]}      # code ids are per process
     codes = {(pid[e["stream"]], e["fields"]["code"]): e["fields"]["name"]
              for e in rep if e.get("name") == "hypertrace_code"}
@@ -333,7 +333,7 @@ def test_a_tcg_guests_function_calls_land_on_the_host_timeline(tmp_path):
     assert st["clocks"][name]["samples"] > 0
     # on the host timeline: every fib slice ends before the host took the guest's
     # sync point made after them, within the mapping's stated uncertainty
-    rep = [json.loads(x) for x in hypertrace("report", "--json", out).stdout.splitlines()]
+    rep = [json.loads(x) for x in hypertrace("report", "--json", "--all", out).stdout.splitlines()]
     mine = [e for e in rep if e.get("domain") == name]
     fib_ids = {e["fields"]["code"] for e in mine if e.get("name") == "hypertrace_code"
                and e["fields"]["name"] == "fib"}        # one guest process: ids unique

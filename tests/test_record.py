@@ -8,6 +8,8 @@ import sys
 import pytest
 from conftest import ROOT, babeltrace, hypertrace, local, record, stats, totals
 
+from hypertrace.read.events import INTERNAL
+
 WORKLOAD = os.path.join(ROOT, "tests", "apps", "workload.py")
 
 
@@ -115,8 +117,18 @@ def test_report_is_time_ordered_and_json(session):
     assert set(e["fields"]) == {"proc", "thread", "i", "neg", "half", "odd", "tag"}
     text = hypertrace("report", session, "--domain", "local").stdout.splitlines()
     assert len(text) == 1200
-    alltext = hypertrace("report", session).stdout.splitlines()
-    assert len(alltext) > 1200 and any("hypertrace_clock_sample" in x for x in alltext)
+    # the host's clock samples are hypertrace's own: hidden unless --all, and counted
+    r = hypertrace("report", session)
+    shown = r.stdout.splitlines()
+    assert not any(" hypertrace_clock_sample " in x for x in shown)
+    alltext = hypertrace("report", session, "--all").stdout.splitlines()
+    internal = [x for x in alltext if x.split()[2] in INTERNAL]
+    assert internal and any(" hypertrace_clock_sample " in x for x in alltext)
+    assert len(alltext) == len(shown) + len(internal) > 1200
+    assert r.stderr.splitlines()[-1] == \
+        "hypertrace: %d internal events hidden (--all shows them)" % len(internal)
+    js = hypertrace("report", session, "--json")
+    assert len(js.stdout.splitlines()) == len(shown) and js.stderr == r.stderr
     first = text[0].split()
     assert int(first[0]) == evs[0]["ts"] and first[2] == "job"
     assert 'tag="p' in text[0]

@@ -87,3 +87,110 @@ def test_html_view_renders_in_chromium(tmp_path):
     assert len(colours) > 20
     top = max(colours)[0]
     assert top < 0.9 * crop.size[0] * crop.size[1], "the timeline is nearly blank"
+
+
+# two processes of two threads each, every thread with a counter; a lone event, a
+# pause, then the burst the view should open on
+GROUPED = r"""
+import multiprocessing as mp, threading, time, sys
+from hypertrace import guest
+tick = guest.event("tick", "uint32_t i")
+level = guest.event("level", "uint32_t fill, int32_t delta", counter=True)
+
+def work(base):
+    for i in range(300):
+        tick(i)
+        level(base + i % 50, 25 - i % 50)
+        time.sleep(0.0005)
+
+def proc(p):
+    ts = [threading.Thread(target=work, args=(100 * p + 10 * k,), name="w%d.%d" % (p, k))
+          for k in range(2)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+
+if __name__ == "__main__":
+    tick(0)
+    time.sleep(float(sys.argv[1]))
+    ps = [mp.Process(target=proc, args=(p,)) for p in range(2)]
+    [p.start() for p in ps]
+    [p.join() for p in ps]
+"""
+
+
+def _page_state(url: str, dblclick: bool = False) -> dict:
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            pg = b.new_page(viewport={"width": 1400, "height": 1000})
+            pg.goto(url)
+            pg.wait_for_function("document.body.dataset.rendered")
+            if dblclick:
+                box = pg.locator("#tl").bounding_box()
+                pg.mouse.dblclick(box["x"] + box["width"] / 2, box["y"] + 40)
+            st = pg.evaluate("Object.assign({}, document.body.dataset)")
+            st["errors"] = pg.locator("#errors").text_content()
+            st["shot"] = pg.locator("#tl").screenshot()
+            return st
+        finally:
+            b.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                    reason="chromium is not installed (./test.sh installs it)")
+def test_view_groups_processes_draws_counters_and_opens_on_the_activity(tmp_path):
+    import io
+    import json
+
+    from PIL import Image
+    app = tmp_path / "grouped.py"
+    app.write_text(GROUPED)
+    s = str(tmp_path / "s")
+    record(s, sys.executable, str(app), "1.5")
+    hypertrace("view", s)
+    url = "file://" + s + ".html"
+    st = _page_state(url)
+    assert st["errors"].strip() == "", st["errors"]
+    rows = json.loads(st["rows"])
+    streams = [x for x in json.loads(hypertrace("stats", s, "--json").stdout)["streams"]
+               if x["domain"] == "local"]
+    workers = sorted((x["pid"], x["tid"], x["thread"]) for x in streams
+                     if x["thread"].startswith("w"))
+    assert len(workers) == 4 and len({p for p, _, _ in workers}) == 2
+    # under the `local` domain header: each process's header, its threads by tid, then
+    # one counter track per numeric field per thread that counted
+    texts = [(k, t) for k, _, t in rows]
+    start = texts.index(("domain", "local"))
+    for pid in sorted({p for p, _, _ in workers}):
+        at = texts.index(("process", "local · pid %d" % pid), start)
+        mine = [x for x in workers if x[0] == pid]
+        lanes = [t for k, t in texts[at + 1:at + 1 + len(mine)] if k == "lane"]
+        assert lanes == ["%s (tid %d)" % (n, tid) for _, tid, n in mine], texts
+        ctrs = texts[at + 1 + len(mine):at + 1 + 3 * len(mine)]
+        assert ctrs == [("counter", "level.%s (tid %d)" % (f, tid))
+                        for _, tid, _ in mine for f in ("fill", "delta")], texts
+    assert int(st["counters"]) == 8
+    # counter values are not drawn as ticks: a counter track is a filled area, so
+    # many of its pixels differ from the white background
+    im = Image.open(io.BytesIO(st["shot"])).convert("RGB")
+    _, y, _ = next(r for r in rows if r[0] == "counter")
+    band = im.crop((260, y + 4, im.size[0] - 10, y + 30))
+    white = band.getcolors(1 << 20)
+    n = band.size[0] * band.size[1]
+    assert sum(c for c, rgb in white if rgb != (255, 255, 255)) > 0.05 * n
+    # it opens on the burst, not on the whole session (the lone first event, the pause)
+    span = json.loads(open(s + ".html", encoding="utf-8").read().split(
+        '<script type="application/json" id="data">')[1].split("</script>")[0])["span_ns"]
+    v0, v1 = map(int, st["view"].split(","))
+    assert st["view"] == st["focus"] and 0 < v1 - v0 < span / 2
+    # ... holding most of the guest (non-host) events, and not the lone first one
+    t0 = int(hypertrace("sql", s, "select min(ts) from events", "--csv").stdout.split()[-1])
+    inside, total, first = (int(x) for x in hypertrace(
+        "sql", s, "select count(*) filter (where ts between %d and %d), count(*), min(ts) "
+        "from events where domain <> 'host'" % (t0 + v0, t0 + v1), "--csv").stdout.split()[-1]
+        .split(","))
+    assert inside >= 0.9 * total and first - t0 < v0, (inside, total, first - t0, v0, v1)
+    # a double-click shows the whole session; a #from=&to= link still wins
+    assert _page_state(url, dblclick=True)["view"] == "0,%d" % span
+    assert _page_state(url + "#from=1000&to=5000")["view"] == "1000,5000"

@@ -84,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="one JSON object per line" if name == "report" else None)
         if name == "report":
             x.add_argument("--domain", help="only this domain's events")
+            x.add_argument("--all", action="store_true",
+                           help="also hypertrace's own bookkeeping events (the host half "
+                                "of sync points, clock samples, function declarations, "
+                                "kernel transport chunks), hidden by default")
             x.add_argument("--format", choices=REPORT_FORMATS, default=None,
                            help="text (default): `ts domain/stream name k=v...`; json: as "
                                 "--json; qemu: as QEMU's log backend with -msg "
@@ -262,7 +266,12 @@ def cmd_report(a) -> int:
     if fmt == "qemu":
         from .formats.qemu_log import QemuLog
         qemu = QemuLog(s)
+    from .read.events import INTERNAL
+    hidden = 0
     for e in s.events(a.domain):
+        if not a.all and e.name in INTERNAL:
+            hidden += 1
+            continue
         if qemu is not None:
             w(qemu.line(e) + "\n")
         elif fmt == "json":
@@ -273,6 +282,10 @@ def cmd_report(a) -> int:
                                       " [truncated]" if e.truncated else ""))
     for msg in s.warnings:
         sys.stderr.write("hypertrace: warning: %s\n" % msg)
+    if hidden:
+        # on stderr: stdout stays one event a line in every format
+        sys.stderr.write("hypertrace: %d internal event%s hidden (--all shows them)\n"
+                         % (hidden, "" if hidden == 1 else "s"))
     return 0
 
 

@@ -1,6 +1,11 @@
 """The numbers of the HTML timeline (`hypertrace view`): one pass over a session's
 events gives each lane's event density, a sample of the events and spans, the
-sync pairs and the loss marks; the stats tables come with them.
+sync pairs and the loss marks; the stats tables come with them. Events of kinds
+declared `counter` are not ticks but series (a time and value list per numeric
+field, the counter track of the stream's process). `focus` is where the view
+opens: the shortest stretch of the session holding most (FOCUS_SHARE) of the
+events outside the host domain (the guests' activity, without a boot's or a
+shutdown's stragglers), with a margin; the whole session when there are none.
 formats/html.py draws what this returns.
 """
 
@@ -10,6 +15,7 @@ import math
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
+import pyarrow as pa
 
 from ..read import jsonfields
 from ..read.columns import Columns
@@ -21,6 +27,9 @@ MAX_EVENTS = 40_000
 MAX_SPANS = 40_000
 MAX_SYNCS = 10_000
 BUCKETS = 1000
+MAX_COUNTER_POINTS = 20_000     # per series: more are thinned to every n-th
+FOCUS_SHARE = 0.9               # of the non-host events, in the stretch the view opens on
+FOCUS_MARGIN = 0.05             # of that stretch, on each side
 
 
 def collect(c: Columns, progress: Optional[Callable[[int], None]] = None) -> dict:
@@ -43,6 +52,8 @@ def collect(c: Columns, progress: Optional[Callable[[int], None]] = None) -> dic
     sync_h: Dict[tuple, tuple] = {}
     pairer = Pairer(c)
     seen = 0
+    # counter series: (kind, field index) -> [stream, kind, field name, times, values]
+    series: Dict[tuple, list] = {}
     for b in c.batches():
         n = len(b)
         bucket = np.clip((b.ts - t0) * BUCKETS // (t1 - t0 + 1), 0, BUCKETS - 1)
@@ -54,6 +65,9 @@ def collect(c: Columns, progress: Optional[Callable[[int], None]] = None) -> dic
             k = int(k)
             kind = c.kinds[k]
             mine = np.flatnonzero(b.kind == k)
+            if getattr(kind.codec.decl, "counter", False) and \
+                    _counter(series, k, kind, b, mine, t0):
+                continue            # drawn as its counter tracks, not as ticks
             if kind.name in (SYNC_GUEST, SYNC_HOST):
                 rows = list(zip(*[col.to_pylist() for col in b.fields[k]]))
                 for i in mine:
@@ -86,6 +100,17 @@ def collect(c: Columns, progress: Optional[Callable[[int], None]] = None) -> dic
         dom = c.streams[si]["domain"]
         lost += [[si, c.s.to_host(dom, raw) - t0, cnt] for raw, cnt in marks]
     st = stats.compute(c.s, with_spans=False)
+    guest = [i for i, x in enumerate(c.streams) if x.get("domain") != "host"]
+    focus = _focus(density.reshape(nl, BUCKETS)[guest].sum(axis=0), t1 - t0)
+    counters = []
+    # by stream, then kind, then field: each thread's tracks together
+    for (k, _f, _s), (si, name, ts, vs) in sorted(series.items(),
+                                                  key=lambda x: (x[0][2], x[0][0], x[0][1])):
+        step = max(1, math.ceil(len(ts) / MAX_COUNTER_POINTS))
+        if not vs:
+            continue
+        counters.append({"lane": si, "kind": k, "field": name, "t": ts[::step],
+                         "v": vs[::step], "min": min(vs), "max": max(vs)})
     t = st["totals"]
     summary = ("%d events in %.3f s, %d discarded, %d malformed, %d torn" % (
         t["recorded"], st["duration_s"], t["discarded"], t["malformed"], t["torn"]))
@@ -100,6 +125,49 @@ def collect(c: Columns, progress: Optional[Callable[[int], None]] = None) -> dic
             "syncs": syncs,
             "lost": lost, "density": density.reshape(nl, BUCKETS).tolist(),
             "buckets": BUCKETS, "total": seen, "sampled_every": stride,
-            "lanes": [{"domain": st["domain"], "label": "%s %s" % (
-                st["file"], st.get("thread") or "pid %s tid %s" % (st.get("pid"), st.get("tid")))}
-                for st in c.streams]}
+            "focus": focus, "counters": counters,
+            "lanes": [{"domain": st["domain"], "pid": st.get("pid"), "tid": st.get("tid"),
+                       "label": "%s (tid %s)" % (st.get("thread") or st["file"], st.get("tid"))}
+                      for st in c.streams]}
+
+
+def _focus(per_bucket: np.ndarray, span: int) -> List[int]:
+    """[from, to] (ns since the start) of the fewest consecutive buckets holding
+    FOCUS_SHARE of the events counted in `per_bucket`, widened by FOCUS_MARGIN."""
+    total = int(per_bucket.sum())
+    if total == 0:
+        return [0, span]
+    cum = np.concatenate([[0], np.cumsum(per_bucket)])
+    need = math.ceil(total * FOCUS_SHARE)
+    # for each first bucket a, the first end b with cum[b] - cum[a] >= need
+    ends = np.searchsorted(cum, cum[:-1] + need, side="left")
+    ok = np.flatnonzero(ends <= BUCKETS)
+    a = int(ok[np.argmin(ends[ok] - ok)])
+    b = int(ends[a])
+    m = max(1, (b - a) * FOCUS_MARGIN)
+    lo, hi = max(0.0, a - m), min(float(BUCKETS), b + m)
+    return [int(lo * span / BUCKETS), int(math.ceil(hi * span / BUCKETS))]
+
+
+def _counter(series: Dict[tuple, list], k: int, kind, b, mine, t0: int) -> bool:
+    """Append a counter kind's rows of batch `b` to its series, one per numeric field
+    and stream; False when it has no numeric field (its events stay ticks)."""
+    numeric = False
+    for f, col in enumerate(b.fields[k]):
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+            continue
+        numeric = True
+        vals = col.take(pa.array(b.pos[mine])).to_pylist()
+        for si in np.unique(b.stream[mine]).tolist():
+            sel = b.stream[mine] == si
+            key = (k, f, si)
+            ent = series.get(key)
+            if ent is None:
+                ent = series[key] = [si, kind.codec.names[f], [], []]
+            for t, v, ok in zip((b.ts[mine] - t0).tolist(), vals, sel.tolist()):
+                # NaN and infinities have no place on a scale (nor in JSON)
+                if ok and v is not None and math.isfinite(v) and \
+                        len(ent[2]) < 64 * MAX_COUNTER_POINTS:
+                    ent[2].append(t)
+                    ent[3].append(v)
+    return numeric

@@ -1,11 +1,15 @@
 """A self-contained HTML timeline of a session (`hypertrace view`, `export --format html`).
 
 One file, no network: the data is embedded as JSON and drawn on a canvas by the
-script in view.js. A lane per stream, grouped by domain; events as ticks,
-begin/end pairs as bars, sync points as lines from the guest lane to the host
-lane, lost events as red marks, and behind them each lane's event density over
-the whole session. Large sessions keep every density bucket but embed a
-sample of the events and spans (the page says how many). Below: the stats
+script in view.js. A lane per stream (thread), grouped by domain and in it by
+process (pid order, then tid order), each process's counter tracks (events
+declared `counter`: a filled step line per numeric field, min and max labelled)
+under its threads; other events as ticks, begin/end pairs as bars, sync points
+as lines from the guest lane to the host lane, lost events as red marks, and
+behind them each lane's event density over the whole session. It opens on the
+guests' activity (analysis/timeline.py's `focus`); double-click shows it all.
+Large sessions keep every density bucket but embed a sample of the events and
+spans (the page says how many). Below: the stats
 tables. Guest strings are data, never markup: the JSON is escaped for a script
 element and the page sets text with textContent only.
 """

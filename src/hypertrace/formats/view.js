@@ -9,17 +9,44 @@
   const ctx = cv.getContext("2d");
   const LABEL = 250, AXIS = 26, DOM_H = 20, LANE_H = 26;
 
-  // rows: a header per domain, then its lanes
+  // rows: a header per domain; in it a header per process (by pid), its threads (by
+  // tid), then its counter tracks. Domains keep the session's order.
+  const LANE_CTR = 34, PROC_H = 16;
   const rows = [];
   const laneY = new Array(D.lanes.length);
   const domains = [];
   D.lanes.forEach(function (l) { if (domains.indexOf(l.domain) < 0) domains.push(l.domain); });
+  function byNum(a, b) {                 // null (not known) last, then by value
+    if (a === b) return 0;
+    if (a === null || a === undefined) return 1;
+    if (b === null || b === undefined) return -1;
+    return a - b;
+  }
+  const counters = D.counters || [];
   let y = AXIS;
   domains.forEach(function (d) {
     rows.push({ kind: "domain", text: d, y: y }); y += DOM_H;
-    D.lanes.forEach(function (l, i) {
-      if (l.domain !== d) return;
-      rows.push({ kind: "lane", text: l.label, y: y, lane: i }); laneY[i] = y; y += LANE_H;
+    const mine = [];
+    D.lanes.forEach(function (l, i) { if (l.domain === d) mine.push(i); });
+    const pids = [];
+    mine.forEach(function (i) { if (pids.indexOf(D.lanes[i].pid) < 0) pids.push(D.lanes[i].pid); });
+    pids.sort(byNum);
+    pids.forEach(function (pid) {
+      rows.push({ kind: "process", text: d + " · pid " + (pid === null ? "?" : pid), y: y });
+      y += PROC_H;
+      const threads = mine.filter(function (i) { return D.lanes[i].pid === pid; });
+      threads.sort(function (a, b) { return byNum(D.lanes[a].tid, D.lanes[b].tid) || a - b; });
+      threads.forEach(function (i) {
+        rows.push({ kind: "lane", text: D.lanes[i].label, y: y, lane: i }); laneY[i] = y;
+        y += LANE_H;
+      });
+      threads.forEach(function (i) { counters.forEach(function (c, ci) {
+        if (c.lane !== i) return;
+        rows.push({ kind: "counter", text: D.kinds[c.kind][1] + "." + c.field + " (tid " +
+                    D.lanes[c.lane].tid + ")", y: y, c: c,
+                    ci: ci });
+        y += LANE_CTR;
+      }); });
     });
   });
   const HEIGHT = y + 8;
@@ -32,7 +59,8 @@
   D.spans.forEach(function (s) { spansPerLane[s[0]].push(s); });
   const maxDensity = D.density.map(function (r) { return Math.max(1, Math.max.apply(null, r)); });
 
-  let v0 = 0, v1 = Math.max(1, D.span_ns);
+  // opens on the guests' activity (D.focus); double-click shows the whole session
+  let v0 = D.focus ? D.focus[0] : 0, v1 = D.focus ? Math.max(v0 + 1, D.focus[1]) : Math.max(1, D.span_ns);
   // a view can be linked: #from=NS&to=NS (ns since the start of the page's timeline)
   const hash = new URLSearchParams(location.hash.slice(1));
   if (hash.has("from") && hash.has("to") && +hash.get("to") > +hash.get("from")) {
@@ -74,6 +102,39 @@
     }
   }
 
+  // a counter: a filled step line from its minimum (bottom) to its maximum (top)
+  function counterTrack(r, w) {
+    const c = r.c, lo = c.min, hi = c.max, span = hi - lo || 1;
+    const top = r.y + 3, h = LANE_CTR - 6;
+    ctx.fillStyle = "#37474f"; ctx.font = "11px sans-serif";
+    ctx.fillText(r.text.length > 30 ? r.text.slice(0, 29) + "…" : r.text, 12, r.y + 14);
+    ctx.fillStyle = "#78909c"; ctx.font = "10px sans-serif";
+    ctx.fillText("max " + hi, LABEL - 70, r.y + 11);
+    ctx.fillText("min " + lo, LABEL - 70, r.y + LANE_CTR - 4);
+    ctx.save();
+    ctx.beginPath(); ctx.rect(LABEL, r.y, w - LABEL - 8, LANE_CTR); ctx.clip();
+    const col = hue(D.kinds[c.kind][1] + "." + c.field);
+    function yOf(v) { return top + h - (v - lo) / span * h; }
+    let a = 0, b = c.t.length;             // first point at or after v0, minus one
+    while (a < b) { const m = (a + b) >> 1; if (c.t[m] < v0) a = m + 1; else b = m; }
+    const first = Math.max(0, a - 1);
+    const x0 = Math.max(LABEL, xOf(c.t[first]));
+    ctx.beginPath();
+    ctx.moveTo(x0, yOf(c.v[first]));
+    let x = x0;
+    for (let p = first + 1; p < c.t.length; p++) {
+      x = Math.max(LABEL, xOf(c.t[p]));
+      ctx.lineTo(x, yOf(c.v[p - 1]));    // a step: the value holds until the next one
+      ctx.lineTo(x, yOf(c.v[p]));
+      if (c.t[p] > v1) break;
+    }
+    // the line on top, then the area under it down to the minimum
+    ctx.strokeStyle = "hsl(" + col + ",60%,35%)"; ctx.lineWidth = 1; ctx.stroke();
+    ctx.lineTo(x, top + h); ctx.lineTo(x0, top + h); ctx.closePath();
+    ctx.fillStyle = "hsla(" + col + ",60%,50%,0.35)"; ctx.fill();
+    ctx.restore();
+  }
+
   function draw() {
     const dpr = window.devicePixelRatio || 1;
     const w = width();
@@ -89,6 +150,13 @@
         ctx.fillText(r.text, 6, r.y + 14);
         return;
       }
+      if (r.kind === "process") {
+        ctx.fillStyle = "#f5f7f8"; ctx.fillRect(0, r.y, w, PROC_H);
+        ctx.fillStyle = "#37474f"; ctx.font = "bold 11px sans-serif";
+        ctx.fillText(r.text, 8, r.y + 12);
+        return;
+      }
+      if (r.kind === "counter") { counterTrack(r, w); return; }
       const i = r.lane;
       ctx.fillStyle = "#37474f"; ctx.font = "11px sans-serif";
       ctx.fillText(r.text.length > 38 ? r.text.slice(0, 37) + "…" : r.text, 12, r.y + 16);
@@ -150,6 +218,7 @@
       ctx.fill();
     });
     document.body.dataset.rendered = String(++renders);
+    document.body.dataset.view = Math.round(v0) + "," + Math.round(v1);
   }
   let renders = 0;
 
@@ -218,4 +287,8 @@
     " sync points · " + lost + " lost events marked";
   document.body.dataset.lanes = String(D.lanes.length);
   document.body.dataset.domains = String(domains.length);
+  document.body.dataset.counters = String(counters.length);
+  document.body.dataset.focus = D.focus ? D.focus.join(",") : "";
+  // the rows top to bottom (kind, y, text): what a test or a script can check
+  document.body.dataset.rows = JSON.stringify(rows.map(function (r) { return [r.kind, r.y, r.text]; }));
 })();
