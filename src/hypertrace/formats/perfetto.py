@@ -89,7 +89,9 @@ class _Writer:
             p.track_descriptor.process.process_name = d
             self.emit(p)
         pids = {d: i for i, d in enumerate(self.c.s.domains, 1)}
-        for j, st in enumerate(self.c.streams, 1):
+        # tids after the pids: a tid equal to some pid would make trace_processor take
+        # the stream for that process's main thread (and add a thread to the process)
+        for j, st in enumerate(self.c.streams, len(pids) + 1):
             u = self.uuid()
             self.stream_uuid.append(u)
             p = pb.TracePacket()
