@@ -27,6 +27,7 @@ SUFFIX = ".pftrace"
 SEQ = 1                    # trusted_packet_sequence_id of every packet
 _NEEDS = pb.TracePacket.SEQ_NEEDS_INCREMENTAL_STATE
 _CLEARED = pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
+MAX_OPEN_SPANS = 1 << 20   # guest.span begins remembered for an end on another thread
 
 
 def _value_attr(kind: str, signed: bool, hexa: bool) -> str:
@@ -62,6 +63,8 @@ class _Writer:
         self.flows: Dict[Tuple[str, int], int] = {}
         self.edges = Edges(c)
         self.task_tracks: Dict[Tuple[int, int], int] = {}
+        self.open: Dict[Tuple[int, str], int] = {}     # (track, slice name) -> begins open
+        self.span_track: Dict[tuple, int] = {}         # (domain, pid, span id) -> its track
         self.next_uuid = 1
         self.domain_uuid: Dict[str, int] = {}
         self.stream_uuid: List[int] = []
@@ -189,7 +192,7 @@ class _Writer:
             if edge_at:
                 e = edge_at.get(i)
                 if e is not None:
-                    self.edge(r, e)
+                    self.edge(r, e, k)
             for (ann, attr, hexed), v in zip(setters, vals):
                 setattr(ann, attr, v.hex() if hexed else v)
             if sync:
@@ -210,18 +213,39 @@ class _Writer:
         for key, r in list(self.counters.items()):
             self.counters[key] = _Reusable(r.p)
 
-    def edge(self, r: _Reusable, e: Edge) -> None:
+    def edge(self, r: _Reusable, e: Edge, k: int) -> None:
         """A slice's begin (named per event: a traced function's code) or end; an
-        asyncio task's spans on a track of their own under the thread's."""
+        asyncio task's spans on a track of their own under the thread's. An end is
+        named: trace_processor closes the newest open slice of that name on the track
+        (an unnamed end closes the newest of any name: an unfinished begin, or an end
+        whose begin was lost, would close another slice). A guest.span's end goes to
+        its begin's track (it may be recorded by another thread); an end with no begin
+        of its name open there is an instant, as the event it is."""
         te = r.te
         if e.task:
             te.track_uuid = self.task_track(e.stream, e.task)
+        sid = None
+        if e.span is not None:
+            kind = self.c.kinds[k]
+            sid = (kind.domain, self.c.streams[e.stream].get("pid"), e.span)
         if e.ph == "B":
+            key = (te.track_uuid, e.name)
+            self.open[key] = self.open.get(key, 0) + 1
+            if sid is not None and len(self.span_track) < MAX_OPEN_SPANS:
+                self.span_track[sid] = te.track_uuid
             te.type = pb.TrackEvent.TYPE_SLICE_BEGIN
             te.name_iid = self._intern(self.names, e.name, r.p, "event_names")
+            return
+        if sid is not None:
+            te.track_uuid = self.span_track.pop(sid, te.track_uuid)
+        key = (te.track_uuid, e.name)
+        if self.open.get(key):
+            self.open[key] -= 1
+            te.type = pb.TrackEvent.TYPE_SLICE_END
+            te.name_iid = self._intern(self.names, e.name, r.p, "event_names")
         else:
-            te.type = pb.TrackEvent.TYPE_SLICE_END      # closes the track's open slice
-            te.ClearField("name_iid")
+            te.type = pb.TrackEvent.TYPE_INSTANT
+            te.name_iid = self._intern(self.names, self.c.kinds[k].name, r.p, "event_names")
 
     def task_track(self, stream: int, task: int) -> int:
         u = self.task_tracks.get((stream, task))
