@@ -116,7 +116,7 @@ class PerfettoUI:
         self.server: Optional[Server] = None
         self._pw = self.browser = self.page = None
 
-    def __enter__(self) -> "PerfettoUI":
+    def __enter__(self) -> PerfettoUI:
         root = web_dist()
         if not os.access(BROWSER, os.X_OK):
             raise Unavailable("%s is not installed (apt-get install chromium)" % BROWSER)
