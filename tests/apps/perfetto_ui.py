@@ -74,12 +74,17 @@ class Server:
         self.thread.join(10)
 
 
+# page.evaluate has no timeout of its own: what runs in the page races a timer.
+_BOUNDED_JS = """async ([js, ms]) => Promise.race([(0, eval)(js)(), new Promise((_, no) =>
+    setTimeout(() => no(new Error('not done within ' + ms / 1000 + ' s')), ms))])"""
+
 # Runs in the page: the rows of one query as plain JSON (int64 as decimal strings,
 # which Python turns back into ints; blobs as lists of bytes).
-_QUERY_JS = """async (sql) => {
+_QUERY_JS = """async ([sql, ms]) => {
   const trace = window.app && window.app.trace;
   if (!trace) throw new Error('no trace is loaded');
-  const r = await trace.engine.query(sql);
+  const r = await Promise.race([trace.engine.query(sql), new Promise((_, no) =>
+      setTimeout(() => no(new Error('no answer within ' + ms / 1000 + ' s')), ms))]);
   const cols = r.columns();
   const spec = {};
   for (const c of cols) spec[c] = null;          // UNKNOWN: any type
@@ -180,16 +185,15 @@ class PerfettoUI:
         self._wait("window.app.trace !== undefined && !window.app.isLoadingTrace",
                    "the Perfetto UI did not load %s" % path, timeout_s)
         try:
-            self.page.evaluate("() => window.waitForPerfettoIdle()")
+            self.idle(timeout_s)
         except Exception as e:
             raise AssertionError("the Perfetto UI did not settle after loading %s: %s\n%s" % (
                 path, e, self._state())) from None
 
     def query(self, sql: str, timeout_s: float = QUERY_TIMEOUT_S) -> List[Dict[str, Any]]:
         """Rows of `sql` run by the UI's trace processor, one dict per row."""
-        self.page.set_default_timeout(timeout_s * 1000)
         try:
-            r = self.page.evaluate(_QUERY_JS, sql)
+            r = self.page.evaluate(_QUERY_JS, [sql, timeout_s * 1000])
         except Exception as e:
             raise AssertionError("trace processor query failed: %s\n  %s" % (
                 sql, str(e).splitlines()[0])) from None
@@ -204,8 +208,10 @@ class PerfettoUI:
         """Evaluate a JS function in the page (e.g. to drive the timeline)."""
         return self.page.evaluate(js, arg)
 
-    def idle(self) -> None:
-        self.page.evaluate("() => window.waitForPerfettoIdle()")
+    def idle(self, timeout_s: float = LOAD_TIMEOUT_S) -> None:
+        """Wait until the UI has nothing left to draw or query."""
+        self.page.evaluate(_BOUNDED_JS, ["() => window.waitForPerfettoIdle()",
+                                         timeout_s * 1000])
 
     def screenshot(self, path: str) -> None:
         self.idle()
