@@ -181,8 +181,11 @@ class PerfettoUI:
     def open(self, path: str, timeout_s: float = LOAD_TIMEOUT_S) -> None:
         """Open a trace file as a user would (the UI's file input) and wait until the
         trace processor has loaded it and the UI is idle."""
+        # the trace open before (if any): loading replaces it with a new object
+        self.page.evaluate("() => { window.__hypertrace_prev = window.app.trace; }")
         self.page.set_input_files("input.trace_file", path)
-        self._wait("window.app.trace !== undefined && !window.app.isLoadingTrace",
+        self._wait("window.app.trace !== undefined && !window.app.isLoadingTrace && "
+                   "window.app.trace !== window.__hypertrace_prev",
                    "the Perfetto UI did not load %s" % path, timeout_s)
         try:
             self.idle(timeout_s)
