@@ -34,6 +34,9 @@ SUFFIX = ".pftrace"
 SEQ = 1                    # trusted_packet_sequence_id of every packet
 _NEEDS = pb.TracePacket.SEQ_NEEDS_INCREMENTAL_STATE
 _CLEARED = pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
+MAX_OPEN_SPANS = 1 << 20   # guest.span begins remembered for an end on another thread
+MAX_OPEN = 1 << 20         # open slices in all (begins past it are written as instants)
+SEARCH = 256               # how far below a track's newest open slice an end looks
 
 
 def _value_attr(kind: str, signed: bool, hexa: bool) -> str:
@@ -101,6 +104,9 @@ class _Writer:
         self.flows: Dict[Tuple[str, int], int] = {}
         self.edges = Edges(c)
         self.task_tracks: Dict[Tuple[int, int], int] = {}
+        self.open: Dict[int, List[str]] = {}         # track -> names of its open slices
+        self.n_open = 0
+        self.span_track: Dict[tuple, int] = {}       # (domain, pid, span id) -> its track
         self.next_uuid = 1
         self.domain_uuid: Dict[str, int] = {}
         self.stream_uuid: List[int] = []
@@ -142,7 +148,9 @@ class _Writer:
             p.track_descriptor.process.process_name = d
             self.emit(p)
         pids = {d: i for i, d in enumerate(self.c.s.domains, 1)}
-        for j, st in enumerate(self.c.streams, 1):
+        # tids after the pids: a tid equal to some pid would make trace_processor take
+        # the stream for that process's main thread (and add a thread to the process)
+        for j, st in enumerate(self.c.streams, len(pids) + 1):
             u = self.uuid()
             self.stream_uuid.append(u)
             p = pb.TracePacket()
@@ -301,13 +309,14 @@ class _Writer:
             p.timestamp = ts
             te.track_uuid = self.stream_uuid[st]
             e = edge_at.get(i)
+            before = after = b""
             if e is not None:
-                self.edge(r, e)
+                before, after = self.edge(r, e, k, ts)
             for (ann, attr, hexed), x in zip(setters, v):
                 setattr(ann, attr, x.hex() if hexed else x)
             if sync:
                 self.sync_flow(k, te, v)
-            data = r.serialize()
+            data = before + r.serialize() + after
             if counter:
                 data += self.counter_values(k, ts, v)
             out.append(data)
@@ -316,18 +325,77 @@ class _Writer:
             self._fresh(k)
         return out
 
-    def edge(self, r: _Reusable, e: Edge) -> None:
-        """A slice's begin (named per event: a traced function's code) or end; an
-        asyncio task's spans on a track of their own under the thread's."""
+    def edge(self, r: _Reusable, e: Edge, k: int, ts: int) -> Tuple[bytes, bytes]:
+        """Make r a slice's begin (named per event: a traced function's code) or end;
+        an asyncio task's spans go on a track of their own under the thread's. Returns
+        the packets to write before and after r's (a split, below).
+
+        Ends are named: trace_processor closes the newest open slice of that name on
+        the track, and an unnamed end would close whatever is newest (an unfinished
+        begin, or the enclosing slice of an end whose begin was lost). A guest.span's
+        end goes to its begin's track (another thread may record it). An end with no
+        begin of its name open there is an instant, as the event it is. Slices on a
+        track must nest: an end whose begin is not the newest open one (`a_begin
+        b_begin a_end b_end`) ends the slices above it too and begins them again
+        right after, so b shows as two slices, the second marked `continued`."""
         te = r.te
         if e.task:
             te.track_uuid = self.task_track(e.stream, e.task)
+        sid = None
+        if e.span is not None:
+            sid = (self.c.kinds[k].domain, self.c.streams[e.stream].get("pid"), e.span)
         if e.ph == "B":
+            stack = self.open.setdefault(te.track_uuid, [])
+            if self.n_open >= MAX_OPEN:
+                return self._as_instant(te, k)
+            stack.append(e.name)
+            self.n_open += 1
+            if sid is not None and len(self.span_track) < MAX_OPEN_SPANS:
+                self.span_track[sid] = te.track_uuid
             te.type = pb.TrackEvent.TYPE_SLICE_BEGIN
             te.name_iid = self._intern(self.names, e.name, "event_names")
-        else:
-            te.type = pb.TrackEvent.TYPE_SLICE_END      # closes the track's open slice
-            te.ClearField("name_iid")
+            return b"", b""
+        if sid is not None:
+            te.track_uuid = self.span_track.pop(sid, te.track_uuid)
+        stack = self.open.get(te.track_uuid, [])
+        at = next((j for j in range(len(stack) - 1, max(-1, len(stack) - 1 - SEARCH), -1)
+                   if stack[j] == e.name), None)
+        if at is None:
+            return self._as_instant(te, k)
+        above = stack[at + 1:]
+        del stack[at:]
+        self.n_open -= 1
+        te.type = pb.TrackEvent.TYPE_SLICE_END
+        te.name_iid = self._intern(self.names, e.name, "event_names")
+        if not above:
+            return b"", b""
+        stack.extend(above)
+        before = b"".join(self._slice_edge(ts, te.track_uuid, pb.TrackEvent.TYPE_SLICE_END,
+                                           n, False) for n in reversed(above))
+        after = b"".join(self._slice_edge(ts, te.track_uuid, pb.TrackEvent.TYPE_SLICE_BEGIN,
+                                          n, True) for n in above)
+        return before, after
+
+    def _as_instant(self, te, k: int) -> Tuple[bytes, bytes]:
+        te.type = pb.TrackEvent.TYPE_INSTANT
+        te.name_iid = self._intern(self.names, self.c.kinds[k].name, "event_names")
+        return b"", b""
+
+    def _slice_edge(self, ts: int, track: int, typ: int, name: str, continued: bool) -> bytes:
+        """One packet of a split slice's end or its continuation's begin."""
+        t = pb.Trace()
+        p = t.packet.add()
+        p.timestamp = ts
+        p.trusted_packet_sequence_id = SEQ
+        p.sequence_flags = _NEEDS
+        p.track_event.type = typ
+        p.track_event.track_uuid = track
+        p.track_event.name_iid = self._intern(self.names, name, "event_names")
+        if continued:
+            a = p.track_event.debug_annotations.add()
+            a.name_iid = self._intern(self.args, "continued", "debug_annotation_names")
+            a.bool_value = True
+        return t.SerializeToString()
 
     def task_track(self, stream: int, task: int) -> int:
         u = self.task_tracks.get((stream, task))
