@@ -138,12 +138,8 @@ class Columns:
         lost = 0
         # a packet may claim any size: content beyond this is cut at record boundaries
         split = self.split_bytes
-
-        def head(off: int, n: int) -> bytes:
-            buf, i = f.window(off, n)
-            return buf[i:i + n]
         try:
-            for p in packets.packets_at(head, f.size):
+            for p in packets.packets_in(f):
                 if p.discarded > lost:   # a running total: it grows where events were lost
                     losses.append((p.ts_begin, p.discarded - lost))
                     lost = p.discarded

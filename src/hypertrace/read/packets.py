@@ -53,3 +53,12 @@ def packets_at(read: Callable[[int, int], bytes], size: int) -> Iterator[Packet]
             raise PacketDamage("truncated packet at byte %d" % pos)
         yield Packet(pos + PACKET_HEAD.size, pos + csize // 8, end, tb, disc)
         pos = end
+
+
+def packets_in(f) -> Iterator[Packet]:
+    """The packets of a stream file opened in windows (sessiondir's `Session.open_stream`:
+    `f.window(offset, n)` returns a buffer and the offset of those bytes in it)."""
+    def head(off: int, n: int) -> bytes:
+        buf, i = f.window(off, n)
+        return buf[i:i + n]
+    return packets_at(head, f.size)

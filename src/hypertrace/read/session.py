@@ -201,12 +201,8 @@ class Session:
         if f is None:
             return
         H = abi.REC_HEADER_SIZE
-
-        def head(off: int, n: int) -> bytes:
-            buf, i = f.window(off, n)
-            return buf[i:i + n]
         try:
-            for p in packets.packets_at(head, f.size):
+            for p in packets.packets_in(f):
                 off, cend = p.start, p.content_end
                 # the file keeps the content up to the last payload byte: pad to whole records
                 rend = off + abi.align(cend - off, abi.REC_ALIGN)
