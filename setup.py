@@ -14,6 +14,10 @@ setup(ext_modules=[
               optional=True),
     Extension("hypertrace.host._walk", ["src/hypertrace/native/walk.c"],
               extra_compile_args=FLAGS, optional=True),
+    Extension("hypertrace.read._gather", ["src/hypertrace/native/gather.c"],
+              extra_compile_args=FLAGS, optional=True),
+    Extension("hypertrace.formats._pbwire", ["src/hypertrace/native/pbwire.c"],
+              extra_compile_args=FLAGS, optional=True),
     Extension("hypertrace.host._ftrace", ["src/hypertrace/native/ftrace.c"],
               extra_compile_args=FLAGS, optional=True),
 ])

@@ -10,10 +10,15 @@ bounded batches, so memory does not grow with the trace.
 
 A session directory is input like any other: a record that does not fit its
 declaration ends its stream with a warning (as in Session.stream_events).
+
+The fields are gathered in C (native/gather.c, built as read/_gather) when it is
+built and HYPERTRACE_PURE is "" or "0", else with numpy (`numpy_fields`, the
+reference the C gather must agree with: tests/test_native_gather.py).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -23,6 +28,13 @@ import pyarrow as pa
 from .. import abi
 from . import packets
 from .session import MONO_LIMIT, UNC_LIMIT, Session
+
+_native = None
+if os.environ.get("HYPERTRACE_PURE", "") in ("", "0"):
+    try:
+        from . import _gather as _native  # type: ignore[no-redef]
+    except ImportError:
+        _native = None
 
 CHUNK_BYTES = 1 << 20          # record bytes decoded per stream per step, at most
 SPLIT_BYTES = 4 << 20          # packets with more content are read in pieces of records
@@ -280,6 +292,10 @@ def record_starts(b: np.ndarray, w: np.ndarray, lo: np.ndarray, hi: np.ndarray
     allows) is a candidate; if the candidates chain one to the next and end at
     the end, they are the records. Otherwise (payload bytes that look like a
     header, or damage) walk the sizes one record at a time."""
+    if _native is not None:
+        # the C walk of the size chain: what both paths below compute
+        out, ok = _native.starts(b)
+        return np.frombuffer(out, dtype=np.int64), ok
     h16 = w.view(np.uint16)
     sz = (h16[1::4] & np.uint16(abi.REC_SIZE_MASK)).astype(np.int32)
     eid = h16[0::4]
@@ -360,6 +376,54 @@ def _fields(b: np.ndarray, off: np.ndarray, end: np.ndarray, size: np.ndarray,
             c: abi.Codec) -> Tuple[List[pa.Array], np.ndarray]:
     """The fields of the records of one event type at byte offsets `off`: one pyarrow
     array per argument, and which records fit their declaration."""
+    if _native is None:
+        return numpy_fields(b, off, end, size, c)
+    steps = tuple(st.size if kind == "fixed" else -1 for kind, st in c.steps)  # type: ignore
+    good, outs = _native.fields(b, np.ascontiguousarray(off, dtype=np.int64),
+                                np.ascontiguousarray(end, dtype=np.int64),
+                                np.ascontiguousarray(size, dtype=np.int64), steps)
+    n = len(off)
+    cols: List[pa.Array] = []
+    for (kind, st), out in zip(c.steps, outs):
+        if kind == "fixed":
+            _fixed_columns(np.frombuffer(out, dtype=np.uint8).reshape(n, st.size),  # type: ignore
+                           st.format[1:], cols)  # type: ignore[union-attr]
+        else:
+            cols.append(_var_column(kind, n, out[0], out[1]))
+    return cols, np.frombuffer(good, dtype=bool)
+
+
+def _fixed_columns(raw: np.ndarray, codes: str, cols: List[pa.Array]) -> None:
+    """Split an (n, width) byte matrix of one fixed run into its fields' arrays."""
+    o = 0
+    for code in codes:
+        dt = np.dtype(_NP[code])
+        v = raw[:, o:o + dt.itemsize].copy().view(dt).ravel()
+        if code == "?":
+            v = v != 0
+        elif code == "f":
+            v = v.astype(np.float64)
+        cols.append(pa.array(v))
+        o += dt.itemsize
+
+
+def _var_column(kind: str, n: int, offsets: bytes, data: bytes) -> pa.Array:
+    bufs = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    if kind == "bytes":
+        return pa.Array.from_buffers(pa.binary(), n, bufs)
+    arr = pa.Array.from_buffers(pa.string(), n, bufs)
+    try:
+        arr.validate(full=True)
+    except pa.ArrowInvalid:        # invalid UTF-8: as the scalar decoder does
+        arr = pa.array([bytes(x).decode("utf-8", "replace")
+                        for x in pa.Array.from_buffers(pa.binary(), n, bufs)
+                        .to_pylist()], pa.string())
+    return arr
+
+
+def numpy_fields(b: np.ndarray, off: np.ndarray, end: np.ndarray, size: np.ndarray,
+                 c: abi.Codec) -> Tuple[List[pa.Array], np.ndarray]:
+    """_fields with numpy: the reference."""
     n = len(off)
     good = np.ones(n, dtype=bool)
     p = off + abi.REC_HEADER_SIZE
@@ -369,18 +433,7 @@ def _fields(b: np.ndarray, off: np.ndarray, end: np.ndarray, size: np.ndarray,
             width = st.size  # type: ignore[union-attr]
             good &= p + width <= end
             idx = np.minimum(p, len(b) - width)[:, None] + np.arange(width)
-            raw = np.ascontiguousarray(b[idx])
-            codes = st.format[1:]  # type: ignore[union-attr]
-            o = 0
-            for code in codes:
-                dt = np.dtype(_NP[code])
-                v = raw[:, o:o + dt.itemsize].copy().view(dt).ravel()
-                if code == "?":
-                    v = v != 0
-                elif code == "f":
-                    v = v.astype(np.float64)
-                cols.append(pa.array(v))
-                o += dt.itemsize
+            _fixed_columns(np.ascontiguousarray(b[idx]), st.format[1:], cols)  # type: ignore
             p = p + width
             continue
         q = np.minimum(p, len(b) - 2)
@@ -394,19 +447,7 @@ def _fields(b: np.ndarray, off: np.ndarray, end: np.ndarray, size: np.ndarray,
         np.cumsum(ln, out=offsets[1:])
         total = int(offsets[-1])
         src = np.repeat(p + 2 - offsets[:-1], ln) + np.arange(total)
-        data = b[src].tobytes()
-        bufs = [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data)]
-        if kind == "bytes":
-            cols.append(pa.Array.from_buffers(pa.binary(), n, bufs))
-        else:
-            arr = pa.Array.from_buffers(pa.string(), n, bufs)
-            try:
-                arr.validate(full=True)
-            except pa.ArrowInvalid:        # invalid UTF-8: as the scalar decoder does
-                arr = pa.array([bytes(x).decode("utf-8", "replace")
-                                for x in pa.Array.from_buffers(pa.binary(), n, bufs)
-                                .to_pylist()], pa.string())
-            cols.append(arr)
+        cols.append(_var_column(kind, n, offsets.tobytes(), b[src].tobytes()))
         p = p + 2 + ln
     good &= ((p - off + 7) & ~7) == size
     return cols, good
