@@ -8,7 +8,9 @@ its peak RSS is its own:
   * decode only: the columnar decoder (numpy) over every event, no output;
   * decode, scalar: Session.events() (one record at a time, what `report`
     uses) over the first events, for comparison;
-  * `hypertrace export --format perfetto | json | parquet | html`.
+  * `hypertrace export --format perfetto | json | parquet | html`;
+  * the decode and the Perfetto export again with HYPERTRACE_PURE=1: the numpy
+    code the C gather and encoder (native/gather.c, native/pbwire.c) replace.
 Wall time includes Python start-up and imports.
 
 Usage: python benchmarks/bench_export.py [--events N] [--keep DIR]
@@ -45,10 +47,12 @@ print(sum(1 for _ in itertools.islice(Session(sys.argv[1]).events(), int(sys.arg
 """
 
 
-def run(args: list) -> tuple:
+def run(args: list, pure: bool = False) -> tuple:
     """(seconds, peak RSS in MiB, stdout) of one child process."""
+    env = dict(os.environ, HYPERTRACE_PURE="1" if pure else "0")
     t = time.perf_counter()
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                         env=env)
     out = p.stdout.read()
     _, status, ru = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
@@ -92,12 +96,16 @@ def main() -> None:
     k = min(n, 1_000_000)
     dt, rss, out = run([PY, "-c", SCALAR, sess, str(k)])
     rows.append(("decode, scalar (first %dk)" % (k // 1000), int(out), dt, rss, None))
-    for fmt, suffix in (("perfetto", ".pftrace"), ("json", ".json"), ("parquet", "-pq"),
-                        ("html", ".html")):
+    dt, rss, _ = run([PY, "-c", DECODE, sess], pure=True)
+    rows.append(("decode only (numpy, no C)", n, dt, rss, None))
+    for fmt, suffix, pure in (("perfetto", ".pftrace", False), ("json", ".json", False),
+                              ("parquet", "-pq", False), ("html", ".html", False),
+                              ("perfetto", ".pftrace", True)):
         out_path = os.path.join(work, "out" + suffix)
         dt, rss, _ = run([PY, "-m", "hypertrace.cli", "export", sess, "--format", fmt,
-                          "-o", out_path])
-        rows.append(("decode + export --format %s" % fmt, n, dt, rss, size_of(out_path)))
+                          "-o", out_path], pure)
+        rows.append(("decode + export --format %s%s" % (fmt, " (no C)" if pure else ""), n,
+                     dt, rss, size_of(out_path)))
         if os.path.isdir(out_path):
             shutil.rmtree(out_path)
         else:
