@@ -103,19 +103,34 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write the session as Perfetto protobuf, Chrome JSON, "
                                       "Parquet or a self-contained HTML timeline")
-    e.add_argument("dir")
+    e.add_argument("dir", nargs="+", metavar="DIR",
+                   help="a session directory (several with --dataset)")
     e.add_argument("--format", required=True, choices=sorted(EXPORTS))
-    e.add_argument("-o", "--output", help="file (perfetto, json, html) or directory (parquet)")
+    out = e.add_mutually_exclusive_group()
+    out.add_argument("-o", "--output",
+                     help="file (perfetto, json, html) or directory (parquet)")
+    out.add_argument("--dataset", metavar="ROOT",
+                     help="with --format parquet: add each session to the Hive-partitioned "
+                          "dataset ROOT, as ROOT/host=<host>/session=<trace uuid>/"
+                          "<table>.parquet (made if missing; a session exported again "
+                          "replaces its partition; README: Analysing a fleet)")
 
     v = sub.add_parser("view", help="write a self-contained HTML timeline of the session "
                                     "(same as export --format html) and print its path")
     v.add_argument("dir")
     v.add_argument("-o", "--output", help="HTML file (default DIR.html)")
 
-    sq = sub.add_parser("sql", help="DuckDB SQL over the session (views: events, streams, "
-                                    "clocks, sync, lost, event_<domain>_<name>)")
-    sq.add_argument("dir")
-    sq.add_argument("query")
+    sq = sub.add_parser(
+        "sql", help="DuckDB SQL over one session or many (views: events, streams, clocks, "
+                    "sync, lost, event_<domain>_<name>)",
+        usage="hypertrace sql [-h] [--csv | --json] DIR [DIR ...] QUERY",
+        description="DuckDB SQL over the sessions DIR... (the last argument is the query). "
+                    "Views: events (every event, fields as JSON), event_<domain>_<name> "
+                    "(typed columns f_<arg>), streams, clocks, sync, lost. With several "
+                    "DIRs every view also has the columns session (the trace uuid) and "
+                    "host (the machine that recorded it) first (README: Analysing a fleet).")
+    sq.add_argument("dir", nargs="+", metavar="DIR", help="a session directory (repeatable)")
+    sq.add_argument("query", metavar="QUERY")
     fmt = sq.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true")
     fmt.add_argument("--json", action="store_true")
@@ -321,10 +336,50 @@ def _progress(s, what: str):
 
 
 def cmd_export(a) -> int:
+    if a.dataset is not None:
+        if a.format != "parquet":
+            return _fail("--dataset writes Parquet: give --format parquet")
+        return _export_dataset(a)
+    if len(a.dir) > 1:
+        return _fail("several sessions go into a dataset: give --format parquet --dataset ROOT")
+    return _export(a, a.dir[0])
+
+
+def _export_dataset(a) -> int:
+    from .formats.dataset import Dataset, DatasetError
+    from .read import identity
+    sessions = [_session(d) for d in a.dir]
+    identity.distinct(sessions)
+    try:
+        with Dataset(a.dataset) as ds:
+            for s in sessions:
+                ds.check(s)            # every session can go in before any is written
+            for s in sessions:
+                bar = _progress(s, identity.session_id(s)[:8])
+                try:
+                    path, n, leftover = ds.add(s, bar.update)
+                finally:
+                    bar.close()
+                for msg in s.warnings:
+                    sys.stderr.write("hypertrace: warning: %s: %s (the rest of that stream "
+                                     "was skipped)\n" % (s.path, msg))
+                if leftover:
+                    sys.stderr.write("hypertrace: warning: the previous partition held other "
+                                     "files: it is kept as %s\n" % leftover)
+                print("%s: %d events written (%s)" % (path, n, s.path))
+    except DatasetError as e:
+        return _fail(str(e))
+    except OSError as e:
+        return _fail("cannot write the dataset %s: %s" % (a.dataset, e.strerror or e))
+    return 0
+
+
+def _export(a, session_dir: str) -> int:
     import importlib
 
     from .formats.output import Output, OutputError
     from .read.columns import Columns
+    a.dir = session_dir
     s = _session(a.dir)
     mod = importlib.import_module(".formats." + EXPORTS[a.format], __package__)
     out = a.output or a.dir.rstrip("/") + mod.SUFFIX
@@ -367,7 +422,7 @@ def cmd_export(a) -> int:
 
 def cmd_view(a) -> int:
     a.format = "html"
-    return cmd_export(a)
+    return _export(a, a.dir)
 
 
 def cmd_sql(a) -> int:
@@ -375,18 +430,23 @@ def cmd_sql(a) -> int:
 
     import duckdb
 
-    from .analysis import sql
-    s = _session(a.dir)
+    from .analysis import fleet, sql
+    sessions = [_session(d) for d in a.dir]
     try:
-        cols, rows = sql.query(s, a.query)
+        if len(sessions) == 1:
+            cols, rows = sql.query(sessions[0], a.query)
+        else:
+            cols, rows = fleet.query(sessions, a.query)
     except duckdb.Error as e:
         return _fail("SQL error: %s" % str(e).splitlines()[0])
     except OSError as e:
         return _fail(str(e))
     finally:
-        for msg in s.warnings:
-            sys.stderr.write("hypertrace: warning: %s (the rest of that stream was skipped)\n"
-                             % msg)
+        for s in sessions:
+            for msg in s.warnings:
+                sys.stderr.write("hypertrace: warning: %s%s (the rest of that stream was "
+                                 "skipped)\n" % (s.path + ": " if len(sessions) > 1 else "",
+                                                  msg))
     from .read.session import json_value  # bytes as hex, NaN as "NaN": as everywhere
     rows = [[json_value(v) for v in r] for r in rows]
     if a.json:

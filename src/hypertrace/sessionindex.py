@@ -45,6 +45,8 @@ DOMAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,%d}\Z" % MAX_NAME)
 STREAM_FILE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}\Z")   # never `.x`, `..`
 EVENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 EVENT_ID = re.compile(r"(0|[1-9][0-9]{0,4})\Z")
+#: the recording machine's name (`hostname`; read/identity.py): no control characters
+HOSTNAME = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,255}\Z")
 SEGMENT_KEYS = ("g_start", "g_end", "g0", "offset_ns", "drift_ppm", "uncertainty_ns",
                 "samples", "margin_ns")
 
@@ -158,6 +160,11 @@ def validate(doc: Any) -> dict:
         raise IndexInvalid("not a hypertrace session index")
     if "trace_uuid" in doc:
         _str(doc["trace_uuid"], "trace_uuid", re.compile(r"[0-9a-f]{32}\Z"))
+    h = doc.get("hostname")
+    if h is not None and not (type(h) is str and HOSTNAME.match(h)):
+        # it only labels the session (read/identity.py): one that is not a name is left
+        # out, it does not make the session unreadable
+        doc.pop("hostname")
     _opt_int(doc.get("host_clock_offset_ns"), "host_clock_offset_ns", -OFF_MAX, OFF_MAX)
     domains = _list(doc.get("domains"), "domains", MAX_DOMAINS)
     names: Dict[str, dict] = {}

@@ -754,7 +754,8 @@ class Collector:
     def write_index(self) -> None:
         doms = self.domain_entries()
         index = {"format": "hypertrace-session", "version": 1, "hypertrace": __version__,
-                 "trace_uuid": self.trace_uuid.hex(), "started_ns": self.started_ns,
+                 "trace_uuid": self.trace_uuid.hex(), "hostname": socket.gethostname(),
+                 "started_ns": self.started_ns,
                  "stopped_ns": time.time_ns(), "snapshots": self.snapshots,
                  "host_clock_offset_ns": self.host_offset,
                  "clocks": self.clock_summary,
