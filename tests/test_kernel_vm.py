@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import warnings
 
 import pytest
 from conftest import ROOT, babeltrace, env, hypertrace, stats, tracefs
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.skipif(not tracefs() or not os.path.exists("/usr/bin/tr
                                 reason="needs root, tracefs and trace-cmd")
 
 NAPS = 60
+NAME = "htk%d" % os.getpid()     # the guest's domain
 
 HOST_APP = r"""
 import os, subprocess, sys, threading
@@ -60,8 +62,10 @@ def _bt_cycles(out: str) -> list:
     return res
 
 
-def test_one_picture_guest_and_host_kernel_and_user_events(tmp_path):
-    name = "htk%d" % os.getpid()
+def _record_with_guest(tmp_path):
+    """One recording: the collector (with host kernel events), the host program, the
+    booted guest. Returns (session dir, guest lines, host program's output)."""
+    name = NAME
     out = str(tmp_path / "session")
     e = env()
     ht = [sys.executable, "-m", "hypertrace.cli"]
@@ -69,6 +73,7 @@ def test_one_picture_guest_and_host_kernel_and_user_events(tmp_path):
                                  "sched:sched_process_exec,sched:sched_process_exit"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
     host = None
+    host_out = ""
     try:
         first = rec.stdout.readline()
         m = re.search(r"HYPERTRACE_HOST_CHANNEL=(\S+?);", first)
@@ -94,6 +99,25 @@ def test_one_picture_guest_and_host_kernel_and_user_events(tmp_path):
             rec.send_signal(signal.SIGINT)
         _, rerr = rec.communicate(timeout=300)
     assert rec.returncode == 0, rerr
+    return out, lines, host_out
+
+
+def test_one_picture_guest_and_host_kernel_and_user_events(tmp_path):
+    name = NAME
+    first = tmp_path / "first"
+    first.mkdir()
+    out, lines, host_out = _record_with_guest(first)
+    if any(x.startswith("HT-TIMEOUT") for x in lines):
+        # A TCG guest on a loaded 2-core machine once stopped printing after it booted
+        # (CI, 420 s): recorded once more; the first run's steps and stacks (vmkernel.py
+        # dumps them) are kept in a warning so that a stall is seen even when the second
+        # run passes. Two stalls fail.
+        warnings.warn("the first guest run timed out; its last lines:\n"
+                      + "\n".join(lines[-40:]), stacklevel=1)
+        again = tmp_path / "again"
+        again.mkdir()
+        out, lines, host_out = _record_with_guest(again)
+        tmp_path = again
     res = [x for x in lines if x.startswith("HT-RESULT ")]
     assert res, "\n".join(lines[-60:])
     res = json.loads(res[0][len("HT-RESULT "):])

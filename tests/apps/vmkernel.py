@@ -10,6 +10,7 @@ of its buffer is printed as `HT-TC` lines for the host to compare.
 Usage: vmkernel.py N_NAPS
 """
 
+import faulthandler
 import json
 import os
 import select
@@ -19,8 +20,20 @@ import threading
 import time
 
 print("HT-BOOTED", flush=True)
+T0 = time.monotonic()
+# a stalled run shows where it stalled: every thread's stack on the console, well
+# before the host kills the guest (vmboot.RUN_TIMEOUT)
+faulthandler.dump_traceback_later(240, repeat=True, file=sys.stdout)
+
+
+def step(what):
+    # where the guest's time went, for the reader of a timed-out run
+    print("HT-STEP %.1f s %s" % (time.monotonic() - T0, what), flush=True)
+
 
 from hypertrace import guest  # noqa: E402
+
+step("imported hypertrace.guest")
 
 n = int(sys.argv[1])
 errors = []
@@ -35,6 +48,7 @@ def run(*cmd, timeout=120):
 
 
 run("trace-cmd", "start", "-C", "mono", "-e", "sched:sched_switch")
+step("trace-cmd started")
 agent = subprocess.Popen([sys.executable, "-m", "hypertrace.guest.kernel", "--events",
                           "sched:sched_switch", "--channel", "ivshmem"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -43,6 +57,7 @@ line = agent.stdout.readline() if ready else b""
 if b"tracing" not in line:
     errors.append("the agent did not start: %r" % line)
 # its threads leave themselves out of its trace (set_event_notrace_pid)
+step("agent: %r" % line[:80])
 agent_tids = sorted(int(t) for t in os.listdir("/proc/%d/task" % agent.pid))
 nap = guest.event("nap", "uint32_t i, uint32_t tid")
 tid = threading.get_native_id()
@@ -52,7 +67,9 @@ for i in range(n):
     # switched out); time.sleep sleeps to a deadline taken before it, which a slow TCG
     # vCPU can pass before the call: no sleep, no switch
     select.select([], [], [], 0.001)
+step("naps done")
 guest.sync_point("naps_done", n)
+step("sync point sent")
 agent.send_signal(2)
 try:
     _out, err = agent.communicate(timeout=180)
@@ -60,10 +77,12 @@ except subprocess.TimeoutExpired:
     agent.kill()
     _out, err = agent.communicate()
     errors.append("the agent did not stop")
+step("agent stopped")
 run("trace-cmd", "stop")
 run("trace-cmd", "extract", "-o", tmp)
 rep = run("trace-cmd", "report", "-t", "-i", tmp)
 run("trace-cmd", "reset")
+step("trace-cmd reported")
 for ln in rep.stdout.decode("utf-8", "replace").splitlines():
     if "sched_switch:" in ln:
         print("HT-TC " + ln)

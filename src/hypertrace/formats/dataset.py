@@ -42,9 +42,9 @@ from .output import (
     MARKER_FORMAT,
     PARQUET_FILE,
     OutputError,
-    _is_our_export,
-    _remove_export,
-    _within,
+    is_our_export,
+    remove_export,
+    within,
 )
 
 DATASET_MARKER = ".hypertrace-dataset"
@@ -170,7 +170,7 @@ class Dataset:
     def check(self, s: Session) -> Tuple[str, str]:
         """The partition of session s; DatasetError if it cannot go there."""
         sess = os.path.realpath(s.path)
-        if _within(self.real, sess) or _within(sess, self.real):
+        if within(self.real, sess) or within(sess, self.real):
             raise DatasetError("%s: the dataset %s and the session directory %s must not be "
                                "inside one another (a reader's glob would take the session's "
                                "own Parquet cache): nothing was written"
@@ -256,7 +256,7 @@ class _Partition:
             os.stat(self.name, dir_fd=self.parent_fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
-        old = _is_our_export(self.parent_fd, self.name)
+        old = is_our_export(self.parent_fd, self.name)
         if old is None:
             raise DatasetError("%s exists and is not a partition you exported (no %s of "
                                "yours in it): nothing was replaced" % (self.shown, MARKER))
@@ -301,7 +301,7 @@ class _Partition:
             os.rename(self.tmp, self.name, src_dir_fd=self.parent_fd,
                       dst_dir_fd=self.parent_fd)
         self.tmp = None
-        left = _remove_export(self.parent_fd, aside, old)
+        left = remove_export(self.parent_fd, aside, old)
         return None if left is None else self.shown.rsplit("/", 1)[0] + "/" + left
 
     def close(self) -> None:

@@ -72,12 +72,12 @@ def _split(out: str) -> tuple:
     return parent, name
 
 
-def _within(a: str, b: str) -> bool:
+def within(a: str, b: str) -> bool:
     """Whether path a is b or inside it (both real paths)."""
     return os.path.commonpath([a, b]) == b
 
 
-def _is_our_export(parent_fd: int, name: str) -> Optional[os.stat_result]:
+def is_our_export(parent_fd: int, name: str) -> Optional[os.stat_result]:
     """The stat of directory `name` if it is a previous Parquet export of this user
     (a real directory owned by us holding our marker file), else None."""
     try:
@@ -118,10 +118,10 @@ class Output:
         real_parent = os.path.realpath(parent)
         target = os.path.join(real_parent, self.name)
         sess = os.path.realpath(session_dir)
-        if _within(target, sess) or _within(sess, target):
+        if within(target, sess) or within(sess, target):
             raise OutputError("%s: the output would %s the session directory %s: nothing was "
                               "written" % (out, "be" if target == sess else "be inside"
-                                           if _within(target, sess) else "contain",
+                                           if within(target, sess) else "contain",
                                            session_dir))
         try:
             self.parent_fd = os.open(real_parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -151,7 +151,7 @@ class Output:
         except OSError as e:
             raise OutputError("cannot write %s: %s" % (self.out, e.strerror)) from None
         if stat.S_ISDIR(st.st_mode):
-            ours = _is_our_export(self.parent_fd, self.name) if self.directory else None
+            ours = is_our_export(self.parent_fd, self.name) if self.directory else None
             if ours is None:
                 raise OutputError("%s is a directory%s: nothing was written (give -o a file "
                                   "name, or remove it yourself)" % (
@@ -237,7 +237,7 @@ class Output:
             raise
         self.tmp = None
         if aside is not None:
-            self.leftover = _remove_export(self.parent_fd, aside, old)
+            self.leftover = remove_export(self.parent_fd, aside, old)
 
     def close(self) -> None:
         """Remove an uncommitted result (only the names this export made) and the
@@ -276,7 +276,7 @@ def _unlink(dir_fd: int, name: str) -> None:
         pass
 
 
-def _remove_export(parent_fd: int, name: str, was: os.stat_result) -> Optional[str]:
+def remove_export(parent_fd: int, name: str, was: os.stat_result) -> Optional[str]:
     """Remove a previous Parquet export moved aside: only its marker and the files
     with Parquet export names, then the directory. Returns the name if something
     else was in it (it is then left there)."""
