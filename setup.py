@@ -16,7 +16,7 @@ setup(ext_modules=[
               extra_compile_args=FLAGS, optional=True),
     Extension("hypertrace.read._gather", ["src/hypertrace/native/gather.c"],
               extra_compile_args=FLAGS, optional=True),
-    Extension("hypertrace.formats._pbwire", ["src/hypertrace/native/pbwire.c"],
+    Extension("hypertrace.read._rows", ["src/hypertrace/native/rows.c"],
               extra_compile_args=FLAGS, optional=True),
     Extension("hypertrace.host._ftrace", ["src/hypertrace/native/ftrace.c"],
               extra_compile_args=FLAGS, optional=True),

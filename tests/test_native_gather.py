@@ -1,6 +1,6 @@
 """The C field gather and record walk of the columnar decoder (native/gather.c) and
-the C varints and row join of the Perfetto encoder (native/pbwire.c) against their
-numpy references, on honest and on random or mutated bytes."""
+the C varints, decimals and row join of the encoders (native/rows.c) against their
+numpy and pyarrow references, on honest and on random or mutated bytes."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from hypertrace import abi
 from hypertrace.abi.signature import EventDecl, parse_args
 from hypertrace.formats import protobulk as pbk
 from hypertrace.read import columns
+from hypertrace.read import rows as rowjoin
 
 gather = pytest.importorskip("hypertrace.read._gather")
-pbwire = pytest.importorskip("hypertrace.formats._pbwire")
+crows = pytest.importorskip("hypertrace.read._rows")
 
 DECL = EventDecl("ev", parse_args("uint32_t a, const char *s, double d, bool b, "
                                   "bytes raw, int16_t z"))
@@ -29,7 +30,7 @@ CODEC = abi.Codec(DECL)
 
 def test_the_c_code_is_taken_unless_pure():
     pure = os.environ.get("HYPERTRACE_PURE") == "1"
-    assert (columns._native is None) == pure and (pbk._native is None) == pure
+    assert (columns._native is None) == pure and (rowjoin.native is None) == pure
 
 
 def _record(rng: random.Random) -> bytes:
@@ -116,13 +117,13 @@ def test_the_gather_reads_nothing_outside_its_buffer():
 @given(values=st.lists(st.integers(0, (1 << 64) - 1), max_size=200))
 def test_c_varints_equal_the_numpy_ones(values):
     v = np.array(values, dtype=np.uint64)
-    pbk._native = pbwire
+    rowjoin.native = crows
     try:
         c = pbk.varints(v)
-        pbk._native = None
+        rowjoin.native = None
         n = pbk.varints(v)
     finally:
-        pbk._native = pbwire if os.environ.get("HYPERTRACE_PURE") != "1" else None
+        rowjoin.native = crows if os.environ.get("HYPERTRACE_PURE") != "1" else None
     assert c.arr.to_pylist() == n.arr.to_pylist() and c.lens.tolist() == n.lens.tolist()
 
 
@@ -134,21 +135,57 @@ def test_c_join_equals_pyarrows(rows, const, start):
     b = pa.array([r[1] for r in rows], pa.binary())
     m = pbk.Message().add(const, pbk.Col(a, np.array([len(r[0]) for r in rows])), const,
                           pbk.Col(b, np.array([len(r[1]) for r in rows])))
-    pbk._native = pbwire
+    rowjoin.native = crows
     try:
         c = m.rows(len(rows))
-        pbk._native = None
+        rowjoin.native = None
         n = m.rows(len(rows))
     finally:
-        pbk._native = pbwire if os.environ.get("HYPERTRACE_PURE") != "1" else None
+        rowjoin.native = crows if os.environ.get("HYPERTRACE_PURE") != "1" else None
     assert c.to_pylist() == n.to_pylist() == [const + x + const + y for x, y in rows]
 
 
 def test_join_refuses_offsets_outside_their_data():
     offs = np.array([0, 5, 99], dtype=np.int32).tobytes()
     with pytest.raises(ValueError):
-        pbwire.join(2, [(offs, b"12345")])
+        crows.join(2, [(offs, b"12345")])
     with pytest.raises(ValueError):
-        pbwire.join(3, [(offs, b"12345")])
+        crows.join(3, [(offs, b"12345")])
     with pytest.raises(ValueError):
-        pbwire.varints(b"1234567")
+        crows.varints(b"1234567")
+
+
+@settings(max_examples=200, deadline=None)
+@given(ints=st.lists(st.integers(-(1 << 63), (1 << 63) - 1), max_size=60),
+       frac=st.integers(0, 18), text=st.text(max_size=4), start=st.integers(0, 2))
+def test_c_decimals_equal_pyarrows(ints, frac, text, start):
+    n = len(ints)
+    signed = np.array(ints, dtype=np.int64)
+    unsigned = signed.view(np.uint64)
+    strs = pa.array(["x"] * start + [text] * n, pa.string()).slice(start)
+    parts = ["{", rowjoin.Decimals(signed, frac), ",", strs, ":", rowjoin.Decimals(unsigned, frac),
+             "}"]
+    rowjoin.native = crows
+    try:
+        c = rowjoin.join(n, parts)
+        rowjoin.native = None
+        ref = rowjoin.join(n, parts)
+    finally:
+        rowjoin.native = crows if os.environ.get("HYPERTRACE_PURE") != "1" else None
+    assert c.to_pylist() == ref.to_pylist()
+    # and both are the numbers: value / 10**frac, exactly
+    from decimal import Decimal
+    for row, v in zip(c.to_pylist(), ints):
+        a, _, rest = row[1:-1].partition(",")
+        assert Decimal(a) == Decimal(v).scaleb(-frac)
+        assert Decimal(rest.rpartition(":")[2]) == Decimal(v % (1 << 64)).scaleb(-frac)
+        assert ("." in a) == (frac > 0)
+
+
+def test_join_refuses_bad_integer_parts():
+    with pytest.raises(ValueError):
+        crows.join(2, [(np.zeros(3, dtype=np.int64), True, 0)])
+    with pytest.raises(ValueError):
+        crows.join(1, [(np.zeros(1, dtype=np.int64), True, 19)])
+    with pytest.raises(TypeError):
+        crows.join(1, [(1, 2, 3, 4)])

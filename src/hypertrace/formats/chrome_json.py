@@ -18,22 +18,20 @@ from typing import BinaryIO, Callable, Dict, Optional, Union
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..analysis.spans import Edges
 from ..read import jsonfields
 from ..read.columns import Batch, Columns
 from ..read.events import SYNC_GUEST, SYNC_HOST
+from ..read.rows import Decimals, join
 from .output import binary_out
 
 SUFFIX = ".json"
 
 
-def _us(ts: np.ndarray) -> pa.Array:
+def _us(ts: np.ndarray) -> Decimals:
     """ns -> µs text with three decimals, exactly (no float rounding)."""
-    whole = pc.cast(pa.array(ts // 1000), pa.string())
-    frac = pc.utf8_lpad(pc.cast(pa.array(ts % 1000), pa.string()), 3, "0")
-    return pc.binary_join_element_wise(whole, frac, jsonfields.scalar("."))
+    return Decimals(ts.astype(np.int64), 3)
 
 
 def _lines(c: Columns, b: Batch, pids: Dict[str, int], origin: int, edges: Edges) -> pa.Array:
@@ -47,11 +45,8 @@ def _lines(c: Columns, b: Batch, pids: Dict[str, int], origin: int, edges: Edges
         head = ('{"ph":"i","s":"t","name":%s,"cat":%s,"pid":%d,"tid":' % (
             json.dumps(kind.name), json.dumps(kind.domain), pids[kind.domain]))
         args = jsonfields.objects(kind.codec.decl, b.fields[int(k)], len(sel))
-        tid = pc.cast(pa.array(b.stream[sel] + 1), pa.string())
-        S = jsonfields.scalar
-        parts.append(pc.binary_join_element_wise(
-            S(",\n" + head), tid, S(',"ts":'), _us(b.ts[sel] - origin), S(',"args":'), args,
-            S("}"), S("")))
+        parts.append(join(len(sel), [",\n" + head, Decimals(b.stream[sel] + 1), ',"ts":',
+                                     _us(b.ts[sel] - origin), ',"args":', args, "}"]))
         where.append(sel)
     rows = edges.rows(b)
     if rows:
@@ -61,7 +56,7 @@ def _lines(c: Columns, b: Batch, pids: Dict[str, int], origin: int, edges: Edges
             if k not in args:
                 n = len(b.fields[k][0]) if b.fields[k] else int((b.kind == k).sum())
                 args[k] = jsonfields.objects(c.kinds[k].codec.decl, b.fields[k], n).to_pylist()
-        ts = _us(b.ts[[e.row for e in rows]] - origin).to_pylist()
+        ts = join(len(rows), [_us(b.ts[[e.row for e in rows]] - origin)]).to_pylist()
         lines = []
         for e, t in zip(rows, ts):
             k = int(b.kind[e.row])

@@ -12,27 +12,20 @@ from the message descriptors of the `perfetto` package's protos, so they agree
 with them by construction, and the Perfetto export test parses the result back
 with those protos.
 
-Varints and the row-wise join are done in C (native/pbwire.c, built as
-formats/_pbwire) when it is built and HYPERTRACE_PURE is "" or "0"; the numpy and
-pyarrow code here is the reference (tests/test_protobulk.py checks both against the
+Varints and the row-wise join are done in C (native/rows.c, built as read/_rows,
+through read/rows.py) when it is built and HYPERTRACE_PURE is "" or "0"; the numpy
+and pyarrow code is the reference (tests/test_protobulk.py checks both against the
 protobuf library).
 """
 
 from __future__ import annotations
 
-import os
 from typing import List, Union
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-_native = None
-if os.environ.get("HYPERTRACE_PURE", "") in ("", "0"):
-    try:
-        from . import _pbwire as _native  # type: ignore[no-redef]
-    except ImportError:
-        _native = None
+from ..read import rows as _rows
 
 VARINT, FIXED64, LEN = 0, 1, 2
 _BIN = pa.binary()
@@ -106,24 +99,8 @@ class Message:
 
     def rows(self, n: int) -> pa.Array:
         """The encoded messages, one per row (a binary array)."""
-        if _native is not None:
-            offs, data = _native.join(n, [p if isinstance(p, bytes) else _buffers(p.arr, n)
-                                          for p in self.parts])
-            return pa.Array.from_buffers(_BIN, n, [None, pa.py_buffer(offs),
-                                                   pa.py_buffer(data)])
-        args = [pa.scalar(p, _BIN) if isinstance(p, bytes) else p.arr for p in self.parts]
-        if not any(isinstance(p, Col) for p in self.parts):
-            args = [pa.array([self.parts[0] if self.parts else b""] * n, _BIN)]
-        return pc.binary_join_element_wise(*args, pa.scalar(b"", _BIN))
-
-
-def _buffers(a: pa.Array, n: int) -> tuple:
-    """(offsets, data) of a binary array of n values, as the C join takes them."""
-    if a.type != _BIN:
-        a = a.cast(_BIN)
-    bufs = a.buffers()
-    offs = memoryview(bufs[1])[a.offset * 4:(a.offset + n + 1) * 4]
-    return offs, (bufs[2] if bufs[2] is not None else b"")
+        return _rows.join(n, [p if isinstance(p, bytes) else p.arr for p in self.parts],
+                          binary=True)
 
 
 def _binary(data: np.ndarray, lengths: np.ndarray) -> pa.Array:
@@ -141,8 +118,8 @@ def varints(values: np.ndarray) -> Col:
     n = len(v)
     if n == 0:
         return Col(pa.array([], _BIN), np.zeros(0, dtype=np.int64))
-    if _native is not None:
-        offs, data, widths = _native.varints(v)
+    if _rows.native is not None:
+        offs, data, widths = _rows.native.varints(v)
         return Col(pa.Array.from_buffers(_BIN, n, [None, pa.py_buffer(offs),
                                                    pa.py_buffer(data)]),
                    np.frombuffer(widths, dtype=np.int64))

@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from .. import abi
 from . import packets
+from .ahead import ahead
 from .session import MONO_LIMIT, UNC_LIMIT, Session
 
 _native = None
@@ -231,7 +232,11 @@ class Columns:
 
     # -- every stream, in time order --------------------------------------------------------
     def batches(self) -> Iterator[Batch]:
-        """Every event of the session in host-timeline order, in batches of bounded size."""
+        """Every event of the session in host-timeline order, in batches of bounded size
+        (decoded in a thread of their own, two batches ahead of the caller: read/ahead.py)."""
+        return ahead(self._batches())
+
+    def _batches(self) -> Iterator[Batch]:
         its = {si: self.stream_chunks(si) for si in range(len(self.streams))}
         cur: Dict[int, dict] = {}
         at: Dict[int, int] = {}

@@ -1,10 +1,11 @@
 """An event type's fields as JSON objects, one per record, built column-wise (pyarrow).
 
 Used by the Chrome JSON export (args), the Parquet `fields` column and the HTML
-timeline (hovered fields). Numbers
-and plain strings are joined with array operations; anything that needs more
-than quoting (bytes as hex, control characters, NaN or infinities) goes
-through json.dumps for that batch, so the output is always valid JSON.
+timeline (hovered fields). Numbers and plain strings are joined a batch at a
+time (read/rows.py: integers in decimal, floats as pyarrow writes them, strings
+quoted); anything that needs more than quoting (bytes as hex, control
+characters, NaN or infinities) goes through json.dumps for that batch, so the
+output is always valid JSON.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import abi
+from .rows import Decimals, join
 from .session import json_value
 
 
@@ -49,11 +51,12 @@ def objects(decl: abi.EventDecl, cols: List[pa.Array], n: int) -> pa.Array:
             if (data == 0x5C).any() or (data == 0x22).any():     # a backslash or a quote
                 col = pc.replace_substring(pc.replace_substring(col, "\\", "\\\\"), '"', '\\"')
             pieces += ['"', col, '"']
+        elif pa.types.is_integer(col.type):
+            pieces.append(Decimals(col.to_numpy(zero_copy_only=False)))
         else:
             pieces.append(pc.cast(col, pa.string()))
     pieces.append("}")
-    return pc.binary_join_element_wise(*[p if isinstance(p, pa.Array) else scalar(p)
-                                         for p in pieces], scalar(""))
+    return join(n, pieces)
 
 
 @functools.lru_cache(maxsize=4096)

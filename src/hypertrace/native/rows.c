@@ -1,10 +1,12 @@
-/* Protocol Buffers wire encoding of many rows at once, in C (hypertrace.formats._pbwire).
+/* Many rows encoded at once, in C (hypertrace.read._rows): protobuf varints, and rows
+ * joined from constants, per-row bytes and integers written as decimal text.
  *
- * Built as an optional extension: formats/protobulk.py falls back to numpy and
- * pyarrow (varints with array arithmetic, rows joined by pyarrow's
- * binary_join_element_wise), the reference this file must agree with byte for byte
- * (tests/test_protobulk.py runs both against the protobuf library). Both steps are
- * one pass here instead of several array passes.
+ * Built as an optional extension: read/rows.py and formats/protobulk.py fall back to
+ * numpy and pyarrow (varints with array arithmetic, integers cast to strings, rows
+ * joined by pyarrow's binary_join_element_wise), the reference this file must agree
+ * with byte for byte (tests/test_native_gather.py compares them; tests/test_protobulk.py
+ * runs the Perfetto encoder against the protobuf library). Each step is one pass here
+ * instead of several array passes.
  *
  * varints(values) -> (offsets, data, widths)
  *   values: uint64 little-endian (any buffer of n * 8 bytes; an int64 is passed as its
@@ -12,9 +14,13 @@
  *   bytes, data: the varints back to back, widths: int64[n] each varint's length.
  *
  * join(n, parts) -> (offsets, data)
- *   parts: a list, each either bytes (the same for every row) or a tuple
+ *   parts: a list, each either bytes (the same for every row), a tuple
  *   (offsets, data) of a column of n values (offsets: int32[n + 1], as a pyarrow
- *   binary array holds them; values are data[offsets[i]:offsets[i + 1]]).
+ *   binary array holds them; values are data[offsets[i]:offsets[i + 1]]), or a tuple
+ *   (values, signed, frac) of n integers (values: 8 bytes each, little-endian, int64
+ *   if signed else uint64) written in decimal with `frac` (0..18) digits after a
+ *   point: value / 10**frac exactly, "-" before a negative one ("-0.005" for -5 with
+ *   frac 3), no point when frac is 0.
  *   Row i of the result is the concatenation of every part's row i.
  *   Offsets are checked against their data; a result over 2 GiB is an error.
  */
@@ -78,10 +84,52 @@ fail:
 }
 
 typedef struct {
-    Py_buffer offs, data;       /* a column; offs.obj == NULL for a constant */
+    Py_buffer offs, data;       /* a column (offs.obj != NULL) or integers (data only) */
     const char *c;              /* a constant's bytes */
     Py_ssize_t clen;
+    int ints, is_signed, frac;  /* integers: signedness, digits after the point */
 } Part;
+
+#define DEC_MAX 22              /* "-", 20 digits of a u64, "." */
+
+/* v (negative if neg) as decimal text with frac digits after a point, into out;
+ * returns its length */
+static int decimal(char *out, uint64_t v, int neg, int frac) {
+    char tmp[DEC_MAX];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0 || n <= frac);      /* at least one digit before the point */
+    int len = 0;
+    if (neg)
+        out[len++] = '-';
+    for (int i = n - 1; i >= 0; i--) {
+        if (i == frac - 1)
+            out[len++] = '.';
+        out[len++] = tmp[i];
+    }
+    return len;
+}
+
+static inline int part_decimal(const Part *p, Py_ssize_t i, char *out) {
+    const uint8_t *b = (const uint8_t *)p->data.buf + i * 8;
+    uint64_t x = 0;
+    for (int k = 0; k < 8; k++)
+        x |= (uint64_t)b[k] << (8 * k);
+    int neg = p->is_signed && (x >> 63);
+    return decimal(out, neg ? (~x + 1) : x, neg, p->frac);
+}
+
+static void release(Part *p, Py_ssize_t np) {
+    for (Py_ssize_t j = 0; j < np; j++) {
+        if (p[j].offs.obj != NULL)
+            PyBuffer_Release(&p[j].offs);
+        if (p[j].data.obj != NULL)
+            PyBuffer_Release(&p[j].data);
+    }
+    PyMem_Free(p);
+}
 
 static PyObject *join(PyObject *self, PyObject *args) {
     Py_ssize_t n;
@@ -107,19 +155,41 @@ static PyObject *join(PyObject *self, PyObject *args) {
             continue;
         }
         PyObject *a, *b;
+        if (PyTuple_Check(it) && PyTuple_GET_SIZE(it) == 3) {
+            int sg, fr;
+            if (!PyArg_ParseTuple(it, "Opi", &a, &sg, &fr))
+                goto done;
+            if (fr < 0 || fr > 18) {
+                PyErr_SetString(PyExc_ValueError, "frac: 0..18 digits");
+                goto done;
+            }
+            if (PyObject_GetBuffer(a, &p[j].data, PyBUF_C_CONTIGUOUS) < 0)
+                goto done;
+            if (p[j].data.len != n * 8) {
+                PyErr_SetString(PyExc_ValueError, "integers: n values of 8 bytes expected");
+                goto done;
+            }
+            p[j].ints = 1;
+            p[j].is_signed = sg;
+            p[j].frac = fr;
+            /* measured exactly below, once the row count is known to be sane */
+            for (Py_ssize_t i = 0; i < n; i++) {
+                char tmp[DEC_MAX];
+                total += part_decimal(&p[j], i, tmp);
+            }
+            continue;
+        }
         if (!PyTuple_Check(it) || PyTuple_GET_SIZE(it) != 2) {
-            PyErr_SetString(PyExc_TypeError, "a part is bytes or (offsets, data)");
+            PyErr_SetString(PyExc_TypeError,
+                            "a part is bytes, (offsets, data) or (integers, signed, frac)");
             goto done;
         }
         a = PyTuple_GET_ITEM(it, 0);
         b = PyTuple_GET_ITEM(it, 1);
         if (PyObject_GetBuffer(a, &p[j].offs, PyBUF_C_CONTIGUOUS) < 0)
             goto done;
-        if (PyObject_GetBuffer(b, &p[j].data, PyBUF_C_CONTIGUOUS) < 0) {
-            PyBuffer_Release(&p[j].offs);
-            p[j].offs.obj = NULL;
+        if (PyObject_GetBuffer(b, &p[j].data, PyBUF_C_CONTIGUOUS) < 0)
             goto done;
-        }
         if (p[j].offs.len != (n + 1) * 4) {
             PyErr_SetString(PyExc_ValueError, "offsets: n + 1 int32 expected");
             goto done;
@@ -151,7 +221,9 @@ static PyObject *join(PyObject *self, PyObject *args) {
     ro[0] = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         for (Py_ssize_t j = 0; j < np; j++) {
-            if (p[j].offs.obj == NULL) {
+            if (p[j].ints) {
+                at += part_decimal(&p[j], i, d + at);
+            } else if (p[j].offs.obj == NULL) {
                 memcpy(d + at, p[j].c, (size_t)p[j].clen);
                 at += p[j].clen;
             } else {
@@ -163,34 +235,24 @@ static PyObject *join(PyObject *self, PyObject *args) {
         }
         ro[i + 1] = (int32_t)at;
     }
-    for (Py_ssize_t j = 0; j < np; j++)
-        if (p[j].offs.obj != NULL) {
-            PyBuffer_Release(&p[j].offs);
-            PyBuffer_Release(&p[j].data);
-        }
-    PyMem_Free(p);
+    release(p, np);
     return Py_BuildValue("(NN)", offs, data);
 done:
-    for (Py_ssize_t j = 0; j < np; j++)
-        if (p[j].offs.obj != NULL) {
-            PyBuffer_Release(&p[j].offs);
-            PyBuffer_Release(&p[j].data);
-        }
-    PyMem_Free(p);
+    release(p, np);
     Py_XDECREF(offs);
     Py_XDECREF(data);
     return NULL;
 }
 
 static PyMethodDef methods[] = {
-    {"varints", varints, METH_O, "One varint per uint64 value (see pbwire.c)."},
-    {"join", join, METH_VARARGS, "Rows joined from constant and per-row parts (see pbwire.c)."},
+    {"varints", varints, METH_O, "One varint per uint64 value (see rows.c)."},
+    {"join", join, METH_VARARGS, "Rows joined from constant and per-row parts (see rows.c)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_pbwire", "Protocol Buffers wire encoding of many rows, in C.",
+    PyModuleDef_HEAD_INIT, "_rows", "Many rows encoded at once (varints, decimals, joins), in C.",
     -1, methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__pbwire(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__rows(void) { return PyModule_Create(&module); }
