@@ -259,3 +259,56 @@ def test_stats_pairs_spans(tmp_path):
     # JSON timestamps are µs since the session's first second, with ns digits
     assert d[0] == sp["min"] and d[-1] == sp["max"]
     assert "local/request" in hypertrace("stats", s).stdout
+
+
+GENERATORS = r"""
+import time
+from hypertrace import guest
+sp = guest.span("job", "uint32_t k")
+def gen(k):
+    with sp(k):
+        yield
+        time.sleep(0.001 * k)
+        yield
+a = gen(1); next(a)
+time.sleep(0.002)
+b = gen(5); next(b)
+for g in (a, a, b, b):
+    next(g, None)
+"""
+
+
+def test_perfetto_same_name_spans_that_overlap_keep_their_durations(tmp_path):
+    # two generators' spans of one name on one thread, the older ending first: each
+    # end closes its own span (by its id), the other is split, and the pieces add up to
+    # the durations `stats` pairs by id (a hostile review found them swapped)
+    app = tmp_path / "gen.py"
+    app.write_text(GENERATORS)
+    out = str(tmp_path / "s")
+    record(out, sys.executable, str(app))
+    r = hypertrace("sql", out, "--json", "select e.ts - b.ts as d from event_local_job_end e "
+                   "join event_local_job_begin b on e.f_span = b.f_span")
+    want = sorted(json.loads(x)["d"] for x in r.stdout.splitlines())
+    assert len(want) == 2 and want[0] != want[1]
+    pf = str(tmp_path / "s.pftrace")
+    hypertrace("export", out, "--format", "perfetto", "-o", pf)
+    names, args, stack, pieces = {}, {}, {}, []
+    for p in _perfetto(pf)[1]:
+        for n in p.interned_data.event_names:
+            names[n.iid] = n.name
+        for n in p.interned_data.debug_annotation_names:
+            args[n.iid] = n.name
+        te = p.track_event
+        if p.HasField("track_event") and te.type in (1, 2):
+            st = stack.setdefault(te.track_uuid, [])
+            if te.type == 1:
+                st.append((names[te.name_iid], p.timestamp, any(
+                    args.get(a.name_iid) == "continued" for a in te.debug_annotations)))
+            else:
+                n, t0, cont = st.pop()      # trace_processor's nesting: the newest closes
+                assert n == "job"
+                pieces.append((p.timestamp - t0, cont))
+    assert len(pieces) == 3 and sum(c for _, c in pieces) == 1
+    whole = [d for d, c in pieces if not c]
+    split = sum(d for d, _ in pieces) - max(whole)
+    assert sorted([max(whole), split]) == want, (pieces, want)

@@ -9,6 +9,7 @@ import json
 import os
 import resource
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -187,18 +188,33 @@ def test_a_parquet_export_of_another_user_is_not_replaced(recorded, tmp_path, ot
     assert sorted(os.listdir(pq)) == before
 
 
-def test_an_existing_file_is_replaced_and_a_symlink_at_out_is_not_followed(recorded, tmp_path):
+def test_an_existing_file_is_replaced_and_nothing_else_at_out(recorded, tmp_path):
     d = _copy(recorded, tmp_path / "s")
     out = tmp_path / "t.json"
     out.write_text("old")
     hypertrace("export", d, "--format", "json", "-o", str(out))
     assert json.loads(out.read_text())["traceEvents"]
+    # a link is neither followed nor replaced; a FIFO or a device node is not replaced
+    # by a file (a hostile review: as root, -o /dev/null deleted /dev/null)
     precious = tmp_path / "precious"
     precious.write_text("keep\n")
     link = tmp_path / "l.json"
     os.symlink(str(precious), str(link))
-    hypertrace("export", d, "--format", "json", "-o", str(link))
-    assert precious.read_text() == "keep\n" and not os.path.islink(str(link))
+    fifo = tmp_path / "f.pftrace"
+    os.mkfifo(str(fifo))
+    cases = [(link, "json", "symbolic link"), (fifo, "perfetto", "FIFO")]
+    if os.geteuid() == 0:
+        dev = tmp_path / "null"
+        os.mknod(str(dev), 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        cases.append((dev, "html", "character device"))
+    for path, fmt, says in cases:
+        before = os.lstat(str(path))
+        one_error(hypertrace("export", d, "--format", fmt, "-o", str(path), check=False),
+                  says, "nothing was written")
+        after = os.lstat(str(path))
+        assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode), path
+    assert precious.read_text() == "keep\n"
+    one_error(hypertrace("view", d, "-o", str(fifo), check=False), "FIFO")
 
 
 # -- item 6: many streams, bounded memory -------------------------------------------------------

@@ -72,6 +72,15 @@ def _split(out: str) -> tuple:
     return parent, name
 
 
+def _kind(mode: int) -> str:
+    for test, what in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
 def within(a: str, b: str) -> bool:
     """Whether path a is b or inside it (both real paths)."""
     return os.path.commonpath([a, b]) == b
@@ -161,6 +170,12 @@ class Output:
         if self.directory:
             raise OutputError("%s exists and is not a directory: nothing was written (a Parquet "
                               "export is a directory)" % self.out)
+        if not stat.S_ISREG(st.st_mode):
+            # the rename would replace a device node, FIFO, socket or link with a file
+            # (as root, -o /dev/null would delete /dev/null): only a regular file is
+            # replaced, as `-o` of other tools overwrites one
+            raise OutputError("%s is %s, not a regular file: nothing was written (give -o a "
+                              "file name)" % (self.out, _kind(st.st_mode)))
         return None
 
     # -- the temporary -----------------------------------------------------------------------

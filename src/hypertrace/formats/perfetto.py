@@ -104,7 +104,8 @@ class _Writer:
         self.flows: Dict[Tuple[str, int], int] = {}
         self.edges = Edges(c)
         self.task_tracks: Dict[Tuple[int, int], int] = {}
-        self.open: Dict[int, List[str]] = {}         # track -> names of its open slices
+        # track -> its open slices, oldest first: (name, guest.span key or None)
+        self.open: Dict[int, List[tuple]] = {}
         self.n_open = 0
         self.span_track: Dict[tuple, int] = {}       # (domain, pid, span id) -> its track
         self.next_uuid = 1
@@ -348,7 +349,7 @@ class _Writer:
             stack = self.open.setdefault(te.track_uuid, [])
             if self.n_open >= MAX_OPEN:
                 return self._as_instant(te, k)
-            stack.append(e.name)
+            stack.append((e.name, sid))
             self.n_open += 1
             if sid is not None and len(self.span_track) < MAX_OPEN_SPANS:
                 self.span_track[sid] = te.track_uuid
@@ -358,8 +359,10 @@ class _Writer:
         if sid is not None:
             te.track_uuid = self.span_track.pop(sid, te.track_uuid)
         stack = self.open.get(te.track_uuid, [])
+        # a guest.span's end closes its own begin (two spans of one name may overlap on
+        # a thread: generators, callbacks), any other end the newest of its name
         at = next((j for j in range(len(stack) - 1, max(-1, len(stack) - 1 - SEARCH), -1)
-                   if stack[j] == e.name), None)
+                   if stack[j][0] == e.name and (sid is None or stack[j][1] == sid)), None)
         if at is None:
             return self._as_instant(te, k)
         above = stack[at + 1:]
@@ -371,9 +374,9 @@ class _Writer:
             return b"", b""
         stack.extend(above)
         before = b"".join(self._slice_edge(ts, te.track_uuid, pb.TrackEvent.TYPE_SLICE_END,
-                                           n, False) for n in reversed(above))
+                                           n, False) for n, _ in reversed(above))
         after = b"".join(self._slice_edge(ts, te.track_uuid, pb.TrackEvent.TYPE_SLICE_BEGIN,
-                                          n, True) for n in above)
+                                          n, True) for n, _ in above)
         return before, after
 
     def _as_instant(self, te, k: int) -> Tuple[bytes, bytes]:
