@@ -312,3 +312,34 @@ def test_perfetto_same_name_spans_that_overlap_keep_their_durations(tmp_path):
     whole = [d for d, c in pieces if not c]
     split = sum(d for d, _ in pieces) - max(whole)
     assert sorted([max(whole), split]) == want, (pieces, want)
+
+
+def test_chrome_json_same_name_spans_that_overlap_keep_their_durations(tmp_path):
+    # the Chrome JSON export nests its B/E slices by the same rules (Chrome pairs them
+    # by stack): the pieces of each span add up to its duration as `stats` pairs it
+    app = tmp_path / "gen.py"
+    app.write_text(GENERATORS)
+    out = str(tmp_path / "s")
+    record(out, sys.executable, str(app))
+    r = hypertrace("sql", out, "--json", "select e.ts - b.ts as d from event_local_job_end e "
+                   "join event_local_job_begin b on e.f_span = b.f_span")
+    want = sorted(json.loads(x)["d"] for x in r.stdout.splitlines())
+    js = str(tmp_path / "s.json")
+    hypertrace("export", out, "--format", "json", "-o", js)
+    with open(js) as f:
+        evs = json.load(f)["traceEvents"]
+    stack, pieces = {}, []
+    for e in evs:
+        if e["ph"] == "B":
+            stack.setdefault(e["tid"], []).append(e)
+        elif e["ph"] == "E":
+            b = stack[e["tid"]].pop()
+            assert b["name"] == e["name"] == "job"
+            # µs with ns digits: back to whole ns
+            pieces.append((round(e["ts"] * 1000) - round(b["ts"] * 1000),
+                           b["args"].get("continued", False), b["args"].get("k")))
+    assert not any(stack.values()) and len(pieces) == 3
+    whole = {k: d for d, cont, k in pieces if not cont}
+    cont = sum(d for d, c, _ in pieces if c)
+    # job 1 (k=1) ends first, whole; job 5 is its first piece plus the continued one
+    assert sorted([whole[1], whole[5] + cont]) == want, (pieces, want)

@@ -34,7 +34,59 @@ def _us(ts: np.ndarray) -> Decimals:
     return Decimals(ts.astype(np.int64), 3)
 
 
-def _lines(c: Columns, b: Batch, pids: Dict[str, int], origin: int, edges: Edges) -> pa.Array:
+def _line(ph: str, extra: str, name: str, dom: str, pid: int, tid: int, ts: str,
+          args: str) -> str:
+    return ',\n{"ph":"%s",%s"name":%s,"cat":%s,"pid":%d,"tid":%d,"ts":%s,"args":%s}' % (
+        ph, extra, json.dumps(name), json.dumps(dom), pid, tid, ts, args)
+
+
+class _Nesting:
+    """B/E slices that nest on every thread, as Chrome's format pairs them (by stack).
+
+    The same rules as the Perfetto export (formats/perfetto.py, Writer.edge): a
+    guest.span's end closes its own begin (by id) on its begin's thread; any other
+    end the newest open slice of its name. An end whose begin is not the newest open
+    slice ends the slices above it too and begins them again right after, marked
+    `continued`; an end with no begin open is an instant, as the event it is."""
+
+    MAX_OPEN = 1 << 20          # open slices in all (a flood of begins never ended)
+    SEARCH = 256                # how deep an end looks for its begin
+
+    def __init__(self) -> None:
+        self.open: Dict[int, list] = {}              # tid -> [(name, span key)], oldest first
+        self.span_tid: Dict[tuple, int] = {}         # span key -> its begin's tid
+        self.n_open = 0
+
+    def edge(self, e, event: str, dom: str, pid: int, ts: str, args: str, os_pid) -> str:
+        tid = e.stream + 1
+        sid = (dom, os_pid, e.span) if e.span is not None else None
+        if e.ph == "B":
+            if self.n_open >= self.MAX_OPEN:
+                return _line("i", '"s":"t",', event, dom, pid, tid, ts, args)
+            self.open.setdefault(tid, []).append((e.name, sid))
+            self.n_open += 1
+            if sid is not None and len(self.span_tid) < self.MAX_OPEN:
+                self.span_tid[sid] = tid
+            return _line("B", "", e.name, dom, pid, tid, ts, args)
+        if sid is not None:
+            tid = self.span_tid.pop(sid, tid)
+        stack = self.open.get(tid, [])
+        at = next((j for j in range(len(stack) - 1, max(-1, len(stack) - 1 - self.SEARCH), -1)
+                   if stack[j][0] == e.name and (sid is None or stack[j][1] == sid)), None)
+        if at is None:
+            return _line("i", '"s":"t",', event, dom, pid, tid, ts, args)
+        above = stack[at + 1:]
+        del stack[at:]
+        stack.extend(above)
+        self.n_open -= 1
+        return "".join([_line("E", "", n, dom, pid, tid, ts, "{}") for n, _ in reversed(above)]
+                       + [_line("E", "", e.name, dom, pid, tid, ts, args)]
+                       + [_line("B", "", n, dom, pid, tid, ts, '{"continued":true}')
+                          for n, _ in above])
+
+
+def _lines(c: Columns, b: Batch, pids: Dict[str, int], origin: int, edges: Edges,
+           nest: _Nesting) -> pa.Array:
     parts, where = [], []
     for k in np.unique(b.kind):
         kind = c.kinds[int(k)]
@@ -61,14 +113,15 @@ def _lines(c: Columns, b: Batch, pids: Dict[str, int], origin: int, edges: Edges
         for e, t in zip(rows, ts):
             k = int(b.kind[e.row])
             dom = c.kinds[k].domain
-            # a span of an asyncio task: an async slice of its own (tasks interleave on
-            # the thread), nested by the task's id
-            ph, extra = (e.ph, "") if not e.task else (
-                e.ph.lower(), '"id2":{"local":"0x%x"},' % e.task)
-            lines.append(',\n{"ph":"%s",%s"name":%s,"cat":%s,"pid":%d,"tid":%d,"ts":%s,'
-                         '"args":%s}' % (ph, extra, json.dumps(e.name), json.dumps(dom),
-                                         pids[dom], e.stream + 1, t,
-                                         args[k][int(b.pos[e.row])]))
+            a = args[k][int(b.pos[e.row])]
+            if e.task:
+                # a span of an asyncio task: an async slice of its own (tasks interleave
+                # on the thread), nested by the task's id
+                lines.append(_line(e.ph.lower(), '"id2":{"local":"0x%x"},' % e.task, e.name,
+                                   dom, pids[dom], e.stream + 1, t, a))
+            else:
+                lines.append(nest.edge(e, c.kinds[k].name, dom, pids[dom], t, a,
+                                       c.streams[e.stream].get("pid")))
         parts.append(pa.array(lines, pa.string()))
         where.append(np.array([e.row for e in rows], dtype=np.int64))
     order = np.argsort(np.concatenate(where), kind="stable")
@@ -110,6 +163,7 @@ def write(c: Columns, path: Union[str, BinaryIO],
     of events written."""
     pids = {d: i for i, d in enumerate(c.s.domains, 1)}
     edges = Edges(c)
+    nest = _Nesting()
     n = 0
     batches = c.batches()
     first = next(batches, None)
@@ -128,7 +182,7 @@ def write(c: Columns, path: Union[str, BinaryIO],
         out.write(b'{"displayTimeUnit":"ns","traceEvents":[\n')
         out.write(",\n".join(json.dumps(m, separators=(",", ":")) for m in meta).encode())
         for b in itertools.chain([first] if first is not None else [], batches):
-            out.write(_text(_lines(c, b, pids, origin, edges)))
+            out.write(_text(_lines(c, b, pids, origin, edges, nest)))
             for f in _flows(c, b, pids, origin):
                 out.write((",\n" + f).encode())
             n += len(b)
