@@ -224,3 +224,12 @@ def tracefs() -> bool:
         return os.geteuid() == 0 and find_tracefs() == "/sys/kernel/tracing"
     except KernelError:
         return False
+
+
+_FTRACE_KV = re.compile(r"(\w+)=(.*?)(?=\s+(?:==>\s+)?\w+=|\s*$)")
+
+
+def ftrace_fields(text: str) -> dict:
+    """The key=value fields of an ftrace text line's event part. A value runs up to
+    the next key (a task's comm may hold spaces: a JVM's `C2 CompilerThre`)."""
+    return dict(_FTRACE_KV.findall(text))

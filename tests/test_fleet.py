@@ -276,7 +276,18 @@ def spark():
          .getOrCreate())
     s.sparkContext.setLogLevel("ERROR")
     yield s
+    # stop the JVM too: left running, its threads (`C2 CompilerThre`, `VM Periodic
+    # Tas`) go on switching in the kernel tests that come next
+    sc = type(s.sparkContext)
+    gw = sc._gateway
     s.stop()
+    proc = getattr(gw, "proc", None)
+    if gw is not None:
+        gw.shutdown()
+    if proc is not None:
+        proc.kill()
+        proc.wait(timeout=30)
+    sc._gateway = sc._jvm = None
 
 
 def test_dataset_reads_in_spark_as_in_duckdb(dataset, spark):

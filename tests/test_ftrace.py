@@ -14,7 +14,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import tracefs
+from conftest import ftrace_fields, tracefs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -98,7 +98,7 @@ def _kernel_text(text: str) -> list:
     for line in text.splitlines():
         m = _LINE.match(line)
         if m:
-            kv = dict(re.findall(r"(\w+)=(\S*)", m.group("rest")))
+            kv = ftrace_fields(m.group("rest"))
             out.append((int(m.group("cpu")), int(m.group("s")) * 10 ** 6 + int(m.group("us")),
                         m.group("ev"), int(m.group("pid")), kv))
     return sorted(out, key=lambda x: (x[0], x[1]))

@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import babeltrace, env, hypertrace, tracefs
+from conftest import babeltrace, env, ftrace_fields, hypertrace, tracefs
 
 T = "/sys/kernel/tracing"
 
@@ -140,7 +140,7 @@ def test_decoded_kernel_events_are_the_kernels_own(tmp_path):
         if not m:
             continue
         us = int(m.group(1)) * 10 ** 6 + int(m.group(2))
-        kv = dict(re.findall(r"(\w+)=(\S*)", m.group(4)))
+        kv = ftrace_fields(m.group(4))
         if lo // 1000 + 1 <= us <= hi // 1000 - 1:
             theirs.append((us, m.group(3), kv))
     want = sorted(key(n, {k: v for k, v in kv.items()}) for _, n, kv in theirs)
