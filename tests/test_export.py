@@ -278,17 +278,22 @@ for g in (a, a, b, b):
 """
 
 
-def test_perfetto_same_name_spans_that_overlap_keep_their_durations(tmp_path):
-    # two generators' spans of one name on one thread, the older ending first: each
-    # end closes its own span (by its id), the other is split, and the pieces add up to
-    # the durations `stats` pairs by id (a hostile review found them swapped)
+def _generators_session(tmp_path):
+    """GENERATORS recorded; its spans' durations as `hypertrace sql` pairs them by id."""
     app = tmp_path / "gen.py"
     app.write_text(GENERATORS)
     out = str(tmp_path / "s")
     record(out, sys.executable, str(app))
     r = hypertrace("sql", out, "--json", "select e.ts - b.ts as d from event_local_job_end e "
                    "join event_local_job_begin b on e.f_span = b.f_span")
-    want = sorted(json.loads(x)["d"] for x in r.stdout.splitlines())
+    return out, sorted(json.loads(x)["d"] for x in r.stdout.splitlines())
+
+
+def test_perfetto_same_name_spans_that_overlap_keep_their_durations(tmp_path):
+    # two generators' spans of one name on one thread, the older ending first: each
+    # end closes its own span (by its id), the other is split, and the pieces add up to
+    # the durations `stats` pairs by id (a hostile review found them swapped)
+    out, want = _generators_session(tmp_path)
     assert len(want) == 2 and want[0] != want[1]
     pf = str(tmp_path / "s.pftrace")
     hypertrace("export", out, "--format", "perfetto", "-o", pf)
@@ -317,13 +322,7 @@ def test_perfetto_same_name_spans_that_overlap_keep_their_durations(tmp_path):
 def test_chrome_json_same_name_spans_that_overlap_keep_their_durations(tmp_path):
     # the Chrome JSON export nests its B/E slices by the same rules (Chrome pairs them
     # by stack): the pieces of each span add up to its duration as `stats` pairs it
-    app = tmp_path / "gen.py"
-    app.write_text(GENERATORS)
-    out = str(tmp_path / "s")
-    record(out, sys.executable, str(app))
-    r = hypertrace("sql", out, "--json", "select e.ts - b.ts as d from event_local_job_end e "
-                   "join event_local_job_begin b on e.f_span = b.f_span")
-    want = sorted(json.loads(x)["d"] for x in r.stdout.splitlines())
+    out, want = _generators_session(tmp_path)
     js = str(tmp_path / "s.json")
     hypertrace("export", out, "--format", "json", "-o", js)
     with open(js) as f:
