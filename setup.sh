@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-APT_PACKAGES="babeltrace2 qemu-user qemu-system-x86 qemu-system-data linux-image-amd64 busybox-static python3 chromium gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross lttng-tools liblttng-ust-dev python3-lttngust trace-cmd default-jre-headless"
+APT_PACKAGES="babeltrace2 qemu-user qemu-system-x86 qemu-system-data linux-image-amd64 busybox-static python3 chromium gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross lttng-tools liblttng-ust-dev python3-lttngust trace-cmd default-jre-headless systemtap-sdt-dev bpftrace"
 missing=""
 command -v babeltrace2 >/dev/null || missing=1
 command -v qemu-x86_64 >/dev/null || missing=1
@@ -22,6 +22,8 @@ command -v lttng >/dev/null || missing=1
 command -v lttng-sessiond >/dev/null || missing=1
 command -v trace-cmd >/dev/null || missing=1
 command -v java >/dev/null || missing=1
+[ -f /usr/include/x86_64-linux-gnu/sys/sdt.h ] || [ -f /usr/include/sys/sdt.h ] || missing=1
+command -v bpftrace >/dev/null || missing=1
 ls /usr/include/*/lttng/tracepoint.h >/dev/null 2>&1 || missing=1
 [ -f /usr/lib/python3/dist-packages/lttngust/__init__.py ] || missing=1
 if [ -n "$missing" ]; then

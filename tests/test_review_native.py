@@ -176,9 +176,14 @@ import sys, threading
 from hypertrace import guest
 tp = guest.event("burst", "uint64_t i, uint64_t t")
 go = threading.Barrier(int(sys.argv[1]))
+held = threading.Barrier(int(sys.argv[1]))
 def run(t):
     go.wait()
-    for i in range(20000):
+    tp(0, t)
+    # every thread has emitted once while all are alive: with --rings 1 one of them
+    # holds the ring and the other's first record finds none, however they are scheduled
+    held.wait()
+    for i in range(1, 20000):
         tp(i, t)
 ths = [threading.Thread(target=run, args=(t,)) for t in range(int(sys.argv[1]))]
 for t in ths: t.start()

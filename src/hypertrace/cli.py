@@ -138,9 +138,13 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("ctl", help="control a live recording: enable/disable guest events by "
                                    "pattern, or show its status")
     c.add_argument("dir", help="the output directory of a running `hypertrace record`")
-    c.add_argument("action", choices=["enable", "disable", "status"])
-    c.add_argument("pattern", nargs="?", help="event name glob (enable, disable)")
-    c.add_argument("--domain", default="*", help="domain name glob (default: every domain)")
+    c.add_argument("action", choices=["enable", "disable", "status", "qemu-enable",
+                                       "qemu-disable"],
+                   help="enable/disable guest events; qemu-enable/qemu-disable QEMU's own "
+                        "trace events of a guest recorded with --qemu (QMP)")
+    c.add_argument("pattern", nargs="?", help="event name glob (enable, disable, qemu-*)")
+    c.add_argument("--domain", default="*", help="domain name glob (default: every domain); "
+                                                  "for qemu-*: the guest's --qemu NAME")
     c.add_argument("--json", action="store_true", help="status as JSON")
 
     rc = sub.add_parser("recover", help="finish a session whose recorder was killed: drain "
@@ -173,6 +177,13 @@ def _parser() -> argparse.ArgumentParser:
     cc.add_argument("--cflags", action="store_true", help="include path of hypertrace.h")
     cc.add_argument("--libs", action="store_true",
                     help="the runtime (its C source, compiled into the program) and -pthread")
+    u = sub.add_parser("usdt", help="list the recorder's USDT probes (bpftrace, SystemTap): "
+                                    "their library and arguments")
+    u.add_argument("--json", action="store_true", help="as JSON")
+    u.add_argument("--lib", action="store_true",
+                   help="print only the library's path (bpftrace's usdt:LIB:hypertrace:...)")
+    u.add_argument("--pid", metavar="DIR",
+                   help="print only the pid of the live recorder of DIR (bpftrace -p PID)")
     return p
 
 
@@ -493,6 +504,8 @@ def cmd_snapshot(a) -> int:
 
 def cmd_ctl(a) -> int:
     from .host.live import LiveError, request
+    if a.action.startswith("qemu-"):
+        return _ctl_qemu(a)
     try:
         if a.action == "status":
             st = request(a.dir, {"cmd": "status"}).get("status")
@@ -510,6 +523,33 @@ def cmd_ctl(a) -> int:
     except (KeyError, TypeError, ValueError, AttributeError):
         return _fail("the recording at %s sent a malformed reply" % a.dir)
     print("\n".join(lines))
+    return 0
+
+
+def _ctl_qemu(a) -> int:
+    """QEMU's trace events of one guest of a live recording, switched over its QMP socket
+    (the one `qemu-args` gave QEMU, in the private runtime directory) from this process:
+    the recorder's drain never waits on QEMU."""
+    from .analysis.text import printable
+    from .host.live import LiveError, request
+    from .host.qmp import QmpError, set_trace_state
+    if not a.pattern:
+        return _fail("ctl %s needs a QEMU trace event name pattern" % a.action)
+    try:
+        doms = [str(d["domain"]) for d in request(a.dir, {"cmd": "status"})["status"]["domains"]]
+    except LiveError as e:
+        return _fail(printable(str(e)))
+    except (KeyError, TypeError):
+        return _fail("the recording at %s sent a malformed reply" % a.dir)
+    if a.domain not in doms:
+        return _fail("ctl %s: --domain must name a guest of the recording at %s (%s)" % (
+            a.action, a.dir, ", ".join(printable(d) for d in doms) or "none"))
+    try:
+        n = set_trace_state(a.domain, a.pattern, a.action == "qemu-enable")
+    except QmpError as e:
+        return _fail(printable(str(e)))
+    print("%sd QEMU trace events %s of %s: %d event(s)" % (
+        a.action, a.pattern, a.domain, n))
     return 0
 
 
@@ -613,6 +653,29 @@ def cmd_c_config(a) -> int:
         return _fail("c-config: give --cflags and/or --libs")
     print(" ".join(x for x, on in ((cflags(), a.cflags), (libs(), a.libs)) if on))
     return 0
+
+
+def cmd_usdt(a) -> int:
+    from .host import probes
+    if a.pid:
+        from .host.pidfile import recorder_pid
+        from .host.runtime import Dir
+        try:
+            print(recorder_pid(Dir.existing(a.pid).sub(".hypertrace")))
+        except (OSError, ValueError) as e:
+            return _fail("no live recording in %s (%s)" % (a.pid, e))
+        return 0
+    if not probes.built():
+        if a.lib:
+            return _fail("no USDT probes: %s" % probes.why_not())
+    elif a.lib:
+        print(probes.library())
+        return 0
+    if a.json:
+        print(json.dumps(probes.listing_json(), indent=1))
+    else:
+        sys.stdout.write(probes.listing())
+    return 0 if probes.built() else 1
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from . import runtime
 from .control import DomainClock
 from .errors import ErrorLog, describe
 from .kernel import AGENT_THREAD, KernelSource
+from .probes import Probes
 from .reader import EventTable, RingReader, count_records, packet_parts
 from .region import Region
 
@@ -33,6 +34,9 @@ PART_BYTES = 64 * 1024    # packets written after the disk refused a larger one
 METADATA_GAP_S = 0.25                # new declarations reach the metadata this late at most
 MAX_STREAMS = 4096                   # claims per region served: a guest cannot make more
 LOSSES = ("lost_without_ring", "declarations_refused", "lost_in_refused_claims")
+#: the losses of records among them, as hypertrace:lost names them (a refused
+#: declaration counts tracepoints, not records)
+PROBE_KINDS = {"lost_without_ring": "no_ring", "lost_in_refused_claims": "claims_refused"}
 MAX_BOOTS = 64                       # boots of one guest served in a session (one domain each)
 #: stream files kept open at once: the least recently written are closed (and reopened
 #: for appending when written again), so producers cannot exhaust descriptors
@@ -126,6 +130,8 @@ class Collector:
         self.unwritten = 0          # packets dropped after a write error
         #: called with (source, validated records) as rings are drained (triggers)
         self.watch: Optional[Callable[[Source, bytes], None]] = None
+        #: the USDT probes (bpftrace, SystemTap): events, losses, declarations, syncs
+        self.probes = Probes()
         self.boot_lock = threading.Lock()
         self.stopped = False         # stop() drained and accounted for everything
         #: (session id, domain, lost, refused) from producers' goodbyes (control threads)
@@ -139,6 +145,9 @@ class Collector:
                          self.host_offset if clock_offset is None else clock_offset,
                          description or "CLOCK_MONOTONIC of domain %s" % domain)
         src = Source(region, dom, pid_check)
+        if self.probes.mod is not None:
+            src.events.on_declare = lambda i, d, src=src: self.probes.declare(
+                src.domain.name, i, d.name, d.signature)
         self.sources.append(src)
         region.set_collector(abi.COLLECTOR_RUNNING)
         self.write_metadata()
@@ -209,6 +218,8 @@ class Collector:
         r = src.readers[i] = RingReader(src.region, src.events, i, ident["generation"],
                                         ident, self._sink)
         r.domain = src.domain
+        if self.probes.mod is not None:
+            r.probes = self.probes
         watch = self.watch
         if ident["thread"].startswith(AGENT_THREAD):
             # the kernel agent's thread (guest/kernel.py): its pages are decoded
@@ -349,6 +360,8 @@ class Collector:
         if n > 0:
             d = src.losses.setdefault(src.domain.name, dict.fromkeys(LOSSES, 0))
             d[kind] += n
+            if kind in PROBE_KINDS:
+                self.probes.lost(src.domain.name, -1, -1, n, PROBE_KINDS[kind])
 
     def reported_losses(self, session_id: bytes, domain: str, lost: int,
                         refused: int) -> None:
@@ -455,6 +468,9 @@ class Collector:
         n = count_records(r, content)
         self.unwritten += 1
         self.unwritten_records += n
+        if n and isinstance(r, RingReader):
+            self.probes.lost(r.domain.name, r.index, r.identity.get("tid", -1), n,
+                             "unwritten")
         if why:
             self.errors.add(why)
 

@@ -104,6 +104,9 @@ class EventTable:
         self.parsed = np.zeros(region.layout.max_events, dtype=bool)   # accepted or bad
         self.changed = False
         self._layout: Optional[bytes] = None    # the C walk's view of the codecs
+        self._names: Optional[List[bytes]] = None   # the probes' names, by event id
+        #: called with (id, declaration) for each accepted declaration (the probes)
+        self.on_declare: Optional[Callable] = None
 
     def var_layout(self) -> bytes:
         """The payload layouts of the codecs for the C walk (walk.var_layout), rebuilt
@@ -111,6 +114,16 @@ class EventTable:
         if self._layout is None:
             self._layout = vwalk.var_layout(self.codecs)
         return self._layout
+
+    def probe_names(self) -> List[bytes]:
+        """Event names indexed by id, as the USDT probes take them (b"" for no event),
+        rebuilt only after a declaration was accepted."""
+        if self._names is None:
+            names = [b""] * (max(self.decls, default=-1) + 1)
+            for i, d in self.decls.items():
+                names[i] = d.name.encode("utf-8", "replace").replace(b"\0", b"?")
+            self._names = names
+        return self._names
 
     def refresh(self) -> None:
         """Parse every declaration that became valid since the last call."""
@@ -146,9 +159,11 @@ class EventTable:
             self.by_name[d.name] = i
         c = abi.Codec(d)
         self.decls[i], self.codecs[i] = d, c
-        self._layout = None
+        self._layout = self._names = None
         self.sizes[i] = self.np_sizes[i] = c.fixed_size or 0
         self.changed = True
+        if self.on_declare is not None:
+            self.on_declare(i, d)
 
 
 class RingReader:
@@ -181,6 +196,8 @@ class RingReader:
         #: called with each run of validated records as it is taken (triggers): sooner
         #: than packets, which are written when full or once a second
         self.watch: Optional[Callable[[bytes], None]] = None
+        #: the collector's USDT probes (host/probes.py): shown each run, and each loss
+        self.probes = None
         self.pkt_begin: Optional[int] = None
         self.pkt_end = 0
         self.last_rec = 0
@@ -189,6 +206,26 @@ class RingReader:
     # -- draining ------------------------------------------------------------
     def drain(self) -> int:
         """Copy and validate everything committed since the last call; returns records."""
+        st = self.stats
+        lost = st.discarded, st.malformed
+        n = self._drain()
+        if self.probes is not None and (st.discarded, st.malformed) != lost:
+            self._lost(st.discarded - lost[0], "discarded")
+            self._lost(st.malformed - lost[1], "malformed")
+        return n
+
+    def _lost(self, n: int, kind: str) -> None:
+        self.probes.lost(self.domain.name, self.index, self.identity.get("tid", -1), n, kind)
+
+    def _taken(self, mv, a: int, b: int) -> None:
+        """A run of validated records, mv[a:b], was taken: shown to the probes, and to
+        the triggers' watch (a copy: it may keep it)."""
+        if self.probes is not None:
+            self.probes.events(self, mv[a:b])
+        if self.watch is not None:
+            self.watch(bytes(mv[a:b]))
+
+    def _drain(self) -> int:
         size = self.lay.ring_size
         wd = self.region.words
         commit = wd.u64(self.desc + abi.D_COMMIT)
@@ -258,8 +295,7 @@ class RingReader:
                 self.last_rec = len(self.buf) + r.last_rec - r.start
                 self.buf += mv[r.start:r.end]
             self.buf_end_pos = self.piece_pos + r.end
-            if self.watch is not None:
-                self.watch(bytes(mv[r.start:r.end]))
+            self._taken(mv, r.start, r.end)
             st.recorded += r.count
             total += r.count
             st.last_ts = self.pkt_end = r.last_ts
@@ -394,8 +430,7 @@ class RingReader:
         self.last_rec = len(self.buf) + lastrec - a
         self.buf += memoryview(buf)[a:b]
         self.buf_end_pos = self.piece_pos + b
-        if self.watch is not None:
-            self.watch(bytes(memoryview(buf)[a:b]))
+        self._taken(memoryview(buf), a, b)
         st.recorded += count
         if st.first_ts is None:
             st.first_ts = self.pkt_begin
@@ -451,6 +486,8 @@ class RingReader:
                 if (seq == self.seq & 0xFFFFFFFF and eid < len(self.events.sizes)
                         and self.events.sizes[eid] >= 0 and sz >= 16 and ts >= newest):
                     st.torn += 1
+                    if self.probes is not None:
+                        self._lost(1, "torn")
         # the producer publishes `emitted` when it drops or releases, so it may lag
         # behind the records it committed since: take the larger, unless it is nonsense
         # (2^48 past what was seen: a hostile value must not reach the index, whose
@@ -460,6 +497,8 @@ class RingReader:
         self._close_packet()
         if sane and emitted > self.seq:
             st.discarded += emitted - self.seq   # dropped after the last recorded record
+            if self.probes is not None:
+                self._lost(emitted - self.seq, "discarded")
             self.seq = emitted
             ts = st.last_ts if st.last_ts is not None else self.identity.get("claim_ts", 0)
             ts = ts if ts <= abi.MAX_TS else 0

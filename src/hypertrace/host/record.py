@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 from .. import abi, guest, losses
 from ..guest.channel import resolve
 from ..guest.kernel import KernelError
-from . import pidfile, qemuuser, runtime
+from . import pidfile, qemuuser, qmp, runtime
 from .actions import Engine
 from .collector import RESERVE, SESSION_DIR, Collector
 from .control import ControlServer, DomainClock
@@ -374,6 +374,11 @@ def _serve(col: Collector, host: Region, regions: List[Region], ctls: List[str],
     # clock exchanges in shared memory, for every guest region (ABI §10)
     def on_sample(d: DomainClock, t1: int, t2: int, t3: int, t4: int) -> None:
         sample(d.name, t1, t2, t3, t4)     # every accepted exchange, socket or mailbox
+        col.probes.sample(d.name, t1, t2, t3, t4)
+
+    def on_sync(d: DomainClock, n: str, sid: int, t1: int, t2: int, args: str) -> None:
+        sync_host(d.name, n, sid, t1, args)
+        col.probes.sync(d.name, n, sid, t1, t2)
     mbox = MailboxServer(registry, on_sample=on_sample)
     for region in regions:
         mbox.add(region)
@@ -383,7 +388,7 @@ def _serve(col: Collector, host: Region, regions: List[Region], ctls: List[str],
     for address in addresses:
         servers.append(ControlServer(
             address, registry,
-            on_sync=lambda d, n, sid, t1, t2, args: sync_host(d.name, n, sid, t1, args),
+            on_sync=on_sync,
             on_sample=on_sample, on_boot=on_boot, errors=col.errors,
             # a QEMU guest's socket is its virtio-serial chardev: one connection
             long_lived=qemu and address.startswith("unix:")))
@@ -438,7 +443,7 @@ def _qmp_path(guest_name: str, qemu: List[str]) -> Optional[str]:
     if guest_name not in qemu:
         return None
     try:
-        p = qemu_region_path(guest_name) + ".qmp"
+        p = qmp.socket_path(guest_name)
     except (OSError, ValueError):
         return None
     return p if runtime.our_socket(p) else None
