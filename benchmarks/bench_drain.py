@@ -11,6 +11,10 @@ records with 1 in 64 going back in seq (the numpy walk leaves such a piece to th
 scalar walk; the C walk drops those records itself, each drop ending a packet).
 The disk's write bandwidth in the same directory is measured beside them (page
 cache only, and with fdatasync), since the drain's writes are what it ends with.
+The USDT probes (host/_probes) are measured on the 24-byte load with the C walk:
+the module built without sys/sdt.h (compiled here with HT_NO_SDT), the probes
+present and unattached, and attached by bpftrace counting every hypertrace:event
+(root and bpftrace needed; its count is checked against the records drained).
 Each row is the best of a few trials, each started after a sync, so that one row's
 dirty pages being written back do not slow down the next.
 
@@ -37,6 +41,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "src"))
 import numpy as np  # noqa: E402
 
 from hypertrace import abi  # noqa: E402
+from hypertrace.host import probes as hprobes  # noqa: E402
 from hypertrace.host import walk as vwalk  # noqa: E402
 from hypertrace.host.collector import Collector  # noqa: E402
 from hypertrace.host.region import Region  # noqa: E402
@@ -192,6 +197,93 @@ def disk(tmp: str, mib: int, sync: bool) -> Tuple[float, int]:
 
 
 _NATIVE = vwalk._native
+_PROBES = hprobes._probes
+
+
+def probes_without_sdt(tmp: str):
+    """The probes' module compiled as a build without sys/sdt.h makes it (HT_NO_SDT)."""
+    import importlib.machinery
+    import importlib.util
+    import sysconfig
+    src = os.path.join(HERE, "..", "src", "hypertrace", "native", "probes.c")
+    so = os.path.join(tmp, "_probes" + sysconfig.get_config_var("EXT_SUFFIX"))
+    import subprocess
+    subprocess.run(["cc", "-std=c11", "-O2", "-shared", "-fPIC", "-DHT_NO_SDT",
+                    "-I" + sysconfig.get_paths()["include"], src, "-o", so], check=True)
+    loader = importlib.machinery.ExtensionFileLoader("hypertrace.host._probes", so)
+    spec = importlib.util.spec_from_file_location("hypertrace.host._probes", so,
+                                                  loader=loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    assert not mod.built()
+    return mod
+
+
+class Bpftrace:
+    """bpftrace attached to this process, counting hypertrace:event; None if it cannot."""
+
+    def __init__(self):
+        import subprocess
+        self.p = subprocess.Popen(
+            ["bpftrace", "-p", str(os.getpid()), "-e",
+             "usdt:%s:hypertrace:event { @n = count(); }" % hprobes.library()],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not _PROBES.attached()["event"]:
+            if self.p.poll() is not None or time.monotonic() > deadline:
+                self.p.kill()
+                raise RuntimeError("bpftrace did not attach: %s" % (
+                    self.p.communicate()[1].strip().splitlines() or ["?"])[-1])
+            time.sleep(0.05)
+
+    def count(self) -> int:
+        import signal
+        self.p.send_signal(signal.SIGINT)
+        out, _ = self.p.communicate(timeout=60)
+        for line in out.splitlines():
+            if line.startswith("@n: "):
+                return int(line[4:])
+        return 0
+
+
+def probe_rows(tmp: str, a, rounds: int, trials: int) -> list:
+    """The 24-byte load's C-walk drain with the probes built without sys/sdt.h, present
+    and unattached (trials interleaved, so that neither gets the warmer machine), and
+    attached (bpftrace; every record is then a uprobe trap: one round, one trial)."""
+    native = _NATIVE is not None
+    session = os.path.join(tmp, "s-fixed24-%s" % ("c" if native else "numpy"))
+    states = [("built without sys/sdt.h", probes_without_sdt(tmp))]
+    if _PROBES is not None and _PROBES.built():
+        states.append(("present, unattached", _PROBES))
+    best: dict = {}
+    try:
+        for _ in range(trials):
+            for label, mod in states:
+                hprobes._probes = mod
+                n, dt, nb = drain(tmp, "fixed24", a.rings, a.ring_mib, rounds, native)
+                shutil.rmtree(session)
+                best[label] = min(best.get(label, (dt, n, nb)), (dt, n, nb))
+    finally:
+        hprobes._probes = _PROBES
+    rows = [("24-byte records, C walk, probes %s" % label, best[label][1], best[label][0],
+             best[label][2]) for label, _ in states]
+    label = "24-byte records, C walk, probes attached (bpftrace counting)"
+    if len(states) < 2:
+        return rows
+    if os.geteuid() != 0 or shutil.which("bpftrace") is None:
+        return rows + [(label + ": needs root and bpftrace", None, None, 0)]
+    try:
+        bt = Bpftrace()
+    except RuntimeError as e:
+        return rows + [("%s: %s" % (label, e), None, None, 0)]
+    try:
+        n, dt, nb = drain(tmp, "fixed24", a.rings, a.ring_mib, 1, native)
+        shutil.rmtree(session)
+    finally:
+        seen = bt.count()
+    if seen != n:
+        raise SystemExit("bpftrace counted %d events of %d drained" % (seen, n))
+    return rows + [(label, n, dt, nb)]
 
 
 def profile(a) -> None:
@@ -217,6 +309,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="drains of every ring per trial")
     ap.add_argument("--trials", type=int, default=None, help="rows are the best of these")
     ap.add_argument("--dir", default=None, help="where the session goes (default: TMPDIR)")
+    ap.add_argument("--no-probes", action="store_true", help="leave out the USDT probe rows")
     ap.add_argument("--profile", action="store_true",
                     help="only profile the C walk's drain of 24-byte records (cProfile)")
     a = ap.parse_args()
@@ -239,6 +332,8 @@ def main() -> None:
                     best = min(best or (dt, n, nb), (dt, n, nb))
                 dt, n, nb = best
                 rows.append(("%s, %s walk" % (label, "C" if native else "numpy"), n, dt, nb))
+        if not a.no_probes:
+            rows += probe_rows(tmp, a, rounds, trials)
         for sync, label in ((False, "disk: write 256 MiB (page cache)"),
                             (True, "disk: write + fdatasync 256 MiB")):
             dt, nb = min(disk(tmp, 256, sync) for _ in range(trials))
@@ -257,6 +352,9 @@ def main() -> None:
     print("| collector drain | events | seconds | events/s | MB/s |")
     print("|---|---:|---:|---:|---:|")
     for label, n, dt, nb in rows:
+        if dt is None:
+            print("| %s | | | | |" % label)
+            continue
         print("| %s | %s | %.3f | %s | %.0f |" % (
             label, "%d" % n if n is not None else "", dt,
             "%.1f M" % (n / dt / 1e6) if n is not None else "", nb / dt / 1e6))
