@@ -20,7 +20,7 @@ import threading
 import time
 
 import pytest
-from conftest import env, hypertrace, local, stats
+from conftest import ROOT, env, hypertrace, local, stats
 
 SDT_HEADER = any(os.path.exists(p) for p in ("/usr/include/sys/sdt.h",
                                               "/usr/include/x86_64-linux-gnu/sys/sdt.h"))
@@ -325,3 +325,76 @@ def test_usdt_errors_are_one_line(tmp_path):
                         " = None\nfrom hypertrace import cli\nsys.exit(cli.main(['usdt']))"],
                        capture_output=True, text=True, env=env())
     assert r.returncode == 1 and "probes: not available: the probes' module" in r.stdout
+    # ctl qemu-*: a guest of the recording with a QMP socket of ours, else one line
+    out = str(tmp_path / "live")
+    rec = subprocess.Popen([sys.executable, "-m", "hypertrace.cli", "record", "-o", out, "--",
+                            sys.executable, "-c", "import time; time.sleep(60)"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(),
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while hypertrace("ctl", out, "status", check=False).returncode != 0:
+            assert time.monotonic() < deadline and rec.poll() is None
+            time.sleep(0.1)
+        for dom, msg in (("local", "guest local has no QMP socket of ours at "),
+                         ("nope", "--domain must name a guest of the recording at "),
+                         ("../x", "--domain must name a guest of the recording at ")):
+            r = hypertrace("ctl", out, "qemu-enable", "virtio_*", "--domain", dom,
+                           check=False)
+            assert r.returncode == 2 and msg in r.stderr and r.stderr.count("\n") == 1, \
+                r.stderr
+        r = hypertrace("ctl", out, "qemu-disable", check=False)
+        assert r.returncode == 2 and "needs a QEMU trace event name pattern" in r.stderr
+    finally:
+        os.killpg(rec.pid, signal.SIGINT)         # the app and its recorder, as Ctrl-C
+        try:
+            rec.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(rec.pid, signal.SIGKILL)
+            rec.communicate()
+
+
+def test_the_roi_example_steers_qemu_tracing_from_a_guest_event(tmp_path):
+    """examples/usdt/roi-qemu.bt, the seed author's scenario: a guest's roi_begin, seen
+    by bpftrace on the host through hypertrace:event, switches a QEMU trace event on
+    (system() -> `hypertrace ctl qemu-enable` -> QMP); roi_end switches it off. QEMU's
+    events land in the session only inside the region."""
+    _need_bpftrace()
+    from test_qemu import run_guest, start_recorder
+    name = "htusdt%d" % os.getpid()
+    out = str(tmp_path / "roi")
+    rec = start_recorder(out, "--qemu", name)
+    bt = None
+    try:
+        bin_dir = os.path.dirname(sys.executable)      # where `hypertrace` is installed
+        bt = subprocess.Popen(
+            [os.path.join(ROOT, "examples", "usdt", "roi-qemu.sh"), out, name],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env(PATH=bin_dir + os.pathsep + os.environ.get("PATH", "")))
+        first = bt.stdout.readline()
+        assert first.startswith("Attaching 2 probes"), first + bt.stderr.read()
+        gp = hypertrace("guest-path").stdout.strip()
+        lines, mode = run_guest(name, "HYPERTRACE_CHANNEL=ivshmem HYPERTRACE_SYNC_INTERVAL="
+                                      "100000 PYTHONPATH=%s /usr/bin/python3 %s 4" % (
+                                          gp, os.path.join(ROOT, "tests", "apps", "vmroi.py")))
+    finally:
+        rec.send_signal(signal.SIGINT)
+        _, rerr = rec.communicate(timeout=120)
+        if bt is not None:
+            bout, berr = bt.communicate(timeout=60)
+    assert rec.returncode == 0, rerr
+    assert any(x.startswith("HT-RESULT") for x in lines), "\n".join(lines[-40:])
+    said = first + bout
+    assert re.search(r"%s: roi_begin at \d+ ns: enabling QEMU tracing" % name, said), said
+    assert "qemu-enabled QEMU trace events virtio_console_flush_buf of %s: 1 event(s)" % \
+        name in said, (said, berr[-3000:])
+    assert "qemu-disabled QEMU trace events virtio_console_flush_buf of %s" % name in said
+    report = [json.loads(x) for x in hypertrace("report", out, "--json").stdout.splitlines()]
+    seq = [(e["ts"], e["domain"], e["name"], e["fields"]) for e in report]
+    begin = next(ts for ts, d, n, _ in seq if d == name and n == "roi_begin")
+    end = next(ts for ts, d, n, _ in seq if d == name and n == "roi_end")
+    qemu = [ts for ts, d, n, _ in seq if d == "qemu" and n == "virtio_console_flush_buf"]
+    assert len(qemu) >= 10, "each sync point inside the region writes on the port"
+    assert all(begin < ts < end for ts in qemu), (begin, end, qemu)
+    print("QEMU %s guest: roi_begin -> bpftrace -> ctl -> QMP: %d QEMU events, all inside "
+          "the region" % (mode, len(qemu)))

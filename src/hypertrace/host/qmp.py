@@ -12,6 +12,7 @@ import asyncio
 import os
 
 from . import runtime
+from .errors import describe
 
 QMP_TIMEOUT_S = 2.0
 
@@ -43,15 +44,15 @@ def set_trace_state(guest: str, pattern: str, enable: bool) -> int:
     m.settimeout(QMP_TIMEOUT_S)
     try:
         m.connect()
+        # qemu.qmp's cmd returns the command's "return" value; QEMU's refusal (no
+        # event of that name) is an ExecuteError, a QMPError
         found = m.cmd("trace-event-get-state", name=pattern)
-        if "error" in found:
-            raise QmpError("QEMU of %s: %s" % (guest, found["error"].get("desc", found)))
-        done = m.cmd("trace-event-set-state", name=pattern, enable=enable)
-        if "error" in done:
-            raise QmpError("QEMU of %s: %s" % (guest, done["error"].get("desc", done)))
-        return len(found.get("return", []))
+        m.cmd("trace-event-set-state", name=pattern, enable=enable)
+        return len(found) if isinstance(found, list) else 0
     except (QMPError, OSError, asyncio.TimeoutError, EOFError) as e:
-        raise QmpError("QMP %s: %s" % (path, str(e) or type(e).__name__)) from None
+        raise QmpError("QMP of guest %s: %s" % (guest, str(e) or type(e).__name__)) from None
+    except Exception as e:          # whatever else the monitor's reply made of qemu.qmp
+        raise QmpError("QMP of guest %s: %s" % (guest, describe(e))) from None
     finally:
         try:
             m.close()
