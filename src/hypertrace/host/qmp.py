@@ -23,8 +23,7 @@ class QmpError(Exception):
 
 def socket_path(guest: str) -> str:
     """Guest `guest`'s QMP socket (a name `qemu-args` accepts; ValueError otherwise)."""
-    from .record import qemu_region_path
-    return qemu_region_path(guest) + ".qmp"
+    return runtime.qemu_region_path(guest) + ".qmp"
 
 
 def set_trace_state(guest: str, pattern: str, enable: bool) -> int:

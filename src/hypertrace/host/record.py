@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from .live import LiveServer, Rules
 from .mailbox import MailboxServer
 from .qemulog import QemuLogs, qmp_alive
 from .region import Region
+from .runtime import check_guest_name, qemu_region_path
 from .triggers import TriggerError
 from .triggers import load as load_triggers
 
@@ -255,23 +255,6 @@ def record(outdir: str, command: Optional[List[str]], channel: Optional[str] = N
     rc = child.wait() if child is not None else 0
     col.exit_code = 128 - rc if rc < 0 else rc       # killed by signal N: 128 + N, as a shell
     return col
-
-
-GUEST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,31}\Z")
-
-
-def check_guest_name(name: str) -> None:
-    """A guest name names files in the runtime directory and goes into QEMU options."""
-    if not GUEST_NAME.match(name) or name in (".", ".."):
-        raise ValueError("bad guest name %r: 1-31 characters of [A-Za-z0-9_.-], not . or .."
-                         % name)
-
-
-def qemu_region_path(name: str) -> str:
-    """Guest NAME's region in the private runtime directory (created and checked here:
-    `qemu-args` may run before the recorder, and QEMU creates files in it)."""
-    check_guest_name(name)
-    return os.path.join(runtime.runtime_dir(), name)
 
 
 def _one_line(what: str, e: BaseException) -> str:

@@ -325,3 +325,20 @@ class Dir:
             self.close()
         except OSError:
             pass
+
+
+GUEST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,31}\Z")
+
+
+def check_guest_name(name: str) -> None:
+    """A guest name names files in the runtime directory and goes into QEMU options."""
+    if not GUEST_NAME.match(name) or name in (".", ".."):
+        raise ValueError("bad guest name %r: 1-31 characters of [A-Za-z0-9_.-], not . or .."
+                         % name)
+
+
+def qemu_region_path(name: str) -> str:
+    """Guest NAME's region in the private runtime directory (created and checked here:
+    `qemu-args` may run before the recorder, and QEMU creates files in it)."""
+    check_guest_name(name)
+    return os.path.join(runtime_dir(), name)
