@@ -67,7 +67,11 @@ def maps(text: str) -> dict:
 class Traced:
     """`hypertrace record` of an app, with bpftrace attached to the recorder."""
 
-    def __init__(self, tmp_path, app: str, script: str, opts=(), app_args=()):
+    def __init__(self, tmp_path, app: str, script: str, opts=(), app_args=(),
+                 bt_args=(), attached=()):
+        """`script`: bpftrace's program text, or with `bt_args` a script file and its
+        arguments; attached: probes whose semaphores say bpftrace is in (else the
+        script's `seen` line says so)."""
         self.go = str(tmp_path / "go")
         self.out = str(tmp_path / "session")
         path = tmp_path / "app.py"
@@ -80,10 +84,11 @@ class Traced:
         self.bt = None
         try:
             pid = self._recorder_pid()
-            self.bt = subprocess.Popen(["bpftrace", "-p", str(pid), "-e", script],
+            prog = [script, *bt_args] if bt_args else ["-e", script]
+            self.bt = subprocess.Popen(["bpftrace", "-p", str(pid), *prog],
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        text=True)
-            self._wait_seen()
+            self._wait_seen(pid, attached)
         except BaseException:
             self.kill()
             raise
@@ -98,15 +103,18 @@ class Traced:
             time.sleep(0.05)
         raise AssertionError("the recorder wrote no pid file")
 
-    def _wait_seen(self) -> None:
+    def _wait_seen(self, pid: int, attached) -> None:
         """Until bpftrace printed `seen`: it took one of the app's `ready` events (which
-        the app emits until it is told to go), so every probe is attached."""
+        the app emits until it is told to go), so every probe is attached; or until
+        the semaphores of the `attached` probes are raised in the recorder."""
         self.lines: list = []
         self.reader = threading.Thread(target=lambda: self.lines.extend(self.bt.stdout),
                                        daemon=True)
         self.reader.start()
         deadline = time.monotonic() + ATTACH_S
         while time.monotonic() < deadline:
+            if attached and all(semaphore(pid, p) for p in attached):
+                return
             if "seen\n" in list(self.lines):
                 return
             if self.bt.poll() is not None:
@@ -144,6 +152,24 @@ class Traced:
                     p.communicate(timeout=30)
                 except (subprocess.TimeoutExpired, ValueError):
                     pass
+
+
+def semaphore(pid: int, probe: str) -> int:
+    """Probe hypertrace:`probe`'s semaphore in process pid's memory: the library's
+    load address (its first mapping, /proc/PID/maps) + the semaphore's address in the
+    library's ELF notes (readelf -n)."""
+    path = lib()
+    notes = subprocess.run(["readelf", "-n", path], capture_output=True, text=True,
+                           check=True).stdout
+    sem = int(re.search(r"Name: %s\s+Location: \S+, Base: \S+, Semaphore: (0x[0-9a-f]+)"
+                        % probe, notes).group(1), 16)
+    with open("/proc/%d/maps" % pid) as f:
+        base = min(int(line.split("-")[0], 16) for line in f
+                   if line.rstrip().endswith(path) or line.rstrip().endswith(
+                       os.path.basename(path)))
+    with open("/proc/%d/mem" % pid, "rb") as f:
+        f.seek(base + sem)
+        return int.from_bytes(f.read(2), "little")
 
 
 READY = '''
@@ -305,6 +331,10 @@ def test_usdt_lists_the_probes_the_library_holds():
         assert "usdt:%s:hypertrace:%s" % (path, name) in out
         for i, (arg, _, _) in enumerate(args):
             assert re.search(r"arg%d\s+%s\s" % (i, arg), out)
+    # the example it prints counts by the argument that is the event's name
+    used = re.search(r"hypertrace:event \{ @\[str\(arg(\d)\)\] = count\(\); \}", out)
+    names = [a for a, _, _ in dict(probes.PROBES)["event"]]
+    assert used and names[int(used.group(1))] == "name", out
     js = json.loads(hypertrace("usdt", "--json").stdout)
     assert js["built"] and js["library"] == path
     notes = subprocess.run(["readelf", "-n", path], capture_output=True, text=True,
@@ -398,3 +428,27 @@ def test_the_roi_example_steers_qemu_tracing_from_a_guest_event(tmp_path):
     assert all(begin < ts < end for ts in qemu), (begin, end, qemu)
     print("QEMU %s guest: roi_begin -> bpftrace -> ctl -> QMP: %d QEMU events, all inside "
           "the region" % (mode, len(qemu)))
+
+
+def test_the_count_example_counts_what_the_session_holds(tmp_path):
+    """examples/usdt/count-events.bt as its header says to run it: its event counts by
+    domain and name, and its losses by kind, are the session's."""
+    _need_bpftrace()
+    t = Traced(tmp_path, LOSSES_APP, os.path.join(ROOT, "examples", "usdt",
+                                                  "count-events.bt"),
+               opts=("--rings", "2", "--buffer-size", "16K"), bt_args=(lib(),),
+               attached=("event", "lost"))
+    try:
+        _, m, berr = t.finish()
+    finally:
+        t.kill()
+    st = stats(t.out)
+    got = {k[1]: v for k, v in m["events"].items() if k[0] == "local" and k[1] != "ready"}
+    per: dict = {}
+    for s in local(st):
+        for name, n in s["per_event"].items():
+            if name != "ready":
+                per[name] = per.get(name, 0) + n
+    assert got == per and got["burst"] > 0, (m, berr)
+    assert m["lost"][("local", "discarded")] == sum(s["discarded"] for s in local(st)) > 0
+    assert m["lost"][("local", "no_ring")] == st["domains"]["local"]["lost_without_ring"] > 0

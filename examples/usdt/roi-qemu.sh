@@ -2,9 +2,11 @@
 # A guest's roi_begin/roi_end switch QEMU's trace events PATTERN on and off, from the
 # host, with bpftrace on the recorder's hypertrace:event probe (roi-qemu.bt):
 #   hypertrace record -o DIR --qemu GUEST &     # then boot GUEST with `qemu-args`
-#   sudo examples/usdt/roi-qemu.sh DIR GUEST [PATTERN]
-# PATTERN defaults to virtio_console_flush_buf (a write on the guest's virtio-serial
-# port). Ends with the recording (or Ctrl-C). `hypertrace` must be on PATH.
+#   examples/usdt/roi-qemu.sh DIR GUEST [PATTERN]
+# As the user who records (bpftrace needs root: record as root too; `sudo` would
+# also drop a virtualenv's `hypertrace` from PATH). PATTERN defaults to
+# virtio_console_flush_buf (a write on the guest's virtio-serial port). Ends with
+# the recording (or Ctrl-C). `hypertrace` must be on PATH.
 set -eu
 [ $# -ge 2 ] || { echo "usage: $0 DIR GUEST [PATTERN]" >&2; exit 2; }
 D=$1 G=$2 P=${3:-virtio_console_flush_buf}

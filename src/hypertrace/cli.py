@@ -179,11 +179,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="the runtime (its C source, compiled into the program) and -pthread")
     u = sub.add_parser("usdt", help="list the recorder's USDT probes (bpftrace, SystemTap): "
                                     "their library and arguments")
-    u.add_argument("--json", action="store_true", help="as JSON")
-    u.add_argument("--lib", action="store_true",
-                   help="print only the library's path (bpftrace's usdt:LIB:hypertrace:...)")
-    u.add_argument("--pid", metavar="DIR",
-                   help="print only the pid of the live recorder of DIR (bpftrace -p PID)")
+    one = u.add_mutually_exclusive_group()
+    one.add_argument("--json", action="store_true", help="as JSON")
+    one.add_argument("--lib", action="store_true",
+                     help="print only the library's path (bpftrace's usdt:LIB:hypertrace:...)")
+    one.add_argument("--pid", metavar="DIR",
+                     help="print only the pid of the live recorder of DIR (bpftrace -p PID)")
     return p
 
 
@@ -657,13 +658,16 @@ def cmd_c_config(a) -> int:
 
 def cmd_usdt(a) -> int:
     from .host import probes
-    if a.pid:
+    if a.pid is not None:
+        from .analysis.text import printable
         from .host.pidfile import recorder_pid
         from .host.runtime import Dir
         try:
+            if not a.pid:
+                raise ValueError("no directory given")
             print(recorder_pid(Dir.existing(a.pid).sub(".hypertrace")))
         except (OSError, ValueError) as e:
-            return _fail("no live recording in %s (%s)" % (a.pid, e))
+            return _fail(printable("no live recording in %s (%s)" % (a.pid, e)))
         return 0
     if not probes.built():
         if a.lib:

@@ -18,10 +18,8 @@ raises on guest data leaves the engine.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import itertools
-import os
 import threading
 from typing import Callable, Dict, List, Optional
 
@@ -31,9 +29,9 @@ from .. import abi
 from ..read.columns import record_starts, size_bounds
 from .collector import Collector, Source
 from .errors import describe
+from .qmp import QMP_TIMEOUT_S, QmpError, set_trace_state
 from .triggers import Action, PredicateError, Trigger, check_fields
 
-QMP_TIMEOUT_S = 2.0
 MAX_WAITING = 1024             # actions waiting to run, per queue (local, QMP)
 MAX_PROBLEMS = 256             # "trigger never holds for ..." notes kept for the index
 
@@ -224,48 +222,25 @@ class Engine:
             self.qmp_thread.start()
 
     def _qmp_loop(self) -> None:
-        from qemu.qmp import QMPError
-        from qemu.qmp.legacy import QEMUMonitorProtocol
-        asyncio.set_event_loop(asyncio.new_event_loop())
-        monitors: Dict[str, QEMUMonitorProtocol] = {}
+        """QMP commands, one after another: each one connects to the guest's monitor,
+        with every step bounded (host/qmp.py), so a stuck QEMU delays only these."""
         while True:
             job = self.qmp_jobs.get(wait=True)
             if job is None:
                 break
             trig, act, dom, name, ts = job
             ok, err = False, ""
-            path = self.qmp_path(dom)
             try:
-                if path is None:
-                    raise RuntimeError("domain %s is not a QEMU guest of this recording" % dom)
-                m = monitors.get(dom)
-                if m is None:
-                    if not os.path.exists(path):
-                        raise RuntimeError("no QMP socket at %s" % path)
-                    m = QEMUMonitorProtocol(path)
-                    m.settimeout(QMP_TIMEOUT_S)
-                    m.connect()
-                    monitors[dom] = m
-                m.cmd("trace-event-set-state", name=act.arg,
-                      enable=act.kind == "qemu_trace_enable")
+                if self.qmp_path(dom) is None:
+                    raise QmpError("domain %s is not a QEMU guest of this recording" % dom)
+                set_trace_state(self.col.domain_guest(dom), act.arg,
+                                act.kind == "qemu_trace_enable", QMP_TIMEOUT_S)
                 ok = True
-            except Exception as e:     # QMPError, OSError, a timeout, a monitor's garbage
-                if not isinstance(e, (QMPError, OSError, RuntimeError, asyncio.TimeoutError,
-                                      EOFError)):
-                    e = RuntimeError(describe(e))
-                err = "QMP %s: %s" % (path, str(e) or type(e).__name__)
-                m = monitors.pop(dom, None)
-                if m is not None:
-                    try:
-                        m.close()
-                    except Exception:
-                        pass
+            except QmpError as e:
+                err = str(e)
+            except Exception as e:     # never the thread's end
+                err = "QMP: %s" % describe(e)
             self._emit(dom, name, ts, trig, act.describe(), ok, err)
-        for m in monitors.values():
-            try:
-                m.close()
-            except Exception:
-                pass
 
     def close(self) -> None:
         self.run_pending()

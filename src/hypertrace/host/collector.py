@@ -380,6 +380,7 @@ class Collector:
             d = src.losses.setdefault(x[1], dict.fromkeys(LOSSES, 0))
             d["lost_without_ring"] += x[2]
             d["declarations_refused"] += x[3]
+            self.probes.lost(x[1], -1, -1, x[2], PROBE_KINDS["lost_without_ring"])
 
     def _count_losses(self, src: Source) -> None:
         """Take what the producers added to the region's counter slots since the last

@@ -54,8 +54,11 @@ def recorder_pid(meta: Dir) -> int:
     if not 0 < pid < 1 << 22:
         raise stale
     try:
-        if start_time(pid) != started or os.stat("/proc/%d" % pid).st_uid != os.geteuid():
+        if start_time(pid) != started:
             raise stale
+        if os.stat("/proc/%d" % pid).st_uid != os.geteuid():
+            raise ValueError("process %d recording there belongs to another user: run this "
+                             "as the user who records" % pid)
         with open("/proc/%d/cmdline" % pid, "rb") as f:
             argv = f.read().split(b"\0")
     except (OSError, ValueError, IndexError):

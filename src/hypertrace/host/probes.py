@@ -178,11 +178,13 @@ def listing() -> str:
         for i, (a, t, m) in enumerate(args):
             out.append("    arg%d  %-10s %-8s %s" % (i, a, t, m))
     out += ["",
-            "The probes fire in the recorder's process (`hypertrace record`), as its collector",
-            "takes records from the rings: attach with -p to it, e.g.",
-            "  bpftrace -p $(pgrep -of 'hypertrace record') -e \\",
-            "    'usdt:%s:hypertrace:event { @[str(arg3)] = count(); }'" % lib,
-            "Strings longer than 64 bytes need BPFTRACE_STRLEN (at most 200). bpftrace before",
-            "0.24 (Debian 12: 0.17) reads arg0..arg5 only; SystemTap and newer bpftrace, all.",
-            ""]
+            "The probes fire in the recorder's process (`hypertrace record -o DIR`), as its",
+            "collector takes records from the rings; attach to it (as the user who records:",
+            "bpftrace needs root, so both as root), e.g. counting events by name:",
+            "  bpftrace -p \"$(hypertrace usdt --pid DIR)\" -e \\",
+            "    'usdt:%s:hypertrace:event { @[str(arg1)] = count(); }'" % lib,
+            "Without -p, every recorder using this library is traced. Strings are read 64",
+            "bytes at a time: BPFTRACE_STRLEN=129 for event names up to 128 (at most 200).",
+            "bpftrace before 0.24 (Debian 12: 0.17) reads arg0..arg5 only; SystemTap and",
+            "newer bpftrace read all.", ""]
     return "\n".join(out)

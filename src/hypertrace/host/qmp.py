@@ -26,11 +26,12 @@ def socket_path(guest: str) -> str:
     return runtime.qemu_region_path(guest) + ".qmp"
 
 
-def set_trace_state(guest: str, pattern: str, enable: bool) -> int:
+def set_trace_state(guest: str, pattern: str, enable: bool,
+                    timeout: float = QMP_TIMEOUT_S) -> int:
     """Enable or disable QEMU's trace events matching `pattern` in guest's QEMU;
-    returns how many QEMU has of that pattern."""
-    from qemu.qmp import QMPError
-    from qemu.qmp.legacy import QEMUMonitorProtocol
+    returns how many QEMU has of that pattern. Every step (connect, greeting, each
+    command, goodbye) within `timeout`: a silent or stuck monitor is an error, never
+    a wait without end."""
     try:
         path = socket_path(guest)
     except (OSError, ValueError) as e:
@@ -38,22 +39,28 @@ def set_trace_state(guest: str, pattern: str, enable: bool) -> int:
     if not os.path.lexists(path) or not runtime.our_socket(path):
         raise QmpError("guest %s has no QMP socket of ours at %s (was it started with "
                        "`hypertrace qemu-args --name %s`?)" % (guest, path, guest))
-    asyncio.set_event_loop(asyncio.new_event_loop())
-    m = QEMUMonitorProtocol(path)
-    m.settimeout(QMP_TIMEOUT_S)
     try:
-        m.connect()
-        # qemu.qmp's cmd returns the command's "return" value; QEMU's refusal (no
-        # event of that name) is an ExecuteError, a QMPError
-        found = m.cmd("trace-event-get-state", name=pattern)
-        m.cmd("trace-event-set-state", name=pattern, enable=enable)
-        return len(found) if isinstance(found, list) else 0
-    except (QMPError, OSError, asyncio.TimeoutError, EOFError) as e:
-        raise QmpError("QMP of guest %s: %s" % (guest, str(e) or type(e).__name__)) from None
-    except Exception as e:          # whatever else the monitor's reply made of qemu.qmp
-        raise QmpError("QMP of guest %s: %s" % (guest, describe(e))) from None
+        return asyncio.run(_set(path, pattern, enable, timeout))
+    except asyncio.TimeoutError:
+        raise QmpError("QMP of guest %s: no answer within %g s" % (guest, timeout)) from None
+    except QmpError:
+        raise
+    except Exception as e:      # QMPError (QEMU's refusal: ExecuteError), OSError, garbage
+        raise QmpError("QMP of guest %s: %s" % (guest, str(e) or describe(e))) from None
+
+
+async def _set(path: str, pattern: str, enable: bool, timeout: float) -> int:
+    from qemu.qmp import QMPClient
+    c = QMPClient("hypertrace")
+    await asyncio.wait_for(c.connect(path), timeout)
+    try:
+        found = await asyncio.wait_for(
+            c.execute("trace-event-get-state", {"name": pattern}), timeout)
+        await asyncio.wait_for(
+            c.execute("trace-event-set-state", {"name": pattern, "enable": enable}), timeout)
     finally:
         try:
-            m.close()
+            await asyncio.wait_for(c.disconnect(), timeout)
         except Exception:
             pass
+    return len(found) if isinstance(found, list) else 0
