@@ -459,6 +459,7 @@ def test_fuzz_session_index(read_session, tmp_path_factory, muts):
 @example(edits=[(19538, b"\x00")], cut=None, which=0)     # times going back: no progress
 @example(edits=[(120, b"\x00" * 10 + b"X")], cut=None, which=0)   # a length past the chunk
 @example(edits=[(5352, b"\x00")], cut=None, which=0)     # a record past its packet
+@example(edits=[(33, b"\x00" * 15 + b"H")], cut=None, which=1)  # a packet context zeroed
 def test_fuzz_stream_files(read_session, tmp_path_factory, edits, cut, which):
     """Stream files with bytes overwritten (packet headers, sizes, record headers,
     payloads) and cut short: readers end the damaged stream with a warning, the
