@@ -28,7 +28,9 @@ import argparse
 import os
 import platform
 import shutil
+import signal
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -207,7 +209,6 @@ def probes_without_sdt(tmp: str):
     import sysconfig
     src = os.path.join(HERE, "..", "src", "hypertrace", "native", "probes.c")
     so = os.path.join(tmp, "_probes" + sysconfig.get_config_var("EXT_SUFFIX"))
-    import subprocess
     subprocess.run(["cc", "-std=c11", "-O2", "-shared", "-fPIC", "-DHT_NO_SDT",
                     "-I" + sysconfig.get_paths()["include"], src, "-o", so], check=True)
     loader = importlib.machinery.ExtensionFileLoader("hypertrace.host._probes", so)
@@ -223,7 +224,6 @@ class Bpftrace:
     """bpftrace attached to this process, counting hypertrace:event; None if it cannot."""
 
     def __init__(self):
-        import subprocess
         self.p = subprocess.Popen(
             ["bpftrace", "-p", str(os.getpid()), "-e",
              "usdt:%s:hypertrace:event { @n = count(); }" % hprobes.library()],
@@ -237,7 +237,6 @@ class Bpftrace:
             time.sleep(0.05)
 
     def count(self) -> int:
-        import signal
         self.p.send_signal(signal.SIGINT)
         out, _ = self.p.communicate(timeout=60)
         for line in out.splitlines():

@@ -145,6 +145,21 @@ actions = [ { qemu_trace_disable = "virtio_console_flush_buf" } ]
 """
 
 
+def qemu_events_inside_roi(out: str, name: str) -> tuple:
+    """The merged report of a tests/apps/vmroi.py session of guest `name` as (ts,
+    domain, event, fields), and QEMU's virtio_console_flush_buf events as (ts, fields),
+    checked to be there (each sync point inside the region writes on the port) and all
+    strictly between the guest's roi_begin and roi_end."""
+    report = [json.loads(x) for x in hypertrace("report", out, "--json").stdout.splitlines()]
+    seq = [(e["ts"], e["domain"], e["name"], e["fields"]) for e in report]
+    begin = next(ts for ts, d, n, _ in seq if d == name and n == "roi_begin")
+    end = next(ts for ts, d, n, _ in seq if d == name and n == "roi_end")
+    qemu = [(ts, f) for ts, d, n, f in seq if d == "qemu" and n == "virtio_console_flush_buf"]
+    assert len(qemu) >= 10, "each sync point inside the region writes on the port"
+    assert all(begin < ts < end for ts, _ in qemu), (begin, end, [t for t, _ in qemu])
+    return seq, qemu
+
+
 def test_guest_region_of_interest_steers_qemu_tracing(tmp_path):
     """roi_begin in the guest -> trigger -> QMP enables a QEMU trace event; the guest's
     port writes fire it; roi_end -> disabled. QEMU's own events land in the session as
@@ -170,16 +185,10 @@ def test_guest_region_of_interest_steers_qemu_tracing(tmp_path):
                        hypertrace("qemu-args", "--name", name).stdout).group(1)
     assert not os.path.exists(region + "-qemu")
     assert not os.path.exists(region + ".qemu.log")
-    report = [json.loads(x) for x in hypertrace("report", out, "--json").stdout.splitlines()]
-    seq = [(e["ts"], e["domain"], e["name"], e["fields"]) for e in report]
-    begin = next(ts for ts, d, n, _ in seq if d == name and n == "roi_begin")
-    end = next(ts for ts, d, n, _ in seq if d == name and n == "roi_end")
-    qemu = [(ts, f) for ts, d, n, f in seq if d == "qemu" and n == "virtio_console_flush_buf"]
+    seq, qemu = qemu_events_inside_roi(out, name)
     inside = [ts for ts, d, n, f in seq if d == name and n == "hypertrace_sync" and
               f["name"] == "inside"]
     assert len(inside) == 10
-    assert len(qemu) >= 10, "each sync point inside the region writes on the port"
-    assert all(begin < ts < end for ts, _ in qemu), (begin, end, [t for t, _ in qemu])
     # in order: the first QEMU event after roi_begin, the last before roi_end
     assert [ts for ts, *_ in seq] == sorted(ts for ts, *_ in seq)
     assert all(f["args"] for _, f in qemu) and all(int(f["tid"]) > 0 for _, f in qemu)

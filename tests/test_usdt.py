@@ -390,7 +390,7 @@ def test_the_roi_example_steers_qemu_tracing_from_a_guest_event(tmp_path):
     (system() -> `hypertrace ctl qemu-enable` -> QMP); roi_end switches it off. QEMU's
     events land in the session only inside the region."""
     _need_bpftrace()
-    from test_qemu import run_guest, start_recorder
+    from test_qemu import qemu_events_inside_roi, run_guest, start_recorder
     name = "htusdt%d" % os.getpid()
     out = str(tmp_path / "roi")
     rec = start_recorder(out, "--qemu", name)
@@ -419,13 +419,7 @@ def test_the_roi_example_steers_qemu_tracing_from_a_guest_event(tmp_path):
     assert "qemu-enabled QEMU trace events virtio_console_flush_buf of %s: 1 event(s)" % \
         name in said, (said, berr[-3000:])
     assert "qemu-disabled QEMU trace events virtio_console_flush_buf of %s" % name in said
-    report = [json.loads(x) for x in hypertrace("report", out, "--json").stdout.splitlines()]
-    seq = [(e["ts"], e["domain"], e["name"], e["fields"]) for e in report]
-    begin = next(ts for ts, d, n, _ in seq if d == name and n == "roi_begin")
-    end = next(ts for ts, d, n, _ in seq if d == name and n == "roi_end")
-    qemu = [ts for ts, d, n, _ in seq if d == "qemu" and n == "virtio_console_flush_buf"]
-    assert len(qemu) >= 10, "each sync point inside the region writes on the port"
-    assert all(begin < ts < end for ts in qemu), (begin, end, qemu)
+    _, qemu = qemu_events_inside_roi(out, name)
     print("QEMU %s guest: roi_begin -> bpftrace -> ctl -> QMP: %d QEMU events, all inside "
           "the region" % (mode, len(qemu)))
 

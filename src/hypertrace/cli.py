@@ -669,10 +669,9 @@ def cmd_usdt(a) -> int:
         except (OSError, ValueError) as e:
             return _fail(printable("no live recording in %s (%s)" % (a.pid, e)))
         return 0
-    if not probes.built():
-        if a.lib:
+    if a.lib:
+        if not probes.built():
             return _fail("no USDT probes: %s" % probes.why_not())
-    elif a.lib:
         print(probes.library())
         return 0
     if a.json:

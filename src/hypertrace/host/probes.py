@@ -81,7 +81,8 @@ def built() -> bool:
     return _probes is not None and _probes.built()
 
 
-def _text(s: str) -> bytes:
+def probe_text(s: str) -> bytes:
+    """`s` as a probe's C string: UTF-8, NUL-free."""
     return s.encode("utf-8", "replace").replace(b"\0", b"?")
 
 
@@ -107,7 +108,7 @@ class Probes:
     def _domain(self, name: str) -> bytes:
         b = self._names.get(name)
         if b is None:
-            b = self._names[name] = _text(name)
+            b = self._names[name] = probe_text(name)
         return b
 
     def events(self, reader, run) -> None:
@@ -126,13 +127,13 @@ class Probes:
     def sync(self, domain: str, name: str, sync_id: int, guest_ns: int,
              host_ns: int) -> None:
         if self.mod is not None:
-            self.mod.sync(self._domain(domain), _text(name), _u64(sync_id), _u64(guest_ns),
-                          _u64(host_ns))
+            self.mod.sync(self._domain(domain), probe_text(name), _u64(sync_id),
+                          _u64(guest_ns), _u64(host_ns))
 
     def declare(self, domain: str, event_id: int, name: str, signature: str) -> None:
         if self.mod is not None:
-            self.mod.declare(self._domain(domain), event_id & 0xFFFFFFFF, _text(name),
-                             _text(signature))
+            self.mod.declare(self._domain(domain), event_id & 0xFFFFFFFF, probe_text(name),
+                             probe_text(signature))
 
     def sample(self, domain: str, t1: int, t2: int, t3: int, t4: int) -> None:
         """A validated clock exchange of `domain`: the live offset follows the tightest

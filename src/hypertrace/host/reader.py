@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import abi
 from . import walk as vwalk
+from .probes import probe_text
 
 _HDR = abi.REC_HEADER
 _Q = struct.Struct("<Q")
@@ -121,7 +122,7 @@ class EventTable:
         if self._names is None:
             names = [b""] * (max(self.decls, default=-1) + 1)
             for i, d in self.decls.items():
-                names[i] = d.name.encode("utf-8", "replace").replace(b"\0", b"?")
+                names[i] = probe_text(d.name)
             self._names = names
         return self._names
 
@@ -209,13 +210,15 @@ class RingReader:
         st = self.stats
         lost = st.discarded, st.malformed
         n = self._drain()
-        if self.probes is not None and (st.discarded, st.malformed) != lost:
+        if (st.discarded, st.malformed) != lost:
             self._lost(st.discarded - lost[0], "discarded")
             self._lost(st.malformed - lost[1], "malformed")
         return n
 
     def _lost(self, n: int, kind: str) -> None:
-        self.probes.lost(self.domain.name, self.index, self.identity.get("tid", -1), n, kind)
+        if self.probes is not None:
+            self.probes.lost(self.domain.name, self.index, self.identity.get("tid", -1), n,
+                             kind)
 
     def _taken(self, mv, a: int, b: int) -> None:
         """A run of validated records, mv[a:b], was taken: shown to the probes, and to
@@ -486,8 +489,7 @@ class RingReader:
                 if (seq == self.seq & 0xFFFFFFFF and eid < len(self.events.sizes)
                         and self.events.sizes[eid] >= 0 and sz >= 16 and ts >= newest):
                     st.torn += 1
-                    if self.probes is not None:
-                        self._lost(1, "torn")
+                    self._lost(1, "torn")
         # the producer publishes `emitted` when it drops or releases, so it may lag
         # behind the records it committed since: take the larger, unless it is nonsense
         # (2^48 past what was seen: a hostile value must not reach the index, whose
@@ -497,8 +499,7 @@ class RingReader:
         self._close_packet()
         if sane and emitted > self.seq:
             st.discarded += emitted - self.seq   # dropped after the last recorded record
-            if self.probes is not None:
-                self._lost(emitted - self.seq, "discarded")
+            self._lost(emitted - self.seq, "discarded")
             self.seq = emitted
             ts = st.last_ts if st.last_ts is not None else self.identity.get("claim_ts", 0)
             ts = ts if ts <= abi.MAX_TS else 0
