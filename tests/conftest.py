@@ -122,6 +122,29 @@ def babeltrace(path: str, allow_discarded: bool = False, internal: bool = False)
     return events, discarded
 
 
+RUNTIME = "/dev/shm/hypertrace-%d" % os.getuid()
+
+
+def _runtime_entries() -> set:
+    try:
+        return set(os.listdir(RUNTIME))
+    except OSError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_regions(request):
+    """A test leaves nothing in the private runtime directory: a region left there is
+    shared memory (hundreds of MB) that outlives the suite. What a test left is named
+    in HT_LEFTOVERS (a file) when set, then removed."""
+    before = _runtime_entries()
+    yield
+    left = sorted(_runtime_entries() - before)
+    if left and os.environ.get("HT_LEFTOVERS"):
+        with open(os.environ["HT_LEFTOVERS"], "a") as f:
+            f.write("%s %s\n" % (request.node.nodeid, " ".join(left)))
+
+
 @pytest.fixture
 def session(tmp_path):
     return str(tmp_path / "session")

@@ -278,6 +278,10 @@ def test_an_agent_whose_recorder_was_killed_ends_and_removes_its_instance(tmp_pa
         time.sleep(0.5)
     assert not set(_agent_instances()) & mine
     subprocess.run(["pkill", "-f", "sleep 120"])
+    # what the killed recorder left (its regions, 400 MB of shared memory) goes with the
+    # recovery of its session, as a user would do it
+    r = hypertrace("recover", str(tmp_path / "s"))
+    assert "recovered" in r.stdout, r.stdout
 
 
 def test_tracing_read_syscalls_does_not_feed_on_the_agents_own_reads(tmp_path):

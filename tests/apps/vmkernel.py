@@ -3,8 +3,8 @@ its user events, and trace-cmd recording the same events at the same time.
 
 trace-cmd takes sched_switch into the top-level buffer (trace_clock mono); the kernel
 agent (python3 -m hypertrace.guest.kernel) takes it into its own instance and sends
-its pages through the ivshmem BAR; this program then emits `nap(i, tid)` with a 1 ms
-sleep after each (its thread is switched out between two naps). trace-cmd's report
+its pages through the ivshmem BAR; this program then emits `nap(i, tid)` and sleeps
+after each until its thread has been switched out. trace-cmd's report
 of its buffer is printed as `HT-TC` lines for the host to compare.
 
 Usage: vmkernel.py N_NAPS
@@ -61,12 +61,23 @@ step("agent: %r" % line[:80])
 agent_tids = sorted(int(t) for t in os.listdir("/proc/%d/task" % agent.pid))
 nap = guest.event("nap", "uint32_t i, uint32_t tid")
 tid = threading.get_native_id()
+
+
+def switches():
+    # the kernel counts a thread's switches where it emits sched_switch (prev != next)
+    with open("/proc/thread-self/status") as f:
+        return sum(int(ln.split()[1]) for ln in f if "ctxt_switches:" in ln)
+
+
 for i in range(n):
     nap(i, tid)
-    # select's timeout runs from the syscall's entry, so the thread always blocks (and is
-    # switched out); time.sleep sleeps to a deadline taken before it, which a slow TCG
-    # vCPU can pass before the call: no sleep, no switch
-    select.select([], [], [], 0.001)
+    # a 1 ms timeout does not always block: on a slow TCG vCPU its timer can expire
+    # before the thread reaches schedule() (no sleep, no switch; CI saw it). Napping
+    # until the kernel's own count of this thread's switches moves makes "switched out
+    # between two naps" a fact rather than a likelihood.
+    before = switches()
+    while switches() == before:
+        select.select([], [], [], 0.001)
 step("naps done")
 guest.sync_point("naps_done", n)
 step("sync point sent")

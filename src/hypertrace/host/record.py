@@ -462,6 +462,7 @@ class QemuUser:
     def __init__(self, region: Region, reader: qemuuser.Reader, w: int):
         self.region, self.reader, self.w = region, reader, w
         self.pass_fds = (w,)
+        self.stopped = False
 
     def started(self) -> None:
         if self.w >= 0:
@@ -470,13 +471,20 @@ class QemuUser:
 
     def stop(self, child_done: bool) -> None:
         self.started()
+        self.stopped = True
         self.reader.stop(child_done)
 
     def close(self) -> None:
-        self.started()
-        if self.reader.p.poll() is None:
-            self.reader.stop(False)
-        self.region.close()
+        # the reader may read on after stop() (QEMU still writing): it was stopped once,
+        # and its region goes whatever happens (a second stop closed the pipe twice and
+        # raised before the region was removed: 32 MB left in /dev/shm per recording)
+        try:
+            self.started()
+            if not self.stopped:
+                self.stopped = True
+                self.reader.stop(False)
+        finally:
+            self.region.close()
 
 
 def _qemu_user(col: Collector, base: str, command: List[str],
