@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from hypertrace.host import runtime
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, "src")
 TIMEOUT = 600
@@ -122,21 +124,19 @@ def babeltrace(path: str, allow_discarded: bool = False, internal: bool = False)
     return events, discarded
 
 
-RUNTIME = "/dev/shm/hypertrace-%d" % os.getuid()
-
-
 def _runtime_entries() -> set:
     try:
-        return set(os.listdir(RUNTIME))
+        # the recorder's own choice of the directory (HYPERTRACE_RUNTIME_DIR, euid)
+        return set(os.listdir(runtime.runtime_dir()))
     except OSError:
         return set()
 
 
 @pytest.fixture(autouse=True)
 def no_leftover_regions(request):
-    """A test leaves nothing in the private runtime directory: a region left there is
-    shared memory (hundreds of MB) that outlives the suite. What a test left is named
-    in HT_LEFTOVERS (a file) when set, then removed."""
+    """What a test leaves in the private runtime directory (a region there is shared
+    memory, hundreds of MB, that outlives the suite) is named in the file HT_LEFTOVERS
+    when that is set; nothing is removed (a leftover is a bug to find, not to hide)."""
     before = _runtime_entries()
     yield
     left = sorted(_runtime_entries() - before)
